@@ -1,0 +1,76 @@
+import { GpuOutOfMemoryError } from './errors.ts';
+
+const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x4 /* COPY_SRC */ | 0x8; /* COPY_DST */
+
+/**
+ * Owns every storage buffer the engine allocates. It counts live bytes and their high-water mark (the
+ * number behind "trains in under 8 GB"), and keeps released buffers in per-size free lists so that a
+ * training step allocates nothing after the first one.
+ */
+export class BufferPool {
+  private free = new Map<number, GPUBuffer[]>();
+  private sizes = new WeakMap<GPUBuffer, number>();
+  private live = 0;
+  private peak = 0;
+  private cached = 0;
+
+  constructor(private readonly device: GPUDevice) {}
+
+  /** Bytes in buffers handed out and not yet released. */
+  get liveBytes(): number {
+    return this.live;
+  }
+  /** The most bytes that were live at once since creation or the last resetPeak(). */
+  get peakBytes(): number {
+    return this.peak;
+  }
+  /** Bytes held in free lists (allocated on the device, reusable). */
+  get cachedBytes(): number {
+    return this.cached;
+  }
+
+  resetPeak(): void {
+    this.peak = this.live;
+  }
+
+  /** Sizes are rounded up to 16 bytes, so vec4 loads never run past a binding. */
+  static roundSize(bytes: number): number {
+    return Math.max(16, Math.ceil(bytes / 16) * 16);
+  }
+
+  alloc(label: string, bytes: number): GPUBuffer {
+    const size = BufferPool.roundSize(bytes);
+    const reuse = this.free.get(size)?.pop();
+    let buffer: GPUBuffer;
+    if (reuse) {
+      this.cached -= size;
+      buffer = reuse;
+      buffer.label = label;
+    } else {
+      const max = this.device.limits.maxBufferSize;
+      if (size > max) throw new GpuOutOfMemoryError(`${label} (larger than this adapter's maxBufferSize)`, size, this.live);
+      buffer = this.device.createBuffer({ label, size, usage: STORAGE_USAGE });
+      this.sizes.set(buffer, size);
+    }
+    this.live += size;
+    this.peak = Math.max(this.peak, this.live);
+    return buffer;
+  }
+
+  release(buffer: GPUBuffer): void {
+    const size = this.sizes.get(buffer);
+    if (size === undefined) throw new Error(`BufferPool.release: '${buffer.label}' was not allocated by this pool`);
+    this.live -= size;
+    this.cached += size;
+    let list = this.free.get(size);
+    if (!list) this.free.set(size, (list = []));
+    list.push(buffer);
+  }
+
+  /** Destroys the buffers in the free lists (returns their memory to the device). */
+  trim(): void {
+    for (const list of this.free.values()) for (const b of list) b.destroy();
+    this.free.clear();
+    this.cached = 0;
+  }
+}

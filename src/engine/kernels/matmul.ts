@@ -1,0 +1,83 @@
+import matmulWgsl from '../../../shaders/matmul.wgsl';
+import type { GpuContext, KernelDispatch } from '../gpu/context.ts';
+import { shapeString, type Tensor } from '../gpu/tensor.ts';
+
+export const MATMUL_SHADER = { name: 'matmul.wgsl', code: matmulWgsl };
+
+export interface MatmulOptions {
+  /** A is stored [K, M] (use Aᵀ). */
+  transA?: boolean;
+  /** B is stored [N, K] (use Bᵀ): the forward of a linear layer with HF weights [out, in]. */
+  transB?: boolean;
+  /** C += alpha·op(A)·op(B) instead of C = ... (gradient accumulation). */
+  accumulate?: boolean;
+  alpha?: number;
+  /** Number of matrices; each operand's batch stride in elements (0 = shared by the whole batch). */
+  batch?: number;
+  batchStrideA?: number;
+  batchStrideB?: number;
+  batchStrideC?: number;
+}
+
+export interface MatmulShape {
+  M: number;
+  N: number;
+  K: number;
+}
+
+const TILE = { TILE_M: 64, TILE_N: 64, TILE_K: 16 };
+
+function check(what: string, t: Tensor, needElems: number): void {
+  const have = t.byteSize / 4;
+  if (t.dtype !== 'f32') throw new Error(`matmul: ${what} '${t.label}' must be f32, is ${t.dtype}`);
+  if (have < needElems) throw new Error(`matmul: ${what} '${t.label}' ${shapeString(t.shape)} holds ${have} elements, needs ${needElems}`);
+}
+
+/**
+ * Prepares C = alpha·op(A)·op(B) (+C) as a dispatch that can be encoded many times.
+ * Shapes go in a uniform buffer owned by the returned dispatch (freed with the GPU device).
+ */
+export async function prepareMatmul(
+  ctx: GpuContext,
+  A: Tensor,
+  B: Tensor,
+  C: Tensor,
+  { M, N, K }: MatmulShape,
+  opts: MatmulOptions = {},
+): Promise<KernelDispatch> {
+  const batch = opts.batch ?? 1;
+  const sa = opts.batchStrideA ?? (batch > 1 ? M * K : 0);
+  const sb = opts.batchStrideB ?? (batch > 1 ? K * N : 0);
+  const sc = opts.batchStrideC ?? M * N;
+  check('A', A, (batch - 1) * sa + M * K);
+  check('B', B, (batch - 1) * sb + K * N);
+  check('C', C, (batch - 1) * sc + M * N);
+  const defines = { TRANS_A: !!opts.transA, TRANS_B: !!opts.transB, ACCUMULATE: !!opts.accumulate };
+  const pipeline = await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul', defines, constants: TILE });
+  const label = `matmul${opts.transA ? 'ᵀ' : ''}·${opts.transB ? 'ᵀ' : ''} ${M}×${K}·${K}×${N}${batch > 1 ? ` ×${batch}` : ''}`;
+  const uniforms = ctx.uniforms(`${label} params`, [
+    ['u32', M],
+    ['u32', N],
+    ['u32', K],
+    ['f32', opts.alpha ?? 1],
+    ['u32', sa],
+    ['u32', sb],
+    ['u32', sc],
+    ['u32', 0],
+  ]);
+  const wx = Math.ceil(N / TILE.TILE_N);
+  const wy = Math.ceil(M / TILE.TILE_M);
+  const maxWg = ctx.limits.maxComputeWorkgroupsPerDimension;
+  if (wx > maxWg || wy > maxWg || batch > maxWg) throw new Error(`${label}: needs more workgroups than this adapter allows per dimension (${maxWg})`);
+  return {
+    label,
+    pipeline,
+    bindGroup: ctx.bindGroup(label, pipeline, [uniforms, A, B, C]),
+    workgroups: [wx, wy, batch],
+  };
+}
+
+/** Convenience for tools and tests: prepare, run once, wait. */
+export async function matmul(ctx: GpuContext, A: Tensor, B: Tensor, C: Tensor, shape: MatmulShape, opts: MatmulOptions = {}): Promise<void> {
+  await ctx.run([await prepareMatmul(ctx, A, B, C, shape, opts)]);
+}
