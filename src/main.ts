@@ -1,0 +1,1 @@
+import './ui/wt-app.ts';

@@ -1,0 +1,81 @@
+import { LitElement, css, html } from 'lit';
+import { customElement, state } from 'lit/decorators.js';
+import type { GpuStatus } from '../engine/api.ts';
+import { theme } from './theme.ts';
+import './shell/wt-gpu-badge.ts';
+import './shell/wt-no-webgpu.ts';
+import './sections/wt-section-intro.ts';
+
+export const SECTIONS = [
+  { id: 'model', title: 'Model', needsGpu: true, intro: 'Pick a 1.8B-class chat model from the Hugging Face Hub, a local folder, or the offline demo model. Weights are quantized to 4 bits as they load.' },
+  { id: 'data', title: 'Data', needsGpu: false, intro: 'Bring JSON, JSONL, CSV or Excel; map it into conversations and see every sample rendered with the chat template, loss-carrying tokens highlighted.' },
+  { id: 'train', title: 'Train', needsGpu: true, intro: 'LoRA / QLoRA with presets; live loss curve, tokens/s, ETA, GPU memory and evaluation answers; pause and resume.' },
+  { id: 'chat', title: 'Chat', needsGpu: true, intro: 'Talk to the base model or the tuned one, side by side, with every sampling control.' },
+  { id: 'share', title: 'Share', needsGpu: false, intro: 'Export the adapter for PEFT, llama.cpp or Ollama, merge it into the base, or import one shared with you.' },
+] as const;
+
+export type SectionId = (typeof SECTIONS)[number]['id'];
+
+function sectionFromHash(): SectionId {
+  const id = location.hash.replace(/^#\/?/, '');
+  return (SECTIONS.find((s) => s.id === id)?.id ?? 'model') as SectionId;
+}
+
+/** The application shell: header with the GPU badge, section tabs (hash routes), the active section. */
+@customElement('wt-app')
+export class WtApp extends LitElement {
+  static override styles = [
+    theme,
+    css`
+      :host { display: flex; flex-direction: column; min-height: 100vh; background: var(--wt-bg); }
+      header { display: flex; align-items: center; gap: 1.5rem; padding: 0.6rem 1.2rem; border-bottom: 1px solid var(--wt-border); flex-wrap: wrap; }
+      h1 { font-size: 1.15rem; margin: 0; }
+      h1 span { color: var(--wt-muted); font-weight: 400; font-size: 0.85rem; margin-left: 0.4rem; }
+      nav { display: flex; gap: 0.25rem; flex: 1; }
+      nav a { padding: 0.4rem 0.8rem; border-radius: var(--wt-radius); color: var(--wt-text); text-decoration: none; }
+      nav a[aria-current='page'] { background: var(--wt-accent); color: var(--wt-accent-text); }
+      nav a:focus-visible { outline: 2px solid var(--wt-accent); outline-offset: 2px; }
+      main { flex: 1; padding: 1.2rem; max-width: 80rem; width: 100%; box-sizing: border-box; margin: 0 auto; }
+    `,
+  ];
+
+  @state() private section: SectionId = sectionFromHash();
+  @state() private gpu: GpuStatus | null = null;
+
+  private onHash = () => (this.section = sectionFromHash());
+
+  override connectedCallback(): void {
+    super.connectedCallback();
+    window.addEventListener('hashchange', this.onHash);
+  }
+
+  override disconnectedCallback(): void {
+    window.removeEventListener('hashchange', this.onHash);
+    super.disconnectedCallback();
+  }
+
+  override render() {
+    const active = SECTIONS.find((s) => s.id === this.section)!;
+    const blocked = active.needsGpu && this.gpu && !this.gpu.ok;
+    return html`
+      <header>
+        <h1>WebTune<span>fine-tune on your own GPU</span></h1>
+        <nav aria-label="Sections">
+          ${SECTIONS.map((s) => html`<a href="#/${s.id}" data-testid="tab-${s.id}" aria-current=${s.id === this.section ? 'page' : 'false'}>${s.title}</a>`)}
+        </nav>
+        <wt-gpu-badge @gpu-status=${(e: CustomEvent<GpuStatus>) => (this.gpu = e.detail)}></wt-gpu-badge>
+      </header>
+      <main data-testid="section-${active.id}">
+        ${blocked && this.gpu && !this.gpu.ok
+          ? html`<wt-no-webgpu .message=${this.gpu.message}></wt-no-webgpu>`
+          : html`<wt-section-intro .heading=${active.title} .text=${active.intro}></wt-section-intro>`}
+      </main>
+    `;
+  }
+}
+
+declare global {
+  interface HTMLElementTagNameMap {
+    'wt-app': WtApp;
+  }
+}

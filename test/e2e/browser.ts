@@ -1,0 +1,52 @@
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { createServer, type ViteDevServer } from 'vite';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { REPO_ROOT } from '../helpers/fixtures.ts';
+
+export const CHROMIUM = process.env.WEBTUNE_CHROMIUM ?? '/usr/bin/chromium';
+
+/** Flags for WebGPU on SwiftShader in headless Chromium, with no background network traffic. */
+export const WEBGPU_FLAGS = [
+  '--headless=new',
+  '--no-sandbox',
+  '--enable-unsafe-webgpu',
+  '--use-webgpu-adapter=swiftshader',
+  '--enable-features=Vulkan',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-quic',
+  '--no-first-run',
+];
+
+export async function startServer(): Promise<{ server: ViteDevServer; url: string }> {
+  const server = await createServer({ root: REPO_ROOT, configFile: join(REPO_ROOT, 'vite.config.ts'), server: { port: 0, host: 'localhost', strictPort: false }, logLevel: 'warn', clearScreen: false });
+  await server.listen();
+  const address = server.httpServer!.address();
+  const port = typeof address === 'object' && address ? address.port : 5173;
+  return { server, url: `http://localhost:${port}/` };
+}
+
+export async function launch(extraFlags: string[] = [], webgpu = true): Promise<Browser> {
+  if (!existsSync(CHROMIUM)) throw new Error(`Chromium not found at ${CHROMIUM}: install it with 'apt-get install chromium' (or set WEBTUNE_CHROMIUM)`);
+  const args = webgpu ? [...WEBGPU_FLAGS, ...extraFlags] : [...WEBGPU_FLAGS.filter((f) => !f.includes('webgpu') && !f.includes('Vulkan')), '--disable-webgpu', ...extraFlags];
+  return chromium.launch({ executablePath: CHROMIUM, args, headless: true });
+}
+
+export const ARTIFACTS = join(REPO_ROOT, 'test-results');
+
+export async function screenshot(page: Page, name: string): Promise<void> {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+/** Collects console errors and failed requests so a test can assert the page was clean. */
+export function watchPage(page: Page): { errors: string[] } {
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') errors.push(`console: ${m.text()}`);
+  });
+  return { errors };
+}

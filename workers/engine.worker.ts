@@ -1,0 +1,68 @@
+/// <reference lib="webworker" />
+/**
+ * The engine worker: the sole owner of the GPUDevice. The UI talks to it through comlink with the
+ * EngineApi interface; nothing GPU-side ever crosses to the main thread.
+ */
+import * as Comlink from 'comlink';
+import type { EngineApi, GpuStatus, MatmulRequest, MatmulResult } from '../src/engine/api.ts';
+import { GpuContext } from '../src/engine/gpu/context.ts';
+import { GpuUnavailableError } from '../src/engine/gpu/errors.ts';
+import { matmul } from '../src/engine/kernels/matmul.ts';
+
+let ctxPromise: Promise<GpuContext> | null = null;
+
+function context(): Promise<GpuContext> {
+  ctxPromise ??= GpuContext.create((self.navigator as Navigator & { gpu?: GPU }).gpu).then((ctx) => {
+    // A lost device (driver reset, GPU taken) makes the next call acquire a fresh one.
+    ctx.onLost(() => {
+      ctxPromise = null;
+    });
+    return ctx;
+  });
+  ctxPromise.catch(() => (ctxPromise = null));
+  return ctxPromise;
+}
+
+const api: EngineApi = {
+  async gpuStatus(): Promise<GpuStatus> {
+    const gpu = (self.navigator as Navigator & { gpu?: GPU }).gpu;
+    if (!gpu) {
+      return {
+        ok: false,
+        reason: 'no-webgpu',
+        message: 'This browser does not expose WebGPU here (navigator.gpu is missing).',
+      };
+    }
+    try {
+      const ctx = await context();
+      return { ok: true, gpu: ctx.summary() };
+    } catch (e) {
+      const message = e instanceof Error ? e.message : String(e);
+      return { ok: false, reason: e instanceof GpuUnavailableError ? 'no-adapter' : 'device-failed', message };
+    }
+  },
+
+  async matmul(req: MatmulRequest): Promise<MatmulResult> {
+    const ctx = await context();
+    const { M, N, K } = req;
+    const A = ctx.upload('self-test A', req.transA ? [K, M] : [M, K], req.a);
+    const B = ctx.upload('self-test B', req.transB ? [N, K] : [K, N], req.b);
+    const C = ctx.tensor('self-test C', [M, N]);
+    try {
+      const t0 = performance.now();
+      await matmul(ctx, A, B, C, { M, N, K }, { transA: req.transA, transB: req.transB });
+      const ms = performance.now() - t0;
+      const c = await ctx.read(C);
+      return Comlink.transfer({ c, ms }, [c.buffer]);
+    } finally {
+      for (const t of [A, B, C]) ctx.release(t);
+    }
+  },
+
+  async memory() {
+    const ctx = await context();
+    return { liveBytes: ctx.pool.liveBytes, peakBytes: ctx.pool.peakBytes };
+  },
+};
+
+Comlink.expose(api);
