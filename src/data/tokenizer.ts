@@ -59,6 +59,8 @@ export interface LoadedTokenizer {
   /** Tokens that end a turn (eos and the known end-of-turn names present): supervised after assistant content. */
   endOfTurnTokens: Map<string, number>;
   chatTemplate: string | null;
+  /** The same tokenizer (shared vocabulary, no reload) with another chat template. */
+  withChatTemplate(template: string | null): LoadedTokenizer;
   vocabSize: number;
   idToToken(id: number): string | undefined;
   tokenToId(token: string): number | undefined;
@@ -175,8 +177,6 @@ export function loadTokenizer(source: TokenizerSource): LoadedTokenizer {
   }
   const eosTokenIds = [...new Set([...(eosTokenId !== null ? [eosTokenId] : []), ...endOfTurnTokens.values()])];
 
-  const chatTemplate = source.chatTemplate ?? pickTemplate(config.chat_template);
-  let compiled: Template | null = null;
 
   // Template variables transformers passes from the special tokens map.
   const templateTokens: Record<string, unknown> = {};
@@ -217,90 +217,95 @@ export function loadTokenizer(source: TokenizerSource): LoadedTokenizer {
     return b;
   };
 
-  return {
-    encode(text, options) {
-      if (text.length === 0) return [];
-      return tok.encode(text, { add_special_tokens: options?.addSpecialTokens ?? false }).ids;
-    },
-    decode(ids, options) {
-      const arr = Array.from(ids);
-      if (arr.length === 0) return '';
-      return tok.decode(arr, { skip_special_tokens: options?.skipSpecialTokens ?? false, clean_up_tokenization_spaces: false });
-    },
-    applyChatTemplate(messages, options) {
-      if (chatTemplate === null) {
-        throw new Error('this tokenizer has no chat_template (tokenizer_config.json); choose a built-in template or write one');
-      }
-      try {
-        compiled ??= new Template(chatTemplate);
-      } catch (err) {
-        throw new Error(`chat template does not parse: ${(err as Error).message}`);
-      }
-      const vars: Record<string, unknown> = {
-        ...templateTokens,
-        ...(options?.extra ?? {}),
-        messages,
-        add_generation_prompt: options?.addGenerationPrompt ?? false,
-      };
-      if (options?.tools) vars.tools = options.tools;
-      try {
-        return compiled.render(vars);
-      } catch (err) {
-        throw new Error(`chat template: ${(err as Error).message}`);
-      }
-    },
-    eosTokenIds,
-    eosTokenId,
-    bosTokenId,
-    padTokenId,
-    specialTokens,
-    endOfTurnTokens,
-    chatTemplate,
-    vocabSize: tok.get_vocab(true).size,
-    idToToken: (id) => tok.id_to_token(id),
-    tokenToId: (t) => tok.token_to_id(t),
-    offsets(text, ids) {
-      const textBytes = encoder.encode(text);
-      // byte offset → UTF-16 offset
-      const byteToChar = new Int32Array(textBytes.length + 1);
-      {
-        let bi = 0;
-        let ci = 0;
-        while (ci < text.length) {
-          const cp = text.codePointAt(ci)!;
-          const nb = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
-          for (let k = 0; k < nb; k++) byteToChar[bi + k] = ci;
-          bi += nb;
-          ci += cp >= 0x10000 ? 2 : 1;
+  const build = (chatTemplate: string | null): LoadedTokenizer => {
+    let compiled: Template | null = null;
+    return {
+      withChatTemplate: (t) => build(t),
+      encode(text, options) {
+        if (text.length === 0) return [];
+        return tok.encode(text, { add_special_tokens: options?.addSpecialTokens ?? false }).ids;
+      },
+      decode(ids, options) {
+        const arr = Array.from(ids);
+        if (arr.length === 0) return '';
+        return tok.decode(arr, { skip_special_tokens: options?.skipSpecialTokens ?? false, clean_up_tokenization_spaces: false });
+      },
+      applyChatTemplate(messages, options) {
+        if (chatTemplate === null) {
+          throw new Error('this tokenizer has no chat_template (tokenizer_config.json); choose a built-in template or write one');
         }
-        byteToChar[bi] = ci;
-      }
-      const starts = new Int32Array(ids.length);
-      const ends = new Int32Array(ids.length);
-      let pos = 0;
-      for (let i = 0; i < ids.length; i++) {
-        const b = pieceBytes(ids[i]!);
-        let start = -1;
-        for (let k = 0; k < b.length; k++) {
-          if (pos < textBytes.length && textBytes[pos] === b[k]) {
-            if (start < 0) start = pos;
-            pos++;
-          } else if (b[k] === 0x20 && !u2b) {
-            // SentencePiece's prepended "▁": a space with no counterpart in the text.
-            continue;
-          } else {
-            return null;
+        try {
+          compiled ??= new Template(chatTemplate);
+        } catch (err) {
+          throw new Error(`chat template does not parse: ${(err as Error).message}`);
+        }
+        const vars: Record<string, unknown> = {
+          ...templateTokens,
+          ...(options?.extra ?? {}),
+          messages,
+          add_generation_prompt: options?.addGenerationPrompt ?? false,
+        };
+        if (options?.tools) vars.tools = options.tools;
+        try {
+          return compiled.render(vars);
+        } catch (err) {
+          throw new Error(`chat template: ${(err as Error).message}`);
+        }
+      },
+      eosTokenIds,
+      eosTokenId,
+      bosTokenId,
+      padTokenId,
+      specialTokens,
+      endOfTurnTokens,
+      chatTemplate,
+      vocabSize: tok.get_vocab(true).size,
+      idToToken: (id) => tok.id_to_token(id),
+      tokenToId: (t) => tok.token_to_id(t),
+      offsets(text, ids) {
+        const textBytes = encoder.encode(text);
+        // byte offset → UTF-16 offset
+        const byteToChar = new Int32Array(textBytes.length + 1);
+        {
+          let bi = 0;
+          let ci = 0;
+          while (ci < text.length) {
+            const cp = text.codePointAt(ci)!;
+            const nb = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+            for (let k = 0; k < nb; k++) byteToChar[bi + k] = ci;
+            bi += nb;
+            ci += cp >= 0x10000 ? 2 : 1;
           }
+          byteToChar[bi] = ci;
         }
-        if (start < 0) start = pos;
-        starts[i] = byteToChar[start]!;
-        // A token ending inside a multi-byte character owns the whole character.
-        let endByte = pos;
-        while (endByte < textBytes.length && (textBytes[endByte]! & 0xc0) === 0x80) endByte++;
-        ends[i] = byteToChar[endByte]!;
-      }
-      if (pos !== textBytes.length) return null;
-      return { starts, ends };
-    },
+        const starts = new Int32Array(ids.length);
+        const ends = new Int32Array(ids.length);
+        let pos = 0;
+        for (let i = 0; i < ids.length; i++) {
+          const b = pieceBytes(ids[i]!);
+          let start = -1;
+          for (let k = 0; k < b.length; k++) {
+            if (pos < textBytes.length && textBytes[pos] === b[k]) {
+              if (start < 0) start = pos;
+              pos++;
+            } else if (b[k] === 0x20 && !u2b) {
+              // SentencePiece's prepended "▁": a space with no counterpart in the text.
+              continue;
+            } else {
+              return null;
+            }
+          }
+          if (start < 0) start = pos;
+          starts[i] = byteToChar[start]!;
+          // A token ending inside a multi-byte character owns the whole character.
+          let endByte = pos;
+          while (endByte < textBytes.length && (textBytes[endByte]! & 0xc0) === 0x80) endByte++;
+          ends[i] = byteToChar[endByte]!;
+        }
+        if (pos !== textBytes.length) return null;
+        return { starts, ends };
+      },
+    };
   };
+  return build(source.chatTemplate ?? pickTemplate(config.chat_template));
 }

