@@ -1,0 +1,50 @@
+import type { GpuContext, KernelDispatch } from '../src/engine/gpu/context.ts';
+import { PassTimer } from '../src/engine/gpu/timer.ts';
+
+/** One benchmark measurement. flops/bytes are per run, so TFLOP/s and GB/s follow from ms. */
+export interface BenchRow {
+  name: string;
+  ms: number;
+  flops?: number;
+  bytes?: number;
+  note?: string;
+}
+
+/**
+ * GPU time per run of a sequence of dispatches: `reps` runs recorded back to back in one compute pass
+ * (timestamp queries around the pass when available, else submit→onSubmittedWorkDone wall-clock), after
+ * a warm-up; the median of `samples` such passes.
+ */
+export async function timeDispatches(ctx: GpuContext, dispatches: readonly KernelDispatch[], reps = 10, samples = 5): Promise<number> {
+  const all = Array.from({ length: reps }, () => dispatches).flat();
+  await ctx.run(dispatches); // warm-up (pipeline upload, caches)
+  const times: number[] = [];
+  const timer = ctx.features.timestampQuery ? new PassTimer(ctx, samples) : null;
+  for (let s = 0; s < samples; s++) {
+    const encoder = ctx.device.createCommandEncoder();
+    const t0 = performance.now();
+    ctx.encode(encoder, all, timer?.pass(`sample ${s}`));
+    if (timer && s === samples - 1) timer.resolve(encoder);
+    ctx.device.queue.submit([encoder.finish()]);
+    await ctx.device.queue.onSubmittedWorkDone();
+    times.push(performance.now() - t0);
+  }
+  if (timer) {
+    const t = (await timer.read()).map((x) => x.ms);
+    timer.destroy();
+    // Timestamps can be quantised or disabled by the driver (0); fall back to wall-clock then.
+    if (t.every((x) => x > 0)) times.splice(0, times.length, ...t);
+  }
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)]! / reps;
+}
+
+export function formatTable(rows: readonly BenchRow[]): string {
+  const lines = ['| benchmark | ms | TFLOP/s | GB/s | note |', '|---|---:|---:|---:|---|'];
+  for (const r of rows) {
+    const tf = r.flops ? (r.flops / r.ms / 1e9).toFixed(2) : '';
+    const gb = r.bytes ? (r.bytes / r.ms / 1e6).toFixed(0) : '';
+    lines.push(`| ${r.name} | ${r.ms.toFixed(3)} | ${tf} | ${gb} | ${r.note ?? ''} |`);
+  }
+  return lines.join('\n');
+}

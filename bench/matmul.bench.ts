@@ -1,0 +1,41 @@
+import type { GpuContext } from '../src/engine/gpu/context.ts';
+import { prepareMatmul } from '../src/engine/kernels/matmul.ts';
+import { timeDispatches, type BenchRow } from './harness.ts';
+
+/** InternLM2-1.8B: hidden 2048, q+k+v 4096, intermediate 8192, vocab 92544; 2048 tokens per step. */
+const TOKENS = 2048;
+const MODEL_SHAPES: [string, number, number, number][] = [
+  ['tokens×2048 → 2048 (wo)', TOKENS, 2048, 2048],
+  ['tokens×2048 → 1024 (k/v)', TOKENS, 1024, 2048],
+  ['tokens×2048 → 8192 (w1/w3)', TOKENS, 8192, 2048],
+  ['tokens×8192 → 2048 (w2)', TOKENS, 2048, 8192],
+  ['tokens×2048 → 92544 (lm_head)', TOKENS, 92544, 2048],
+];
+
+export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  const run = async (name: string, M: number, N: number, K: number, transA: boolean, transB: boolean) => {
+    const A = ctx.tensor('A', transA ? [K, M] : [M, K]);
+    const B = ctx.tensor('B', transB ? [N, K] : [K, N]);
+    const C = ctx.tensor('C', [M, N]);
+    ctx.fill32(A, 0.01);
+    ctx.fill32(B, 0.02);
+    try {
+      const d = await prepareMatmul(ctx, A, B, C, { M, N, K }, { transA, transB });
+      const ms = await timeDispatches(ctx, [d], quick ? 2 : 5, quick ? 2 : 5);
+      rows.push({ name, ms, flops: 2 * M * N * K, note: `${transA ? 'Aᵀ' : 'A'}·${transB ? 'Bᵀ' : 'B'}` });
+    } finally {
+      for (const t of [A, B, C]) ctx.release(t);
+      ctx.pool.trim();
+    }
+  };
+  const squares = quick ? [256] : [1024, 2048, 4096];
+  for (const n of squares) await run(`${n}³`, n, n, n, false, false);
+  if (quick) return rows;
+  for (const [name, M, N, K] of MODEL_SHAPES) {
+    await run(`${name} fwd X·Wᵀ`, M, N, K, false, true);
+    await run(`${name} dX = dY·W`, M, K, N, false, false);
+  }
+  await run('dW 2048×2048 = dYᵀ·X (tokens 2048)', 2048, 2048, TOKENS, true, false);
+  return rows;
+}
