@@ -106,12 +106,66 @@ function lineOfOffset(text: string, offset: number): number {
   return line;
 }
 
+/**
+ * A JSON array that does not parse: split its top-level elements with a string-aware bracket scanner and
+ * parse each alone, so one broken element is one rejected entry (with its line) and the rest survive.
+ */
+function salvageArray(text: string, file: string): ParseResult {
+  const records: RawRecord[] = [];
+  const rejected: RejectedRow[] = [];
+  let depth = 0;
+  let inString = false;
+  let line = 1;
+  let start = -1;
+  let startLine = 1;
+  let index = 0;
+  const flush = (end: number) => {
+    const src = text.slice(start, end);
+    if (src.trim() !== '') {
+      const source: SourceRef = { file, line: startLine, item: `[${index}]` };
+      try {
+        records.push({ value: JSON.parse(src) as unknown, source });
+      } catch (err) {
+        rejected.push(reject(source, 'parse', `invalid JSON: ${(err as Error).message.split('\n')[0]}`));
+      }
+      index++;
+    }
+    start = -1;
+  };
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i]!;
+    if (ch === '\n') line++;
+    if (inString) {
+      if (ch === '\\') i++;
+      else if (ch === '"') inString = false;
+      continue;
+    }
+    if (depth === 1 && start < 0 && !/\s|,|\]/.test(ch)) {
+      start = i;
+      startLine = line;
+    }
+    if (ch === '"') inString = true;
+    else if (ch === '[' || ch === '{') depth++;
+    else if (ch === ']' || ch === '}') {
+      depth--;
+      if (depth === 0) {
+        if (start >= 0) flush(i);
+        break;
+      }
+    } else if (ch === ',' && depth === 1 && start >= 0) flush(i);
+  }
+  if (start >= 0) flush(text.length);
+  if (depth !== 0) rejected.push(reject({ file, line }, 'parse', 'invalid JSON: the top-level array is not closed'));
+  return { records, rejected };
+}
+
 export function parseJson(text: string, file: string): ParseResult {
   let data: unknown;
   try {
     data = JSON.parse(text);
   } catch (err) {
-    const msg = (err as Error).message;
+    if (text.trimStart().startsWith('[')) return salvageArray(text, file);
+    const msg = (err as Error).message.split('\n')[0]!;
     const pos = /position (\d+)/.exec(msg);
     const source: SourceRef = pos ? { file, line: lineOfOffset(text, Number(pos[1])) } : { file };
     return { records: [], rejected: [reject(source, 'parse', `invalid JSON: ${msg}`)] };
@@ -148,6 +202,7 @@ export function parseDelimited(text: string, file: string, delimiter: ',' | '\t'
   const rejected: RejectedRow[] = [];
   const bad = new Map<number, string>();
   for (const e of res.errors) {
+    if (e.type === 'Delimiter') continue; // "could not detect the delimiter, used ','": not a row error
     if (e.row === undefined || e.row === null) rejected.push(reject({ file }, 'parse', `${e.code}: ${e.message}`));
     else bad.set(e.row, `${e.code}: ${e.message}`);
   }
