@@ -1,0 +1,160 @@
+// RMSNorm over rows of length dim (hidden 2048, or head_dim 64/128 for Qwen3's per-head q_norm/k_norm,
+// whose rows are [tokens * heads, head_dim]):
+//
+//   forward:   y = x · rstd · w,   rstd = 1 / sqrt(mean(x²) + eps), rstd saved per row for backward.
+//              RESIDUAL (define): first h += delta in place (the residual stream update), then y = norm(h):
+//              `h = h + attn; n = rmsnorm(h)` in one pass.
+//   backward:  dx = rstd·w·dy − x · rstd³/dim · Σ_j dy_j w_j x_j      (activation grad: WRITTEN, =)
+//   dw:        dw += Σ_rows dy · x · rstd                              (parameter grad: ACCUMULATED, +=)
+//
+// Gradient rule (llm.c): parameter grads are accumulated (+=), activation grads are written (=).
+//
+// Layout: a workgroup of WG threads handles WG / T rows, T threads (a power of two, the override
+// constant, chosen from dim by the TS module) per row; each thread strides over the row, the T partial
+// sums are combined by a fixed tree in workgroup memory (deterministic). VEC4 (a define, used when dim is
+// a multiple of 4) makes the arrays vec4<f32>; `units` counts vec4s then. Rows are reread for the second
+// pass (each thread rereads exactly what it read or wrote itself, so the residual variant needs no
+// barrier). dw is two passes without atomics: per-(column block, row chunk) partials, then an ordered sum.
+
+#if VEC4
+alias V = vec4<f32>;
+fn hsum(v: V) -> f32 { return v.x + v.y + v.z + v.w; }
+#else
+alias V = f32;
+fn hsum(v: V) -> f32 { return v; }
+#endif
+
+struct Params {
+  rows: u32,
+  units: u32,       // row length in units of V
+  dim: u32,         // row length in elements
+  eps: f32,
+  chunk_rows: u32,  // dw: rows per partial sum
+  chunks: u32,      // dw: number of row chunks
+  _pad0: u32,
+  _pad1: u32,
+}
+
+override WG: u32 = 256u;
+override T: u32 = 64u;       // threads per row (power of two, ≤ WG)
+override COLS: u32 = 64u;    // dw: columns (units) per workgroup
+override LANES: u32 = 4u;    // dw: row lanes per workgroup
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+// forward
+#if RESIDUAL
+@group(0) @binding(1) var<storage, read_write> fx: array<V>;   // h: h += delta, written back
+@group(0) @binding(5) var<storage, read> delta: array<V>;
+#else
+@group(0) @binding(1) var<storage, read> fx: array<V>;
+#endif
+@group(0) @binding(2) var<storage, read> fw: array<V>;
+@group(0) @binding(3) var<storage, read_write> fy: array<V>;
+@group(0) @binding(4) var<storage, read_write> frstd: array<f32>;
+
+// backward (dx) and dw partials
+@group(0) @binding(1) var<storage, read> bdy: array<V>;
+@group(0) @binding(2) var<storage, read> bx: array<V>;
+@group(0) @binding(3) var<storage, read> brstd: array<f32>;
+@group(0) @binding(4) var<storage, read> bw: array<V>;
+@group(0) @binding(5) var<storage, read_write> bdx: array<V>;
+@group(0) @binding(4) var<storage, read_write> partial: array<V>;
+
+// dw reduce
+@group(0) @binding(1) var<storage, read> partial_in: array<V>;
+@group(0) @binding(2) var<storage, read_write> dw: array<V>;
+
+var<workgroup> red: array<f32, WG>;
+
+// Sums v over the T threads of each row segment; every thread of the workgroup must call it.
+fn segment_sum(lid: u32, v: f32) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  let tl = lid % T;
+  for (var s = T / 2u; s > 0u; s = s / 2u) {
+    if (tl < s) { red[lid] = red[lid] + red[lid + s]; }
+    workgroupBarrier();
+  }
+  let total = red[lid - tl];
+  workgroupBarrier();
+  return total;
+}
+
+@compute @workgroup_size(WG)
+fn rmsnorm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let tl = lid % T;
+  let row = (wg.y * nwg.x + wg.x) * (WG / T) + lid / T;
+  let valid = row < params.rows;
+  let base = row * params.units;
+  var ss = 0.0;
+  if (valid) {
+    for (var u = tl; u < params.units; u += T) {
+#if RESIDUAL
+      let v = fx[base + u] + delta[base + u];
+      fx[base + u] = v;
+#else
+      let v = fx[base + u];
+#endif
+      ss += hsum(v * v);
+    }
+  }
+  let total = segment_sum(lid, ss);
+  if (!valid) { return; }
+  let r = 1.0 / sqrt(total / f32(params.dim) + params.eps);
+  for (var u = tl; u < params.units; u += T) {
+    fy[base + u] = (fx[base + u] * r) * fw[u];
+  }
+  if (tl == 0u) { frstd[row] = r; }
+}
+
+@compute @workgroup_size(WG)
+fn rmsnorm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let tl = lid % T;
+  let row = (wg.y * nwg.x + wg.x) * (WG / T) + lid / T;
+  let valid = row < params.rows;
+  let base = row * params.units;
+  var dot = 0.0;
+  if (valid) {
+    for (var u = tl; u < params.units; u += T) { dot += hsum(bdy[base + u] * bw[u] * bx[base + u]); }
+  }
+  let total = segment_sum(lid, dot);
+  if (!valid) { return; }
+  let r = brstd[row];
+  let c = r * r * r * total / f32(params.dim);
+  for (var u = tl; u < params.units; u += T) {
+    bdx[base + u] = r * bw[u] * bdy[base + u] - c * bx[base + u];
+  }
+}
+
+var<workgroup> lane_sums: array<V, COLS * LANES>;
+
+// workgroup (x = column block, y = row chunk); thread = (column in block, row lane).
+@compute @workgroup_size(COLS * LANES)
+fn rmsnorm_dw_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let c_local = lid % COLS;
+  let lane = lid / COLS;
+  let c = wg.x * COLS + c_local;
+  let r0 = wg.y * params.chunk_rows;
+  let r1 = min(r0 + params.chunk_rows, params.rows);
+  var s = V(0.0);
+  if (c < params.units) {
+    for (var r = r0 + lane; r < r1; r += LANES) { s += bdy[r * params.units + c] * bx[r * params.units + c] * brstd[r]; }
+  }
+  lane_sums[lane * COLS + c_local] = s;
+  workgroupBarrier();
+  if (lane == 0u && c < params.units) {
+    var t = lane_sums[c_local];
+    for (var l = 1u; l < LANES; l++) { t += lane_sums[l * COLS + c_local]; }
+    partial[wg.y * params.units + c] = t;
+  }
+}
+
+@compute @workgroup_size(WG)
+fn rmsnorm_dw_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let c = wg.x * WG + lid;
+  if (c >= params.units) { return; }
+  var t = V(0.0);
+  for (var k = 0u; k < params.chunks; k++) { t += partial_in[k * params.units + c]; }
+  dw[c] = dw[c] + t;
+}
