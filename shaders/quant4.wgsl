@@ -1,0 +1,406 @@
+// 4-bit block-quantized frozen base weights (the QLoRA base): quantize, dequantize, and matmuls that
+// dequantise in registers / workgroup memory without ever materialising W in f32.
+//
+// Format ("q4a64", see docs/quant4.md): W is [out, in] (HF layout), in % 64 == 0. Each row is cut into
+// groups of 64 along `in`; each group has an asymmetric int4 code per weight and one u32 holding two f16:
+//   w = f32(code) * step + min,   code in 0..15,   low 16 bits = step (f16), high 16 bits = min (f16).
+// Codes: q is array<vec4<u32>>, [out, in/32]: one vec4 = 16 bytes = 32 consecutive weights; weight 8·i + j
+// of a vec4 is nibble j (bits 4j..4j+3) of component i. Scales: sm is array<u32>, [out, in/64], a separate
+// array so every load is aligned. 4.5 bits per weight.
+//
+// Quantization rule (GPU and the CPU reference in quant4.ts agree bit for bit; only correctly rounded f32
+// ops are used, no division): min16 = f16 rounded toward -inf of the group minimum; step16 = f16 rounded
+// toward +inf of (max - min16) · f32(1/15); code = #{c in 0..14 : (x - min16) > (c + 0.5) · step16}.
+// The f16 conversions are done on the bits (shader-f16 is not needed).
+//
+// Entry points (one OP define per pipeline selects the bindings):
+//   OP == quantize   quantize     f32 / f16 / bf16 (SRC define) rows of W → codes + scales at a row offset
+//   OP == dequantize dequantize   codes + scales → f32 [rows, in]
+//   OP == matmul     q4_matmul    Y[:, off:off+N] = X · Wᵀ (+ s · U · B[b_row0:]ᵀ when LORA), tiled
+//   OP == gemv       q4_gemv      the same for M ≤ 8 tokens (decode): each weight is read once
+//   OP == dx         q4_matmul_dx dX = dY[:, off:off+N] · W (ACCUMULATE: dX += ..., for later row blocks)
+// Gradient rule (llm.c): activation grads are written (=); the base is frozen, so there is no dW. dX of a
+// W split into row blocks is the sum over blocks: the first block writes, later blocks add (ACCUMULATE).
+
+struct Params {
+  M: u32,        // rows of X / Y / dY (tokens)
+  N: u32,        // rows of W in this block (quantize: rows of the source chunk)
+  K: u32,        // in features (multiple of 64)
+  ldy: u32,      // row stride of Y / dY (all output features of all blocks)
+  off: u32,      // first column of Y / dY this block covers (quantize: first destination row)
+  R: u32,        // LoRA rank
+  s: f32,        // LoRA scale alpha / r
+  src_off: u32,  // quantize: first source element
+  b_row0: u32,   // LoRA: first row of B belonging to this block
+  _p0: u32,
+  _p1: u32,
+  _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+const GROUP: u32 = 64u;
+
+// f16 bits → f32, exact (subnormals included).
+fn f16_to_f32(h: u32) -> f32 {
+  let sign = (h & 0x8000u) << 16u;
+  let e = (h >> 10u) & 0x1fu;
+  let m = h & 0x3ffu;
+  if (e == 0u) {
+    let v = f32(m) * 5.9604644775390625e-8; // m · 2^-24, exact
+    return bitcast<f32>(bitcast<u32>(v) | sign);
+  }
+  if (e == 31u) { return bitcast<f32>(sign | 0x7f800000u | (m << 13u)); }
+  return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
+}
+
+// Decodes one group's scale word: (step, min).
+fn group_scale(w: u32) -> vec2<f32> {
+  return vec2<f32>(f16_to_f32(w & 0xffffu), f16_to_f32(w >> 16u));
+}
+
+// The 8 weights of one code word as two vec4 (weights 0..3, 4..7).
+fn dequant8(word: u32, sc: vec2<f32>) -> array<vec4<f32>, 2> {
+  let lo = vec4<f32>(f32(word & 15u), f32((word >> 4u) & 15u), f32((word >> 8u) & 15u), f32((word >> 12u) & 15u));
+  let hi = vec4<f32>(f32((word >> 16u) & 15u), f32((word >> 20u) & 15u), f32((word >> 24u) & 15u), f32(word >> 28u));
+  return array<vec4<f32>, 2>(lo * sc.x + sc.y, hi * sc.x + sc.y);
+}
+
+// ------------------------------------------------------------------------------------------------
+#if OP == quantize
+
+#if SRC == f16 || SRC == bf16
+@group(0) @binding(1) var<storage, read> src: array<u32>;  // two 16-bit values per word, low half first
+#else
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+#endif
+@group(0) @binding(2) var<storage, read_write> q: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read_write> sm: array<u32>;
+
+// f16 bits of x rounded toward +inf (up) or -inf (!up); exact when x is representable.
+fn f32_to_f16_directed(x: f32, up: bool) -> u32 {
+  let b = bitcast<u32>(x);
+  let sign = b >> 31u;
+  let a = b & 0x7fffffffu;
+  let away = (sign == 0u) == up; // round the magnitude up
+  if (a >= 0x7f800000u) { return (sign << 15u) | 0x7c00u | select(0u, 0x200u, a > 0x7f800000u); }
+  let e = i32(a >> 23u) - 112;
+  var h = 0u;
+  var rem = false;
+  if (e >= 31) {
+    h = select(0x7bffu, 0x7c00u, away);
+  } else if (e >= 1) {
+    h = (u32(e) << 10u) | ((a >> 13u) & 0x3ffu);
+    rem = (a & 0x1fffu) != 0u;
+  } else {
+    let m = select(a & 0x7fffffu, (a & 0x7fffffu) | 0x800000u, (a >> 23u) != 0u);
+    let shift = u32(14 - e);
+    if (shift >= 32u) {
+      rem = m != 0u;
+    } else {
+      h = m >> shift;
+      rem = (m & ((1u << shift) - 1u)) != 0u;
+    }
+  }
+  if (away && rem) { h += 1u; }
+  return (sign << 15u) | h;
+}
+
+fn src_value(i: u32) -> f32 {
+#if SRC == bf16
+  let w = src[i >> 1u];
+  return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u));
+#elif SRC == f16
+  let w = src[i >> 1u];
+  return f16_to_f32(select(w & 0xffffu, w >> 16u, (i & 1u) == 1u));
+#else
+  return src[i];
+#endif
+}
+
+// One thread per group of 64 source values (rows [0, N) of the chunk, starting at element src_off),
+// written to destination rows [off, off + N). 2-D grid: group = gid.x + gid.y · (64 · num_workgroups.x).
+@compute @workgroup_size(64)
+fn quantize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let g = gid.x + gid.y * nwg.x * 64u;
+  let gpr = params.K / GROUP;
+  if (g >= params.N * gpr) { return; }
+  let base = params.src_off + g * GROUP;
+  var lo = src_value(base);
+  var hi = lo;
+  for (var j = 1u; j < GROUP; j++) {
+    let v = src_value(base + j);
+    lo = min(lo, v);
+    hi = max(hi, v);
+  }
+  let mn_bits = f32_to_f16_directed(lo, false);
+  let mn = f16_to_f32(mn_bits);
+  let step_bits = f32_to_f16_directed((hi - mn) * (1.0 / 15.0), true);
+  let step = f16_to_f32(step_bits);
+  let dst = params.off * gpr + g;
+  sm[dst] = step_bits | (mn_bits << 16u);
+  var words: array<u32, 8>;
+  for (var w = 0u; w < 8u; w++) {
+    var word = 0u;
+    for (var j = 0u; j < 8u; j++) {
+      let d = src_value(base + w * 8u + j) - mn;
+      var code = 0u;
+      for (var c = 0u; c < 15u; c++) {
+        if (d > (f32(c) + 0.5) * step) { code += 1u; }
+      }
+      word |= code << (4u * j);
+    }
+    words[w] = word;
+  }
+  q[2u * dst] = vec4<u32>(words[0], words[1], words[2], words[3]);
+  q[2u * dst + 1u] = vec4<u32>(words[4], words[5], words[6], words[7]);
+}
+
+#endif
+// ------------------------------------------------------------------------------------------------
+#if OP == dequantize
+
+@group(0) @binding(1) var<storage, read> q: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> sm: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;  // [N, K]
+
+// One thread per code word (8 weights). 2-D grid like quantize.
+@compute @workgroup_size(64)
+fn dequantize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let w = gid.x + gid.y * nwg.x * 64u;
+  if (w >= params.N * (params.K / 8u)) { return; }
+  let v = dequant8(q[w / 4u][w % 4u], group_scale(sm[w / 8u]));
+  out[2u * w] = v[0];
+  out[2u * w + 1u] = v[1];
+}
+
+#endif
+// ------------------------------------------------------------------------------------------------
+#if OP == matmul || OP == dx
+
+@group(0) @binding(1) var<storage, read> x: array<f32>;          // matmul: X [M, K]; dx: dY [M, ldy]
+@group(0) @binding(2) var<storage, read> q: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> sm: array<u32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;    // matmul: Y [M, ldy]; dx: dX [M, K]
+#if LORA
+@group(0) @binding(5) var<storage, read> lu: array<f32>;         // U [M, R]
+@group(0) @binding(6) var<storage, read> lb: array<f32>;         // B [out, R]
+#endif
+
+const THREAD_M: u32 = 4u;
+const THREAD_N: u32 = 4u;
+// Reduction depth per step (matmul: 32 k = one vec4 of codes per W row; dx: 32 rows of W).
+const TR: u32 = 32u;
+override TILE_M: u32 = 64u;
+override TILE_N: u32 = 64u;
+// Padded strides against bank conflicts on the transposing stores.
+const PAD: u32 = 1u;
+var<workgroup> tile_a: array<f32, TR * (TILE_M + PAD)>;  // reduction-major: [r][m]
+var<workgroup> tile_b: array<f32, TR * (TILE_N + PAD)>;  // reduction-major: [r][n]
+
+@compute @workgroup_size(TILE_N / THREAD_N, TILE_M / THREAD_M)
+#if OP == matmul
+fn q4_matmul(
+#else
+fn q4_matmul_dx(
+#endif
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let threads = (TILE_N / THREAD_N) * (TILE_M / THREAD_M);
+  let SA = TILE_M + PAD;
+  let SB = TILE_N + PAD;
+  let row0 = wg.y * TILE_M;
+  let col0 = wg.x * TILE_N;
+  let K = params.K;
+  var acc: array<array<f32, THREAD_N>, THREAD_M>;
+  for (var i = 0u; i < THREAD_M; i++) {
+    for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = 0.0; }
+  }
+#if OP == matmul
+  let red = K;
+#else
+  let red = params.N;
+#endif
+  for (var r0 = 0u; r0 < red; r0 += TR) {
+#if OP == matmul
+    // X tile [TILE_M, 32 k]: 8 consecutive threads read one row's 128 contiguous bytes.
+    for (var idx = tid; idx < TILE_M * (TR / 4u); idx += threads) {
+      let c4 = idx % (TR / 4u);
+      let mm = idx / (TR / 4u);
+      let m = row0 + mm;
+      var v = vec4<f32>(0.0);
+      if (m < params.M) {
+        let at = m * K + r0 + 4u * c4;
+        v = vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);
+      }
+      tile_a[(4u * c4) * SA + mm] = v.x;
+      tile_a[(4u * c4 + 1u) * SA + mm] = v.y;
+      tile_a[(4u * c4 + 2u) * SA + mm] = v.z;
+      tile_a[(4u * c4 + 3u) * SA + mm] = v.w;
+    }
+    // W tile [TILE_N rows, 32 k]: one 16-byte load of codes per row (plus its group's scale word).
+    for (var nn = tid; nn < TILE_N; nn += threads) {
+      let n = col0 + nn;
+      if (n < params.N) {
+        let at = n * K + r0;
+        let codes = q[at / 32u];
+        let sc = group_scale(sm[at / GROUP]);
+        for (var i = 0u; i < 4u; i++) {
+          let v = dequant8(codes[i], sc);
+          for (var j = 0u; j < 4u; j++) {
+            tile_b[(8u * i + j) * SB + nn] = v[0][j];
+            tile_b[(8u * i + 4u + j) * SB + nn] = v[1][j];
+          }
+        }
+      } else {
+        for (var j = 0u; j < TR; j++) { tile_b[j * SB + nn] = 0.0; }
+      }
+    }
+#else
+    // dY tile [TILE_M, 32 n]: 32 consecutive threads read 32 consecutive floats of one row.
+    for (var idx = tid; idx < TILE_M * TR; idx += threads) {
+      let nn = idx % TR;
+      let mm = idx / TR;
+      let m = row0 + mm;
+      let n = r0 + nn;
+      var v = 0.0;
+      if (m < params.M && n < params.N) { v = x[m * params.ldy + params.off + n]; }
+      tile_a[nn * SA + mm] = v;
+    }
+    // W tile [32 rows n, TILE_N k]: TILE_N / 32 16-byte loads per row, pairs of threads on one row.
+    let per_row = TILE_N / 32u;
+    for (var idx = tid; idx < TR * per_row; idx += threads) {
+      let h = idx % per_row;
+      let nn = idx / per_row;
+      let n = r0 + nn;
+      if (n < params.N) {
+        let at = n * K + col0 + 32u * h;
+        let codes = q[at / 32u];
+        let sc = group_scale(sm[at / GROUP]);
+        for (var i = 0u; i < 4u; i++) {
+          let v = dequant8(codes[i], sc);
+          for (var j = 0u; j < 4u; j++) {
+            tile_b[nn * SB + 32u * h + 8u * i + j] = v[0][j];
+            tile_b[nn * SB + 32u * h + 8u * i + 4u + j] = v[1][j];
+          }
+        }
+      } else {
+        for (var j = 0u; j < 32u; j++) { tile_b[nn * SB + 32u * h + j] = 0.0; }
+      }
+    }
+#endif
+    workgroupBarrier();
+    for (var kk = 0u; kk < TR; kk++) {
+      var ra: array<f32, THREAD_M>;
+      var rb: array<f32, THREAD_N>;
+      for (var i = 0u; i < THREAD_M; i++) { ra[i] = tile_a[kk * SA + lid.y * THREAD_M + i]; }
+      for (var j = 0u; j < THREAD_N; j++) { rb[j] = tile_b[kk * SB + lid.x * THREAD_N + j]; }
+      for (var i = 0u; i < THREAD_M; i++) {
+        for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = fma(ra[i], rb[j], acc[i][j]); }
+      }
+    }
+    workgroupBarrier();
+  }
+
+  for (var i = 0u; i < THREAD_M; i++) {
+    let m = row0 + lid.y * THREAD_M + i;
+    if (m >= params.M) { continue; }
+    for (var j = 0u; j < THREAD_N; j++) {
+      let n = col0 + lid.x * THREAD_N + j;
+#if OP == matmul
+      if (n >= params.N) { continue; }
+      var v = acc[i][j];
+#if LORA
+      var t = 0.0;
+      for (var r = 0u; r < params.R; r++) { t = fma(lu[m * params.R + r], lb[(params.b_row0 + n) * params.R + r], t); }
+      v = fma(params.s, t, v);
+#endif
+      y[m * params.ldy + params.off + n] = v;
+#else
+      if (n >= K) { continue; }
+      let at = m * K + n;
+#if ACCUMULATE
+      y[at] = y[at] + acc[i][j];
+#else
+      y[at] = acc[i][j];
+#endif
+#endif
+    }
+  }
+}
+
+#endif
+// ------------------------------------------------------------------------------------------------
+#if OP == gemv
+
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;    // X [M, K], M ≤ 8
+@group(0) @binding(2) var<storage, read> q: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> sm: array<u32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;    // Y [M, ldy]
+#if LORA
+@group(0) @binding(5) var<storage, read> lu: array<f32>;         // U [M, R]
+@group(0) @binding(6) var<storage, read> lb: array<f32>;         // B [out, R]
+#endif
+
+const MAX_M: u32 = 8u;
+const LANES: u32 = 32u;
+override GEMV_ROWS: u32 = 8u;  // W rows per workgroup, LANES threads each
+var<workgroup> part: array<f32, MAX_M * LANES * GEMV_ROWS>;
+
+// Each row of W is read by LANES threads, 16 contiguous bytes each per step (512 bytes per step), once.
+// Deterministic tree reduction in workgroup memory. 2-D grid: row block = wg.x + wg.y · num_workgroups.x.
+@compute @workgroup_size(LANES, GEMV_ROWS)
+fn q4_gemv(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let n = (wg.x + wg.y * nwg.x) * GEMV_ROWS + lid.y;
+  let M = params.M;
+  let K = params.K;
+  let lane = lid.x;
+  var acc: array<f32, MAX_M>;
+  for (var m = 0u; m < MAX_M; m++) { acc[m] = 0.0; }
+  if (n < params.N) {
+    let per_row = K / 32u;
+    for (var c = lane; c < per_row; c += LANES) {
+      let at = n * per_row + c;
+      let codes = q[at];
+      let sc = group_scale(sm[at / 2u]);
+      for (var i = 0u; i < 4u; i++) {
+        let w = dequant8(codes[i], sc);
+        let xo = (c * 32u + 8u * i) / 4u;
+        for (var m = 0u; m < M; m++) {
+          let xr = m * (K / 4u) + xo;
+          acc[m] += dot(w[0], x[xr]) + dot(w[1], x[xr + 1u]);
+        }
+      }
+    }
+  }
+  let base = lid.y * LANES;
+  for (var m = 0u; m < MAX_M; m++) { part[m * LANES * GEMV_ROWS + base + lane] = acc[m]; }
+  workgroupBarrier();
+  for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
+    if (lane < stride) {
+      for (var m = 0u; m < MAX_M; m++) {
+        let at = m * LANES * GEMV_ROWS + base + lane;
+        part[at] = part[at] + part[at + stride];
+      }
+    }
+    workgroupBarrier();
+  }
+  if (n < params.N && lane < M) {
+    let m = lane;
+    var v = part[m * LANES * GEMV_ROWS + base];
+#if LORA
+    var t = 0.0;
+    for (var r = 0u; r < params.R; r++) { t = fma(lu[m * params.R + r], lb[(params.b_row0 + n) * params.R + r], t); }
+    v = fma(params.s, t, v);
+#endif
+    y[m * params.ldy + params.off + n] = v;
+  }
+}
+
+#endif
