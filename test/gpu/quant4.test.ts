@@ -55,7 +55,7 @@ function refDx(dy: Float32Array, w: Float64Array, M: number, N: number, K: numbe
   for (let m = 0; m < M; m++)
     for (let n = 0; n < N; n++) {
       const g = dy[m * N + n]!;
-      for (let k = 0; k < K; k++) dx[m * K + k] += g * w[n * K + k]!;
+      for (let k = 0; k < K; k++) dx[m * K + k] = dx[m * K + k]! + g * w[n * K + k]!;
     }
   return dx;
 }
