@@ -4,12 +4,15 @@
 //   op(B) is K×N: B is stored [K, N] row-major, or [N, K] when TRANS_B.
 //
 // The three products a linear layer needs: forward Y = X·Wᵀ (TRANS_B), input gradient dX = dY·W (plain),
-// weight gradient dW = dYᵀ·X (TRANS_A, ACCUMULATE across micro-batches).
+// weight gradient dW = dYᵀ·X (TRANS_A, ACCUMULATE: parameter gradients are accumulated). There is no
+// separate backward entry point: the backward of a matmul is two more matmuls of this kernel.
 //
-// Each workgroup computes a TILE_M×TILE_N block of C, each thread a 4×4 sub-block held in registers; A and
-// B are staged through workgroup memory TILE_K columns at a time. Edges of ragged shapes load zeros and
-// skip stores, so any M, N, K works. Shapes are uniforms: one pipeline serves every sequence length.
-// There is no backward entry point: the backward of a matmul is two more matmuls of this same kernel.
+// A 16×16 workgroup computes a TILE_M×TILE_N block of C; each thread owns THREAD_M×THREAD_N outputs in
+// registers (8×8 with WIDE, else 4×4), split into 4-row/4-column groups spaced WG·4 apart so that the
+// vec4 reads of workgroup memory by neighbouring threads are contiguous. A and B are staged through
+// workgroup memory TILE_K deep, stored k-major. VEC4_A / VEC4_B load 16 bytes at a time from global
+// memory; the host enables them when the contiguous dimension (and the batch stride) is a multiple of 4.
+// Ragged edges load zeros and skip stores, so any M, N, K works. Shapes are uniforms.
 
 struct Params {
   M: u32,
@@ -24,45 +27,142 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+#if VEC4_A
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+#else
 @group(0) @binding(1) var<storage, read> a: array<f32>;
+#endif
+#if VEC4_B
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+#else
 @group(0) @binding(2) var<storage, read> b: array<f32>;
+#endif
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
+#if WIDE
+const THREAD_M: u32 = 8u;
+const THREAD_N: u32 = 8u;
+#else
 const THREAD_M: u32 = 4u;
 const THREAD_N: u32 = 4u;
-override TILE_M: u32 = 64u;
-override TILE_N: u32 = 64u;
+#endif
+const WG_X: u32 = 16u;
+const WG_Y: u32 = 16u;
+const THREADS: u32 = WG_X * WG_Y;
+const TILE_M: u32 = WG_Y * THREAD_M;
+const TILE_N: u32 = WG_X * THREAD_N;
 override TILE_K: u32 = 16u;
 
-// Stored k-major so the inner loop reads 4 consecutive rows (A) or columns (B) for one k.
-var<workgroup> tile_a: array<f32, TILE_K * TILE_M>;
-var<workgroup> tile_b: array<f32, TILE_K * TILE_N>;
+var<workgroup> tile_a: array<vec4<f32>, TILE_K * TILE_M / 4u>;
+var<workgroup> tile_b: array<vec4<f32>, TILE_K * TILE_N / 4u>;
 
-fn load_a(batch_base: u32, m: u32, k: u32) -> f32 {
-  if (m >= params.M || k >= params.K) { return 0.0; }
+fn store_a(kk: u32, mm: u32, v: f32) {
+  tile_a[(kk * TILE_M + mm) / 4u][mm % 4u] = v;
+}
+fn store_b(kk: u32, nn: u32, v: f32) {
+  tile_b[(kk * TILE_N + nn) / 4u][nn % 4u] = v;
+}
+
+fn load_tile_a(base: u32, row0: u32, k0: u32, tid: u32) {
+  let M = params.M;
+  let K = params.K;
+#if VEC4_A && TRANS_A
+  // [K, M]: vec4 along m.
+  for (var idx = tid; idx < TILE_M * TILE_K / 4u; idx += THREADS) {
+    let mq = idx % (TILE_M / 4u);
+    let kk = idx / (TILE_M / 4u);
+    let m = row0 + mq * 4u;
+    let k = k0 + kk;
+    var v = vec4<f32>(0.0);
+    if (m < M && k < K) { v = a[(base + k * M + m) / 4u]; }
+    tile_a[(kk * TILE_M) / 4u + mq] = v;
+  }
+#elif VEC4_A
+  // [M, K]: vec4 along k, transposed into the k-major tile.
+  for (var idx = tid; idx < TILE_M * TILE_K / 4u; idx += THREADS) {
+    let kq = idx % (TILE_K / 4u);
+    let mm = idx / (TILE_K / 4u);
+    let m = row0 + mm;
+    let k = k0 + kq * 4u;
+    var v = vec4<f32>(0.0);
+    if (m < M && k < K) { v = a[(base + m * K + k) / 4u]; }
+    for (var i = 0u; i < 4u; i++) { store_a(kq * 4u + i, mm, v[i]); }
+  }
+#else
+  for (var idx = tid; idx < TILE_M * TILE_K; idx += THREADS) {
 #if TRANS_A
-  return a[batch_base + k * params.M + m];
+    let mm = idx % TILE_M;
+    let kk = idx / TILE_M;
 #else
-  return a[batch_base + m * params.K + k];
+    let kk = idx % TILE_K;
+    let mm = idx / TILE_K;
+#endif
+    let m = row0 + mm;
+    let k = k0 + kk;
+    var v = 0.0;
+#if TRANS_A
+    if (m < M && k < K) { v = a[base + k * M + m]; }
+#else
+    if (m < M && k < K) { v = a[base + m * K + k]; }
+#endif
+    store_a(kk, mm, v);
+  }
 #endif
 }
 
-fn load_b(batch_base: u32, k: u32, n: u32) -> f32 {
-  if (k >= params.K || n >= params.N) { return 0.0; }
+fn load_tile_b(base: u32, col0: u32, k0: u32, tid: u32) {
+  let N = params.N;
+  let K = params.K;
+#if VEC4_B && TRANS_B
+  // [N, K]: vec4 along k, transposed into the k-major tile.
+  for (var idx = tid; idx < TILE_N * TILE_K / 4u; idx += THREADS) {
+    let kq = idx % (TILE_K / 4u);
+    let nn = idx / (TILE_K / 4u);
+    let n = col0 + nn;
+    let k = k0 + kq * 4u;
+    var v = vec4<f32>(0.0);
+    if (n < N && k < K) { v = b[(base + n * K + k) / 4u]; }
+    for (var i = 0u; i < 4u; i++) { store_b(kq * 4u + i, nn, v[i]); }
+  }
+#elif VEC4_B
+  // [K, N]: vec4 along n.
+  for (var idx = tid; idx < TILE_N * TILE_K / 4u; idx += THREADS) {
+    let nq = idx % (TILE_N / 4u);
+    let kk = idx / (TILE_N / 4u);
+    let n = col0 + nq * 4u;
+    let k = k0 + kk;
+    var v = vec4<f32>(0.0);
+    if (n < N && k < K) { v = b[(base + k * N + n) / 4u]; }
+    tile_b[(kk * TILE_N) / 4u + nq] = v;
+  }
+#else
+  for (var idx = tid; idx < TILE_N * TILE_K; idx += THREADS) {
 #if TRANS_B
-  return b[batch_base + n * params.K + k];
+    let kk = idx % TILE_K;
+    let nn = idx / TILE_K;
 #else
-  return b[batch_base + k * params.N + n];
+    let nn = idx % TILE_N;
+    let kk = idx / TILE_N;
+#endif
+    let n = col0 + nn;
+    let k = k0 + kk;
+    var v = 0.0;
+#if TRANS_B
+    if (n < N && k < K) { v = b[base + n * K + k]; }
+#else
+    if (n < N && k < K) { v = b[base + k * N + n]; }
+#endif
+    store_b(kk, nn, v);
+  }
 #endif
 }
 
-@compute @workgroup_size(TILE_N / THREAD_N, TILE_M / THREAD_M)
+@compute @workgroup_size(WG_X, WG_Y)
 fn matmul(
   @builtin(workgroup_id) wg: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
   @builtin(local_invocation_index) tid: u32,
 ) {
-  let threads = (TILE_N / THREAD_N) * (TILE_M / THREAD_M);
   let row0 = wg.y * TILE_M;
   let col0 = wg.x * TILE_N;
   let base_a = wg.z * params.batch_stride_a;
@@ -75,46 +175,28 @@ fn matmul(
   }
 
   for (var k0 = 0u; k0 < params.K; k0 += TILE_K) {
-    // Cooperative loads; consecutive threads take consecutive addresses of the stored layout.
-    for (var idx = tid; idx < TILE_M * TILE_K; idx += threads) {
-#if TRANS_A
-      let mm = idx % TILE_M;
-      let kk = idx / TILE_M;
-#else
-      let kk = idx % TILE_K;
-      let mm = idx / TILE_K;
-#endif
-      tile_a[kk * TILE_M + mm] = load_a(base_a, row0 + mm, k0 + kk);
-    }
-    for (var idx = tid; idx < TILE_N * TILE_K; idx += threads) {
-#if TRANS_B
-      let kk = idx % TILE_K;
-      let nn = idx / TILE_K;
-#else
-      let nn = idx % TILE_N;
-      let kk = idx / TILE_N;
-#endif
-      tile_b[kk * TILE_N + nn] = load_b(base_b, k0 + kk, col0 + nn);
-    }
+    load_tile_a(base_a, row0, k0, tid);
+    load_tile_b(base_b, col0, k0, tid);
     workgroupBarrier();
-
     for (var kk = 0u; kk < TILE_K; kk++) {
-      var ra: array<f32, THREAD_M>;
-      var rb: array<f32, THREAD_N>;
-      for (var i = 0u; i < THREAD_M; i++) { ra[i] = tile_a[kk * TILE_M + lid.y * THREAD_M + i]; }
-      for (var j = 0u; j < THREAD_N; j++) { rb[j] = tile_b[kk * TILE_N + lid.x * THREAD_N + j]; }
+      var ra: array<vec4<f32>, THREAD_M / 4u>;
+      var rb: array<vec4<f32>, THREAD_N / 4u>;
+      for (var g = 0u; g < THREAD_M / 4u; g++) { ra[g] = tile_a[(kk * TILE_M) / 4u + g * WG_Y + lid.y]; }
+      for (var g = 0u; g < THREAD_N / 4u; g++) { rb[g] = tile_b[(kk * TILE_N) / 4u + g * WG_X + lid.x]; }
       for (var i = 0u; i < THREAD_M; i++) {
-        for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = fma(ra[i], rb[j], acc[i][j]); }
+        let av = ra[i / 4u][i % 4u];
+        for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = fma(av, rb[j / 4u][j % 4u], acc[i][j]); }
       }
     }
     workgroupBarrier();
   }
 
+  // Thread rows are (g·WG_Y + lid.y)·4 + i for group g: the same mapping as the tile reads above.
   for (var i = 0u; i < THREAD_M; i++) {
-    let m = row0 + lid.y * THREAD_M + i;
+    let m = row0 + ((i / 4u) * WG_Y + lid.y) * 4u + i % 4u;
     if (m >= params.M) { continue; }
     for (var j = 0u; j < THREAD_N; j++) {
-      let n = col0 + lid.x * THREAD_N + j;
+      let n = col0 + ((j / 4u) * WG_X + lid.x) * 4u + j % 4u;
       if (n >= params.N) { continue; }
       let at = base_c + m * params.N + n;
 #if ACCUMULATE

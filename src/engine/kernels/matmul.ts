@@ -17,6 +17,8 @@ export interface MatmulOptions {
   batchStrideA?: number;
   batchStrideB?: number;
   batchStrideC?: number;
+  /** Force the 64×64 ('narrow') or 128×128 ('wide') workgroup tile instead of choosing by shape. */
+  tile?: 'narrow' | 'wide';
 }
 
 export interface MatmulShape {
@@ -25,7 +27,21 @@ export interface MatmulShape {
   K: number;
 }
 
-const TILE = { TILE_M: 64, TILE_N: 64, TILE_K: 16 };
+/** Workgroup tile edge for the two thread-tile variants (16×16 threads × 4×4 or 8×8 outputs). */
+const TILE_EDGE = { narrow: 64, wide: 128 } as const;
+const TILE_K = 16;
+
+/**
+ * Variant choice: the 128×128 tile (8×8 per thread) wherever there are enough output tiles to fill a
+ * large GPU, the 64×64 tile for small products (fewer wasted lanes on ragged edges); 16-byte loads when
+ * the contiguous dimension of an operand and its batch stride are multiples of 4 elements.
+ */
+export function matmulVariant({ M, N, K }: MatmulShape, opts: MatmulOptions, strides: { sa: number; sb: number }) {
+  const wide = opts.tile ? opts.tile === 'wide' : M >= 256 && N >= 256;
+  const vec4A = (opts.transA ? M : K) % 4 === 0 && strides.sa % 4 === 0;
+  const vec4B = (opts.transB ? K : N) % 4 === 0 && strides.sb % 4 === 0;
+  return { wide, vec4A, vec4B, tile: wide ? TILE_EDGE.wide : TILE_EDGE.narrow };
+}
 
 function check(what: string, t: Tensor, needElems: number): void {
   const have = t.byteSize / 4;
@@ -52,8 +68,9 @@ export async function prepareMatmul(
   check('A', A, (batch - 1) * sa + M * K);
   check('B', B, (batch - 1) * sb + K * N);
   check('C', C, (batch - 1) * sc + M * N);
-  const defines = { TRANS_A: !!opts.transA, TRANS_B: !!opts.transB, ACCUMULATE: !!opts.accumulate };
-  const pipeline = await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul', defines, constants: TILE });
+  const v = matmulVariant({ M, N, K }, opts, { sa, sb });
+  const defines = { TRANS_A: !!opts.transA, TRANS_B: !!opts.transB, ACCUMULATE: !!opts.accumulate, WIDE: v.wide, VEC4_A: v.vec4A, VEC4_B: v.vec4B };
+  const pipeline = await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul', defines, constants: { TILE_K } });
   const label = `matmul${opts.transA ? 'ᵀ' : ''}·${opts.transB ? 'ᵀ' : ''} ${M}×${K}·${K}×${N}${batch > 1 ? ` ×${batch}` : ''}`;
   const uniforms = ctx.uniforms(`${label} params`, [
     ['u32', M],
@@ -65,8 +82,8 @@ export async function prepareMatmul(
     ['u32', sc],
     ['u32', 0],
   ]);
-  const wx = Math.ceil(N / TILE.TILE_N);
-  const wy = Math.ceil(M / TILE.TILE_M);
+  const wx = Math.ceil(N / v.tile);
+  const wy = Math.ceil(M / v.tile);
   const maxWg = ctx.limits.maxComputeWorkgroupsPerDimension;
   if (wx > maxWg || wy > maxWg || batch > maxWg) throw new Error(`${label}: needs more workgroups than this adapter allows per dimension (${maxWg})`);
   return {
