@@ -12,6 +12,7 @@ export interface CliCommand {
 
 const commands: Record<string, () => Promise<CliCommand>> = {
   'gpu-info': async () => (await import('./gpu-info.ts')).gpuInfoCommand,
+  prepare: async () => (await import('./prepare.ts')).prepareCommand,
 };
 
 /** Registers a command (used by command modules that are added as features land). */
