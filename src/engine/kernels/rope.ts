@@ -1,0 +1,149 @@
+import ropeWgsl from '../../../shaders/rope.wgsl';
+import type { GpuContext, KernelDispatch } from '../gpu/context.ts';
+import { shapeString, type Tensor } from '../gpu/tensor.ts';
+import type { RopeSpec } from '../model/config.ts';
+import { grid1d } from './grid.ts';
+
+export const ROPE_SHADER = { name: 'rope.wgsl', code: ropeWgsl };
+
+const WG = 256;
+
+// ---- inverse frequencies (CPU, float64) --------------------------------------------------------------
+
+/**
+ * inv_freq[i] for i < headDim/2, in float64, following transformers' modeling_rope_utils:
+ * - default: theta^(−2i/d)                                        (_compute_default_rope_parameters)
+ * - linear: default / factor                                       (_compute_linear_scaling_rope_parameters)
+ * - dynamic NTK: base = theta · ((factor·seqLen/maxPos) − (factor − 1))^(d/(d−2)) when seqLen > maxPos,
+ *   else theta; then default with that base                        (_compute_dynamic_ntk_parameters)
+ * - llama3: wavelen = 2π/inv; wavelen < orig/high: unchanged; wavelen > orig/low: inv/factor; between:
+ *   (1 − s)·inv/factor + s·inv with s = (orig/wavelen − low)/(high − low)   (_compute_llama3_parameters)
+ * HF evaluates these in float32 (torch tensors); this evaluates them in float64 and the upload rounds once,
+ * so an entry can differ from HF's by an ulp or so of float32.
+ * `seqLen` only matters for dynamic scaling: the current sequence length (HF uses max(position_ids) + 1).
+ */
+export function ropeInvFreq(rope: RopeSpec, headDim: number, seqLen?: number): Float64Array {
+  if (!Number.isInteger(headDim) || headDim < 2 || headDim % 2 !== 0) throw new Error(`rope: head_dim must be a positive even integer, got ${headDim}`);
+  if (!(rope.theta > 0)) throw new Error(`rope: theta must be positive, got ${rope.theta}`);
+  const d = headDim;
+  const sc = rope.scaling;
+  let base = rope.theta;
+  if (sc.type === 'dynamic') {
+    const maxPos = sc.maxPositionEmbeddings;
+    const len = seqLen !== undefined && seqLen > maxPos ? seqLen : maxPos;
+    base = base * ((sc.factor * len) / maxPos - (sc.factor - 1)) ** (d / (d - 2));
+  }
+  const inv = new Float64Array(d / 2);
+  for (let i = 0; i < d / 2; i++) inv[i] = 1 / base ** ((2 * i) / d);
+  if (sc.type === 'linear') {
+    for (let i = 0; i < inv.length; i++) inv[i] = inv[i]! / sc.factor;
+  } else if (sc.type === 'llama3') {
+    const { factor, lowFreqFactor: low, highFreqFactor: high, originalMaxPositionEmbeddings: orig } = sc;
+    const lowWavelen = orig / low;
+    const highWavelen = orig / high;
+    for (let i = 0; i < inv.length; i++) {
+      const f = inv[i]!;
+      const wavelen = (2 * Math.PI) / f;
+      if (wavelen < highWavelen) continue;
+      if (wavelen > lowWavelen) {
+        inv[i] = f / factor;
+      } else {
+        const s = (orig / wavelen - low) / (high - low);
+        inv[i] = ((1 - s) * f) / factor + s * f;
+      }
+    }
+  }
+  return inv;
+}
+
+/** Uploads inv_freq (rounded once to f32) for the rope kernel. */
+export function uploadInvFreq(ctx: GpuContext, invFreq: Float64Array, label = 'rope inv_freq'): Tensor {
+  return ctx.upload(label, [invFreq.length], Float32Array.from(invFreq));
+}
+
+// ---- kernel ------------------------------------------------------------------------------------------
+
+export interface RopeShape {
+  tokens: number;
+  heads: number;
+  headDim: number;
+}
+
+/** Where the [tokens, heads, headDim] tensor sits: rows of `stride` elements (default heads·headDim), starting at `offset` (default 0). */
+export interface RopeLayout {
+  stride?: number;
+  offset?: number;
+}
+
+export interface RopeOptions {
+  /** Write here instead of rotating x in place. */
+  out?: Tensor;
+  /** Rotate by −θ: the backward (dx from dy). */
+  inverse?: boolean;
+  xLayout?: RopeLayout;
+  outLayout?: RopeLayout;
+}
+
+function check(op: string, what: string, t: Tensor, need: number, dtype: 'f32' | 'i32' = 'f32'): void {
+  if (t.dtype !== dtype) throw new Error(`${op}: ${what} '${t.label}' must be ${dtype}, is ${t.dtype}`);
+  const have = t.byteSize / 4;
+  if (have < need) throw new Error(`${op}: ${what} '${t.label}' ${shapeString(t.shape)} holds ${have} elements, needs ${need}`);
+}
+
+/**
+ * Rotates x [tokens, heads, headDim] (in place, or into opts.out) by θ = positions[t]·invFreq[i]
+ * (or by −θ with opts.inverse, the backward). positions: i32 [tokens]; invFreq: f32 [headDim/2].
+ */
+export async function prepareRope(ctx: GpuContext, x: Tensor, positions: Tensor, invFreq: Tensor, shape: RopeShape, opts: RopeOptions = {}): Promise<KernelDispatch[]> {
+  const { tokens, heads, headDim } = shape;
+  const op = opts.inverse ? 'rope_backward' : 'rope';
+  if (headDim % 2 !== 0) throw new Error(`${op}: head_dim must be even, got ${headDim}`);
+  const half = headDim / 2;
+  const xs = opts.xLayout?.stride ?? heads * headDim;
+  const xo = opts.xLayout?.offset ?? 0;
+  const out = opts.out;
+  const os = opts.outLayout?.stride ?? heads * headDim;
+  const oo = opts.outLayout?.offset ?? 0;
+  if (xs < heads * headDim || (out && os < heads * headDim)) throw new Error(`${op}: a row stride is shorter than heads·head_dim (${heads * headDim})`);
+  const extent = (s: number, o: number) => (tokens > 0 ? (tokens - 1) * s + o + heads * headDim : 0);
+  check(op, 'x', x, extent(xs, xo));
+  if (out) check(op, 'out', out, extent(os, oo));
+  check(op, 'positions', positions, tokens, 'i32');
+  check(op, 'inv_freq', invFreq, half);
+  const vec4 = [half, xs, xo, ...(out ? [os, oo] : [])].every((v) => v % 4 === 0);
+  const w = vec4 ? 4 : 1;
+  const n = (tokens * heads * half) / w;
+  const label = `${op}${out ? '' : ' (in place)'} ${tokens}×${heads}×${headDim}`;
+  const params = ctx.uniforms(`${label} params`, [
+    ['u32', tokens],
+    ['u32', heads],
+    ['u32', headDim / w],
+    ['u32', half / w],
+    ['u32', xs / w],
+    ['u32', xo / w],
+    ['u32', os / w],
+    ['u32', oo / w],
+    ['u32', n],
+    ['f32', opts.inverse ? -1 : 1],
+    ['u32', 0],
+    ['u32', 0],
+  ]);
+  const pipeline = await ctx.pipeline({ shader: ROPE_SHADER, entryPoint: 'rope', defines: { VEC4: vec4, INPLACE: !out }, constants: { WG } });
+  const resources = [params, positions, invFreq, x, ...(out ? [out] : [])];
+  return [{ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, resources), workgroups: grid1d(ctx, Math.ceil(n / WG), label) }];
+}
+
+/** The backward: dx = R(−θ)·dy (in place in dy, or into opts.out). */
+export function prepareRopeBackward(ctx: GpuContext, dy: Tensor, positions: Tensor, invFreq: Tensor, shape: RopeShape, opts: Omit<RopeOptions, 'inverse'> = {}): Promise<KernelDispatch[]> {
+  return prepareRope(ctx, dy, positions, invFreq, shape, { ...opts, inverse: true });
+}
+
+// ---- convenience wrappers (tools and tests: prepare, run once, wait) ----------------------------------
+
+export async function rope(ctx: GpuContext, x: Tensor, positions: Tensor, invFreq: Tensor, shape: RopeShape, opts: RopeOptions = {}): Promise<void> {
+  await ctx.run(await prepareRope(ctx, x, positions, invFreq, shape, opts));
+}
+
+export async function ropeBackward(ctx: GpuContext, dy: Tensor, positions: Tensor, invFreq: Tensor, shape: RopeShape, opts: Omit<RopeOptions, 'inverse'> = {}): Promise<void> {
+  await ctx.run(await prepareRopeBackward(ctx, dy, positions, invFreq, shape, opts));
+}
