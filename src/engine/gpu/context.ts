@@ -72,6 +72,12 @@ export interface KernelDispatch {
   readonly workgroups: readonly [number, number, number];
 }
 
+/** The binding of a tensor: the whole buffer, or for a view its byte range (rounded up to 16 bytes for vec4 arrays). */
+function tensorBinding(t: Tensor): GPUBufferBinding {
+  if (t.byteOffset === undefined) return { buffer: t.buffer };
+  return { buffer: t.buffer, offset: t.byteOffset, size: Math.min(Math.ceil(t.byteSize / 16) * 16, t.buffer.size - t.byteOffset) };
+}
+
 export type UniformField = readonly ['u32' | 'i32' | 'f32', number];
 
 /**
@@ -201,6 +207,7 @@ export class GpuContext {
 
   write(t: Tensor, data: ArrayBufferView, byteOffset = 0): void {
     this.assertAlive();
+    byteOffset += t.byteOffset ?? 0;
     // writeBuffer needs a multiple of 4 bytes; pad odd-sized tails (f16 data of odd length).
     if (data.byteLength % 4 === 0) {
       this.device.queue.writeBuffer(t.buffer, byteOffset, data.buffer, data.byteOffset, data.byteLength);
@@ -212,12 +219,23 @@ export class GpuContext {
   }
 
   release(t: Tensor): void {
+    if (t.byteOffset !== undefined) throw new Error(`release '${t.label}': a view is released with the tensor it views`);
     this.pool.release(t.buffer);
+  }
+
+  /** A tensor viewing `elements` f32/i32 elements of `base` from element `offset` (256-byte aligned). */
+  view(base: Tensor, label: string, shape: readonly number[], offsetElems: number): Tensor {
+    const byteOffset = (base.byteOffset ?? 0) + offsetElems * 4;
+    const byteSize = numel(shape) * 4;
+    if (byteOffset % 256 !== 0) throw new Error(`view '${label}': byte offset ${byteOffset} is not a multiple of 256`);
+    if (byteOffset + byteSize > (base.byteOffset ?? 0) + base.byteSize) throw new Error(`view '${label}' runs past the end of '${base.label}'`);
+    return { label, buffer: base.buffer, shape: [...shape], dtype: base.dtype, byteSize, byteOffset };
   }
 
   /** Reads a tensor back to the CPU (never inside a training step: it waits for the queue). */
   async readBytes(t: Tensor, byteOffset = 0, byteLength = t.byteSize - byteOffset): Promise<ArrayBuffer> {
     this.assertAlive();
+    byteOffset += t.byteOffset ?? 0;
     const size = Math.ceil(byteLength / 4) * 4;
     const staging = this.device.createBuffer({ label: `readback ${t.label}`, size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     try {
@@ -245,7 +263,7 @@ export class GpuContext {
   fill32(t: Tensor, value: number, as: 'f32' | 'u32' = 'f32'): void {
     const words = Math.ceil(t.byteSize / 4);
     const data = as === 'f32' ? new Float32Array(words).fill(value) : new Uint32Array(words).fill(value);
-    this.device.queue.writeBuffer(t.buffer, 0, data);
+    this.device.queue.writeBuffer(t.buffer, t.byteOffset ?? 0, data);
   }
 
   // ---- dispatches -------------------------------------------------------------------------------
@@ -280,7 +298,7 @@ export class GpuContext {
       layout: pipeline.getBindGroupLayout(0),
       entries: resources.map((r, binding) => ({
         binding,
-        resource: 'shape' in r ? { buffer: r.buffer } : 'buffer' in r ? r : { buffer: r },
+        resource: 'shape' in r ? tensorBinding(r) : 'buffer' in r ? r : { buffer: r },
       })),
     });
   }

@@ -11,6 +11,11 @@ export interface Tensor {
   readonly dtype: DType;
   /** Bytes of meaningful data (not the rounded buffer size). */
   readonly byteSize: number;
+  /**
+   * Where the data starts in the buffer (a view into a larger buffer, e.g. one LoRA matrix inside the
+   * optimizer's flat parameter buffer). A multiple of 256 bytes, WebGPU's storage-offset alignment.
+   */
+  readonly byteOffset?: number;
 }
 
 export function numel(shape: readonly number[]): number {
