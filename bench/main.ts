@@ -8,10 +8,11 @@ import type { GpuContext } from '../src/engine/gpu/context.ts';
 import { formatTable, type BenchRow } from './harness.ts';
 import { bench as matmul } from './matmul.bench.ts';
 import { bench as copy } from './copy.bench.ts';
+import { bench as denseOps } from './dense-ops.bench.ts';
 
 export type Suite = (ctx: GpuContext, quick: boolean) => Promise<BenchRow[]>;
 
-export const SUITES: Record<string, Suite> = { copy, matmul };
+export const SUITES: Record<string, Suite> = { copy, matmul, 'dense-ops': denseOps };
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
