@@ -18,7 +18,7 @@
 import type { ByteSource } from '../../formats/bytes.ts';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../../formats/safetensors.ts';
 import type { ModelFamily, ModelSpec } from './config.ts';
-import type { LayerParamKind } from './weights.ts';
+import { packWqkv, unpackWqkv, type LayerParamKind } from './weights.ts';
 
 export type LoraModule = 'q_proj' | 'k_proj' | 'v_proj' | 'o_proj' | 'gate_proj' | 'up_proj' | 'down_proj' | 'wqkv' | 'wo' | 'w1' | 'w2' | 'w3';
 
@@ -102,6 +102,19 @@ export function peftModulePath(family: ModelFamily, layer: number, module: LoraM
 /** The key PEFT saves a LoRA matrix under. */
 export function peftKey(family: ModelFamily, layer: number, module: LoraModule, which: 'A' | 'B'): string {
   return `base_model.model.${peftModulePath(family, layer, module)}.lora_${which}.weight`;
+}
+
+/**
+ * InternLM2's wqkv LoRA: lora_B [(nHeads + 2·nKv)·headDim, r] has wqkv's packed row layout, so its rows
+ * split into the q, k and v parts exactly as the base weight's do (the delta of q is B_q·A, etc.).
+ */
+export function splitWqkvLoraB(spec: ModelSpec, loraB: Float32Array, r: number): { q: Float32Array; k: Float32Array; v: Float32Array } {
+  return unpackWqkv(loraB, spec, r);
+}
+
+/** The inverse of splitWqkvLoraB: q/k/v parts of lora_B packed into wqkv's row layout. */
+export function packWqkvLoraB(spec: ModelSpec, q: Float32Array, k: Float32Array, v: Float32Array, r: number): Float32Array {
+  return packWqkv(q, k, v, spec, r);
 }
 
 export class PeftError extends Error {

@@ -9,6 +9,8 @@ import {
   expectedLoraTensors,
   loraModules,
   loraScale,
+  packWqkvLoraB,
+  splitWqkvLoraB,
   parsePeftConfig,
   peftKey,
   pythonFloatRepr,
@@ -18,6 +20,7 @@ import {
   type PeftTensor,
 } from '../../../src/engine/model/peft.ts';
 import { fixturesDir } from '../../helpers/fixtures.ts';
+import { packWqkv, unpackWqkv } from '../../../src/engine/model/weights.ts';
 import { freshSeed, randn, rng } from '../../helpers/numeric.ts';
 
 const ADAPTER_FAMILIES = ['llama', 'qwen2', 'qwen3'] as const;
@@ -155,6 +158,35 @@ describe('PEFT adapters for InternLM2 (wqkv, wo, w1, w2, w3)', () => {
     expect(back.config).toMatchObject(config);
     for (const [k, t] of tensors) expect(back.tensors.get(k)!.data, `${k} seed ${seed}`).toEqual(t.data);
   });
+  it('wqkv lora_B rows follow the packed layout: B·A unpacks to the q/k/v deltas', () => {
+    const seed = freshSeed();
+    const rand = rng(seed);
+    const r = 3;
+    const { hidden: h } = spec;
+    const qRows = spec.nHeads * spec.headDim;
+    const kvRows = spec.nKvHeads * spec.headDim;
+    const A = randn(r * h, rand);
+    const Bq = randn(qRows * r, rand);
+    const Bk = randn(kvRows * r, rand);
+    const Bv = randn(kvRows * r, rand);
+    const B = packWqkvLoraB(spec, Bq, Bk, Bv, r);
+    const matmul = (X: Float32Array, Y: Float32Array, m: number, k: number, n: number) => {
+      const out = new Float32Array(m * n);
+      for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let t = 0; t < k; t++) s += X[i * k + t]! * Y[t * n + j]!;
+        out[i * n + j] = s;
+      }
+      return out;
+    };
+    const delta = unpackWqkv(matmul(B, A, B.length / r, r, h), spec, h);
+    expect(delta.q, `seed ${seed}`).toEqual(matmul(Bq, A, qRows, r, h));
+    expect(delta.k).toEqual(matmul(Bk, A, kvRows, r, h));
+    expect(delta.v).toEqual(matmul(Bv, A, kvRows, r, h));
+    expect(splitWqkvLoraB(spec, B, r)).toEqual({ q: Bq, k: Bk, v: Bv });
+    expect(B).toEqual(packWqkv(Bq, Bk, Bv, spec, r));
+  });
+
   it('writing refuses partial, extra or misshapen tensor sets', () => {
     const config: PeftLoraConfig = { r: 2, loraAlpha: 4, loraDropout: 0, targetModules: ['wo'], baseModelNameOrPath: null };
     const good = new Map<string, PeftTensor>(expectedLoraTensors(spec, config).map((e) => [e.key, { shape: e.shape, data: new Float32Array(e.shape[0] * e.shape[1]) }]));
