@@ -88,6 +88,8 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     const rowBytes = T * H * F;
     await time(`rmsnorm fwd ${T}×${H}`, await prepareRmsNormForward(ctx, x, w, y, rstd, shape), 2 * rowBytes + H * F + T * F);
     await time(`rmsnorm fwd + residual add (h += delta) ${T}×${H}`, await prepareRmsNormForward(ctx, x, w, y, rstd, shape, { residualDelta: delta }), 4 * rowBytes + H * F + T * F);
+    const hout = tensor('h_out', [T, H]);
+    await time(`rmsnorm fwd + residual add (h_out = h + delta) ${T}×${H}`, await prepareRmsNormForward(ctx, x, w, y, rstd, shape, { residualDelta: delta, residualOut: hout }), 4 * rowBytes + H * F + T * F);
     await time(`rmsnorm bwd dx ${T}×${H}`, await prepareRmsNormBackward(ctx, dy, x, w, rstd, dx, shape), 3 * rowBytes + H * F + T * F);
     const scratch = tensor('dw scratch', [rmsNormDwScratchElems(shape)]);
     await time(`rmsnorm bwd dw (+=) ${T}×${H}`, await prepareRmsNormDw(ctx, dy, x, rstd, dw, scratch, shape), 2 * rowBytes + T * F + 2 * H * F, 'two passes: partials, ordered sum');

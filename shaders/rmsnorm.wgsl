@@ -3,7 +3,9 @@
 //
 //   forward:   y = x · rstd · w,   rstd = 1 / sqrt(mean(x²) + eps), rstd saved per row for backward.
 //              RESIDUAL (define): first h += delta in place (the residual stream update), then y = norm(h):
-//              `h = h + attn; n = rmsnorm(h)` in one pass.
+//              `h = h + attn; n = rmsnorm(h)` in one pass. RESIDUAL_OUT (define): the same, but the sum goes
+//              to a separate buffer h_out = x + delta and x is left intact (training keeps each layer's
+//              input h for the backward of the norm before it, as llm.c's fused_residual_forward does).
 //   backward:  dx = rstd·w·dy − x · rstd³/dim · Σ_j dy_j w_j x_j      (activation grad: WRITTEN, =)
 //   dw:        dw += Σ_rows dy · x · rstd                              (parameter grad: ACCUMULATED, +=)
 //
@@ -46,6 +48,10 @@ override LANES: u32 = 4u;    // dw: row lanes per workgroup
 #if RESIDUAL
 @group(0) @binding(1) var<storage, read_write> fx: array<V>;   // h: h += delta, written back
 @group(0) @binding(5) var<storage, read> delta: array<V>;
+#elif RESIDUAL_OUT
+@group(0) @binding(1) var<storage, read> fx: array<V>;
+@group(0) @binding(5) var<storage, read> delta: array<V>;
+@group(0) @binding(6) var<storage, read_write> hout: array<V>;  // h_out = x + delta
 #else
 @group(0) @binding(1) var<storage, read> fx: array<V>;
 #endif
@@ -93,6 +99,9 @@ fn rmsnorm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 #if RESIDUAL
       let v = fx[base + u] + delta[base + u];
       fx[base + u] = v;
+#elif RESIDUAL_OUT
+      let v = fx[base + u] + delta[base + u];
+      hout[base + u] = v;
 #else
       let v = fx[base + u];
 #endif
@@ -103,7 +112,12 @@ fn rmsnorm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
   if (!valid) { return; }
   let r = 1.0 / sqrt(total / f32(params.dim) + params.eps);
   for (var u = tl; u < params.units; u += T) {
-    fy[base + u] = (fx[base + u] * r) * fw[u];
+#if RESIDUAL_OUT
+    let v = hout[base + u];
+#else
+    let v = fx[base + u];
+#endif
+    fy[base + u] = (v * r) * fw[u];
   }
   if (tl == 0u) { frstd[row] = r; }
 }

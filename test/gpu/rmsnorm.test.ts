@@ -105,6 +105,30 @@ describe('rmsnorm', () => {
     });
   }
 
+  for (const [rows, dim] of [[4, 64], [7, 130], [3, 2048]] as [number, number][]) {
+    it(`fused residual add out of place: h_out = x + delta, y = rmsnorm(h_out) rows=${rows} dim=${dim}`, async () => {
+      const ctx = await gpu();
+      const seed = freshSeed();
+      const r = rng(seed);
+      const x = randn(rows * dim, r);
+      const delta = randn(rows * dim, r);
+      const w = randn(dim, r);
+      const X = ctx.upload('x', [rows, dim], x);
+      const D = ctx.upload('delta', [rows, dim], delta);
+      const W = ctx.upload('w', [dim], w);
+      const HO = poisoned(ctx, 'h_out', [rows, dim]);
+      const Y = poisoned(ctx, 'y', [rows, dim]);
+      const R = poisoned(ctx, 'rstd', [rows]);
+      await rmsNormForward(ctx, X, W, Y, R, { rows, dim, eps: EPS }, { residualDelta: D, residualOut: HO });
+      const hsum = Float64Array.from(x, (v, i) => v + delta[i]!);
+      expect(Array.from(await ctx.read(X)), 'x untouched').toEqual(Array.from(x));
+      expectClose(await ctx.read(HO), hsum, 1e-6, `h_out, seed ${seed}`);
+      const ref = forwardRef(Float32Array.from(hsum), w, rows, dim);
+      expectClose(await ctx.read(Y), ref.y, 1e-5, `y, seed ${seed}`);
+      expectClose(await ctx.read(R), ref.rstd, 1e-5, `rstd, seed ${seed}`);
+    });
+  }
+
   for (const [rows, dim] of [[3, 8], [2, 5]] as [number, number][]) {
     it(`backward matches finite differences of the float64 forward (loss = Σ y·g) rows=${rows} dim=${dim}`, async () => {
       const ctx = await gpu();

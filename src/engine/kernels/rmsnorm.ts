@@ -51,11 +51,17 @@ export interface RmsNormForwardOptions {
    * (the engine's `h = h + attn; n = rmsnorm(h)` in one pass).
    */
   residualDelta?: Tensor;
+  /**
+   * With residualDelta: write the sum x + delta here instead of into x (x is left intact), and norm it.
+   * Training wants this: each layer's input h is kept for the backward of the norm that read it.
+   */
+  residualOut?: Tensor;
 }
 
 /**
  * y = x · rstd · w over rows of x [rows, dim]; saves rstd [rows] for backward.
- * With opts.residualDelta, x += delta first (x is written), then normed.
+ * With opts.residualDelta, x += delta first (x is written), then normed; with opts.residualOut too, the
+ * sum goes to residualOut and x is only read.
  */
 export async function prepareRmsNormForward(ctx: GpuContext, x: Tensor, w: Tensor, y: Tensor, rstd: Tensor, shape: RmsNormShape, opts: RmsNormForwardOptions = {}): Promise<KernelDispatch[]> {
   const { rows, dim } = shape;
@@ -65,11 +71,17 @@ export async function prepareRmsNormForward(ctx: GpuContext, x: Tensor, w: Tenso
   check(op, 'y', y, rows * dim);
   check(op, 'rstd', rstd, rows);
   const delta = opts.residualDelta;
+  const hout = opts.residualOut;
   if (delta) check(op, 'residual delta', delta, rows * dim);
+  if (hout) {
+    if (!delta) throw new Error(`${op}: residualOut '${hout.label}' needs residualDelta`);
+    check(op, 'residual out', hout, rows * dim);
+  }
   const { vec4, units, T } = layout(dim);
-  const label = `rmsnorm${delta ? '+residual' : ''} ${rows}×${dim}`;
-  const pipeline = await ctx.pipeline({ shader: RMSNORM_SHADER, entryPoint: op, defines: { VEC4: vec4, RESIDUAL: !!delta }, constants: { WG, T } });
-  const resources = [params(ctx, label, shape, units), x, w, y, rstd, ...(delta ? [delta] : [])];
+  const label = `rmsnorm${hout ? '+residual→out' : delta ? '+residual' : ''} ${rows}×${dim}`;
+  const defines = { VEC4: vec4, RESIDUAL: !!delta && !hout, RESIDUAL_OUT: !!hout };
+  const pipeline = await ctx.pipeline({ shader: RMSNORM_SHADER, entryPoint: op, defines, constants: { WG, T } });
+  const resources = [params(ctx, label, shape, units), x, w, y, rstd, ...(delta ? [delta] : []), ...(hout ? [hout] : [])];
   return [{ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, resources), workgroups: grid1d(ctx, Math.ceil(rows / (WG / T)), label) }];
 }
 
