@@ -7,6 +7,9 @@
 //              to a separate buffer h_out = x + delta and x is left intact (training keeps each layer's
 //              input h for the backward of the norm before it, as llm.c's fused_residual_forward does).
 //   backward:  dx = rstd·w·dy − x · rstd³/dim · Σ_j dy_j w_j x_j      (activation grad: WRITTEN, =)
+//              ACCUMULATE_DX (define): dx += instead, the one deliberate exception, for the residual
+//              stream, whose gradient already holds the skip path's term (llm.c's layernorm_backward
+//              adds into dinp the same way); it saves a separate add pass.
 //   dw:        dw += Σ_rows dy · x · rstd                              (parameter grad: ACCUMULATED, +=)
 //
 // Gradient rule (llm.c): parameter grads are accumulated (+=), activation grads are written (=).
@@ -137,7 +140,12 @@ fn rmsnorm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
   let r = brstd[row];
   let c = r * r * r * total / f32(params.dim);
   for (var u = tl; u < params.units; u += T) {
-    bdx[base + u] = r * bw[u] * bdy[base + u] - c * bx[base + u];
+    let g = r * bw[u] * bdy[base + u] - c * bx[base + u];
+#if ACCUMULATE_DX
+    bdx[base + u] = bdx[base + u] + g;
+#else
+    bdx[base + u] = g;
+#endif
   }
 }
 

@@ -164,6 +164,29 @@ describe('rmsnorm', () => {
     });
   }
 
+  for (const [rows, dim] of [[6, 64], [5, 130]] as [number, number][]) {
+    it(`backward with accumulate: dx += (residual stream gradient) rows=${rows} dim=${dim}`, async () => {
+      const ctx = await gpu();
+      const seed = freshSeed();
+      const r = rng(seed);
+      const shape = { rows, dim, eps: EPS };
+      const x = randn(rows * dim, r);
+      const w = randn(dim, r);
+      const dy = randn(rows * dim, r);
+      const dx0 = randn(rows * dim, r);
+      const X = ctx.upload('x', [rows, dim], x);
+      const W = ctx.upload('w', [dim], w);
+      const Y = ctx.tensor('y', [rows, dim]);
+      const R = poisoned(ctx, 'rstd', [rows]);
+      await rmsNormForward(ctx, X, W, Y, R, shape);
+      const DY = ctx.upload('dy', [rows, dim], dy);
+      const DX = ctx.upload('dx', [rows, dim], dx0);
+      await rmsNormBackward(ctx, DY, X, W, R, DX, shape, { accumulate: true });
+      const ref = backwardRef(dy, x, w, rows, dim, new Float32Array(dim)).dx.map((v, i) => v + dx0[i]!);
+      expectClose(await ctx.read(DX), ref, 1e-5, `dx +=, seed ${seed}`);
+    });
+  }
+
   it('dw over many row chunks (rows=300, dim=36)', async () => {
     const ctx = await gpu();
     const seed = freshSeed();

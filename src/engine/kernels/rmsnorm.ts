@@ -85,14 +85,22 @@ export async function prepareRmsNormForward(ctx: GpuContext, x: Tensor, w: Tenso
   return [{ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, resources), workgroups: grid1d(ctx, Math.ceil(rows / (WG / T)), label) }];
 }
 
-/** dx = rstd·w·dy − x·rstd³/dim·Σ dy·w·x (activation grad, written). x is the normed input (h after a fused residual add). */
-export async function prepareRmsNormBackward(ctx: GpuContext, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, dx: Tensor, shape: RmsNormShape): Promise<KernelDispatch[]> {
+export interface RmsNormBackwardOptions {
+  /** dx += instead of dx = (the residual stream's gradient, which already holds the skip path's term). */
+  accumulate?: boolean;
+}
+
+/**
+ * dx = rstd·w·dy − x·rstd³/dim·Σ dy·w·x (activation grad, written; added with opts.accumulate).
+ * x is the normed input (h after a fused residual add).
+ */
+export async function prepareRmsNormBackward(ctx: GpuContext, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, dx: Tensor, shape: RmsNormShape, opts: RmsNormBackwardOptions = {}): Promise<KernelDispatch[]> {
   const { rows, dim } = shape;
   const op = 'rmsnorm_backward';
   for (const [n, t, e] of [['dy', dy, rows * dim], ['x', x, rows * dim], ['w', w, dim], ['rstd', rstd, rows], ['dx', dx, rows * dim]] as const) check(op, n, t, e);
   const { vec4, units, T } = layout(dim);
-  const label = `rmsnorm_backward ${rows}×${dim}`;
-  const pipeline = await ctx.pipeline({ shader: RMSNORM_SHADER, entryPoint: op, defines: { VEC4: vec4 }, constants: { WG, T } });
+  const label = `rmsnorm_backward${opts.accumulate ? ' (dx +=)' : ''} ${rows}×${dim}`;
+  const pipeline = await ctx.pipeline({ shader: RMSNORM_SHADER, entryPoint: op, defines: { VEC4: vec4, ACCUMULATE_DX: !!opts.accumulate }, constants: { WG, T } });
   const resources = [params(ctx, label, shape, units), dy, x, rstd, w, dx];
   return [{ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, resources), workgroups: grid1d(ctx, Math.ceil(rows / (WG / T)), label) }];
 }
@@ -127,8 +135,8 @@ export async function rmsNormForward(ctx: GpuContext, x: Tensor, w: Tensor, y: T
   await ctx.run(await prepareRmsNormForward(ctx, x, w, y, rstd, shape, opts));
 }
 
-export async function rmsNormBackward(ctx: GpuContext, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, dx: Tensor, shape: RmsNormShape): Promise<void> {
-  await ctx.run(await prepareRmsNormBackward(ctx, dy, x, w, rstd, dx, shape));
+export async function rmsNormBackward(ctx: GpuContext, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, dx: Tensor, shape: RmsNormShape, opts: RmsNormBackwardOptions = {}): Promise<void> {
+  await ctx.run(await prepareRmsNormBackward(ctx, dy, x, w, rstd, dx, shape, opts));
 }
 
 export async function rmsNormDw(ctx: GpuContext, dy: Tensor, x: Tensor, rstd: Tensor, dw: Tensor, shape: RmsNormShape): Promise<void> {
