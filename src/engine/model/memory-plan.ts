@@ -2,19 +2,28 @@
  * Predicts the peak GPU memory of a LoRA/QLoRA training run before anything is allocated, so the app can
  * say "shorten the maximum length to 1024" instead of crashing with an out-of-memory error.
  *
- * The prediction is a sum of named terms, each a buffer (or a family of buffers) the engine allocates, in
- * float32 unless stated. The GPU engine compares it with the buffer pool's measured peak (`peakBytes`,
- * live bytes only) and must land within 10%; when a kernel changes what it keeps, change the matching
- * term here (each is one line in `layerForwardTerms` / `layerBackwardTerms` / the sections of planMemory),
- * or the knobs in MemoryPlanAssumptions.
+ * The prediction is a sum of named terms, each a buffer (or a family of buffers) that the engine
+ * allocates, f32 unless stated. The GPU engine compares it with the buffer pool's measured peak
+ * (`BufferPool.peakBytes`, live bytes only) and must land within 10%. The terms mirror the engine's
+ * allocations (base-weights.ts, transformer.ts StepPlan, kernels/cross_entropy.ts, kernels/adamw.ts); when
+ * one of those changes what it keeps, change the matching line here (`layerForwardTerms`,
+ * `layerBackwardTerms`, `ceTerms`, or the sections of planMemory) or a knob in MemoryPlanAssumptions.
  *
- * Phases. Memory that lives for the whole run (weights, LoRA parameters and gradients, optimizer state,
- * fixed workspace) is counted always. On top of it, with activation checkpointing the forward keeps each
- * layer's input; then either
- *   - the loss phase: final norm + one cross-entropy chunk of logits (dlogits are written in place), or
- *   - the backward of one layer: its recomputed forward intermediates + its gradient buffers,
- * whichever is larger, is live. The peak is the persistent memory + saved activations + the larger phase.
- * Loading (quantizing on the GPU while streaming) peaks at the weights + one staging chunk; the plan's
+ * Sections:
+ * - weights: projections (4-bit codes + one u32 scale word per group of 64, or f32; a projection whose
+ *   input size is not a multiple of the group stays f32), norms and biases, embedding and untied lm_head.
+ * - lora: the optimizer's flat params and grads (every matrix padded to 64 floats).
+ * - optimizer: AdamW m and v, or with offload a streaming chunk of one layer's moments.
+ * - activations: with checkpointing, each layer's input (+ the final hidden state), one layer's forward
+ *   scratch (reused by every layer and by the recompute) and one layer's gradient scratch.
+ * - ce: the final norm output, per-token losses and the cross-entropy workspace (one chunk of logits,
+ *   which the loss kernel overwrites with dlogits, plus the chunk copies of hidden / dhidden and stats).
+ * - workspace: token ids, labels, positions, document ids, rope frequencies, fixed small buffers.
+ *
+ * The engine's StepPlan allocates every buffer of a step once and keeps it (no allocation inside a step),
+ * so by default the training peak is the sum of all sections. With `stepBuffersPersistent: false` the plan
+ * assumes the loss workspace and the layer scratch are never live together and takes the larger.
+ * Loading (quantizing on the GPU while streaming) peaks at the weights + one f32 staging chunk; the plan's
  * total is the larger of loading and training.
  */
 import type { ModelSpec } from './config.ts';
@@ -44,27 +53,33 @@ export interface TrainingMemoryConfig {
 
 /** The engine-dependent constants; calibrate them against the pool's measured peak. */
 export interface MemoryPlanAssumptions {
-  /** Bytes per quantization group besides the packed nibbles: 4 = one f32 scale (symmetric absmax). */
+  /** Bytes per quantization group besides the packed nibbles: 4 = one u32 word (f16 step + f16 min). */
   readonly scaleBytesPerGroup: number;
   /** Bytes per element of the embedding table (4 = f32; the base's embeddings are not quantized). */
   readonly embedBytesPerElement: number;
-  /** Bytes per element of an untied lm_head (4 = f32; 0.5 + scales if quantized like the projections). */
+  /** Bytes per element of an untied lm_head (4 = f32). */
   readonly lmHeadBytesPerElement: number;
+  /** Each LoRA matrix's slot in the optimizer's flat buffers is padded to this many floats. */
+  readonly optimizerSlotAlign: number;
   /** Layers of AdamW moments staged on the GPU at once when offloaded. */
   readonly offloadChunkLayers: number;
-  /** Fixed small buffers: uniforms, reduction partials, grad-norm scratch, loss scalars. */
+  /** Fixed small buffers: uniforms, reduction partials, grad norm, loss scalars. */
   readonly fixedWorkspaceBytes: number;
-  /** f32 bytes staged per upload while quantizing weights during loading. */
+  /** f32 bytes staged per quantizer upload while loading a 4-bit base. */
   readonly loadChunkBytes: number;
+  /** Every step buffer stays allocated for the whole run (the StepPlan design): the peak is their sum. */
+  readonly stepBuffersPersistent: boolean;
 }
 
 export const DEFAULT_ASSUMPTIONS: MemoryPlanAssumptions = {
   scaleBytesPerGroup: 4,
   embedBytesPerElement: 4,
   lmHeadBytesPerElement: 4,
+  optimizerSlotAlign: 64,
   offloadChunkLayers: 1,
-  fixedWorkspaceBytes: 16 * 2 ** 20,
-  loadChunkBytes: 64 * 2 ** 20,
+  fixedWorkspaceBytes: 4 * 2 ** 20,
+  loadChunkBytes: 32 * 2 ** 20,
+  stepBuffersPersistent: true,
 };
 
 export const DEFAULT_BUDGET_BYTES = 8 * 2 ** 30;
@@ -81,7 +96,8 @@ export interface MemorySection {
   readonly terms: readonly MemoryTerm[];
 }
 
-export type PeakPhase = 'loss' | 'layer-backward' | 'loading';
+/** 'training': all step buffers together (persistent); 'loss' / 'layer-backward': the larger phase otherwise. */
+export type PeakPhase = 'training' | 'loss' | 'layer-backward' | 'loading';
 
 export interface MemoryPlan {
   /** Predicted peak GPU bytes: the larger of training and loading. */
@@ -90,24 +106,26 @@ export interface MemoryPlan {
   readonly fits: boolean;
   /** Where the peak happens. */
   readonly peakPhase: PeakPhase;
-  /** The breakdown at the training peak; sections sum to trainingPeakBytes. */
+  /** The breakdown at the training peak; the sections sum to trainingPeakBytes. */
   readonly weights: MemorySection;
   readonly lora: MemorySection;
   readonly optimizer: MemorySection;
-  /** Saved layer inputs + (at a layer-backward peak) one layer's recompute and gradient buffers. */
+  /** Saved layer inputs + one layer's forward and gradient scratch (the latter not at a loss-phase peak). */
   readonly activations: MemorySection;
-  /** Cross-entropy: the logits chunk and final-norm buffers (zero when the layer backward is the peak). */
+  /** Final norm, losses and the cross-entropy workspace (empty at a layer-backward-phase peak). */
   readonly ce: MemorySection;
   readonly workspace: MemorySection;
   readonly trainingPeakBytes: number;
   /** Weights + one staging chunk while quantizing during loading. */
   readonly loadingPeakBytes: number;
-  /** Both phases, for the report. */
+  /** The two phase-dependent parts, for the report: the loss workspace and one layer's scratch. */
   readonly phaseBytes: { readonly loss: number; readonly layerBackward: number };
-  /** The largest single buffer (compare with maxStorageBufferBindingSize: tables beyond it are split in row chunks). */
+  /** The largest single buffer (compare with maxStorageBufferBindingSize: tables beyond it are split in row blocks). */
   readonly largestBuffer: { readonly name: string; readonly bytes: number };
   /** What to change when it does not fit (empty when it does). */
   readonly advice: readonly string[];
+  /** When over budget: a configuration that fits (the first single change that does, else the combination), or null. */
+  readonly suggestedConfig: TrainingMemoryConfig | null;
 }
 
 const F32 = 4;
@@ -130,18 +148,29 @@ function validate(spec: ModelSpec, c: TrainingMemoryConfig): readonly LoraModule
   return targets;
 }
 
-/** The base weight matrices of one layer as [rows (out), cols (in)], by module (InternLM2's wqkv is one). */
-function layerMatrices(spec: ModelSpec): Array<{ name: string; out: number; in: number }> {
-  return loraModules(spec.family).map((m) => ({ name: m, ...loraModuleShape(spec, m) }));
+/** The base projections of one layer as [out, in]: q, k, v, o, gate, up, down (InternLM2's wqkv is loaded as q, k, v). */
+function layerProjections(spec: ModelSpec): Array<{ name: string; out: number; in: number }> {
+  const { hidden: h, intermediate: i, headDim: d } = spec;
+  const q = spec.nHeads * d;
+  const kv = spec.nKvHeads * d;
+  return [
+    { name: 'q', out: q, in: h },
+    { name: 'k', out: kv, in: h },
+    { name: 'v', out: kv, in: h },
+    { name: 'o', out: h, in: q },
+    { name: 'gate', out: i, in: h },
+    { name: 'up', out: i, in: h },
+    { name: 'down', out: h, in: i },
+  ];
 }
 
-/** Bytes of one [out, in] base matrix at the configured precision. */
+/** Bytes of one [out, in] base matrix at the configured precision (f32 when `in` is not a multiple of the group). */
 function matrixBytes(out: number, inF: number, c: TrainingMemoryConfig, a: MemoryPlanAssumptions): number {
-  if (c.quantBits === 32) return out * inF * F32;
-  return Math.ceil((out * inF) / 2) + out * Math.ceil(inF / c.groupSize) * a.scaleBytesPerGroup;
+  if (c.quantBits === 32 || inF % c.groupSize !== 0) return out * inF * F32;
+  return (out * inF) / 2 + out * (inF / c.groupSize) * a.scaleBytesPerGroup;
 }
 
-/** The forward intermediates of one layer that its backward reads (recomputed under checkpointing). */
+/** One layer's forward scratch (StepPlan's LayerScratch), shared by every layer and by the recompute. */
 function layerForwardTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: readonly LoraModule[]): MemoryTerm[] {
   const bt = c.seqLen * c.microBatch;
   const { hidden: h, intermediate: inter, headDim: d, nHeads, nKvHeads } = spec;
@@ -149,40 +178,54 @@ function layerForwardTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: re
   const kv = nKvHeads * d;
   const t = (name: string, elems: number, note: string): MemoryTerm => ({ name, bytes: elems * F32, note });
   const terms = [
-    t('attn_norm out', bt * h, 'RMSNorm(x) [B·T, hidden]'),
-    t('attn_norm rstd', bt, '1/rms per token [B·T]'),
+    t('n1, rstd1', bt * (h + 1), 'attention RMSNorm output and 1/rms [B·T, hidden + 1]'),
     t('q, k, v', bt * (q + 2 * kv), 'projected (+bias, +rope) [B·T, (nHeads + 2·nKv)·headDim]'),
   ];
-  if (spec.qkNorm) {
-    terms.push(t('q, k before q_norm/k_norm', bt * (q + kv), 'per-head RMSNorm inputs [B·T, (nHeads + nKv)·headDim]'));
-    terms.push(t('q_norm/k_norm rstd', bt * (nHeads + nKvHeads), 'per token and head'));
-  }
+  if (spec.qkNorm) terms.push(t('q, k before q_norm/k_norm (+ rstd)', bt * (q + kv + nHeads + nKvHeads), 'per-head RMSNorm inputs and 1/rms'));
   terms.push(
     t('attention out', bt * q, 'softmax(QKᵀ)V [B·T, nHeads·headDim]'),
-    t('attention lse', bt * nHeads, 'log-sum-exp per query row, for the flash-style backward [B, nHeads, T]'),
-    t('residual after attention', bt * h, 'x + o(attn) [B·T, hidden]'),
-    t('mlp_norm out', bt * h, 'RMSNorm [B·T, hidden]'),
-    t('mlp_norm rstd', bt, '[B·T]'),
-    t('gate, up', 2 * bt * inter, 'pre-activation projections [B·T, intermediate] × 2'),
-    t('silu(gate)·up', bt * inter, 'input of down [B·T, intermediate]'),
+    t('attention lse', bt * nHeads, 'log-sum-exp per query row for the flash-style backward [nHeads, B·T]'),
+    t('o proj out, h mid', 2 * bt * h, 'attention output projection and the residual after it [B·T, hidden] × 2'),
+    t('n2, rstd2', bt * (h + 1), 'MLP RMSNorm output and 1/rms'),
+    t('gate, up, swiglu', 3 * bt * inter, '[B·T, intermediate] × 3'),
+    t('down out', bt * h, '[B·T, hidden]'),
+    t('LoRA U = x·Aᵀ', targets.length * bt * c.loraRank, `one [B·T, r] per adapted module (${targets.length})`),
   );
-  terms.push(t('LoRA U = A·x', targets.length * bt * c.loraRank, `one [B·T, r] per adapted module (${targets.length} per layer)`));
   return terms;
 }
 
-/** The gradient buffers live during one layer's backward: the residual stream's two plus the larger of the MLP and attention phases. */
-function layerBackwardTerms(spec: ModelSpec, c: TrainingMemoryConfig): MemoryTerm[] {
+/** One layer's gradient scratch (StepPlan's BackwardScratch). */
+function layerBackwardTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: readonly LoraModule[]): MemoryTerm[] {
   const bt = c.seqLen * c.microBatch;
   const { hidden: h, intermediate: inter, headDim: d, nHeads, nKvHeads } = spec;
   const q = nHeads * d;
   const kv = nKvHeads * d;
-  const mlp = bt * (3 * inter + h + c.loraRank);
-  const attn = bt * (2 * q + 2 * kv + nHeads + h + c.loraRank);
+  const t = (name: string, elems: number, note: string): MemoryTerm => ({ name, bytes: elems * F32, note });
+  const terms = [
+    t('dh, dh next, dh mid, dh tmp, dn', 5 * bt * h, 'residual-stream and norm gradients [B·T, hidden] × 5'),
+    t('d swiglu, d gate, d up', 3 * bt * inter, '[B·T, intermediate] × 3'),
+    t('d attention out, dq, dk, dv', bt * (2 * q + 2 * kv), '[B·T, q] × 2 + [B·T, kv] × 2'),
+  ];
+  if (spec.qkNorm) terms.push(t('dq, dk before norm', bt * (q + kv), '[B·T, q + kv]'));
+  terms.push(
+    t('attention delta', bt * nHeads, 'rowsum(dO∘O) [nHeads, B·T]'),
+    t('LoRA G = dy·B', targets.length * bt * c.loraRank, `one [B·T, r] per adapted module (${targets.length})`),
+  );
+  return terms;
+}
+
+/** The loss: final norm, per-token losses and the chunked cross-entropy workspace (kernels/cross_entropy.ts). */
+function ceTerms(spec: ModelSpec, c: TrainingMemoryConfig): MemoryTerm[] {
+  const bt = c.seqLen * c.microBatch;
+  const h = spec.hidden;
+  const chunk = Math.min(c.ceChunkTokens, bt);
+  const chunks = Math.ceil(bt / chunk);
   return [
-    { name: 'd residual (in, out)', bytes: 2 * bt * h * F32, note: 'gradient w.r.t. the layer output and input [B·T, hidden] × 2' },
-    mlp >= attn
-      ? { name: 'MLP backward', bytes: mlp * F32, note: 'd(silu·up), d gate, d up [B·T, intermediate] × 3 + d mlp_norm out [B·T, hidden] + d U [B·T, r]' }
-      : { name: 'attention backward', bytes: attn * F32, note: 'd attn out, dq [B·T, q] × 2 + dk, dv + D [B·T, nHeads] + d attn_norm out + d U' },
+    { name: 'final normed, rstd', bytes: bt * (h + 1) * F32, note: '[B·T, hidden + 1]' },
+    { name: 'losses, loss', bytes: (bt + 1) * F32, note: 'per-token loss [B·T] and the mean' },
+    { name: 'logits chunk', bytes: chunk * spec.vocabSize * F32, note: `[${chunk} tokens, ${spec.vocabSize}]; overwritten in place with dlogits` },
+    { name: 'hidden/dhidden chunk copies', bytes: chunks > 1 ? 2 * chunk * h * F32 : 0, note: chunks > 1 ? `[${chunk}, hidden] × 2 (${chunks} chunks)` : 'none: one chunk' },
+    { name: 'ce stats, lse', bytes: (4 * chunk + bt) * F32, note: '[chunk, 4] + [B·T]' },
   ];
 }
 
@@ -199,9 +242,9 @@ export function planMemory(
   const bt = c.seqLen * c.microBatch;
   const { hidden: h, vocabSize: vocab, layers: L } = spec;
 
-  // ---- weights: persistent
-  const mats = layerMatrices(spec);
-  const linearBytes = L * mats.reduce((s, m) => s + matrixBytes(m.out, m.in, c, a), 0);
+  // ---- weights (persistent)
+  const projs = layerProjections(spec);
+  const linearBytes = L * projs.reduce((s, m) => s + matrixBytes(m.out, m.in, c, a), 0);
   const q = spec.nHeads * spec.headDim;
   const kv = spec.nKvHeads * spec.headDim;
   let smallPerLayer = 2 * h; // attn_norm, mlp_norm
@@ -211,88 +254,85 @@ export function planMemory(
   if (spec.mlpBias) smallPerLayer += 2 * spec.intermediate + h;
   const embedBytes = vocab * h * a.embedBytesPerElement;
   const lmHeadBytes = spec.tieWordEmbeddings ? 0 : vocab * h * a.lmHeadBytesPerElement;
-  const weightTerms: MemoryTerm[] = [
+  const weights = section([
     {
       name: c.quantBits === 4 ? 'projections (4-bit + scales)' : 'projections (f32)',
       bytes: linearBytes,
-      note: c.quantBits === 4 ? `${L} layers × ${mats.map((m) => m.name).join('/')}: out·in/2 bytes + out·⌈in/${c.groupSize}⌉·${a.scaleBytesPerGroup}` : `${L} layers × ${mats.map((m) => m.name).join('/')}: out·in·4`,
+      note: c.quantBits === 4 ? `${L} layers × q/k/v/o/gate/up/down: out·in/2 bytes + out·in/${c.groupSize}·${a.scaleBytesPerGroup} (f32 where in is not a multiple of ${c.groupSize})` : `${L} layers × q/k/v/o/gate/up/down: out·in·4`,
     },
-    { name: 'norms and biases', bytes: (L * smallPerLayer + h) * F32, note: 'RMSNorm weights (+q/k norms, +biases) per layer, final norm; f32' },
-    { name: 'embedding', bytes: embedBytes, note: `[${vocab}, ${h}] × ${a.embedBytesPerElement} bytes` },
+    { name: 'norms and biases', bytes: (L * smallPerLayer + h) * F32, note: 'RMSNorm weights (+q/k norms, +biases) per layer, final norm' },
+    { name: 'embedding', bytes: embedBytes, note: `[${vocab}, ${h}] × ${a.embedBytesPerElement} bytes, in row blocks that fit a binding` },
     { name: 'lm_head', bytes: lmHeadBytes, note: spec.tieWordEmbeddings ? 'tied: shares the embedding' : `[${vocab}, ${h}] × ${a.lmHeadBytesPerElement} bytes` },
-  ];
+  ]);
 
-  // ---- LoRA: parameters and gradients, persistent
-  const loraParamsPerLayer = targets.reduce((s, m) => {
+  // ---- LoRA: flat params and grads, each matrix's slot padded (persistent)
+  const align = (n: number) => Math.ceil(n / a.optimizerSlotAlign) * a.optimizerSlotAlign;
+  const slotsPerLayer = targets.reduce((s, m) => {
     const sh = loraModuleShape(spec, m);
-    return s + c.loraRank * (sh.in + sh.out);
+    return s + align(c.loraRank * sh.in) + align(sh.out * c.loraRank);
   }, 0);
-  const loraParams = L * loraParamsPerLayer;
-  const loraTerms: MemoryTerm[] = [
-    { name: 'LoRA A, B', bytes: loraParams * F32, note: `${L} layers × ${targets.length} modules × r·(in + out), f32 (${loraParams} parameters)` },
-    { name: 'LoRA gradients', bytes: loraParams * F32, note: 'same shapes, accumulated over micro-batches' },
-  ];
+  const flat = Math.max(L * slotsPerLayer, a.optimizerSlotAlign);
+  const lora = section([
+    { name: 'LoRA A, B', bytes: flat * F32, note: `${L} layers × ${targets.length} modules × (r·in + out·r), slots padded to ${a.optimizerSlotAlign} floats` },
+    { name: 'LoRA gradients', bytes: flat * F32, note: 'same layout, accumulated over micro-batches' },
+  ]);
 
-  // ---- optimizer: AdamW m and v
-  const optimizerTerms: MemoryTerm[] =
+  // ---- optimizer (persistent)
+  const optimizer = section(
     c.optimizerOffload === 'gpu'
-      ? [{ name: 'AdamW m, v', bytes: 2 * loraParams * F32, note: 'two moments per LoRA parameter, f32, on the GPU' }]
-      : [{ name: `AdamW m, v streaming chunk (${c.optimizerOffload})`, bytes: 2 * Math.min(L, a.offloadChunkLayers) * loraParamsPerLayer * F32, note: `moments of ${a.offloadChunkLayers} layer(s) staged for the update; the rest in ${c.optimizerOffload === 'cpu' ? 'CPU memory' : 'OPFS / a file'}` }];
+      ? [{ name: 'AdamW m, v', bytes: 2 * flat * F32, note: 'two moments per LoRA parameter' }]
+      : [{ name: `AdamW m, v streaming chunk (${c.optimizerOffload})`, bytes: 2 * Math.min(L, a.offloadChunkLayers) * slotsPerLayer * F32, note: `moments of ${a.offloadChunkLayers} layer(s) staged for the update; the rest in ${c.optimizerOffload === 'cpu' ? 'CPU memory' : 'OPFS / a file'}` }],
+  );
 
-  // ---- workspace: persistent small buffers
-  const workspaceTerms: MemoryTerm[] = [
-    { name: 'token ids, labels, positions, segments', bytes: 4 * bt * 4, note: 'int32 [B·T] × 4' },
-    { name: 'rope cos/sin', bytes: 2 * c.seqLen * (spec.headDim / 2) * F32, note: '[T, headDim/2] × 2' },
-    { name: 'fixed', bytes: a.fixedWorkspaceBytes, note: 'uniforms, reduction partials, grad-norm scratch, loss scalars' },
-  ];
+  // ---- workspace (persistent)
+  const workspace = section([
+    { name: 'input ids, positions, document ids, labels', bytes: 4 * bt * 4, note: 'int32 [B·T] × 4' },
+    { name: 'rope inverse frequencies', bytes: (spec.headDim / 2) * F32, note: '[headDim/2]' },
+    { name: 'fixed', bytes: a.fixedWorkspaceBytes, note: 'uniforms, reduction partials, grad norm, kernel scratch' },
+  ]);
 
-  // ---- activations
+  // ---- activations and loss
   const forwardSet = layerForwardTerms(spec, c, targets);
   const forwardBytes = forwardSet.reduce((s, t) => s + t.bytes, 0);
-  const backwardSet = layerBackwardTerms(spec, c);
-  const savedTerms: MemoryTerm[] = c.activationCheckpointing
-    ? [
-        { name: 'saved layer inputs', bytes: L * bt * h * F32, note: `${L} × [B·T, hidden]: what the backward recomputes each layer from` },
-        { name: 'final hidden', bytes: bt * h * F32, note: 'output of the last layer, input of the final norm' },
-      ]
-    : [
-        { name: 'saved layer inputs', bytes: L * bt * h * F32, note: `${L} × [B·T, hidden]` },
-        { name: 'saved intermediates (no checkpointing)', bytes: (L - 1) * forwardBytes, note: `every layer's forward intermediates but the one being differentiated: ${L - 1} × ${forwardBytes}` },
-        { name: 'final hidden', bytes: bt * h * F32, note: 'output of the last layer' },
-      ];
-  const layerPhaseTerms = [...forwardSet.map((t) => ({ ...t, name: `recompute: ${t.name}` })), ...backwardSet];
-  const layerPhase = layerPhaseTerms.reduce((s, t) => s + t.bytes, 0);
-  const chunk = Math.min(c.ceChunkTokens, bt);
-  const ceTerms: MemoryTerm[] = [
-    { name: 'logits chunk', bytes: chunk * vocab * F32, note: `[${chunk} tokens, ${vocab}] f32; the loss kernel overwrites it with dlogits` },
-    { name: 'final_norm out + rstd', bytes: bt * (h + 1) * F32, note: '[B·T, hidden + 1]' },
-    { name: 'd final hidden', bytes: bt * h * F32, note: 'gradient into the last layer [B·T, hidden]' },
-    { name: 'per-token loss, lse', bytes: 2 * bt * F32, note: '[B·T] × 2' },
+  const saved: MemoryTerm[] = [
+    { name: 'saved layer inputs + final hidden', bytes: (L + 1) * bt * h * F32, note: `${L + 1} × [B·T, hidden]: the checkpoints the backward recomputes from` },
   ];
-  const lossPhase = ceTerms.reduce((s, t) => s + t.bytes, 0);
-
-  const weights = section(weightTerms);
-  const lora = section(loraTerms);
-  const optimizer = section(optimizerTerms);
-  const workspace = section(workspaceTerms);
-  const lossPeak = lossPhase >= layerPhase;
-  const activations = section(lossPeak ? savedTerms : [...savedTerms, ...layerPhaseTerms]);
-  const ce = section(lossPeak ? ceTerms : []);
+  if (!c.activationCheckpointing) saved.push({ name: 'saved intermediates (no checkpointing)', bytes: (L - 1) * forwardBytes, note: `every other layer's forward scratch: ${L - 1} × ${forwardBytes}` });
+  const layerScratch = [...forwardSet, ...layerBackwardTerms(spec, c, targets)];
+  const layerPhase = layerScratch.reduce((s, t) => s + t.bytes, 0);
+  const ceSet = ceTerms(spec, c);
+  const lossPhase = ceSet.reduce((s, t) => s + t.bytes, 0);
+  let activations: MemorySection;
+  let ce: MemorySection;
+  let trainingPhase: PeakPhase;
+  if (a.stepBuffersPersistent) {
+    activations = section([...saved, ...layerScratch]);
+    ce = section(ceSet);
+    trainingPhase = 'training';
+  } else if (lossPhase >= layerPhase) {
+    activations = section(saved);
+    ce = section(ceSet);
+    trainingPhase = 'loss';
+  } else {
+    activations = section([...saved, ...layerScratch]);
+    ce = section([]);
+    trainingPhase = 'layer-backward';
+  }
   const trainingPeakBytes = weights.bytes + lora.bytes + optimizer.bytes + workspace.bytes + activations.bytes + ce.bytes;
 
-  // ---- loading: the weights fill up while one staging chunk of f32 rows is quantized
-  const largestF32 = Math.max(...mats.map((m) => m.out * m.in * F32), vocab * h * F32);
-  const loadingPeakBytes = weights.bytes + Math.min(a.loadChunkBytes, largestF32);
-
+  // ---- loading: the weights fill up while one f32 staging chunk is quantized
+  const largestF32 = Math.max(...projs.map((m) => m.out * m.in * F32));
+  const loadingPeakBytes = weights.bytes + (c.quantBits === 4 ? Math.min(a.loadChunkBytes, largestF32) : 0);
   const totalBytes = Math.max(trainingPeakBytes, loadingPeakBytes);
-  const peakPhase: PeakPhase = loadingPeakBytes > trainingPeakBytes ? 'loading' : lossPeak ? 'loss' : 'layer-backward';
+  const peakPhase: PeakPhase = loadingPeakBytes > trainingPeakBytes ? 'loading' : trainingPhase;
 
   const buffers: Array<{ name: string; bytes: number }> = [
     { name: 'embedding', bytes: embedBytes },
     { name: 'lm_head', bytes: lmHeadBytes },
-    { name: 'logits chunk', bytes: chunk * vocab * F32 },
-    ...mats.map((m) => ({ name: `${m.name} (one layer)`, bytes: matrixBytes(m.out, m.in, c, a) })),
+    { name: 'logits chunk', bytes: Math.min(c.ceChunkTokens, bt) * vocab * F32 },
+    { name: 'optimizer flat buffer', bytes: flat * F32 },
     { name: 'gate/up activation', bytes: bt * spec.intermediate * F32 },
+    ...projs.map((m) => ({ name: `${m.name} projection (one layer)`, bytes: matrixBytes(m.out, m.in, c, a) })),
   ];
   const largestBuffer = buffers.reduce((x, y) => (y.bytes > x.bytes ? y : x));
 
@@ -312,9 +352,10 @@ export function planMemory(
     phaseBytes: { loss: lossPhase, layerBackward: layerPhase },
     largestBuffer,
     advice: [],
+    suggestedConfig: null,
   };
   if (plan.fits || options.advise === false) return plan;
-  return { ...plan, advice: adviseFor(spec, c, { budgetBytes, assumptions: a }, plan) };
+  return { ...plan, ...adviseFor(spec, c, { budgetBytes, assumptions: a }, plan) };
 }
 
 /** The longest multiple of 128 (at most `below`) that fits with the other settings of `c`, or null. */
@@ -335,16 +376,21 @@ function longestFitting(c: TrainingMemoryConfig, below: number, budget: number, 
  * the training result (offload, 4-bit, loss chunking, micro-batch 1 with accumulation, shorter rows,
  * lower rank) until it fits.
  */
-function adviseFor(spec: ModelSpec, c: TrainingMemoryConfig, opts: { budgetBytes: number; assumptions: MemoryPlanAssumptions }, plan: MemoryPlan): string[] {
+function adviseFor(
+  spec: ModelSpec,
+  c: TrainingMemoryConfig,
+  opts: { budgetBytes: number; assumptions: MemoryPlanAssumptions },
+  plan: MemoryPlan,
+): { advice: string[]; suggestedConfig: TrainingMemoryConfig | null } {
   const budget = opts.budgetBytes;
   const total = (cfg: TrainingMemoryConfig) => planMemory(spec, cfg, { ...opts, advise: false }).totalBytes;
   const out: string[] = [`Predicted peak ${formatBytes(plan.totalBytes)} exceeds the ${formatBytes(budget)} budget.`];
-  let anyFits = false;
+  let firstFit: TrainingMemoryConfig | null = null;
   const suggest = (cfg: TrainingMemoryConfig, text: string) => {
     const t = total(cfg);
     if (t >= plan.totalBytes) return;
     out.push(`${text} → ${formatBytes(t)}${t <= budget ? ' (fits)' : ''}`);
-    if (t <= budget) anyFits = true;
+    if (t <= budget) firstFit ??= cfg;
   };
   const offloaded: OptimizerOffload = c.optimizerOffload === 'gpu' ? 'cpu' : c.optimizerOffload;
   if (c.optimizerOffload === 'gpu') suggest({ ...c, optimizerOffload: 'cpu' }, 'Keep the optimizer state in CPU memory (optimizer offload)');
@@ -360,7 +406,7 @@ function adviseFor(spec: ModelSpec, c: TrainingMemoryConfig, opts: { budgetBytes
     suggest({ ...c, seqLen: len }, `Shorten the maximum length to ${len} tokens`);
   }
   if (c.loraRank > 8) suggest({ ...c, loraRank: Math.max(8, c.loraRank >> 1) }, `Lower the LoRA rank to ${Math.max(8, c.loraRank >> 1)}`);
-  if (anyFits) return out;
+  if (firstFit) return { advice: out, suggestedConfig: firstFit };
 
   const steps: Array<{ apply: (x: TrainingMemoryConfig) => TrainingMemoryConfig; text: (x: TrainingMemoryConfig) => string }> = [
     { apply: (x) => ({ ...x, optimizerOffload: offloaded }), text: () => `optimizer offload (${offloaded})` },
@@ -385,7 +431,7 @@ function adviseFor(spec: ModelSpec, c: TrainingMemoryConfig, opts: { budgetBytes
       ? `Combined: ${applied.join(', ')} → ${formatBytes(t)} (fits)`
       : `Even with ${applied.join(', ') || 'every saving'} it needs ${formatBytes(t)}: choose a smaller model or a GPU with more memory.`,
   );
-  return out;
+  return { advice: out, suggestedConfig: t <= budget ? cfg : null };
 }
 
 export function formatBytes(n: number): string {

@@ -27,7 +27,11 @@ describe('memory plan: terms', () => {
       expect(sum).toBe(p.trainingPeakBytes);
       for (const s of [p.weights, p.lora, p.optimizer, p.activations, p.ce, p.workspace]) expect(s.bytes).toBe(s.terms.reduce((a, t) => a + t.bytes, 0));
       expect(p.totalBytes).toBe(Math.max(p.trainingPeakBytes, p.loadingPeakBytes));
-      expect(p.ce.bytes === 0).toBe(p.peakPhase === 'layer-backward');
+      expect(p.peakPhase).toBe('training');
+      // without persistent step buffers the loss workspace and the layer scratch are never live together
+      const phased = planMemory(target(name), qlora, { assumptions: { stepBuffersPersistent: false } });
+      expect(phased.ce.bytes === 0).toBe(phased.peakPhase === 'layer-backward');
+      expect(p.trainingPeakBytes - phased.trainingPeakBytes).toBe(Math.min(p.phaseBytes.loss, p.phaseBytes.layerBackward));
     }
   });
 
@@ -39,6 +43,18 @@ describe('memory plan: terms', () => {
     expect(term(p, 'lora', 'LoRA A, B')).toBe(adapterElems * 4);
     expect(term(p, 'lora', 'LoRA gradients')).toBe(adapterElems * 4);
     expect(term(p, 'optimizer', 'AdamW m, v')).toBe(2 * adapterElems * 4);
+  });
+
+  it("one layer's scratch is the engine StepPlan's buffers (LayerScratch + BackwardScratch), fixture shape", () => {
+    const spec = fixture('llama');
+    const [T, H, Q, KV, I, r, nH, mods] = [48, 64, 64, 32, 160, 8, 4, 7];
+    const forward = T * H + T + T * Q + 2 * T * KV + T * Q + nH * T + 2 * T * H + T * H + T + 3 * T * I + T * H + mods * T * r;
+    const backward = 5 * T * H + 3 * T * I + 2 * T * Q + 2 * T * KV + nH * T + mods * T * r;
+    const p = planMemory(spec, { ...qlora, seqLen: 24, microBatch: 2, loraRank: r, ceChunkTokens: 48 });
+    expect(p.phaseBytes.layerBackward).toBe((forward + backward) * 4);
+    // one CE chunk: no hidden/dhidden copies; final normed + rstd, losses + loss, logits, stats + lse
+    expect(p.phaseBytes.loss).toBe((T * (H + 1) + T + 1 + T * 512 + 4 * T + T) * 4);
+    expect(term(p, 'activations', 'saved layer inputs + final hidden')).toBe(3 * T * H * 4);
   });
 
   it('f32 weights equal the parameter count × 4; 4-bit weights are nibbles plus one scale per group', () => {
@@ -61,20 +77,23 @@ describe('memory plan: terms', () => {
     expect(term(p, 'weights', 'lm_head')).toBe(92544 * 2048 * 4);
     // r=64 on wqkv, wo, w1, w3, w2: 64 × (6144 + 4096 + 3 × 10240) per layer
     expect(term(p, 'lora', 'LoRA A, B')).toBe(24 * 64 * 40960 * 4);
-    expect(term(p, 'activations', 'saved layer inputs')).toBe(24 * 2048 * 2048 * 4);
+    expect(term(p, 'activations', 'saved layer inputs + final hidden')).toBe(25 * 2048 * 2048 * 4);
     expect(p.totalBytes / 2 ** 30).toBeGreaterThan(3);
     expect(p.totalBytes / 2 ** 30).toBeLessThan(5);
     expect(p.fits).toBe(true);
     expect(p.advice).toEqual([]);
+    expect(p.suggestedConfig).toBeNull();
     expect(p.budgetBytes).toBe(DEFAULT_BUDGET_BYTES);
   });
 
   it('cross-entropy chunk is chunk × vocab × 4 and decides the peak for large vocabularies', () => {
     const spec = target('Qwen3-1.7B');
-    const p = planMemory(spec, { ...qlora, ceChunkTokens: 1024 });
+    const phased = { assumptions: { stepBuffersPersistent: false } };
+    const p = planMemory(spec, { ...qlora, ceChunkTokens: 1024 }, phased);
     expect(p.peakPhase).toBe('loss');
     expect(term(p, 'ce', 'logits chunk')).toBe(1024 * 151936 * 4);
-    const small = planMemory(spec, { ...qlora, ceChunkTokens: 128 });
+    expect(term(p, 'ce', 'hidden/dhidden chunk copies')).toBe(2 * 1024 * 2048 * 4);
+    const small = planMemory(spec, { ...qlora, ceChunkTokens: 128 }, phased);
     expect(small.peakPhase).toBe('layer-backward');
     expect(small.totalBytes).toBeLessThan(p.totalBytes);
     // the chunk never exceeds the tokens of a micro-batch
@@ -89,7 +108,7 @@ describe('memory plan: terms', () => {
     expect(cpu.optimizer.bytes).toBe(gpu.optimizer.bytes / spec.layers);
     expect(disk.optimizer.bytes).toBe(cpu.optimizer.bytes);
     expect(planMemory(spec, { ...qlora, loraRank: 128 }).optimizer.bytes).toBe(2 * gpu.optimizer.bytes);
-    const act = (c: TrainingMemoryConfig) => term(planMemory(spec, c), 'activations', 'saved layer inputs');
+    const act = (c: TrainingMemoryConfig) => term(planMemory(spec, c), 'activations', 'saved layer inputs + final hidden');
     expect(act({ ...qlora, seqLen: 4096 })).toBe(2 * act(qlora));
     expect(act({ ...qlora, microBatch: 3 })).toBe(3 * act(qlora));
     // without checkpointing every layer's intermediates stay
@@ -97,12 +116,13 @@ describe('memory plan: terms', () => {
     expect(noCkpt.activations.bytes).toBeGreaterThan(4 * gpu.activations.bytes);
   });
 
-  it('qwen3 keeps the pre-norm q/k; attention lse is B·nHeads·T', () => {
+  it('qwen3 keeps the pre-norm q/k and their gradients; attention lse is B·nHeads·T', () => {
     const spec = target('Qwen3-1.7B');
-    const p = planMemory(spec, { ...qlora, ceChunkTokens: 64 });
-    expect(term(p, 'activations', 'recompute: attention lse')).toBe(2048 * 16 * 4);
-    expect(term(p, 'activations', 'recompute: q, k before q_norm/k_norm')).toBe(2048 * (16 + 8) * 128 * 4);
-    expect(() => term(planMemory(target('Qwen2.5-1.5B-Instruct'), { ...qlora, ceChunkTokens: 64 }), 'activations', 'recompute: q, k before q_norm/k_norm')).toThrow();
+    const p = planMemory(spec, qlora);
+    expect(term(p, 'activations', 'attention lse')).toBe(2048 * 16 * 4);
+    expect(term(p, 'activations', 'q, k before q_norm/k_norm (+ rstd)')).toBe(2048 * ((16 + 8) * 128 + 16 + 8) * 4);
+    expect(term(p, 'activations', 'dq, dk before norm')).toBe(2048 * (16 + 8) * 128 * 4);
+    expect(() => term(planMemory(target('Qwen2.5-1.5B-Instruct'), qlora), 'activations', 'dq, dk before norm')).toThrow();
   });
 });
 
@@ -120,8 +140,9 @@ describe('memory plan: budget and advice', () => {
     expect(text).toMatch(/maximum length/);
     expect(text).toMatch(/LoRA rank to 64/);
     expect(p.advice[p.advice.length - 1]).toMatch(/^Combined: .* \(fits\)$/);
-    const fixed = planMemory(spec, { ...c, optimizerOffload: 'cpu', quantBits: 4, microBatch: 1 });
-    expect(fixed.fits).toBe(true);
+    const s = p.suggestedConfig!;
+    expect(s).toMatchObject({ optimizerOffload: 'cpu', quantBits: 4, microBatch: 1, seqLen: 8192, loraRank: 128 });
+    expect(planMemory(spec, s).fits).toBe(true);
   });
 
   it('a single change that fits is marked, and the length advice is the longest multiple of 128 that fits', () => {
@@ -135,12 +156,15 @@ describe('memory plan: budget and advice', () => {
     expect(len % 128).toBe(0);
     expect(line).toContain('(fits)');
     expect(planMemory(spec, { ...c, seqLen: len }, { budgetBytes: budget }).fits).toBe(true);
+    expect(p.suggestedConfig).not.toBeNull();
+    expect(planMemory(spec, p.suggestedConfig!, { budgetBytes: budget }).fits).toBe(true);
     expect(planMemory(spec, { ...c, seqLen: len + 128 }, { budgetBytes: budget }).fits).toBe(false);
   });
 
   it('says so when nothing fits', () => {
     const p = planMemory(target('Qwen3-1.7B'), qlora, { budgetBytes: 512 * 2 ** 20 });
     expect(p.advice[p.advice.length - 1]).toMatch(/choose a smaller model or a GPU with more memory/);
+    expect(p.suggestedConfig).toBeNull();
   });
 
   it('is pure and rejects nonsense', () => {
