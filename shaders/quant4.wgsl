@@ -178,7 +178,12 @@ fn dequantize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 // ------------------------------------------------------------------------------------------------
 #if OP == matmul || OP == dx
 
-@group(0) @binding(1) var<storage, read> x: array<f32>;          // matmul: X [M, K]; dx: dY [M, ldy]
+// matmul: X [M, K] (16-byte loads: K % 64 == 0). dx: dY [M, ldy], 16-byte loads when VEC4 (ldy, off % 4 == 0).
+#if OP == matmul || VEC4
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+#else
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+#endif
 @group(0) @binding(2) var<storage, read> q: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> sm: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;    // matmul: Y [M, ldy]; dx: dX [M, K]
@@ -187,18 +192,67 @@ fn dequantize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 @group(0) @binding(6) var<storage, read> lb: array<f32>;         // B [out, R]
 #endif
 
+// The layout of matmul.wgsl: 16×16 threads, each THREAD_M×THREAD_N outputs (8×8 with WIDE, else 4×4) in
+// 4×4 groups spaced 64 apart, so neighbouring threads' vec4 reads of the tiles are contiguous.
+#if WIDE
+const THREAD_M: u32 = 8u;
+const THREAD_N: u32 = 8u;
+#else
 const THREAD_M: u32 = 4u;
 const THREAD_N: u32 = 4u;
-// Reduction depth per step (matmul: 32 k = one vec4 of codes per W row; dx: 32 rows of W).
+#endif
+const WG_X: u32 = 16u;
+const WG_Y: u32 = 16u;
+const THREADS: u32 = WG_X * WG_Y;
+const TILE_M: u32 = WG_Y * THREAD_M;
+const TILE_N: u32 = WG_X * THREAD_N;
+#if OP == matmul
+// Reduction depth per step: 32 k = one 16-byte vec4 of codes per W row. Tiles are 2 × 16 KiB when WIDE.
 const TR: u32 = 32u;
-override TILE_M: u32 = 64u;
-override TILE_N: u32 = 64u;
-// Padded strides against bank conflicts on the transposing stores.
-const PAD: u32 = 1u;
-var<workgroup> tile_a: array<f32, TR * (TILE_M + PAD)>;  // reduction-major: [r][m]
-var<workgroup> tile_b: array<f32, TR * (TILE_N + PAD)>;  // reduction-major: [r][n]
+const SB: u32 = TILE_N;
+#else
+// 16 rows of W per step, each read as TILE_N / 32 vec4; the row stride of tile_b is padded by 4 so the
+// dequantising threads (same column offsets, different rows) hit different banks.
+const TR: u32 = 16u;
+const SB: u32 = TILE_N + 4u;
+#endif
+const SA: u32 = TILE_M;
+var<workgroup> tile_a: array<vec4<f32>, TR * SA / 4u>;  // reduction-major: [r][m]
+var<workgroup> tile_b: array<vec4<f32>, TR * SB / 4u>;  // reduction-major: [r][n]
 
-@compute @workgroup_size(TILE_N / THREAD_N, TILE_M / THREAD_M)
+fn store_a(r: u32, mm: u32, v: f32) {
+  tile_a[(r * SA + mm) / 4u][mm % 4u] = v;
+}
+fn store_b(r: u32, nn: u32, v: f32) {
+  tile_b[(r * SB + nn) / 4u][nn % 4u] = v;
+}
+
+// Stores the 32 dequantised weights of one vec4 of codes: tile_b[r0 + i·dr][c0 + i·dc], i = 0..31.
+fn store_codes(codes: vec4<u32>, sc: vec2<f32>, r0: u32, dr: u32, c0: u32, dc: u32) {
+  for (var i = 0u; i < 4u; i++) {
+    let v = dequant8(codes[i], sc);
+    for (var j = 0u; j < 4u; j++) {
+      let e = 8u * i + j;
+      store_b(r0 + e * dr, c0 + e * dc, v[0][j]);
+      store_b(r0 + (e + 4u) * dr, c0 + (e + 4u) * dc, v[1][j]);
+    }
+  }
+}
+
+fn mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_M>>) {
+  for (var kk = 0u; kk < TR; kk++) {
+    var ra: array<vec4<f32>, THREAD_M / 4u>;
+    var rb: array<vec4<f32>, THREAD_N / 4u>;
+    for (var g = 0u; g < THREAD_M / 4u; g++) { ra[g] = tile_a[(kk * SA) / 4u + g * WG_Y + lid.y]; }
+    for (var g = 0u; g < THREAD_N / 4u; g++) { rb[g] = tile_b[(kk * SB) / 4u + g * WG_X + lid.x]; }
+    for (var i = 0u; i < THREAD_M; i++) {
+      let av = ra[i / 4u][i % 4u];
+      for (var j = 0u; j < THREAD_N; j++) { (*acc)[i][j] = fma(av, rb[j / 4u][j % 4u], (*acc)[i][j]); }
+    }
+  }
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
 #if OP == matmul
 fn q4_matmul(
 #else
@@ -208,116 +262,117 @@ fn q4_matmul_dx(
   @builtin(local_invocation_id) lid: vec3<u32>,
   @builtin(local_invocation_index) tid: u32,
 ) {
-  let threads = (TILE_N / THREAD_N) * (TILE_M / THREAD_M);
-  let SA = TILE_M + PAD;
-  let SB = TILE_N + PAD;
   let row0 = wg.y * TILE_M;
   let col0 = wg.x * TILE_N;
+  let M = params.M;
+  let N = params.N;
   let K = params.K;
   var acc: array<array<f32, THREAD_N>, THREAD_M>;
   for (var i = 0u; i < THREAD_M; i++) {
     for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = 0.0; }
   }
 #if OP == matmul
-  let red = K;
-#else
-  let red = params.N;
-#endif
-  for (var r0 = 0u; r0 < red; r0 += TR) {
-#if OP == matmul
+  for (var r0 = 0u; r0 < K; r0 += TR) {
     // X tile [TILE_M, 32 k]: 8 consecutive threads read one row's 128 contiguous bytes.
-    for (var idx = tid; idx < TILE_M * (TR / 4u); idx += threads) {
-      let c4 = idx % (TR / 4u);
+    for (var idx = tid; idx < TILE_M * (TR / 4u); idx += THREADS) {
+      let kq = idx % (TR / 4u);
       let mm = idx / (TR / 4u);
       let m = row0 + mm;
       var v = vec4<f32>(0.0);
-      if (m < params.M) {
-        let at = m * K + r0 + 4u * c4;
-        v = vec4<f32>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);
-      }
-      tile_a[(4u * c4) * SA + mm] = v.x;
-      tile_a[(4u * c4 + 1u) * SA + mm] = v.y;
-      tile_a[(4u * c4 + 2u) * SA + mm] = v.z;
-      tile_a[(4u * c4 + 3u) * SA + mm] = v.w;
+      if (m < M) { v = x[(m * K + r0) / 4u + kq]; }
+      for (var i = 0u; i < 4u; i++) { store_a(kq * 4u + i, mm, v[i]); }
     }
-    // W tile [TILE_N rows, 32 k]: one 16-byte load of codes per row (plus its group's scale word).
-    for (var nn = tid; nn < TILE_N; nn += threads) {
+    // W tile [TILE_N rows, 32 k]: one 16-byte load of codes per row, plus the group's scale word.
+    for (var nn = tid; nn < TILE_N; nn += THREADS) {
       let n = col0 + nn;
-      if (n < params.N) {
+      if (n < N) {
         let at = n * K + r0;
-        let codes = q[at / 32u];
-        let sc = group_scale(sm[at / GROUP]);
-        for (var i = 0u; i < 4u; i++) {
-          let v = dequant8(codes[i], sc);
-          for (var j = 0u; j < 4u; j++) {
-            tile_b[(8u * i + j) * SB + nn] = v[0][j];
-            tile_b[(8u * i + 4u + j) * SB + nn] = v[1][j];
-          }
-        }
+        store_codes(q[at / 32u], group_scale(sm[at / GROUP]), 0u, 1u, nn, 0u);
       } else {
-        for (var j = 0u; j < TR; j++) { tile_b[j * SB + nn] = 0.0; }
+        for (var j = 0u; j < TR; j++) { store_b(j, nn, 0.0); }
       }
+    }
+    workgroupBarrier();
+    mac(lid, &acc);
+    workgroupBarrier();
+  }
+#if LORA
+  // The adapter term s·U·Bᵀ as R more reduction steps over [s·U | B]: Y is written once.
+  for (var r0 = 0u; r0 < params.R; r0 += TR) {
+    for (var idx = tid; idx < TILE_M * TR; idx += THREADS) {
+      let rr = idx % TR;
+      let mm = idx / TR;
+      let m = row0 + mm;
+      let r = r0 + rr;
+      var v = 0.0;
+      if (m < M && r < params.R) { v = params.s * lu[m * params.R + r]; }
+      store_a(rr, mm, v);
+    }
+    for (var idx = tid; idx < TILE_N * TR; idx += THREADS) {
+      let rr = idx % TR;
+      let nn = idx / TR;
+      let n = col0 + nn;
+      let r = r0 + rr;
+      var v = 0.0;
+      if (n < N && r < params.R) { v = lb[(params.b_row0 + n) * params.R + r]; }
+      store_b(rr, nn, v);
+    }
+    workgroupBarrier();
+    mac(lid, &acc);
+    workgroupBarrier();
+  }
+#endif
+#else
+  for (var r0 = 0u; r0 < N; r0 += TR) {
+    // dY tile [TILE_M, TR n] of this block's columns.
+#if VEC4
+    for (var idx = tid; idx < TILE_M * (TR / 4u); idx += THREADS) {
+      let nq = idx % (TR / 4u);
+      let mm = idx / (TR / 4u);
+      let m = row0 + mm;
+      let n = r0 + nq * 4u;
+      var v = vec4<f32>(0.0);
+      if (m < M && n < N) { v = x[(m * params.ldy + params.off + n) / 4u]; }
+      for (var i = 0u; i < 4u; i++) { store_a(nq * 4u + i, mm, select(v[i], 0.0, n + i >= N)); }
     }
 #else
-    // dY tile [TILE_M, 32 n]: 32 consecutive threads read 32 consecutive floats of one row.
-    for (var idx = tid; idx < TILE_M * TR; idx += threads) {
+    for (var idx = tid; idx < TILE_M * TR; idx += THREADS) {
       let nn = idx % TR;
       let mm = idx / TR;
       let m = row0 + mm;
       let n = r0 + nn;
       var v = 0.0;
-      if (m < params.M && n < params.N) { v = x[m * params.ldy + params.off + n]; }
-      tile_a[nn * SA + mm] = v;
+      if (m < M && n < N) { v = x[m * params.ldy + params.off + n]; }
+      store_a(nn, mm, v);
     }
-    // W tile [32 rows n, TILE_N k]: TILE_N / 32 16-byte loads per row, pairs of threads on one row.
+#endif
+    // W tile [TR rows n, TILE_N k]: TILE_N / 32 16-byte loads per row.
     let per_row = TILE_N / 32u;
-    for (var idx = tid; idx < TR * per_row; idx += threads) {
+    for (var idx = tid; idx < TR * per_row; idx += THREADS) {
       let h = idx % per_row;
       let nn = idx / per_row;
       let n = r0 + nn;
-      if (n < params.N) {
+      if (n < N && col0 + 32u * h < K) {
         let at = n * K + col0 + 32u * h;
-        let codes = q[at / 32u];
-        let sc = group_scale(sm[at / GROUP]);
-        for (var i = 0u; i < 4u; i++) {
-          let v = dequant8(codes[i], sc);
-          for (var j = 0u; j < 4u; j++) {
-            tile_b[nn * SB + 32u * h + 8u * i + j] = v[0][j];
-            tile_b[nn * SB + 32u * h + 8u * i + 4u + j] = v[1][j];
-          }
-        }
+        store_codes(q[at / 32u], group_scale(sm[at / GROUP]), nn, 0u, 32u * h, 1u);
       } else {
-        for (var j = 0u; j < 32u; j++) { tile_b[nn * SB + 32u * h + j] = 0.0; }
+        for (var j = 0u; j < 32u; j++) { store_b(nn, 32u * h + j, 0.0); }
       }
     }
-#endif
     workgroupBarrier();
-    for (var kk = 0u; kk < TR; kk++) {
-      var ra: array<f32, THREAD_M>;
-      var rb: array<f32, THREAD_N>;
-      for (var i = 0u; i < THREAD_M; i++) { ra[i] = tile_a[kk * SA + lid.y * THREAD_M + i]; }
-      for (var j = 0u; j < THREAD_N; j++) { rb[j] = tile_b[kk * SB + lid.x * THREAD_N + j]; }
-      for (var i = 0u; i < THREAD_M; i++) {
-        for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = fma(ra[i], rb[j], acc[i][j]); }
-      }
-    }
+    mac(lid, &acc);
     workgroupBarrier();
   }
+#endif
 
   for (var i = 0u; i < THREAD_M; i++) {
-    let m = row0 + lid.y * THREAD_M + i;
-    if (m >= params.M) { continue; }
+    let m = row0 + ((i / 4u) * WG_Y + lid.y) * 4u + i % 4u;
+    if (m >= M) { continue; }
     for (var j = 0u; j < THREAD_N; j++) {
-      let n = col0 + lid.x * THREAD_N + j;
+      let n = col0 + ((j / 4u) * WG_X + lid.x) * 4u + j % 4u;
 #if OP == matmul
-      if (n >= params.N) { continue; }
-      var v = acc[i][j];
-#if LORA
-      var t = 0.0;
-      for (var r = 0u; r < params.R; r++) { t = fma(lu[m * params.R + r], lb[(params.b_row0 + n) * params.R + r], t); }
-      v = fma(params.s, t, v);
-#endif
-      y[m * params.ldy + params.off + n] = v;
+      if (n >= N) { continue; }
+      y[m * params.ldy + params.off + n] = acc[i][j];
 #else
       if (n >= K) { continue; }
       let at = m * K + n;

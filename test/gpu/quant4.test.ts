@@ -181,18 +181,19 @@ describe('q4 quantize / dequantize (GPU)', () => {
 });
 
 describe('q4 matmul forward Y = X·Wᵀ (against float64 on the dequantized weights)', () => {
-  // [M, N, K, rows per block]; M ≤ 8 takes the GEMV path.
-  const CASES: [number, number, number, number | undefined][] = [
+  // [M, N, K, rows per block, tile]; M ≤ 8 takes the GEMV path.
+  const CASES: [number, number, number, number | undefined, ('wide' | 'narrow')?][] = [
     [64, 64, 64, undefined],
     [37, 53, 128, undefined],
     [130, 67, 192, 24],
+    [130, 200, 128, 72, 'wide'],
     [1, 70, 128, undefined],
     [3, 37, 256, 16],
     [8, 129, 64, undefined],
     [9, 5, 64, undefined],
   ];
-  for (const [M, N, K, rpb] of CASES) {
-    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''} (${M <= 8 ? 'gemv' : 'tiled'})`, async () => {
+  for (const [M, N, K, rpb, tile] of CASES) {
+    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''} (${M <= 8 ? 'gemv' : tile ?? 'tiled'})`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const r = rng(seed);
@@ -200,7 +201,7 @@ describe('q4 matmul forward Y = X·Wᵀ (against float64 on the dequantized weig
       const x = randn(M * K, r);
       const X = ctx.upload('X', [M, K], x);
       const Y = poisoned(ctx, 'Y', [M, N]);
-      await q4Matmul(ctx, X, W, Y, M);
+      await q4Matmul(ctx, X, W, Y, M, tile ? { tile } : {});
       expectClose(await ctx.read(Y), refForward(x, deq, M, N, K), 1e-4, `seed ${seed}`);
       if (M <= 8) {
         // the tiled kernel on the same decode shape agrees too
@@ -216,14 +217,16 @@ describe('q4 matmul forward Y = X·Wᵀ (against float64 on the dequantized weig
 });
 
 describe('q4 matmul backward dX = dY·W (against float64 on the dequantized weights)', () => {
-  const CASES: [number, number, number, number | undefined][] = [
+  // [M, N, K, rows per block, tile]; N % 4 == 0 takes the 16-byte dY loads.
+  const CASES: [number, number, number, number | undefined, ('wide' | 'narrow')?][] = [
     [64, 64, 64, undefined],
     [37, 53, 128, undefined],
     [130, 67, 192, 24], // first block writes, later blocks add
     [5, 200, 64, undefined],
+    [131, 100, 192, 36, 'wide'], // K not a multiple of the 128 tile
   ];
-  for (const [M, N, K, rpb] of CASES) {
-    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}`, async () => {
+  for (const [M, N, K, rpb, tile] of CASES) {
+    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${tile ? ` ${tile}` : ''}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const r = rng(seed);
@@ -231,12 +234,14 @@ describe('q4 matmul backward dX = dY·W (against float64 on the dequantized weig
       const dy = randn(M * N, r);
       const dY = ctx.upload('dY', [M, N], dy);
       const dX = poisoned(ctx, 'dX', [M, K]);
-      await q4MatmulDx(ctx, dY, W, dX, M);
+      await q4MatmulDx(ctx, dY, W, dX, M, false, tile ? { tile } : {});
       const ref = refDx(dy, deq, M, N, K);
       expectClose(await ctx.read(dX), ref, 1e-4, `seed ${seed}`);
-      // accumulate: dX += dY·W onto existing values
-      await q4MatmulDx(ctx, dY, W, dX, M, true);
-      expectClose(await ctx.read(dX), ref.map((v) => 2 * v), 1e-4, `accumulate, seed ${seed}`);
+      if (!tile) {
+        // accumulate: dX += dY·W onto existing values (the wide case covers += through its later blocks)
+        await q4MatmulDx(ctx, dY, W, dX, M, true);
+        expectClose(await ctx.read(dX), ref.map((v) => 2 * v), 1e-4, `accumulate, seed ${seed}`);
+      }
       ctx.release(dY);
       ctx.release(dX);
       releaseQ4Weight(ctx, W);

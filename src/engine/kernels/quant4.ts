@@ -326,10 +326,17 @@ export interface Q4MatmulOptions {
   lora?: Q4LoraEpilogue;
   /** Force the tiled kernel (or the GEMV) regardless of M; default: GEMV for M ≤ 8. */
   path?: 'tiled' | 'gemv';
+  /** Force the 128×128 (wide) or 64×64 (narrow) tile; default: wide when both output dims are ≥ 256. */
+  tile?: 'wide' | 'narrow';
 }
 
-const TILE = { TILE_M: 64, TILE_N: 64 };
 const GEMV_ROWS = 8;
+
+/** Tile choice as in matmul.ts: 128×128 (8×8 per thread) where there are enough tiles, else 64×64. */
+function tileEdge(rows: number, cols: number, tile?: 'wide' | 'narrow'): { wide: boolean; edge: number } {
+  const wide = tile ? tile === 'wide' : rows >= 256 && cols >= 256;
+  return { wide, edge: wide ? 128 : 64 };
+}
 
 /**
  * Y = X·Wᵀ (+ scale·U·Bᵀ), X [M, in] f32, W 4-bit [out, in], Y [M, out]. One dispatch per row block, each
@@ -347,17 +354,17 @@ export async function prepareQ4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y
   }
   const gemv = opts.path ? opts.path === 'gemv' : M <= Q4_GEMV_MAX_M;
   if (gemv && M > Q4_GEMV_MAX_M) throw new Error(`${kern}: the GEMV path takes at most ${Q4_GEMV_MAX_M} rows, got ${M}`);
-  const defines = { OP: gemv ? 'gemv' : 'matmul', LORA: !!lora };
+  const { wide, edge } = tileEdge(M, W.out, opts.tile);
   const pipeline = await ctx.pipeline(
     gemv
-      ? { shader: QUANT4_SHADER, entryPoint: 'q4_gemv', defines, constants: { GEMV_ROWS } }
-      : { shader: QUANT4_SHADER, entryPoint: 'q4_matmul', defines, constants: TILE },
+      ? { shader: QUANT4_SHADER, entryPoint: 'q4_gemv', defines: { OP: 'gemv', LORA: !!lora }, constants: { GEMV_ROWS } }
+      : { shader: QUANT4_SHADER, entryPoint: 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide } },
   );
   return W.blocks.map((b) => {
-    const label = `${gemv ? 'q4 gemv' : 'q4 matmul'}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
+    const label = `${gemv ? 'q4 gemv' : `q4 matmul${wide ? ' wide' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
     const uniforms = ctx.uniforms(`${label} params`, uniformFields({ M, N: b.rows, K, ldy: W.out, off: b.row0, R: lora?.rank ?? 0, s: lora?.scale ?? 0, bRow0: b.row0 }));
     const res = [uniforms, X, b.q, b.sm, Y, ...(lora ? [lora.U, lora.B] : [])];
-    const workgroups: [number, number, number] = gemv ? grid2d(ctx, Math.ceil(b.rows / GEMV_ROWS)) : [Math.ceil(b.rows / TILE.TILE_N), Math.ceil(M / TILE.TILE_M), 1];
+    const workgroups: [number, number, number] = gemv ? grid2d(ctx, Math.ceil(b.rows / GEMV_ROWS)) : [Math.ceil(b.rows / edge), Math.ceil(M / edge), 1];
     return { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, res), workgroups };
   });
 }
@@ -371,28 +378,33 @@ export async function q4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y: Tenso
  * first block writes dX and later blocks add to it (in dispatch order, so deterministic).
  * `accumulate` makes the first block add as well (dX += dY·W, e.g. to add onto another path's gradient).
  */
-export async function prepareQ4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4Weight, dX: Tensor, M: number, accumulate = false): Promise<KernelDispatch[]> {
+export async function prepareQ4MatmulDx(
+  ctx: GpuContext,
+  dY: Tensor,
+  W: Q4Weight,
+  dX: Tensor,
+  M: number,
+  accumulate = false,
+  opts: { tile?: 'wide' | 'narrow' } = {},
+): Promise<KernelDispatch[]> {
   const K = W.in;
   const kern = `q4 dX ${W.label}`;
   need(kern, 'dY', dY, M * W.out * 4);
   need(kern, 'dX', dX, M * K * 4);
-  const pipes = await Promise.all(
-    [false, true].map((acc) => ctx.pipeline({ shader: QUANT4_SHADER, entryPoint: 'q4_matmul_dx', defines: { OP: 'dx', ACCUMULATE: acc }, constants: TILE })),
-  );
-  return W.blocks.map((b, i) => {
+  const { wide, edge } = tileEdge(M, K, opts.tile);
+  const out: KernelDispatch[] = [];
+  for (const [i, b] of W.blocks.entries()) {
     const acc = accumulate || i > 0;
-    const pipeline = pipes[acc ? 1 : 0]!;
-    const label = `q4 dX ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
+    // 16-byte loads of dY when its rows and this block's first column are 16-byte aligned.
+    const vec4 = W.out % 4 === 0 && b.row0 % 4 === 0;
+    const pipeline = await ctx.pipeline({ shader: QUANT4_SHADER, entryPoint: 'q4_matmul_dx', defines: { OP: 'dx', ACCUMULATE: acc, WIDE: wide, VEC4: vec4 } });
+    const label = `q4 dX${wide ? ' wide' : ''} ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
     const uniforms = ctx.uniforms(`${label} params`, uniformFields({ M, N: b.rows, K, ldy: W.out, off: b.row0 }));
-    return {
-      label,
-      pipeline,
-      bindGroup: ctx.bindGroup(label, pipeline, [uniforms, dY, b.q, b.sm, dX]),
-      workgroups: [Math.ceil(K / TILE.TILE_N), Math.ceil(M / TILE.TILE_M), 1],
-    };
-  });
+    out.push({ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, dY, b.q, b.sm, dX]), workgroups: [Math.ceil(K / edge), Math.ceil(M / edge), 1] });
+  }
+  return out;
 }
 
-export async function q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4Weight, dX: Tensor, M: number, accumulate = false): Promise<void> {
-  await ctx.run(await prepareQ4MatmulDx(ctx, dY, W, dX, M, accumulate));
+export async function q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4Weight, dX: Tensor, M: number, accumulate = false, opts: { tile?: 'wide' | 'narrow' } = {}): Promise<void> {
+  await ctx.run(await prepareQ4MatmulDx(ctx, dY, W, dX, M, accumulate, opts));
 }
