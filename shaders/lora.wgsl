@@ -1,0 +1,156 @@
+// The rank-r products of a LoRA adapter on a linear layer Y = X·Wᵀ + s·dropout(X)·Aᵀ·Bᵀ (s = alpha / r,
+// A [r, in], B [out, r]). The base product and the +s·U·Bᵀ epilogue live in quant4.wgsl (4-bit W, fused)
+// or matmul.wgsl (f32 W); this file holds the three products that touch dropout(X), one tiled kernel
+// `lora_mm` with a MODE define:
+//
+//   MODE == XA   U  = dropout(X) · Aᵀ                    [M, r]   (forward; U is kept for the backward)
+//   MODE == DA   dA += s · Gᵀ · dropout(X)               [r, in]  (G = dY·B [M, r], a plain matmul)
+//   MODE == DX   dX += s · mask ⊙ (G · A)                [M, in]  (adds the adapter path onto the base dX)
+//
+// Gradient rule (llm.c): parameter grads are accumulated (dA +=, and dB += in lora.ts); activation grads
+// are written: dX is written by the base path first, and this kernel then adds the adapter's term.
+//
+// Dropout (lora_dropout p) needs no stored mask: element (m, k) of X is kept when
+// hash(seed, m·in + k) ≥ threshold (= p·2^32) and then scaled by 1/(1-p); the backward regenerates the
+// same mask from the seed. The hash (lowbias32 twice, keyed by the seed) is mirrored in lora.ts.
+
+struct Params {
+  rows: u32,        // rows of the output C
+  cols: u32,        // columns of the output C (its row stride)
+  red: u32,         // reduction length
+  K: u32,           // in features: row stride of X and A, and the dropout index stride
+  R: u32,           // rank: row stride of G
+  s: f32,           // alpha / r
+  seed: u32,
+  threshold: u32,   // dropped when hash < threshold
+  keep_scale: f32,  // 1 / (1 - p)
+  _p0: u32,
+  _p1: u32,
+  _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;         // XA: X;  DA: G;  DX: G
+@group(0) @binding(2) var<storage, read> b: array<f32>;         // XA: A;  DA: X;  DX: A
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;   // XA: U;  DA: dA; DX: dX
+
+fn lowbias32(v: u32) -> u32 {
+  var x = v;
+  x ^= x >> 16u;
+  x *= 0x7feb352du;
+  x ^= x >> 15u;
+  x *= 0x846ca68bu;
+  x ^= x >> 16u;
+  return x;
+}
+
+fn dropout_hash(seed: u32, i: u32) -> u32 {
+  let s = lowbias32(seed);
+  return lowbias32(lowbias32(i ^ s) + s);
+}
+
+// The factor dropout applies to X[m, k]: 0 or 1/(1-p) (always 1 without DROPOUT).
+fn keep(m: u32, k: u32) -> f32 {
+#if DROPOUT
+  return select(params.keep_scale, 0.0, dropout_hash(params.seed, m * params.K + k) < params.threshold);
+#else
+  return 1.0;
+#endif
+}
+
+const THREAD: u32 = 4u;
+override TILE: u32 = 32u;
+override TILE_R: u32 = 16u;
+// Rows padded by one against bank conflicts on the transposing stores.
+var<workgroup> tile_a: array<f32, TILE_R * (TILE + 1u)>;  // [red][row]
+var<workgroup> tile_b: array<f32, TILE_R * (TILE + 1u)>;  // [red][col]
+
+// A operand: row i (of C), reduction index t.
+fn load_a(i: u32, t: u32) -> f32 {
+  if (i >= params.rows || t >= params.red) { return 0.0; }
+#if MODE == XA
+  return a[i * params.K + t] * keep(i, t);
+#elif MODE == DA
+  return a[t * params.R + i];
+#else
+  return a[i * params.R + t];
+#endif
+}
+
+// B operand: reduction index t, column j (of C).
+fn load_b(t: u32, j: u32) -> f32 {
+  if (t >= params.red || j >= params.cols) { return 0.0; }
+#if MODE == XA
+  return b[j * params.K + t];
+#elif MODE == DA
+  return b[t * params.K + j] * keep(t, j);
+#else
+  return b[t * params.K + j];
+#endif
+}
+
+@compute @workgroup_size(TILE / THREAD, TILE / THREAD)
+fn lora_mm(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let threads = (TILE / THREAD) * (TILE / THREAD);
+  let S = TILE + 1u;
+  let row0 = wg.y * TILE;
+  let col0 = wg.x * TILE;
+  var acc: array<array<f32, THREAD>, THREAD>;
+  for (var i = 0u; i < THREAD; i++) {
+    for (var j = 0u; j < THREAD; j++) { acc[i][j] = 0.0; }
+  }
+  for (var t0 = 0u; t0 < params.red; t0 += TILE_R) {
+    // Consecutive threads take consecutive addresses of each operand's stored layout.
+    for (var idx = tid; idx < TILE * TILE_R; idx += threads) {
+#if MODE == DA
+      let ii = idx % TILE;
+      let tt = idx / TILE;
+#else
+      let tt = idx % TILE_R;
+      let ii = idx / TILE_R;
+#endif
+      tile_a[tt * S + ii] = load_a(row0 + ii, t0 + tt);
+    }
+    for (var idx = tid; idx < TILE * TILE_R; idx += threads) {
+#if MODE == XA
+      let tt = idx % TILE_R;
+      let jj = idx / TILE_R;
+#else
+      let jj = idx % TILE;
+      let tt = idx / TILE;
+#endif
+      tile_b[tt * S + jj] = load_b(t0 + tt, col0 + jj);
+    }
+    workgroupBarrier();
+    for (var tt = 0u; tt < TILE_R; tt++) {
+      var ra: array<f32, THREAD>;
+      var rb: array<f32, THREAD>;
+      for (var i = 0u; i < THREAD; i++) { ra[i] = tile_a[tt * S + lid.y * THREAD + i]; }
+      for (var j = 0u; j < THREAD; j++) { rb[j] = tile_b[tt * S + lid.x * THREAD + j]; }
+      for (var i = 0u; i < THREAD; i++) {
+        for (var j = 0u; j < THREAD; j++) { acc[i][j] = fma(ra[i], rb[j], acc[i][j]); }
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < THREAD; i++) {
+    let row = row0 + lid.y * THREAD + i;
+    if (row >= params.rows) { continue; }
+    for (var j = 0u; j < THREAD; j++) {
+      let col = col0 + lid.x * THREAD + j;
+      if (col >= params.cols) { continue; }
+      let at = row * params.cols + col;
+#if MODE == XA
+      c[at] = acc[i][j];
+#elif MODE == DA
+      c[at] = c[at] + params.s * acc[i][j];
+#else
+      c[at] = c[at] + params.s * keep(row, col) * acc[i][j];
+#endif
+    }
+  }
+}
