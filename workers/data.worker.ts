@@ -3,14 +3,13 @@
  * DataWorkerApi of src/data/api.ts) with comlink; prepared rows are transferred, not copied.
  */
 import * as Comlink from 'comlink';
-import type { DataWorkerApi, PreparedResult, PrepareProgress } from '../src/data/api.ts';
-import type { MapperChoice } from '../src/data/mappers.ts';
+import type { DatasetMapping, DataWorkerApi, PreparedResult, PrepareProgress } from '../src/data/api.ts';
 import type { PrepareOptions } from '../src/data/pipeline.ts';
 import { DataSession, rowBuffers } from '../src/data/session.ts';
 
 class WorkerDataSession extends DataSession {
-  override async prepare(choice: MapperChoice, options: PrepareOptions, onProgress?: (p: PrepareProgress) => void): Promise<PreparedResult> {
-    const r = await super.prepare(choice, options, onProgress);
+  override async prepare(mapping: DatasetMapping, options: PrepareOptions, onProgress?: (p: PrepareProgress) => void): Promise<PreparedResult> {
+    const r = await super.prepare(mapping, options, onProgress);
     return Comlink.transfer(r, rowBuffers(r));
   }
 }

@@ -25,28 +25,40 @@ export interface TokenizerInfo {
   modelChatTemplate: string | null;
 }
 
-export interface ImportSummary {
-  /** Files imported so far in this session, in order. */
-  files: { name: string; records: number; rejected: number }[];
+export interface ImportedFile {
+  /** Unique within the session (a second file of the same name gets " (2)"). */
+  name: string;
   records: number;
-  /** Parse-stage rejects so far. */
-  rejected: RejectedRow[];
+  /** Records that could not be parsed. */
+  rejected: number;
   /** Proposed mapper (null: none recognised) and why. */
   detected: MapperChoice | null;
   reason: string;
   /** Field names seen in the first records (for the column mapper). */
   fields: string[];
-  /** The first few raw records, for the column mapper preview. */
+  /** The first few raw records. */
   head: unknown[];
 }
 
+export interface ImportSummary {
+  /** Files imported so far in this session, in order. */
+  files: ImportedFile[];
+  /** Parse-stage rejects so far. */
+  rejected: RejectedRow[];
+}
+
+/** The mapper chosen for each imported file, by file name (each file may have its own format). */
+export type DatasetMapping = Record<string, MapperChoice>;
+
 export interface MappingPreview {
-  /** Samples the mapping produced. */
+  /** Samples the mapping produced (all files). */
   samples: number;
+  /** Samples per file. */
+  perFile: Record<string, number>;
   /** Records rejected by the mapping (and parse-stage rejects). */
   rejected: RejectedRow[];
-  /** The first few mapped samples. */
-  head: PreviewSample[];
+  /** The first few mapped samples of each file. */
+  head: Record<string, PreviewSample[]>;
 }
 
 export type PreviewSample =
@@ -94,10 +106,10 @@ export interface DataWorkerApi {
   addIdentityDataset(options: IdentityOptions): Promise<ImportSummary>;
   /** Forgets all imported records. */
   clear(): Promise<void>;
-  /** Maps the records with a mapper and returns the head and the rejects. */
-  previewMapping(choice: MapperChoice, limit?: number): Promise<MappingPreview>;
+  /** Maps every file with its mapper; returns the head and the rejects. Files without one are reported. */
+  previewMapping(mapping: DatasetMapping, limit?: number): Promise<MappingPreview>;
   /** Renders and tokenizes mapped sample `index` (wraps around). */
-  renderSample(choice: MapperChoice, index: number, options: Pick<PrepareOptions, 'trainOnPrompt'>): Promise<RenderedSample>;
+  renderSample(mapping: DatasetMapping, index: number, options: Pick<PrepareOptions, 'trainOnPrompt'>): Promise<RenderedSample>;
   /** The whole pipeline; the rows' buffers are transferred. */
-  prepare(choice: MapperChoice, options: PrepareOptions, onProgress?: (p: PrepareProgress) => void): Promise<PreparedResult>;
+  prepare(mapping: DatasetMapping, options: PrepareOptions, onProgress?: (p: PrepareProgress) => void): Promise<PreparedResult>;
 }

@@ -2,23 +2,27 @@
  * The data worker's state and operations (implements DataWorkerApi). Pure TypeScript: the worker
  * exposes it with comlink, and tests drive it directly in Node.
  */
-import type { DataWorkerApi, ImportSummary, MappingPreview, PreparedResult, PrepareProgress, RenderedSample, TokenizerInfo } from './api.ts';
+import type { DatasetMapping, DataWorkerApi, ImportedFile, ImportSummary, MappingPreview, PreparedResult, PrepareProgress, RenderedSample, TokenizerInfo } from './api.ts';
 import { generateIdentityRecords, type IdentityOptions } from './identity.ts';
 import { detectFormat, parseStream, type FileFormat, type ParseProgress } from './import.ts';
-import { detectMapper, mapRecords, type MapperChoice, type MapResult } from './mappers.ts';
+import { detectMapper, mapRecords, type MapResult } from './mappers.ts';
 import { encodeChat, encodeText, SampleError, tokenPieces } from './mask.ts';
 import { prepareDataset, type PrepareOptions } from './pipeline.ts';
 import { loadTokenizer, type LoadedTokenizer, type TokenizerSource } from './tokenizer.ts';
 import { tokenizerSourceFromFiles } from './tokenizer-files.ts';
-import type { RawRecord, RejectedRow } from './types.ts';
+import { reject, type RawRecord, type RejectedRow, type Sample } from './types.ts';
+
+interface FileData {
+  info: ImportedFile;
+  records: RawRecord[];
+}
 
 export class DataSession implements DataWorkerApi {
   private tok: LoadedTokenizer | null = null;
   private modelTemplate: string | null = null;
-  private records: RawRecord[] = [];
+  private data: FileData[] = [];
   private parseRejects: RejectedRow[] = [];
-  private files: { name: string; records: number; rejected: number }[] = [];
-  private mapped: { key: string; result: MapResult } | null = null;
+  private mapped = new Map<string, { key: string; result: MapResult }>();
 
   private info(): TokenizerInfo {
     const t = this.tokenizer();
@@ -55,23 +59,19 @@ export class DataSession implements DataWorkerApi {
   }
 
   private summary(): ImportSummary {
-    const d = detectMapper(this.records);
-    return {
-      files: this.files.slice(),
-      records: this.records.length,
-      rejected: this.parseRejects.slice(),
-      detected: d.choice,
-      reason: d.reason,
-      fields: d.fields,
-      head: this.records.slice(0, 5).map((r) => r.value),
-    };
+    return { files: this.data.map((d) => d.info), rejected: this.parseRejects.slice() };
   }
 
   private add(name: string, records: RawRecord[], rejected: RejectedRow[]): ImportSummary {
-    this.records.push(...records);
+    let unique = name;
+    for (let k = 2; this.data.some((d) => d.info.name === unique); k++) unique = `${name} (${k})`;
+    if (unique !== name) for (const r of [...records, ...rejected]) (('source' in r ? r.source : r) as { file: string }).file = unique;
+    const d = detectMapper(records);
+    this.data.push({
+      info: { name: unique, records: records.length, rejected: rejected.length, detected: d.choice, reason: d.reason, fields: d.fields, head: records.slice(0, 5).map((r) => r.value) },
+      records,
+    });
     this.parseRejects.push(...rejected);
-    this.files.push({ name, records: records.length, rejected: rejected.length });
-    this.mapped = null;
     return this.summary();
   }
 
@@ -86,26 +86,46 @@ export class DataSession implements DataWorkerApi {
   }
 
   async clear(): Promise<void> {
-    this.records = [];
+    this.data = [];
     this.parseRejects = [];
-    this.files = [];
-    this.mapped = null;
+    this.mapped.clear();
   }
 
-  private map(choice: MapperChoice): MapResult {
-    const key = JSON.stringify(choice);
-    if (this.mapped?.key !== key) this.mapped = { key, result: mapRecords(this.records, choice) };
-    return this.mapped.result;
+  /** Maps each file with its mapper (cached per file and choice). */
+  private map(mapping: DatasetMapping, headSize = 0): { samples: Sample[]; rejected: RejectedRow[]; perFile: Record<string, number>; head: Record<string, Sample[]> } {
+    const samples: Sample[] = [];
+    const rejected: RejectedRow[] = [];
+    const perFile: Record<string, number> = {};
+    const head: Record<string, Sample[]> = {};
+    for (const d of this.data) {
+      const choice = mapping[d.info.name];
+      if (!choice) {
+        perFile[d.info.name] = 0;
+        if (d.records.length) rejected.push(reject({ file: d.info.name }, 'map', `no format chosen for this file: its ${d.records.length} records are not used`));
+        continue;
+      }
+      const key = JSON.stringify(choice);
+      let m = this.mapped.get(d.info.name);
+      if (m?.key !== key) {
+        m = { key, result: mapRecords(d.records, choice) };
+        this.mapped.set(d.info.name, m);
+      }
+      samples.push(...m.result.samples);
+      rejected.push(...m.result.rejected);
+      perFile[d.info.name] = m.result.samples.length;
+      head[d.info.name] = m.result.samples.slice(0, headSize);
+    }
+    return { samples, rejected, perFile, head };
   }
 
-  async previewMapping(choice: MapperChoice, limit = 5): Promise<MappingPreview> {
-    const m = this.map(choice);
-    return { samples: m.samples.length, rejected: [...this.parseRejects, ...m.rejected], head: m.samples.slice(0, limit) };
+  async previewMapping(mapping: DatasetMapping, limit = 5): Promise<MappingPreview> {
+    const m = this.map(mapping, limit);
+    return { samples: m.samples.length, perFile: m.perFile, rejected: [...this.parseRejects, ...m.rejected], head: m.head };
   }
 
-  async renderSample(choice: MapperChoice, index: number, options: Pick<PrepareOptions, 'trainOnPrompt'>): Promise<RenderedSample> {
+  async renderSample(mapping: DatasetMapping, index: number, options: Pick<PrepareOptions, 'trainOnPrompt'>): Promise<RenderedSample> {
     const tok = this.tokenizer();
-    const { samples } = this.map(choice);
+    const { samples } = this.map(mapping);
     if (samples.length === 0) throw new Error('no samples: the mapping produced none');
     const i = ((index % samples.length) + samples.length) % samples.length;
     const s = samples[i]!;
@@ -118,10 +138,10 @@ export class DataSession implements DataWorkerApi {
     }
   }
 
-  async prepare(choice: MapperChoice, options: PrepareOptions, onProgress?: (p: PrepareProgress) => void): Promise<PreparedResult> {
+  async prepare(mapping: DatasetMapping, options: PrepareOptions, onProgress?: (p: PrepareProgress) => void): Promise<PreparedResult> {
     const tok = this.tokenizer();
     onProgress?.({ status: 'mapping' });
-    const m = this.map(choice);
+    const m = this.map(mapping);
     let last = 0;
     const r = prepareDataset(tok, m.samples, options, [...this.parseRejects, ...m.rejected], (done, total) => {
       const now = Date.now();

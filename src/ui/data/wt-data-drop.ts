@@ -1,5 +1,5 @@
 import { LitElement, css, html } from 'lit';
-import { customElement, property, state } from 'lit/decorators.js';
+import { customElement, state } from 'lit/decorators.js';
 import { theme } from '../theme.ts';
 
 /** Drop zone (and file picker) for dataset files. Emits `files-selected` with detail File[]. */
@@ -18,11 +18,10 @@ export class WtDataDrop extends LitElement {
       strong { color: var(--wt-text); }
     `,
   ];
-  @property({ type: Boolean }) disabled = false;
   @state() private over = false;
 
   private emit(files: FileList | null | undefined) {
-    if (!files || files.length === 0 || this.disabled) return;
+    if (!files || files.length === 0) return;
     this.dispatchEvent(new CustomEvent<File[]>('files-selected', { detail: Array.from(files), bubbles: true, composed: true }));
   }
 

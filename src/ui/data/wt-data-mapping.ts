@@ -1,13 +1,18 @@
 import { LitElement, css, html, nothing } from 'lit';
 import { customElement, property } from 'lit/decorators.js';
-import type { MappingPreview } from '../../data/api.ts';
+import type { PreviewSample } from '../../data/api.ts';
 import { MAPPERS, type ColumnMapping, type MapperChoice, type MapperId } from '../../data/mappers.ts';
 import { theme } from '../theme.ts';
 
 /**
- * The detected mapping, an override, and the column mapper (templates with {field} placeholders; click a
- * field to insert it) with a preview of the first mapped samples. Emits `mapping-change` (MapperChoice).
+ * One file's mapping: the detected format, an override, and the column mapper (templates with {field} placeholders; click a
+ * field to insert it) with a preview of the first mapped samples. Emits `mapping-change` ({file, choice}).
  */
+export interface MappingChange {
+  file: string;
+  choice: MapperChoice;
+}
+
 @customElement('wt-data-mapping')
 export class WtDataMapping extends LitElement {
   static override styles = [
@@ -25,14 +30,17 @@ export class WtDataMapping extends LitElement {
       .sample + .sample { border-top: 1px solid var(--wt-border); margin-top: 0.4rem; padding-top: 0.4rem; }
     `,
   ];
+  @property() file = '';
   @property({ attribute: false }) choice: MapperChoice | null = null;
   @property() reason = '';
   @property({ attribute: false }) fields: string[] = [];
-  @property({ attribute: false }) preview: MappingPreview | null = null;
+  /** The first mapped samples of this file, and how many it has. */
+  @property({ attribute: false }) preview: PreviewSample[] | null = null;
+  @property({ type: Number }) samples = 0;
   private focused: keyof ColumnMapping = 'user';
 
   private change(choice: MapperChoice) {
-    this.dispatchEvent(new CustomEvent<MapperChoice>('mapping-change', { detail: choice, bubbles: true, composed: true }));
+    this.dispatchEvent(new CustomEvent<MappingChange>('mapping-change', { detail: { file: this.file, choice }, bubbles: true, composed: true }));
   }
 
   private columns(): ColumnMapping {
@@ -59,6 +67,7 @@ export class WtDataMapping extends LitElement {
     const id = this.choice?.id ?? '';
     return html`
       <div class="row">
+        <strong>${this.file}</strong>
         <label>Format
           <select @change=${(e: Event) => {
             const v = (e.target as HTMLSelectElement).value as MapperId;
@@ -74,8 +83,8 @@ export class WtDataMapping extends LitElement {
       </div>
       ${id === 'columns' ? this.renderColumns() : nothing}
       ${this.preview ? html`<div class="preview">
-        <div class="reason">${this.preview.samples} samples; first ${this.preview.head.length}:</div>
-        ${this.preview.head.map((s) => html`<div class="sample">${s.kind === 'chat'
+        <div class="reason">${this.samples} samples${this.preview.length ? `; first ${this.preview.length}:` : ''}</div>
+        ${this.preview.map((s) => html`<div class="sample">${s.kind === 'chat'
           ? s.messages.map((m) => html`<div class="msg"><span class="role">${m.role}</span>${m.content}</div>`)
           : html`<div class="msg">${s.text.length > 600 ? `${s.text.slice(0, 600)}…` : s.text}</div>`}</div>`)}
       </div>` : nothing}`;

@@ -1,11 +1,10 @@
 import * as Comlink from 'comlink';
 import { LitElement, css, html, nothing, type PropertyValues } from 'lit';
 import { customElement, property, state } from 'lit/decorators.js';
-import type { ImportSummary, MappingPreview, PreparedResult, PrepareProgress, RenderedSample, TokenizerInfo } from '../../data/api.ts';
+import type { DatasetMapping, ImportSummary, MappingPreview, PreparedResult, PrepareProgress, RenderedSample, TokenizerInfo } from '../../data/api.ts';
 import { fallbackTokenizerSource } from '../../data/fallback-tokenizer.ts';
 import type { IdentityOptions } from '../../data/identity.ts';
 import type { ParseProgress } from '../../data/import.ts';
-import type { MapperChoice } from '../../data/mappers.ts';
 import { DEFAULT_PREPARE_OPTIONS, type PrepareOptions } from '../../data/pipeline.ts';
 import type { TokenRow } from '../../data/rows.ts';
 import type { TokenizerSource } from '../../data/tokenizer.ts';
@@ -13,6 +12,7 @@ import { theme } from '../theme.ts';
 import { startDataWorker, type DataClient } from './data-client.ts';
 import './wt-data-drop.ts';
 import './wt-data-identity.ts';
+import type { MappingChange } from './wt-data-mapping.ts';
 import './wt-data-mapping.ts';
 import './wt-data-options.ts';
 import './wt-data-rejected.ts';
@@ -55,7 +55,7 @@ export class WtDataSection extends LitElement {
   @state() private info: TokenizerInfo | null = null;
   @state() private usingFallback = false;
   @state() private summary: ImportSummary | null = null;
-  @state() private choice: MapperChoice | null = null;
+  @state() private mapping: DatasetMapping = {};
   @state() private preview: MappingPreview | null = null;
   @state() private sample: RenderedSample | null = null;
   @state() private sampleIndex = 0;
@@ -122,9 +122,8 @@ export class WtDataSection extends LitElement {
         })),
       );
       if (!s) return;
-      this.summary = s;
+      this.adopt(s);
     }
-    if (this.summary && (!this.choice || files.length)) this.choice = this.summary.detected;
     this.sampleIndex = 0;
     this.result = null;
     await this.refresh();
@@ -133,16 +132,23 @@ export class WtDataSection extends LitElement {
   private async addIdentity(o: IdentityOptions) {
     const s = await this.task('generating identity dataset', () => this.api.addIdentityDataset(o));
     if (!s) return;
-    this.summary = s;
-    this.choice ??= s.detected;
+    this.adopt(s);
     this.result = null;
     await this.refresh();
+  }
+
+  /** Takes a new import summary; new files start with their detected format. */
+  private adopt(s: ImportSummary) {
+    this.summary = s;
+    const m = { ...this.mapping };
+    for (const f of s.files) if (!(f.name in m) && f.detected) m[f.name] = f.detected;
+    this.mapping = m;
   }
 
   private async clear() {
     await this.api.clear();
     this.summary = null;
-    this.choice = null;
+    this.mapping = {};
     this.preview = null;
     this.sample = null;
     this.result = null;
@@ -150,17 +156,14 @@ export class WtDataSection extends LitElement {
 
   /** Re-maps and re-renders the current sample after any change. */
   private async refresh() {
-    const choice = this.choice;
-    if (!this.summary || !choice || !this.info) {
+    if (!this.summary || !this.info) {
       this.preview = null;
       this.sample = null;
       return;
     }
-    if (choice.id === 'columns' && (!choice.columns?.user || !choice.columns.assistant)) {
-      this.preview = null;
-      this.sample = null;
-      return;
-    }
+    // A column mapping still being filled in maps nothing yet.
+    const choice: DatasetMapping = {};
+    for (const [f, c] of Object.entries(this.mapping)) if (c.id !== 'columns' || (c.columns?.user && c.columns.assistant)) choice[f] = c;
     this.preview = (await this.task('mapping', () => this.api.previewMapping(choice))) ?? null;
     if (this.preview && this.preview.samples > 0) {
       this.sample = (await this.task('rendering', () => this.api.renderSample(choice, this.sampleIndex, { trainOnPrompt: this.options.trainOnPrompt ?? false }))) ?? null;
@@ -191,8 +194,7 @@ export class WtDataSection extends LitElement {
   }
 
   private async prepare() {
-    const choice = this.choice;
-    if (!choice) return;
+    const choice = this.mapping;
     const r = await this.task('preparing', () =>
       this.api.prepare(choice, this.options, Comlink.proxy((p: PrepareProgress) => {
         if (p.status === 'tokenizing') this.progress = { value: p.done, max: Math.max(1, p.total) };
@@ -210,7 +212,7 @@ export class WtDataSection extends LitElement {
         <h3>1. Import</h3>
         <p class="muted">Tokenizer: ${this.info ? html`${this.info.vocabSize.toLocaleString()} tokens, eos ${this.info.eos ?? '—'}` : 'loading…'}
           ${this.usingFallback ? html` — built-in demo tokenizer (byte-level, ChatML); load a model for real token counts.` : nothing}</p>
-        <wt-data-drop ?disabled=${this.busy !== ''} @files-selected=${(e: CustomEvent<File[]>) => void this.importFiles(e.detail)}></wt-data-drop>
+        <wt-data-drop @files-selected=${(e: CustomEvent<File[]>) => void this.importFiles(e.detail)}></wt-data-drop>
         ${this.summary ? html`<p class="row">${this.summary.files.map((f) => html`<span>${f.name}: ${f.records} records${f.rejected ? `, ${f.rejected} unreadable` : ''}</span>`)}
           <button @click=${() => void this.clear()}>clear</button></p>` : nothing}
         <details><summary>Generate a personal-assistant identity dataset</summary>
@@ -222,8 +224,14 @@ export class WtDataSection extends LitElement {
       ${this.summary ? html`
         <section>
           <h3>2. Mapping</h3>
-          <wt-data-mapping .choice=${this.choice} .reason=${this.summary.reason} .fields=${this.summary.fields} .preview=${this.preview}
-            @mapping-change=${(e: CustomEvent<MapperChoice>) => { this.choice = e.detail; this.sampleIndex = 0; this.result = null; void this.refresh(); }}></wt-data-mapping>
+          ${this.summary.files.map((f) => html`<wt-data-mapping .file=${f.name} .choice=${this.mapping[f.name] ?? null} .reason=${f.reason} .fields=${f.fields}
+            .preview=${this.preview?.head[f.name] ?? null} .samples=${this.preview?.perFile[f.name] ?? 0}
+            @mapping-change=${(e: CustomEvent<MappingChange>) => {
+              this.mapping = { ...this.mapping, [e.detail.file]: e.detail.choice };
+              this.sampleIndex = 0;
+              this.result = null;
+              void this.refresh();
+            }}></wt-data-mapping>`)}
         </section>
         <section>
           <h3>3. Template, tokens and loss</h3>
@@ -234,7 +242,7 @@ export class WtDataSection extends LitElement {
         </section>
         <section>
           <h3>4. Prepare</h3>
-          <button ?disabled=${!this.choice || this.busy !== '' || !this.preview?.samples} @click=${() => void this.prepare()}>Prepare dataset</button>
+          <button ?disabled=${this.busy !== '' || !this.preview?.samples} @click=${() => void this.prepare()}>Prepare dataset</button>
           <wt-data-stats .stats=${this.result?.stats ?? null}></wt-data-stats>
           <wt-data-rejected .rejected=${rejected} .lengthReports=${this.result?.lengthReports ?? []}></wt-data-rejected>
         </section>` : nothing}`;

@@ -30,7 +30,7 @@ describe('cli prepare', () => {
     const sup = Array.from(rows[0]!.labels).filter((l) => l !== -100);
     expect(tok.decode(sup)).toBe('Hi there!<|eot_id|>');
     expect(JSON.parse(fs.readFileSync(rejected, 'utf8').trim())).toMatchObject({ file: 'alpaca.jsonl', line: 2, stage: 'parse' });
-  });
+  }, 120_000); // loads the real Llama 3 tokenizer twice
 
   it('bad options fail with a clear message', async () => {
     await expect(prepareCommand.run(['--tokenizer', 'x'])).rejects.toThrow('--data <file> is required');

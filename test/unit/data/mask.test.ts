@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { encodeChat, encodeText, IGNORE_INDEX, SampleError } from '../../../src/data/mask.ts';
 import { builtinTemplate } from '../../../src/data/templates.ts';
 import type { LoadedTokenizer } from '../../../src/data/tokenizer.ts';
@@ -59,6 +59,11 @@ const cases: Case[] = [
 ];
 
 describe('loss masks from character spans', () => {
+  // Loading the two real tokenizers takes a second or more on a busy machine: do it once, up front.
+  beforeAll(() => {
+    realTokenizer('qwen3');
+    realTokenizer('llama3');
+  }, 120_000);
   for (const c of cases) {
     for (const [convName, conv] of [['multi-turn', multiTurn], ['chinese', chinese], ['tricky', tricky]] as const) {
       it(`${c.name}, ${convName}: supervised tokens decode to exactly the assistant contents + end of turn`, () => {

@@ -37,7 +37,7 @@ describe('identity dataset generator', () => {
 describe('DataSession (what the worker exposes)', () => {
   it('import with progress → detect → preview → render → prepare with progress', async () => {
     const s = new DataSession();
-    await expect(s.renderSample({ id: 'openai' }, 0, {})).rejects.toThrow('no tokenizer loaded');
+    await expect(s.renderSample({ 'chat.jsonl': { id: 'openai' } }, 0, {})).rejects.toThrow('no tokenizer loaded');
     const info = await s.loadTokenizer(fallbackTokenizerSource());
     expect(info.eos).toBe('<|im_end|>');
     const lines = [
@@ -49,33 +49,47 @@ describe('DataSession (what the worker exposes)', () => {
     const events: ParseProgress[] = [];
     const sum = await s.importFile(new Blob([lines.join('\n')]), 'chat.jsonl', undefined, (p) => events.push(p));
     expect(events[events.length - 1]!.status).toBe('done');
-    expect(sum.records).toBe(3);
+    const f = sum.files[0]!;
+    expect(f.records).toBe(3);
     expect(sum.rejected).toEqual([expect.objectContaining({ file: 'chat.jsonl', line: 2, stage: 'parse' })]);
-    expect(sum.detected).toEqual({ id: 'openai' });
-    const prev = await s.previewMapping(sum.detected!);
+    expect(f.detected).toEqual({ id: 'openai' });
+    const mapping = { 'chat.jsonl': f.detected! };
+    const prev = await s.previewMapping(mapping);
     expect(prev.samples).toBe(2);
+    expect(prev.perFile).toEqual({ 'chat.jsonl': 2 });
     expect(prev.rejected.map((r) => r.line)).toEqual([2, 3]);
-    const r = await s.renderSample(sum.detected!, 0, {});
+    const r = await s.renderSample(mapping, 0, {});
     expect(r.pieces.join('')).toBe(r.text);
     const supervised = r.pieces.filter((_, i) => r.labels[i] !== -100).join('');
     expect(supervised).toBe('hello<|im_end|>');
-    expect((await s.renderSample(sum.detected!, -1, {})).index).toBe(1);
+    expect((await s.renderSample(mapping, -1, {})).index).toBe(1);
     const progress: PrepareProgress[] = [];
-    const prepared = await s.prepare(sum.detected!, { maxLength: 64, pack: true, seed: 1, evalSplit: 0 }, (p) => progress.push(p));
+    const prepared = await s.prepare(mapping, { maxLength: 64, pack: true, seed: 1, evalSplit: 0 }, (p) => progress.push(p));
     expect(prepared.train).toHaveLength(1);
     expect(prepared.stats.rejected).toBe(2);
     expect(progress[0]).toEqual({ status: 'mapping' });
     expect(progress[progress.length - 1]).toEqual({ status: 'done' });
     expect(rowBuffers(prepared)).toHaveLength(4);
   });
-  it('a chat template override and back; the identity generator adds records', async () => {
+  it('each file keeps its own format; a file without one is reported, not silently dropped', async () => {
+    const s = new DataSession();
+    await s.loadTokenizer(fallbackTokenizerSource());
+    await s.importFile(new Blob([JSON.stringify({ instruction: 'a', input: '', output: 'b' })]), 'a.jsonl');
+    await s.importFile(new Blob([JSON.stringify({ instruction: 'c', input: '', output: 'd' })]), 'a.jsonl');
+    const sum = await s.addIdentityDataset({ assistantName: 'Bot', description: 'A demo.', languages: ['en'], repeat: 1 });
+    expect(sum.files.map((f) => [f.name, f.detected?.id])).toEqual([['a.jsonl', 'alpaca'], ['a.jsonl (2)', 'alpaca'], ['identity.jsonl', 'xtuner']]);
+    const prev = await s.previewMapping({ 'a.jsonl': { id: 'alpaca' }, 'identity.jsonl': { id: 'xtuner' } });
+    expect(prev.perFile['a.jsonl (2)']).toBe(0);
+    expect(prev.rejected).toEqual([{ file: 'a.jsonl (2)', stage: 'map', reason: 'no format chosen for this file: its 1 records are not used' }]);
+    expect(prev.samples).toBe(1 + sum.files[2]!.records);
+  });
+  it('a chat template override and back', async () => {
     const s = new DataSession();
     await s.loadTokenizer(fallbackTokenizerSource());
     const t = await s.setChatTemplate('{% for m in messages %}[{{ m.role }}]{{ m.content }}<|im_end|>{% endfor %}');
     expect(t.chatTemplate).toContain('[{{ m.role }}]');
     const sum = await s.addIdentityDataset({ assistantName: 'Bot', description: 'A demo.', languages: ['en'], repeat: 1 });
-    expect(sum.detected).toEqual({ id: 'xtuner' });
-    const r = await s.renderSample({ id: 'xtuner' }, 0, {});
+    const r = await s.renderSample({ 'identity.jsonl': sum.files[0]!.detected! }, 0, {});
     expect(r.text.startsWith('[user]')).toBe(true);
     const back = await s.setChatTemplate(null);
     expect(back.chatTemplate).toBe(back.modelChatTemplate);
