@@ -1,0 +1,500 @@
+/**
+ * The decoder-only transformer (Llama / Qwen2 / Qwen3 / InternLM2) composed from the kernel families:
+ * forward to logits or to the loss, and the backward to the LoRA gradients with activation
+ * checkpointing (only each layer's input is kept; a layer's forward is recomputed right before its
+ * backward). Everything for one batch shape is prepared once as a `StepPlan` — tensors allocated,
+ * bind groups made — and re-encoded every step: no allocation, no readback and no recompilation
+ * inside a step.
+ *
+ * Per layer ℓ with input h (HF order):
+ *   n1 = rmsnorm(h)·w_attn; q,k,v = n1·Wᵀ (+bias) (+LoRA); [qwen3: q,k = rmsnorm per head]; rope(q,k)
+ *   o = attention(q,k,v); a = o·Woᵀ (+LoRA); h2 = h + a
+ *   n2 = rmsnorm(h2)·w_mlp; g,u = n2·Wᵀ (+LoRA); m = silu(g)·u; d = m·Wdᵀ (+LoRA); h' = h2 + d
+ * LoRA: y += s·(x·Aᵀ)·Bᵀ; backward G = dy·B, dx += s·G·A, dB += s·dyᵀ·U, dA += s·Gᵀ·x (U = x·Aᵀ kept).
+ */
+import type { GpuContext, KernelDispatch } from '../gpu/context.ts';
+import type { Tensor } from '../gpu/tensor.ts';
+import { prepareAttentionBackward, prepareAttentionForward } from '../kernels/attention.ts';
+import { countSupervised, prepareCrossEntropy, prepareLmHeadLogits, type PreparedCrossEntropy } from '../kernels/cross_entropy.ts';
+import { prepareAdd, prepareBiasAdd } from '../kernels/elementwise.ts';
+import { prepareEmbeddingForward } from '../kernels/embedding.ts';
+import { prepareMatmul } from '../kernels/matmul.ts';
+import { prepareQ4Matmul, prepareQ4MatmulDx } from '../kernels/quant4.ts';
+import { prepareRmsNormBackward, prepareRmsNormForward } from '../kernels/rmsnorm.ts';
+import { prepareRope, prepareRopeBackward, uploadInvFreq } from '../kernels/rope.ts';
+import { prepareSwigluBackward, prepareSwigluForward } from '../kernels/swiglu.ts';
+import type { BaseWeights, LayerWeights, Projection, ProjectionKind } from './base-weights.ts';
+import { ropeInvFreq, type ModelSpec } from './config.ts';
+import type { LoraGroup, LoraLayout } from './lora-layout.ts';
+
+/** The trainable LoRA weights: the optimizer's flat parameter and gradient buffers, viewed per matrix. */
+export interface LoraRuntime {
+  layout: LoraLayout;
+  params: Tensor;
+  grads: Tensor;
+}
+
+export interface BatchShape {
+  batch: number;
+  seq: number;
+}
+
+/** One batch of token rows, flattened row after row (batch·seq entries each). */
+export interface BatchInputs {
+  inputIds: Int32Array;
+  /** Position of each token in its document (packed rows restart at 0). */
+  positionIds: Int32Array;
+  /**
+   * Attention groups: a token attends to earlier tokens of its own document id. −1: a padding token that
+   * sees nothing. −(d+2): a padding token that, as a query, sees document d but that no query sees (how
+   * transformers treats right padding with an attention_mask; it only matters for those tokens' logits).
+   */
+  documentIds: Int32Array;
+  /** Targets (HF convention, unshifted); −100 = no loss. Needed for loss/train plans. */
+  labels?: Int32Array;
+}
+
+export type PlanMode = 'logits' | 'loss' | 'train';
+
+interface LayerScratch {
+  n1: Tensor;
+  rstd1: Tensor;
+  qRaw: Tensor | null;
+  rstdQ: Tensor | null;
+  kRaw: Tensor | null;
+  rstdK: Tensor | null;
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  attn: Tensor;
+  lse: Tensor;
+  a: Tensor;
+  h2: Tensor;
+  n2: Tensor;
+  rstd2: Tensor;
+  g: Tensor;
+  u: Tensor;
+  m: Tensor;
+  d: Tensor;
+  /** U = x·Aᵀ per LoRA group of the current layer, keyed by module. */
+  U: Map<string, Tensor>;
+}
+
+interface BackwardScratch {
+  dh: Tensor;
+  dhNext: Tensor;
+  dh2: Tensor;
+  tmpH: Tensor;
+  dn: Tensor;
+  dm: Tensor;
+  dg: Tensor;
+  du: Tensor;
+  dAttn: Tensor;
+  dq: Tensor;
+  dk: Tensor;
+  dv: Tensor;
+  dqRaw: Tensor | null;
+  dkRaw: Tensor | null;
+  delta: Tensor;
+  G: Map<string, Tensor>;
+}
+
+/** Keeps every tensor a plan allocates, to release them together. */
+class Allocator {
+  readonly owned: Tensor[] = [];
+  constructor(private readonly ctx: GpuContext) {}
+  f32(label: string, shape: number[]): Tensor {
+    const t = this.ctx.tensor(label, shape);
+    this.owned.push(t);
+    return t;
+  }
+  i32(label: string, shape: number[]): Tensor {
+    const t = this.ctx.tensor(label, shape, 'i32');
+    this.owned.push(t);
+    return t;
+  }
+  releaseAll(): void {
+    for (const t of this.owned) this.ctx.release(t);
+    this.owned.length = 0;
+  }
+}
+
+export class Transformer {
+  readonly spec: ModelSpec;
+  constructor(
+    readonly ctx: GpuContext,
+    readonly weights: BaseWeights,
+    readonly lora: LoraRuntime | null,
+  ) {
+    this.spec = weights.spec;
+  }
+
+  /** Prepares everything one step of this shape needs. */
+  async plan(shape: BatchShape, mode: PlanMode, opts: { ceChunkTokens?: number } = {}): Promise<StepPlan> {
+    const plan = new StepPlan(this, shape, mode);
+    await plan.build(opts);
+    return plan;
+  }
+}
+
+export class StepPlan {
+  readonly tokens: number;
+  readonly alloc: Allocator;
+  readonly ids: Tensor;
+  readonly positions: Tensor;
+  readonly docIds: Tensor;
+  readonly labels: Tensor | null;
+  /** hs[ℓ]: input of layer ℓ; hs[L]: the final hidden state (before the final norm). */
+  readonly hs: Tensor[] = [];
+  readonly finalNormed: Tensor;
+  readonly finalRstd: Tensor;
+  /** [tokens, vocab] in 'logits' mode. */
+  logits: Tensor | null = null;
+  /** The mean loss (1 element) in 'loss'/'train' mode. */
+  loss: Tensor | null = null;
+  /** Per-token loss terms. */
+  losses: Tensor | null = null;
+  readonly forward: KernelDispatch[] = [];
+  readonly head: KernelDispatch[] = [];
+  readonly backward: KernelDispatch[] = [];
+  private ce: PreparedCrossEntropy | null = null;
+  private releasers: (() => void)[] = [];
+  private scratch!: LayerScratch;
+  private bwd: BackwardScratch | null = null;
+  private invFreq!: Tensor;
+
+  constructor(
+    readonly model: Transformer,
+    readonly shape: BatchShape,
+    readonly mode: PlanMode,
+  ) {
+    const ctx = model.ctx;
+    const { hidden: H } = model.spec;
+    this.tokens = shape.batch * shape.seq;
+    this.alloc = new Allocator(ctx);
+    const T = this.tokens;
+    this.ids = this.alloc.i32('input_ids', [T]);
+    this.positions = this.alloc.i32('position_ids', [T]);
+    this.docIds = this.alloc.i32('document_ids', [T]);
+    this.labels = mode === 'logits' ? null : this.alloc.i32('labels', [T]);
+    for (let l = 0; l <= model.spec.layers; l++) this.hs.push(this.alloc.f32(`h${l}`, [T, H]));
+    this.finalNormed = this.alloc.f32('final normed', [T, H]);
+    this.finalRstd = this.alloc.f32('final rstd', [T]);
+  }
+
+  get ctx(): GpuContext {
+    return this.model.ctx;
+  }
+  get spec(): ModelSpec {
+    return this.model.spec;
+  }
+
+  /** Writes one batch's inputs (and the supervised-token count the loss divides by). */
+  setBatch(b: BatchInputs): void {
+    const T = this.tokens;
+    for (const [name, a] of [['inputIds', b.inputIds], ['positionIds', b.positionIds], ['documentIds', b.documentIds]] as const) {
+      if (a.length !== T) throw new Error(`batch ${name}: ${a.length} entries for ${this.shape.batch}×${this.shape.seq} tokens`);
+    }
+    const V = this.spec.vocabSize;
+    for (let i = 0; i < T; i++) {
+      const id = b.inputIds[i]!;
+      if (id < 0 || id >= V) throw new Error(`batch inputIds[${i}] = ${id} is outside the vocabulary (0..${V - 1})`);
+    }
+    this.ctx.write(this.ids, b.inputIds);
+    this.ctx.write(this.positions, b.positionIds);
+    this.ctx.write(this.docIds, b.documentIds);
+    if (this.labels) {
+      if (!b.labels || b.labels.length !== T) throw new Error(`batch labels: need ${T} entries`);
+      this.ctx.write(this.labels, b.labels);
+      this.ce!.setNumSupervised(countSupervised(b.labels, this.shape.seq, this.spec.vocabSize));
+    }
+  }
+
+  /** All dispatches of one step, in order. */
+  get dispatches(): KernelDispatch[] {
+    return [...this.forward, ...this.head, ...this.backward];
+  }
+
+  encode(encoder: GPUCommandEncoder): void {
+    this.ctx.encode(encoder, this.dispatches, { label: `${this.mode} step` });
+  }
+
+  release(): void {
+    for (const r of this.releasers) r();
+    this.ce?.release();
+    this.alloc.releaseAll();
+    this.ctx.release(this.invFreq);
+  }
+
+  // ---- building -------------------------------------------------------------------------------------
+
+  async build(opts: { ceChunkTokens?: number }): Promise<void> {
+    const { ctx, spec } = this;
+    const T = this.tokens;
+    const H = spec.hidden;
+    this.invFreq = uploadInvFreq(ctx, ropeInvFreq(spec, this.shape.seq));
+    this.scratch = this.makeLayerScratch();
+    // Embedding: one dispatch per table block (each writes the rows of its ids).
+    const w = this.model.weights;
+    for (const b of w.embed) {
+      this.forward.push(...(await prepareEmbeddingForward(ctx, this.ids, b.tensor, this.hs[0]!, { tokens: T, hidden: H, vocab: spec.vocabSize }, { rowOffset: b.row0, rowCount: b.rows })));
+    }
+    for (let l = 0; l < spec.layers; l++) this.forward.push(...(await this.layerForward(l)));
+    const eps = spec.rmsNormEps;
+    this.forward.push(...(await prepareRmsNormForward(ctx, this.hs[spec.layers]!, w.finalNorm, this.finalNormed, this.finalRstd, { rows: T, dim: H, eps })));
+    const lmHead = w.lmHead.map((b) => b.tensor);
+    if (this.mode === 'logits') {
+      this.logits = this.alloc.f32('logits', [T, spec.vocabSize]);
+      const p = await prepareLmHeadLogits(ctx, { hidden: this.finalNormed, lmHead, out: this.logits }, { rows: T, hidden: H, firstRow: 0, rowStride: 1 });
+      this.head.push(...p.dispatches);
+      this.releasers.push(p.release);
+      return;
+    }
+    this.loss = this.alloc.f32('loss', [1]);
+    this.losses = this.alloc.f32('losses', [T]);
+    const train = this.mode === 'train';
+    if (train && !this.model.lora) throw new Error('a training plan needs LoRA weights');
+    const bwd = train ? this.makeBackwardScratch() : null;
+    this.bwd = bwd;
+    this.ce = await prepareCrossEntropy(
+      ctx,
+      { hidden: this.finalNormed, lmHead, labels: this.labels!, losses: this.losses, loss: this.loss, ...(bwd ? { dhidden: bwd.dn } : {}) },
+      { tokens: T, seqLen: this.shape.seq, hidden: H },
+      { numSupervised: 1, ...(opts.ceChunkTokens ? { chunkTokens: opts.ceChunkTokens } : {}) },
+    );
+    this.head.push(...this.ce.dispatches);
+    if (!bwd) return;
+    // d(final norm): dh_L = rmsnorm_backward(dn)
+    this.backward.push(...(await prepareRmsNormBackward(ctx, bwd.dn, this.hs[spec.layers]!, w.finalNorm, this.finalRstd, bwd.dh, { rows: T, dim: H, eps })));
+    for (let l = spec.layers - 1; l >= 0; l--) {
+      // Activation checkpointing: recompute layer ℓ's forward from its saved input, then its backward.
+      this.backward.push(...(await this.layerForward(l)));
+      this.backward.push(...(await this.layerBackward(l)));
+    }
+  }
+
+  private makeLayerScratch(): LayerScratch {
+    const { spec } = this;
+    const T = this.tokens;
+    const H = spec.hidden;
+    const qd = spec.nHeads * spec.headDim;
+    const kvd = spec.nKvHeads * spec.headDim;
+    const I = spec.intermediate;
+    const a = this.alloc;
+    const U = new Map<string, Tensor>();
+    const lora = this.model.lora;
+    if (lora) for (const g of lora.layout.groups.filter((g) => g.layer === lora.layout.groups[0]!.layer)) U.set(g.module, a.f32(`U ${g.module}`, [T, lora.layout.rank]));
+    return {
+      n1: a.f32('n1', [T, H]),
+      rstd1: a.f32('rstd1', [T]),
+      qRaw: spec.qkNorm ? a.f32('q before norm', [T, qd]) : null,
+      rstdQ: spec.qkNorm ? a.f32('q norm rstd', [T * spec.nHeads]) : null,
+      kRaw: spec.qkNorm ? a.f32('k before norm', [T, kvd]) : null,
+      rstdK: spec.qkNorm ? a.f32('k norm rstd', [T * spec.nKvHeads]) : null,
+      q: a.f32('q', [T, qd]),
+      k: a.f32('k', [T, kvd]),
+      v: a.f32('v', [T, kvd]),
+      attn: a.f32('attention out', [T, qd]),
+      lse: a.f32('attention lse', [spec.nHeads, T]),
+      a: a.f32('o proj out', [T, H]),
+      h2: a.f32('h mid', [T, H]),
+      n2: a.f32('n2', [T, H]),
+      rstd2: a.f32('rstd2', [T]),
+      g: a.f32('gate', [T, I]),
+      u: a.f32('up', [T, I]),
+      m: a.f32('swiglu', [T, I]),
+      d: a.f32('down out', [T, H]),
+      U,
+    };
+  }
+
+  private makeBackwardScratch(): BackwardScratch {
+    const { spec } = this;
+    const T = this.tokens;
+    const H = spec.hidden;
+    const qd = spec.nHeads * spec.headDim;
+    const kvd = spec.nKvHeads * spec.headDim;
+    const I = spec.intermediate;
+    const a = this.alloc;
+    const G = new Map<string, Tensor>();
+    const lora = this.model.lora!;
+    for (const g of lora.layout.groups.filter((g) => g.layer === lora.layout.groups[0]!.layer)) G.set(g.module, a.f32(`G ${g.module}`, [T, lora.layout.rank]));
+    return {
+      dh: a.f32('dh', [T, H]),
+      dhNext: a.f32('dh next', [T, H]),
+      dh2: a.f32('dh mid', [T, H]),
+      tmpH: a.f32('dh tmp', [T, H]),
+      dn: a.f32('dn', [T, H]),
+      dm: a.f32('dm', [T, I]),
+      dg: a.f32('dgate', [T, I]),
+      du: a.f32('dup', [T, I]),
+      dAttn: a.f32('d attention out', [T, qd]),
+      dq: a.f32('dq', [T, qd]),
+      dk: a.f32('dk', [T, kvd]),
+      dv: a.f32('dv', [T, kvd]),
+      dqRaw: spec.qkNorm ? a.f32('dq before norm', [T, qd]) : null,
+      dkRaw: spec.qkNorm ? a.f32('dk before norm', [T, kvd]) : null,
+      delta: a.f32('attention delta', [spec.nHeads, T]),
+      G,
+    };
+  }
+
+  /** The LoRA group feeding projection `kind` of layer `l`, with views of its matrices. */
+  private loraFor(l: number, kind: ProjectionKind) {
+    const lora = this.model.lora;
+    if (!lora) return null;
+    const found = lora.layout.groupFor(l, kind);
+    if (!found) return null;
+    const { group, member } = found;
+    const opt = lora.layout.optimizer;
+    const view = (flat: Tensor, name: string) => {
+      const s = opt.slot(name);
+      return this.ctx.view(flat, name, s.shape, s.offset);
+    };
+    const m = group.members[member]!;
+    return {
+      group,
+      first: member === 0,
+      last: member === group.members.length - 1,
+      A: view(lora.params, group.aName),
+      B: view(lora.params, m.bName),
+      dA: view(lora.grads, group.aName),
+      dB: view(lora.grads, m.bName),
+      scale: lora.layout.scale,
+      rank: lora.layout.rank,
+    };
+  }
+
+  private uFor(group: LoraGroup): Tensor {
+    return this.scratch.U.get(group.module)!;
+  }
+
+  /** y = x·Wᵀ (+bias) (+ s·(x·Aᵀ)·Bᵀ), rows M. */
+  private async linearForward(l: number, kind: ProjectionKind, x: Tensor, y: Tensor): Promise<KernelDispatch[]> {
+    const ctx = this.ctx;
+    const M = this.tokens;
+    const layer = this.model.weights.layers[l]!;
+    const p = layer.proj[kind];
+    const out: KernelDispatch[] = [];
+    const lo = this.loraFor(l, kind);
+    if (lo?.first) out.push(await prepareMatmul(ctx, x, lo.A, this.uFor(lo.group), { M, N: lo.rank, K: p.in }, { transB: true }));
+    out.push(...(await projectionForward(ctx, p, x, y, M)));
+    if (lo) out.push(await prepareMatmul(ctx, this.uFor(lo.group), lo.B, y, { M, N: p.out, K: lo.rank }, { transB: true, accumulate: true, alpha: lo.scale }));
+    const bias = layer.bias[kind];
+    if (bias) out.push(...(await prepareBiasAdd(ctx, y, bias, { rows: M, dim: p.out })));
+    return out;
+  }
+
+  /** dx (=, or += with accumulate) = dy·W (+ s·G·A); LoRA grads dB += s·dyᵀ·U, dA += s·Gᵀ·x. */
+  private async linearBackward(l: number, kind: ProjectionKind, x: Tensor, dy: Tensor, dx: Tensor, accumulate: boolean): Promise<KernelDispatch[]> {
+    const ctx = this.ctx;
+    const M = this.tokens;
+    const p = this.model.weights.layers[l]!.proj[kind];
+    const out: KernelDispatch[] = [];
+    out.push(...(await projectionBackward(ctx, p, dy, dx, M, accumulate)));
+    const lo = this.loraFor(l, kind);
+    if (!lo) return out;
+    const U = this.uFor(lo.group);
+    const G = this.bwd!.G.get(lo.group.module)!;
+    out.push(await prepareMatmul(ctx, dy, lo.B, G, { M, N: lo.rank, K: p.out }, { accumulate: !lo.first }));
+    out.push(await prepareMatmul(ctx, dy, U, lo.dB, { M: p.out, N: lo.rank, K: M }, { transA: true, accumulate: true, alpha: lo.scale }));
+    if (lo.last) {
+      out.push(await prepareMatmul(ctx, G, lo.A, dx, { M, N: p.in, K: lo.rank }, { accumulate: true, alpha: lo.scale }));
+      out.push(await prepareMatmul(ctx, G, x, lo.dA, { M: lo.rank, N: p.in, K: M }, { transA: true, accumulate: true, alpha: lo.scale }));
+    }
+    return out;
+  }
+
+  private attentionShape() {
+    const { spec } = this;
+    return { batch: this.shape.batch, seq: this.shape.seq, nQHeads: spec.nHeads, nKvHeads: spec.nKvHeads, headDim: spec.headDim };
+  }
+
+  private async layerForward(l: number): Promise<KernelDispatch[]> {
+    const { ctx, spec } = this;
+    const s = this.scratch;
+    const T = this.tokens;
+    const H = spec.hidden;
+    const eps = spec.rmsNormEps;
+    const w: LayerWeights = this.model.weights.layers[l]!;
+    const h = this.hs[l]!;
+    const out: KernelDispatch[] = [];
+    out.push(...(await prepareRmsNormForward(ctx, h, w.attnNorm, s.n1, s.rstd1, { rows: T, dim: H, eps })));
+    out.push(...(await this.linearForward(l, 'q', s.n1, s.qRaw ?? s.q)));
+    out.push(...(await this.linearForward(l, 'k', s.n1, s.kRaw ?? s.k)));
+    out.push(...(await this.linearForward(l, 'v', s.n1, s.v)));
+    if (spec.qkNorm) {
+      out.push(...(await prepareRmsNormForward(ctx, s.qRaw!, w.qNorm!, s.q, s.rstdQ!, { rows: T * spec.nHeads, dim: spec.headDim, eps })));
+      out.push(...(await prepareRmsNormForward(ctx, s.kRaw!, w.kNorm!, s.k, s.rstdK!, { rows: T * spec.nKvHeads, dim: spec.headDim, eps })));
+    }
+    out.push(...(await prepareRope(ctx, s.q, this.positions, this.invFreq, { tokens: T, heads: spec.nHeads, headDim: spec.headDim })));
+    out.push(...(await prepareRope(ctx, s.k, this.positions, this.invFreq, { tokens: T, heads: spec.nKvHeads, headDim: spec.headDim })));
+    out.push(await prepareAttentionForward(ctx, { q: s.q, k: s.k, v: s.v, o: s.attn, lse: s.lse, docIds: this.docIds }, this.attentionShape()));
+    out.push(...(await this.linearForward(l, 'o', s.attn, s.a)));
+    out.push(...(await prepareAdd(ctx, h, s.a, s.h2)));
+    out.push(...(await prepareRmsNormForward(ctx, s.h2, w.mlpNorm, s.n2, s.rstd2, { rows: T, dim: H, eps })));
+    out.push(...(await this.linearForward(l, 'gate', s.n2, s.g)));
+    out.push(...(await this.linearForward(l, 'up', s.n2, s.u)));
+    out.push(...(await prepareSwigluForward(ctx, { gate: s.g, up: s.u }, s.m, { tokens: T, inter: spec.intermediate })));
+    out.push(...(await this.linearForward(l, 'down', s.m, s.d)));
+    out.push(...(await prepareAdd(ctx, s.h2, s.d, this.hs[l + 1]!)));
+    return out;
+  }
+
+  /** Given bwd.dh = dL/dh_{ℓ+1}, leaves dL/dh_ℓ in bwd.dh (swapping buffers) and accumulates LoRA grads. */
+  private async layerBackward(l: number): Promise<KernelDispatch[]> {
+    const { ctx, spec } = this;
+    const s = this.scratch;
+    const b = this.bwd!;
+    const T = this.tokens;
+    const H = spec.hidden;
+    const eps = spec.rmsNormEps;
+    const w = this.model.weights.layers[l]!;
+    const h = this.hs[l]!;
+    const out: KernelDispatch[] = [];
+    // MLP
+    out.push(...(await this.linearBackward(l, 'down', s.m, b.dh, b.dm, false)));
+    out.push(...(await prepareSwigluBackward(ctx, b.dm, { gate: s.g, up: s.u }, { dgate: b.dg, dup: b.du }, { tokens: T, inter: spec.intermediate })));
+    out.push(...(await this.linearBackward(l, 'gate', s.n2, b.dg, b.dn, false)));
+    out.push(...(await this.linearBackward(l, 'up', s.n2, b.du, b.dn, true)));
+    out.push(...(await prepareRmsNormBackward(ctx, b.dn, s.h2, w.mlpNorm, s.rstd2, b.tmpH, { rows: T, dim: H, eps })));
+    out.push(...(await prepareAdd(ctx, b.dh, b.tmpH, b.dh2)));
+    // Attention
+    out.push(...(await this.linearBackward(l, 'o', s.attn, b.dh2, b.dAttn, false)));
+    out.push(
+      ...(await prepareAttentionBackward(
+        ctx,
+        { q: s.q, k: s.k, v: s.v, o: s.attn, lse: s.lse, docIds: this.docIds, dout: b.dAttn, delta: b.delta, dq: b.dq, dk: b.dk, dv: b.dv },
+        this.attentionShape(),
+      )),
+    );
+    out.push(...(await prepareRopeBackward(ctx, b.dq, this.positions, this.invFreq, { tokens: T, heads: spec.nHeads, headDim: spec.headDim })));
+    out.push(...(await prepareRopeBackward(ctx, b.dk, this.positions, this.invFreq, { tokens: T, heads: spec.nKvHeads, headDim: spec.headDim })));
+    let dq = b.dq;
+    let dk = b.dk;
+    if (spec.qkNorm) {
+      out.push(...(await prepareRmsNormBackward(ctx, b.dq, s.qRaw!, w.qNorm!, s.rstdQ!, b.dqRaw!, { rows: T * spec.nHeads, dim: spec.headDim, eps })));
+      out.push(...(await prepareRmsNormBackward(ctx, b.dk, s.kRaw!, w.kNorm!, s.rstdK!, b.dkRaw!, { rows: T * spec.nKvHeads, dim: spec.headDim, eps })));
+      dq = b.dqRaw!;
+      dk = b.dkRaw!;
+    }
+    out.push(...(await this.linearBackward(l, 'q', s.n1, dq, b.dn, false)));
+    out.push(...(await this.linearBackward(l, 'k', s.n1, dk, b.dn, true)));
+    out.push(...(await this.linearBackward(l, 'v', s.n1, b.dv, b.dn, true)));
+    out.push(...(await prepareRmsNormBackward(ctx, b.dn, h, w.attnNorm, s.rstd1, b.tmpH, { rows: T, dim: H, eps })));
+    out.push(...(await prepareAdd(ctx, b.dh2, b.tmpH, b.dhNext)));
+    // The result is in dhNext: swap so the next (lower) layer reads it from dh.
+    [b.dh, b.dhNext] = [b.dhNext, b.dh];
+    return out;
+  }
+}
+
+async function projectionForward(ctx: GpuContext, p: Projection, x: Tensor, y: Tensor, M: number): Promise<KernelDispatch[]> {
+  if (p.kind === 'q4') return prepareQ4Matmul(ctx, x, p.w, y, M);
+  return [await prepareMatmul(ctx, x, p.w, y, { M, N: p.out, K: p.in }, { transB: true })];
+}
+
+async function projectionBackward(ctx: GpuContext, p: Projection, dy: Tensor, dx: Tensor, M: number, accumulate: boolean): Promise<KernelDispatch[]> {
+  if (p.kind === 'q4') return prepareQ4MatmulDx(ctx, dy, p.w, dx, M, accumulate);
+  return [await prepareMatmul(ctx, dy, p.w, dx, { M, N: p.in, K: p.out }, { accumulate })];
+}
