@@ -23,7 +23,7 @@ function check(op: string, what: string, t: Tensor, need: number): void {
   if (have < need) throw new Error(`${op}: ${what} '${t.label}' ${shapeString(t.shape)} holds ${have} elements, needs ${need}`);
 }
 
-/** Layout for a row length: vec4 when dim % 4 == 0; T threads per row, a power of two covering ~2 units each. */
+/** Layout for a row length: vec4 when dim % 4 == 0; T threads per row = the largest power of two ≤ units (4 ≤ T ≤ WG), so 1-2 units per thread below 2·WG units. */
 function layout(dim: number): { vec4: boolean; units: number; T: number } {
   const vec4 = dim % 4 === 0;
   const units = vec4 ? dim / 4 : dim;
