@@ -222,7 +222,6 @@ export function loadTokenizer(source: TokenizerSource): LoadedTokenizer {
     return {
       withChatTemplate: (t) => build(t),
       encode(text, options) {
-        if (text.length === 0) return [];
         return tok.encode(text, { add_special_tokens: options?.addSpecialTokens ?? false }).ids;
       },
       decode(ids, options) {

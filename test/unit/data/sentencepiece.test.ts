@@ -1,8 +1,12 @@
 /**
- * The SentencePiece converter on a tiny hand-built tokenizer.model. No real .model file is available
- * offline (none in node_modules), so this checks the protobuf reading, the merge generation and the
- * resulting tokenizer's behaviour (dummy prefix, byte fallback, user-defined tokens, BOS, decoding).
+ * The SentencePiece converter: on a tiny hand-built tokenizer.model (protobuf reading, merge generation,
+ * dummy prefix, byte fallback, user-defined tokens, BOS, decoding), and against transformers' conversion of
+ * a small model trained with the sentencepiece library (fixtures/spm; no real model's .model file is
+ * available offline, none is in node_modules).
  */
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { bpeMerges, parseSentencePieceModel, sentencePieceToTokenizerJson } from '../../../src/data/sentencepiece.ts';
 import { loadTokenizer } from '../../../src/data/tokenizer.ts';
@@ -124,5 +128,48 @@ describe('SentencePiece tokenizer.model → tokenizer.json', () => {
 
   it('unsupported model types are refused by name', () => {
     expect(() => sentencePieceToTokenizerJson(buildModel(pieces, { modelType: 3 }))).toThrow(/model type 3/);
+  });
+});
+
+/**
+ * Against the reference: a SentencePiece BPE model trained by the sentencepiece library (byte fallback,
+ * ChatML user-defined symbols, English + Chinese) and converted by transformers' LlamaConverter
+ * (fixtures/make_spm_fixture.py, run on the lent machine: transformers 5.17, sentencepiece 0.2.2).
+ */
+describe('SentencePiece conversion vs transformers (fixtures/spm)', () => {
+  const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'spm');
+  for (const f of ['tokenizer.model', 'tokenizer.json', 'cases.json']) {
+    if (!fs.existsSync(path.join(dir, f))) throw new Error(`missing ${path.join(dir, f)}: regenerate with fixtures/make_spm_fixture.py`);
+  }
+  const model = new Uint8Array(fs.readFileSync(path.join(dir, 'tokenizer.model')));
+  const reference = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer.json'), 'utf8')) as Record<string, any>;
+  const cases = (JSON.parse(fs.readFileSync(path.join(dir, 'cases.json'), 'utf8')) as { cases: { text: string; sp_ids: number[]; hf_ids: number[]; hf_ids_with_special: number[]; hf_decode: string }[] }).cases;
+  const converted = sentencePieceToTokenizerJson(model, { bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>' }) as Record<string, any>;
+
+  it('same vocabulary, merges (order included), normalizer, decoder and post-processor as transformers', () => {
+    expect(converted.model.vocab).toEqual(reference.model.vocab);
+    expect(converted.model.merges).toEqual(reference.model.merges);
+    expect(converted.model.byte_fallback).toBe(true);
+    expect(converted.normalizer).toEqual(reference.normalizer);
+    expect(converted.decoder).toEqual(reference.decoder);
+    expect(converted.pre_tokenizer).toEqual(reference.pre_tokenizer);
+    expect(converted.post_processor).toEqual(reference.post_processor);
+    // transformers adds <unk> as a special token when the tokenizer is built; the rest are identical.
+    const byId = (ts: { id: number }[]) => ts.filter((t) => t.id !== 0).sort((a, b) => a.id - b.id);
+    expect(byId(converted.added_tokens)).toEqual(byId(reference.added_tokens));
+  });
+
+  it('encodes and decodes every test string exactly like the reference tokenizer.json', () => {
+    const tok = loadTokenizer({ tokenizerJson: converted, tokenizerConfig: { bos_token: '<s>', eos_token: '</s>' } });
+    expect(cases.length).toBeGreaterThan(10);
+    for (const c of cases) {
+      expect(tok.encode(c.text), JSON.stringify(c.text)).toEqual(c.hf_ids);
+      expect(tok.encode(c.text, { addSpecialTokens: true }), JSON.stringify(c.text)).toEqual(c.hf_ids_with_special);
+      expect(tok.decode(c.hf_ids)).toBe(c.hf_decode);
+    }
+    // And like the sentencepiece library itself, except where transformers' legacy mode differs from it
+    // (a user-defined token at the very start of the text gets no dummy-prefix "▁" in transformers).
+    const same = cases.filter((c) => JSON.stringify(c.sp_ids) === JSON.stringify(c.hf_ids));
+    expect(same.length).toBe(cases.length - 1);
   });
 });
