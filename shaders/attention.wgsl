@@ -24,7 +24,7 @@
 // Work split: a workgroup owns a block of rows (BLOCK_Q query rows, or BLOCK_K key rows in dkv); each row
 // has a team of LANES consecutive invocations. For scores a lane takes every LANES-th key (query) of the
 // tile and computes full dot products from workgroup memory; for the output a lane owns the vec4 columns
-// lane, lane + LANES, ... (HEAD_DIM / 4 / LANES of them, at most MAX_V4). Scores of one tile are exchanged
+// lane, lane + LANES, ... (HEAD_DIM / 4 / LANES of them, at most MAX_V4 = 8). Scores of one tile are exchanged
 // through workgroup memory; the seq×seq matrix never exists. Extra memory is lse and delta: linear in seq.
 // Rows whose tiles read across the key dimension (k in forward/dq, q/dout in dkv) are padded by one vec4
 // to avoid bank conflicts.
@@ -75,7 +75,7 @@ override LANES: u32 = 16u;
 // Decode: invocations per workgroup (a multiple of HEAD_DIM / 4).
 override DECODE_THREADS: u32 = 64u;
 
-const MAX_V4: u32 = 16u;
+const MAX_V4: u32 = 8u;
 const NEG: f32 = -1.0e30;
 const LSE_MASKED: f32 = 1.0e30;
 
@@ -144,8 +144,7 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
 
   var m = NEG;
   var l = 0.0;
-  var acc: array<vec4<f32>, MAX_V4>;
-  for (var c = 0u; c < MAX_V4; c++) { acc[c] = vec4<f32>(0.0); }
+  var acc: array<vec4<f32>, MAX_V4>; // zero-initialised
   let k_end = min(q0 + BLOCK_Q, seq);
   let SS = BLOCK_K + 1u;
 
@@ -267,8 +266,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     my_delta = delta[h * params.tokens + row_base + q0 + r];
   }
 
-  var acc: array<vec4<f32>, MAX_V4>;
-  for (var c = 0u; c < MAX_V4; c++) { acc[c] = vec4<f32>(0.0); }
+  var acc: array<vec4<f32>, MAX_V4>; // zero-initialised
   let k_end = min(q0 + BLOCK_Q, seq);
   let SS = BLOCK_K + 1u;
 
@@ -350,12 +348,8 @@ fn attention_backward_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
   for (var j = tid; j < BLOCK_K; j += threads) { kdoc[j] = load_doc(row_base, k0 + j); }
 #endif
 
-  var ak: array<vec4<f32>, MAX_V4>;
+  var ak: array<vec4<f32>, MAX_V4>; // zero-initialised
   var av: array<vec4<f32>, MAX_V4>;
-  for (var c = 0u; c < MAX_V4; c++) {
-    ak[c] = vec4<f32>(0.0);
-    av[c] = vec4<f32>(0.0);
-  }
   let SS = BLOCK_Q + 1u;
 
   for (var g = 0u; g < G; g++) {

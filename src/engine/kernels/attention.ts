@@ -63,7 +63,7 @@ export interface AttentionBackwardTensors extends AttentionForwardTensors {
 }
 
 type Kind = 'forward' | 'dq' | 'dkv';
-const MAX_V4 = 16;
+const MAX_V4 = 8;
 
 function pow2Below(n: number): number {
   return 2 ** Math.floor(Math.log2(Math.max(1, n)));
@@ -86,11 +86,19 @@ export function attentionWorkgroupBytes(kind: Kind, headDim: number, t: Attentio
  */
 export function chooseAttentionTiles(ctx: GpuContext, kind: Kind, headDim: number, docs: boolean, opts: AttentionOptions = {}): { tiles: AttentionTiles; sgTeam: boolean } {
   const r = headDim / 4;
-  const sgTeam = kind === 'forward' && (opts.subgroups ?? true) && ctx.features.subgroups && ctx.features.subgroupMinSize >= 2;
-  let lanes = pow2Below(Math.min(16, sgTeam ? ctx.features.subgroupMinSize : 16));
-  while (lanes > 1 && r % lanes !== 0) lanes /= 2;
-  if (r / lanes > MAX_V4) throw new Error(`attention: headDim ${headDim} needs more than ${MAX_V4} vec4 per lane with ${lanes} lanes`);
+  const lanesFor = (most: number) => {
+    let n = pow2Below(most);
+    while (n > 1 && r % n !== 0) n /= 2;
+    return n;
+  };
+  let sgTeam = kind === 'forward' && (opts.subgroups ?? true) && ctx.features.subgroups && ctx.features.subgroupMinSize >= 2;
+  let lanes = lanesFor(Math.min(16, sgTeam ? ctx.features.subgroupMinSize : 16));
+  if (sgTeam && r / lanes > MAX_V4) {
+    sgTeam = false; // subgroups too small for this head_dim: the plain path with more lanes per row
+    lanes = lanesFor(16);
+  }
   lanes = opts.tiles?.LANES ?? lanes;
+  if (r % lanes !== 0 || r / lanes > MAX_V4) throw new Error(`attention: headDim ${headDim} with ${lanes} lanes per row: each lane must own a whole number of vec4 columns, at most ${MAX_V4}`);
   const maxInv = ctx.limits.maxComputeInvocationsPerWorkgroup;
   let rows = Math.min(64, pow2Below(Math.floor(maxInv / lanes)));
   let other = 64;
@@ -136,12 +144,18 @@ function uniformFields(s: AttentionShape, decode: { kvLen: number; nNew: number;
   ];
 }
 
+/** A tensor's binding: its whole buffer, or a view's byte range (as GpuContext.bindGroup binds it). */
+function tensorBinding(t: Tensor): GPUBufferBinding {
+  if (t.byteOffset === undefined) return { buffer: t.buffer };
+  return { buffer: t.buffer, offset: t.byteOffset, size: Math.min(Math.ceil(t.byteSize / 16) * 16, t.buffer.size - t.byteOffset) };
+}
+
 /** A bind group with explicit binding numbers (the entry points of attention.wgsl share one numbering). */
 function bind(ctx: GpuContext, label: string, pipeline: GPUComputePipeline, entries: readonly (readonly [number, GPUBuffer | Tensor])[]): GPUBindGroup {
   return ctx.device.createBindGroup({
     label,
     layout: pipeline.getBindGroupLayout(0),
-    entries: entries.map(([binding, r]) => ({ binding, resource: { buffer: 'shape' in r ? r.buffer : r } })),
+    entries: entries.map(([binding, r]) => ({ binding, resource: 'shape' in r ? tensorBinding(r) : { buffer: r } })),
   });
 }
 
