@@ -1,0 +1,123 @@
+/**
+ * 4-bit dequant matmul and fused LoRA at the InternLM2-1.8B shapes (hidden 2048, wqkv 2048→4096,
+ * w1/w3 2048→8192, w2 8192→2048, lm_head 2048→92544; LoRA r = 64) for 512 and 2048 tokens:
+ *  - q4 forward Y = X·Wᵀ and dX = dY·W against prepareMatmul's f32 on the same shape (goal: no slower);
+ *  - LoRA overhead: forward (U = X·Aᵀ + fused epilogue) over the bare q4 projection, and the full LoRA
+ *    backward (dX through W and the adapter, dA, dB) over the bare q4 dX (goal: under 15%);
+ *  - decode at M = 1: the q4 GEMV against the f32 matmul, with the weight bytes each must read.
+ * `quick` shrinks every shape (a smoke test that runs on SwiftShader).
+ * Bytes: q4 weights are in·out/2 code bytes + in·out/16 scale bytes (4.5 bits per weight).
+ */
+import type { GpuContext, KernelDispatch } from '../src/engine/gpu/context.ts';
+import type { Tensor } from '../src/engine/gpu/tensor.ts';
+import { prepareLoraBackward, prepareLoraForward, type LoraAdapter } from '../src/engine/kernels/lora.ts';
+import { prepareMatmul } from '../src/engine/kernels/matmul.ts';
+import { allocQ4Weight, prepareQ4Matmul, prepareQ4MatmulDx, prepareQuantizeQ4, releaseQ4Weight, type Q4Weight } from '../src/engine/kernels/quant4.ts';
+import { timeDispatches, type BenchRow } from './harness.ts';
+
+const RANK = 64;
+
+export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]> {
+  const H = quick ? 256 : 2048;
+  const shapes: [string, number, number][] = quick
+    ? [
+        ['wqkv', H, 512],
+        ['w2', 1024, H],
+        ['lm_head', H, 4099],
+      ]
+    : [
+        ['wqkv', H, 4096],
+        ['wo', H, 2048],
+        ['w1/w3', H, 8192],
+        ['w2', 8192, H],
+        ['lm_head', H, 92544],
+      ];
+  const tokenCounts = quick ? [64] : [512, 2048];
+  const reps = quick ? 1 : 5;
+  const samples = quick ? 2 : 5;
+  const rows: BenchRow[] = [];
+  const live: Tensor[] = [];
+  const tensor = (label: string, shape: number[], fill: number): Tensor => {
+    const t = ctx.tensor(label, shape);
+    ctx.fill32(t, fill);
+    live.push(t);
+    return t;
+  };
+  const time = (d: readonly KernelDispatch[]) => timeDispatches(ctx, d, reps, samples);
+  const pct = (a: number, b: number) => `${a >= b ? '+' : ''}${(((a - b) / b) * 100).toFixed(1)}%`;
+
+  for (const [name, K, N] of shapes) {
+    // The weight: random-ish f32 rows quantized on the GPU, as the loader would.
+    const wf = tensor(`${name}.W f32`, [N, K], 0);
+    {
+      const init = new Float32Array(N * K);
+      let s = 1234567;
+      for (let i = 0; i < init.length; i++) init[i] = (((s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32) - 0.5) * 0.04;
+      ctx.write(wf, init);
+    }
+    const W: Q4Weight = allocQ4Weight(ctx, `${name}.W`, N, K);
+    await ctx.run(await prepareQuantizeQ4(ctx, wf, W, 0, N, 'f32'));
+    const q4Bytes = (N * K) / 2 + (N * K) / 16;
+    const isHead = name === 'lm_head';
+    const A = tensor('lora_A', [RANK, K], 0.01);
+    const B = tensor('lora_B', [N, RANK], 0.01);
+    const ad: LoraAdapter = { A, B, rank: RANK, alpha: 128, dropout: 0.05 };
+
+    for (const T of tokenCounts) {
+      const tag = `T=${T} ${K}→${N} (${name})`;
+      const flops = 2 * T * N * K;
+      const X = tensor('X', [T, K], 0.01);
+      const Y = tensor('Y', [T, N], 0);
+      const dY = tensor('dY', [T, N], 0.01);
+      const dX = tensor('dX', [T, K], 0);
+      const f32Fwd = await time([await prepareMatmul(ctx, X, wf, Y, { M: T, N, K }, { transB: true })]);
+      const q4Fwd = await time(await prepareQ4Matmul(ctx, X, W, Y, T));
+      rows.push({ name: `${tag} f32 fwd X·Wᵀ`, ms: f32Fwd, flops, bytes: N * K * 4 });
+      rows.push({ name: `${tag} q4 fwd X·Wᵀ`, ms: q4Fwd, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4Fwd, f32Fwd)}` });
+      const f32Dx = await time([await prepareMatmul(ctx, dY, wf, dX, { M: T, N: K, K: N })]);
+      const q4Dx = await time(await prepareQ4MatmulDx(ctx, dY, W, dX, T));
+      rows.push({ name: `${tag} f32 dX = dY·W`, ms: f32Dx, flops, bytes: N * K * 4 });
+      rows.push({ name: `${tag} q4 dX = dY·W`, ms: q4Dx, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4Dx, f32Dx)}` });
+      if (!isHead) {
+        const U = tensor('U', [T, RANK], 0);
+        const G = tensor('G', [T, RANK], 0);
+        const dA = tensor('dA', [RANK, K], 0);
+        const dB = tensor('dB', [N, RANK], 0);
+        const fwd = await prepareLoraForward(ctx, { kind: 'q4', W }, ad, X, U, Y, T, 1);
+        const bwd = await prepareLoraBackward(ctx, { kind: 'q4', W }, ad, X, U, dY, dX, { dA, dB }, G, T, 1);
+        const loraFlops = 2 * T * RANK * (K + N);
+        const fwdMs = await time(fwd.dispatches);
+        const bwdMs = await time(bwd.dispatches);
+        rows.push({ name: `${tag} q4+LoRA r=${RANK} fwd`, ms: fwdMs, flops: flops + loraFlops, note: `over bare q4 fwd ${pct(fwdMs, q4Fwd)}; dropout 0.05` });
+        rows.push({
+          name: `${tag} q4+LoRA r=${RANK} bwd (dX, dA, dB)`,
+          ms: bwdMs,
+          flops: flops + 2 * loraFlops + 2 * T * RANK * N,
+          note: `over bare q4 dX ${pct(bwdMs, q4Dx)}`,
+        });
+        // The f32 base with the same adapter, for comparison.
+        const f32Lora = await time((await prepareLoraForward(ctx, { kind: 'f32', W: wf, out: N, in: K }, ad, X, U, Y, T, 1)).dispatches);
+        rows.push({ name: `${tag} f32+LoRA r=${RANK} fwd`, ms: f32Lora, flops: flops + loraFlops, note: `over bare f32 fwd ${pct(f32Lora, f32Fwd)}` });
+      }
+      for (const t of live.splice(live.length - (isHead ? 4 : 8))) ctx.release(t);
+    }
+
+    // Decode: one token.
+    {
+      const X = tensor('x', [1, K], 0.01);
+      const Y = tensor('y', [1, N], 0);
+      const f32 = await time([await prepareMatmul(ctx, X, wf, Y, { M: 1, N, K }, { transB: true })]);
+      const gemv = await time(await prepareQ4Matmul(ctx, X, W, Y, 1));
+      rows.push({ name: `decode M=1 ${K}→${N} (${name}) f32 matmul`, ms: f32, flops: 2 * N * K, bytes: N * K * 4 });
+      rows.push({ name: `decode M=1 ${K}→${N} (${name}) q4 gemv`, ms: gemv, flops: 2 * N * K, bytes: q4Bytes, note: `vs f32 ${pct(gemv, f32)}` });
+      const X8 = tensor('x8', [8, K], 0.01);
+      const Y8 = tensor('y8', [8, N], 0);
+      const gemv8 = await time(await prepareQ4Matmul(ctx, X8, W, Y8, 8));
+      rows.push({ name: `decode M=8 ${K}→${N} (${name}) q4 gemv`, ms: gemv8, flops: 16 * N * K, bytes: q4Bytes });
+    }
+    releaseQ4Weight(ctx, W);
+    for (const t of live.splice(0)) ctx.release(t);
+    ctx.pool.trim();
+  }
+  return rows;
+}
