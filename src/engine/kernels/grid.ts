@@ -14,7 +14,3 @@ export function grid1d(ctx: GpuContext, groups: number, label: string): [number,
   return [Math.ceil(g / y), y, 1];
 }
 
-/** Elements a tensor holds (f32/i32/u32: 4 bytes each). */
-export function elems(t: { byteSize: number }): number {
-  return t.byteSize / 4;
-}
