@@ -114,6 +114,23 @@ export class WtDataSection extends LitElement {
     }
   }
 
+  /** A model's tokenizer files picked by the user (tokenizer.json or tokenizer.model, config, template). */
+  private async pickTokenizerFiles(list: FileList | null) {
+    if (!list || list.length === 0) return;
+    const files: Record<string, string | Uint8Array> = {};
+    for (const f of Array.from(list)) {
+      files[f.name] = f.name.endsWith('.model') ? new Uint8Array(await f.arrayBuffer()) : await f.text();
+    }
+    const info = await this.task('loading tokenizer', () => this.api.loadTokenizerFiles(files));
+    if (info) {
+      this.info = info;
+      this.usingFallback = false;
+      this.template = null;
+      this.result = null;
+      await this.refresh();
+    }
+  }
+
   private async importFiles(files: File[]) {
     for (const f of files) {
       const s = await this.task(`reading ${f.name}`, () =>
@@ -211,7 +228,9 @@ export class WtDataSection extends LitElement {
       <section>
         <h3>1. Import</h3>
         <p class="muted">Tokenizer: ${this.info ? html`${this.info.vocabSize.toLocaleString()} tokens, eos ${this.info.eos ?? '—'}` : 'loading…'}
-          ${this.usingFallback ? html` — built-in demo tokenizer (byte-level, ChatML); load a model for real token counts.` : nothing}</p>
+          ${this.usingFallback ? html` — built-in demo tokenizer (byte-level, ChatML); load a model for real token counts.` : nothing}
+          <label class="muted">· use tokenizer files… <input type="file" multiple data-testid="tokenizer-files"
+            accept=".json,.jinja,.model" @change=${(e: Event) => void this.pickTokenizerFiles((e.target as HTMLInputElement).files)} /></label></p>
         <wt-data-drop @files-selected=${(e: CustomEvent<File[]>) => void this.importFiles(e.detail)}></wt-data-drop>
         ${this.summary ? html`<p class="row">${this.summary.files.map((f) => html`<span>${f.name}: ${f.records} records${f.rejected ? `, ${f.rejected} unreadable` : ''}</span>`)}
           <button @click=${() => void this.clear()}>clear</button></p>` : nothing}

@@ -52,6 +52,14 @@ describe('rows and packing', () => {
     expect(Array.from(b.documentIds)).toEqual([0, 0, 0, 0, 0, 1, 1, -1]);
     expect(Array.from(b.positionIds)).toEqual([0, 1, 2, 3, 4, 0, 1, 0]);
   });
+  it('pad id == an end-of-turn id inside the samples: those tokens keep their labels, only padding is masked', () => {
+    const eos = 1002;
+    const rows = buildRows([sample(0, 3), sample(1, 2)], { maxLength: 8, pack: true, padToMaxLength: true, padTokenId: eos });
+    const r = rows[0]!;
+    expect(Array.from(r.inputIds)).toEqual([1000, 1001, eos, 2000, 2001, eos, eos, eos]);
+    expect(Array.from(r.labels)).toEqual([-100, 1001, eos, -100, 2001, -100, -100, -100]);
+    expect(Array.from(r.documentIds)).toEqual([0, 0, 0, 1, 1, -1, -1, -1]);
+  });
   it('property: packing keeps every token in order, never exceeds max length, positions/documents consistent', () => {
     fc.assert(
       fc.property(fc.array(fc.integer({ min: 1, max: 16 }), { minLength: 1, maxLength: 30 }), fc.integer({ min: 16, max: 40 }), (lens, maxLength) => {
