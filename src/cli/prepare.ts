@@ -13,7 +13,7 @@ import { rowToJson, type TokenRow } from '../data/rows.ts';
 import { BUILTIN_TEMPLATES, builtinTemplate } from '../data/templates.ts';
 import { loadTokenizer } from '../data/tokenizer.ts';
 import { TOKENIZER_FILE_NAMES, tokenizerSourceFromFiles, type TokenizerFiles } from '../data/tokenizer-files.ts';
-import { describeSource, type RawRecord, type RejectedRow } from '../data/types.ts';
+import { describeSource, type RawRecord, type RejectedRow, type Sample } from '../data/types.ts';
 
 const usage = `Usage: npm run cli -- prepare --data <file> --tokenizer <dir> [options]
 
@@ -24,7 +24,7 @@ masks the labels, fits, shuffles, splits and packs; prints the stats and writes 
   --data <file>          dataset file (.jsonl .json .csv .tsv .xlsx .txt .md); repeat for several
   --tokenizer <dir>      folder with tokenizer.json (or tokenizer.model), tokenizer_config.json and
                          optionally chat_template.jinja
-  --format <mapper>      ${MAPPERS.map((m) => m.id).join(' | ')} (default: detected)
+  --format <mapper>      ${MAPPERS.map((m) => m.id).join(' | ')} (default: detected per file)
   --file-format <fmt>    ${FILE_FORMATS.join(' | ')} (default: from the file name)
   --system/--user/--assistant <template>
                          column mapper templates, e.g. --user '{question}\\n{options}' --assistant '{answer}'
@@ -179,32 +179,32 @@ async function run(argv: string[]): Promise<number> {
   }
   const tok = loadTokenizer(src);
 
-  const records: RawRecord[] = [];
+  // Each file is mapped on its own: with --format, or with the format detected for it.
+  const samples: Sample[] = [];
   const rejected: RejectedRow[] = [];
   for (const file of a.data) {
     const r = await readDataFile(file, a.fileFormat);
-    records.push(...r.records);
     rejected.push(...r.rejected);
-  }
-  let choice: MapperChoice;
-  if (a.format) {
-    choice = { id: a.format };
-    if (a.format === 'columns') {
-      if (!a.user || !a.assistant) throw new Error('--format columns needs --user and --assistant templates');
-      choice.columns = { user: a.user, assistant: a.assistant, ...(a.system ? { system: a.system } : {}) };
+    let choice: MapperChoice;
+    if (a.format) {
+      choice = { id: a.format };
+      if (a.format === 'columns') {
+        if (!a.user || !a.assistant) throw new Error('--format columns needs --user and --assistant templates');
+        choice.columns = { user: a.user, assistant: a.assistant, ...(a.system ? { system: a.system } : {}) };
+      }
+    } else {
+      const d = detectMapper(r.records);
+      if (!d.choice) throw new Error(`${file}: cannot detect the dataset format: ${d.reason}; pass --format`);
+      choice = d.choice;
+      console.log(`${basename(file)}: format ${choice.id} (${d.reason})${choice.columns ? ` ${JSON.stringify(choice.columns)}` : ''}`);
     }
-  } else {
-    const d = detectMapper(records);
-    if (!d.choice) throw new Error(`cannot detect the dataset format: ${d.reason}; pass --format`);
-    choice = d.choice;
-    console.log(`format: ${choice.id} (${d.reason})`);
-    if (choice.columns) console.log(`  columns: ${JSON.stringify(choice.columns)}`);
+    if (a.allPaths) choice.allPaths = true;
+    const mapped = mapRecords(r.records, choice);
+    samples.push(...mapped.samples);
+    rejected.push(...mapped.rejected);
   }
-  if (a.allPaths) choice.allPaths = true;
-  const mapped = mapRecords(records, choice);
-  rejected.push(...mapped.rejected);
 
-  const prepared = prepareDataset(tok, mapped.samples, {
+  const prepared = prepareDataset(tok, samples, {
     maxLength: a.maxLength,
     pack: a.pack,
     seed: a.seed,

@@ -34,7 +34,7 @@ export interface Histogram {
 export interface DatasetStats {
   /** Samples after mapping (input to tokenization). */
   samples: number;
-  /** Samples that made it into rows (after drops; split text chunks count once each). */
+  /** Documents that made it into rows: samples after drops, each chunk of a split text counted. */
   keptSamples: number;
   trainSamples: number;
   evalSamples: number;
@@ -165,7 +165,7 @@ export function prepareDataset(
 
 export function formatStats(s: DatasetStats): string {
   const lines = [
-    `samples            ${s.samples} (kept ${s.keptSamples}: train ${s.trainSamples}, eval ${s.evalSamples})`,
+    `samples            ${s.samples} mapped; ${s.keptSamples} documents in rows (train ${s.trainSamples}, eval ${s.evalSamples})`,
     `rows               ${s.rows} train, ${s.evalRows} eval`,
     `tokens             ${s.tokens} (+${s.paddingTokens} padding)`,
     `supervised tokens  ${s.supervisedTokens} (${s.tokens ? ((100 * s.supervisedTokens) / s.tokens).toFixed(1) : '0'}%)`,

@@ -43,7 +43,7 @@ export class WtDataStats extends LitElement {
     const pct = s.tokens ? ((100 * s.supervisedTokens) / s.tokens).toFixed(1) : '0';
     return html`
       <dl>
-        <dt>Samples</dt><dd>${s.samples} (kept ${s.keptSamples}: ${s.trainSamples} train, ${s.evalSamples} eval)</dd>
+        <dt>Samples</dt><dd>${s.samples} mapped; ${s.keptSamples} documents in rows (${s.trainSamples} train, ${s.evalSamples} eval)</dd>
         <dt>Rows</dt><dd>${s.rows} train, ${s.evalRows} eval</dd>
         <dt>Tokens</dt><dd>${s.tokens.toLocaleString()} (+${s.paddingTokens.toLocaleString()} padding)</dd>
         <dt>Supervised tokens</dt><dd>${s.supervisedTokens.toLocaleString()} (${pct}%)</dd>

@@ -22,7 +22,7 @@ describe('cli prepare', () => {
     const printed = log.mock.calls.map((c) => c.join(' ')).join('\n');
     log.mockRestore();
     expect(rc).toBe(0);
-    expect(printed).toContain('format: alpaca');
+    expect(printed).toContain('alpaca.jsonl: format alpaca');
     expect(printed).toMatch(/rejected rows\s+1/);
     const rows = rowsFromJsonl(fs.readFileSync(out, 'utf8'), out);
     expect(rows).toHaveLength(2);
