@@ -10,7 +10,7 @@
  */
 import type { GpuContext, KernelDispatch } from '../src/engine/gpu/context.ts';
 import type { Tensor } from '../src/engine/gpu/tensor.ts';
-import { prepareLoraBackward, prepareLoraForward, type LoraAdapter } from '../src/engine/kernels/lora.ts';
+import { loraScratchElems, prepareLoraBackward, prepareLoraForward, type LoraAdapter } from '../src/engine/kernels/lora.ts';
 import { prepareMatmul } from '../src/engine/kernels/matmul.ts';
 import { allocQ4Weight, prepareQ4Matmul, prepareQ4MatmulDx, prepareQuantizeQ4, releaseQ4Weight, type Q4Weight } from '../src/engine/kernels/quant4.ts';
 import { timeDispatches, type BenchRow } from './harness.ts';
@@ -79,12 +79,13 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       rows.push({ name: `${tag} f32 dX = dY·W`, ms: f32Dx, flops, bytes: N * K * 4 });
       rows.push({ name: `${tag} q4 dX = dY·W`, ms: q4Dx, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4Dx, f32Dx)}` });
       if (!isHead) {
+        const scratch = tensor('split-K scratch', [Math.max(1, loraScratchElems(T, K, N, RANK))], 0);
         const U = tensor('U', [T, RANK], 0);
         const G = tensor('G', [T, RANK], 0);
         const dA = tensor('dA', [RANK, K], 0);
         const dB = tensor('dB', [N, RANK], 0);
-        const fwd = await prepareLoraForward(ctx, { kind: 'q4', W }, ad, X, U, Y, T, 1);
-        const bwd = await prepareLoraBackward(ctx, { kind: 'q4', W }, ad, X, U, dY, dX, { dA, dB }, G, T, 1);
+        const fwd = await prepareLoraForward(ctx, { kind: 'q4', W }, ad, X, U, Y, T, { seed: 1, scratch });
+        const bwd = await prepareLoraBackward(ctx, { kind: 'q4', W }, ad, X, U, dY, dX, { dA, dB }, G, T, { seed: 1, scratch });
         const loraFlops = 2 * T * RANK * (K + N);
         const fwdMs = await time(fwd.dispatches);
         const bwdMs = await time(bwd.dispatches);
@@ -96,10 +97,10 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
           note: `over bare q4 dX ${pct(bwdMs, q4Dx)}`,
         });
         // The f32 base with the same adapter, for comparison.
-        const f32Lora = await time((await prepareLoraForward(ctx, { kind: 'f32', W: wf, out: N, in: K }, ad, X, U, Y, T, 1)).dispatches);
+        const f32Lora = await time((await prepareLoraForward(ctx, { kind: 'f32', W: wf, out: N, in: K }, ad, X, U, Y, T, { seed: 1, scratch })).dispatches);
         rows.push({ name: `${tag} f32+LoRA r=${RANK} fwd`, ms: f32Lora, flops: flops + loraFlops, note: `over bare f32 fwd ${pct(f32Lora, f32Fwd)}` });
       }
-      for (const t of live.splice(live.length - (isHead ? 4 : 8))) ctx.release(t);
+      for (const t of live.splice(live.length - (isHead ? 4 : 9))) ctx.release(t);
     }
 
     // Decode: one token.

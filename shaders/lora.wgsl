@@ -4,8 +4,14 @@
 // `lora_mm` with a MODE define:
 //
 //   MODE == XA   U  = dropout(X) · Aᵀ                    [M, r]   (forward; U is kept for the backward)
-//   MODE == DA   dA += s · Gᵀ · dropout(X)               [r, in]  (G = dY·B [M, r], a plain matmul)
+//   MODE == GB   G  = dY · B                             [M, r]   (backward)
 //   MODE == DX   dX += s · mask ⊙ (G · A)                [M, in]  (adds the adapter path onto the base dX)
+//   MODE == DB   dB += s · dYᵀ · U                       [out, r]
+//   MODE == DA   dA += s · Gᵀ · dropout(X)               [r, in]
+//
+// All but DX have a small output and a long reduction (in, out or tokens), so they run split-K (SPLIT):
+// workgroup z reduces its slice [z·chunk, (z+1)·chunk) into partials[z] (written), and `lora_reduce`
+// adds the slices in order and applies the epilogue: deterministic, no float atomics.
 //
 // Gradient rule (llm.c): parameter grads are accumulated (dA +=, and dB += in lora.ts); activation grads
 // are written: dX is written by the base path first, and this kernel then adds the adapter's term.
@@ -24,15 +30,17 @@ struct Params {
   seed: u32,
   threshold: u32,   // dropped when hash < threshold
   keep_scale: f32,  // 1 / (1 - p)
-  _p0: u32,
-  _p1: u32,
-  _p2: u32,
+  chunk: u32,       // SPLIT: reduction length per slice
+  N: u32,           // out features: row stride of dY
+  slices: u32,      // lora_reduce: number of slices
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;         // XA: X;  DA: G;  DX: G
-@group(0) @binding(2) var<storage, read> b: array<f32>;         // XA: A;  DA: X;  DX: A
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;   // XA: U;  DA: dA; DX: dX
+@group(0) @binding(1) var<storage, read> a: array<f32>;         // XA: X; GB: dY; DX: G; DB: dY; DA: G  (reduce: partials)
+#if MODE != REDUCE
+@group(0) @binding(2) var<storage, read> b: array<f32>;         // XA: A; GB: B;  DX: A; DB: U;  DA: X
+#endif
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;   // XA: U; GB: G;  DX: dX; DB: dB; DA: dA (SPLIT: partials)
 
 fn lowbias32(v: u32) -> u32 {
   var x = v;
@@ -58,6 +66,7 @@ fn keep(m: u32, k: u32) -> f32 {
 #endif
 }
 
+#if MODE != REDUCE
 const THREAD: u32 = 4u;
 override TILE: u32 = 32u;
 override TILE_R: u32 = 16u;
@@ -66,10 +75,14 @@ var<workgroup> tile_a: array<f32, TILE_R * (TILE + 1u)>;  // [red][row]
 var<workgroup> tile_b: array<f32, TILE_R * (TILE + 1u)>;  // [red][col]
 
 // A operand: row i (of C), reduction index t.
-fn load_a(i: u32, t: u32) -> f32 {
-  if (i >= params.rows || t >= params.red) { return 0.0; }
+fn load_a(i: u32, t: u32, t_end: u32) -> f32 {
+  if (i >= params.rows || t >= t_end) { return 0.0; }
 #if MODE == XA
   return a[i * params.K + t] * keep(i, t);
+#elif MODE == GB
+  return a[i * params.N + t];
+#elif MODE == DB
+  return a[t * params.N + i];
 #elif MODE == DA
   return a[t * params.R + i];
 #else
@@ -78,10 +91,12 @@ fn load_a(i: u32, t: u32) -> f32 {
 }
 
 // B operand: reduction index t, column j (of C).
-fn load_b(t: u32, j: u32) -> f32 {
-  if (t >= params.red || j >= params.cols) { return 0.0; }
+fn load_b(t: u32, j: u32, t_end: u32) -> f32 {
+  if (t >= t_end || j >= params.cols) { return 0.0; }
 #if MODE == XA
   return b[j * params.K + t];
+#elif MODE == GB || MODE == DB
+  return b[t * params.R + j];
 #elif MODE == DA
   return b[t * params.K + j] * keep(t, j);
 #else
@@ -103,17 +118,24 @@ fn lora_mm(
   for (var i = 0u; i < THREAD; i++) {
     for (var j = 0u; j < THREAD; j++) { acc[i][j] = 0.0; }
   }
-  for (var t0 = 0u; t0 < params.red; t0 += TILE_R) {
+#if SPLIT
+  let t_begin = wg.z * params.chunk;
+  let t_end = min(params.red, t_begin + params.chunk);
+#else
+  let t_begin = 0u;
+  let t_end = params.red;
+#endif
+  for (var t0 = t_begin; t0 < t_end; t0 += TILE_R) {
     // Consecutive threads take consecutive addresses of each operand's stored layout.
     for (var idx = tid; idx < TILE * TILE_R; idx += threads) {
-#if MODE == DA
+#if MODE == DA || MODE == DB
       let ii = idx % TILE;
       let tt = idx / TILE;
 #else
       let tt = idx % TILE_R;
       let ii = idx / TILE_R;
 #endif
-      tile_a[tt * S + ii] = load_a(row0 + ii, t0 + tt);
+      tile_a[tt * S + ii] = load_a(row0 + ii, t0 + tt, t_end);
     }
     for (var idx = tid; idx < TILE * TILE_R; idx += threads) {
 #if MODE == XA
@@ -123,7 +145,7 @@ fn lora_mm(
       let jj = idx % TILE;
       let tt = idx / TILE;
 #endif
-      tile_b[tt * S + jj] = load_b(t0 + tt, col0 + jj);
+      tile_b[tt * S + jj] = load_b(t0 + tt, col0 + jj, t_end);
     }
     workgroupBarrier();
     for (var tt = 0u; tt < TILE_R; tt++) {
@@ -144,13 +166,33 @@ fn lora_mm(
       let col = col0 + lid.x * THREAD + j;
       if (col >= params.cols) { continue; }
       let at = row * params.cols + col;
-#if MODE == XA
+#if SPLIT
+      c[wg.z * params.rows * params.cols + at] = acc[i][j];
+#elif MODE == XA || MODE == GB
       c[at] = acc[i][j];
-#elif MODE == DA
-      c[at] = c[at] + params.s * acc[i][j];
-#else
+#elif MODE == DX
       c[at] = c[at] + params.s * keep(row, col) * acc[i][j];
+#else
+      c[at] = c[at] + params.s * acc[i][j];
 #endif
     }
   }
 }
+#endif
+
+#if MODE == REDUCE
+// Sums the split-K slices a[z][e] in order: c = Σ (ACCUMULATE: c += s · Σ). 2-D grid of 256-thread groups.
+@compute @workgroup_size(256)
+fn lora_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let e = gid.x + gid.y * nwg.x * 256u;
+  let n = params.rows * params.cols;
+  if (e >= n) { return; }
+  var t = 0.0;
+  for (var z = 0u; z < params.slices; z++) { t += a[z * n + e]; }
+#if ACCUMULATE
+  c[e] = c[e] + params.s * t;
+#else
+  c[e] = t;
+#endif
+}
+#endif

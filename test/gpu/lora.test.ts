@@ -7,6 +7,7 @@ import {
   loraDropoutHash,
   loraDropoutThreshold,
   loraForward,
+  loraScratchElems,
   prepareLoraForward,
   type LoraAdapter,
   type LoraBase,
@@ -173,7 +174,9 @@ describe('fused LoRA forward and backward (against float64)', () => {
       const { P } = S;
       const U = poisoned(ctx, 'U', [M, r]);
       const Y = poisoned(ctx, 'Y', [M, out]);
-      await loraForward(ctx, S.base, S.ad, S.X, U, Y, M, seed);
+      // One case passes its own split-K scratch (as the engine does, shared across layers).
+      const scratch = r === 64 && kind === 'q4' ? ctx.tensor('scratch', [loraScratchElems(M, inF, out, r)]) : undefined;
+      await loraForward(ctx, S.base, S.ad, S.X, U, Y, M, { seed, scratch });
       const ref = refForward(P);
       expectClose(await ctx.read(U), ref.u, 1e-4, `U, seed ${seed}`);
       expectClose(await ctx.read(Y), ref.y, 1e-4, `Y, seed ${seed}`);
@@ -187,12 +190,12 @@ describe('fused LoRA forward and backward (against float64)', () => {
       const dB = ctx.upload('dB', [out, r], dB0);
       const dX = poisoned(ctx, 'dX', [M, inF]);
       const G = poisoned(ctx, 'G', [M, r]);
-      await loraBackward(ctx, S.base, S.ad, S.X, U, dY, dX, { dA, dB }, G, M, seed);
+      await loraBackward(ctx, S.base, S.ad, S.X, U, dY, dX, { dA, dB }, G, M, { seed, scratch });
       const rb = refBackward(P, dy, dA0, dB0);
       expectClose(await ctx.read(dX), rb.dx, 1e-4, `dX, seed ${seed}`);
       expectClose(await ctx.read(dA), rb.dA, 1e-4, `dA, seed ${seed}`);
       expectClose(await ctx.read(dB), rb.dB, 1e-4, `dB, seed ${seed}`);
-      for (const t of [U, Y, dY, dA, dB, dX, G]) ctx.release(t);
+      for (const t of [U, Y, dY, dA, dB, dX, G, ...(scratch ? [scratch] : [])]) ctx.release(t);
       S.release();
     });
   }
@@ -203,7 +206,7 @@ describe('fused LoRA forward and backward (against float64)', () => {
     const S = setup(ctx, 'q4', 19, 40, 64, 8, 0.5, seed);
     const U = poisoned(ctx, 'U', [19, 8]);
     const Y = poisoned(ctx, 'Y', [19, 40]);
-    const pass = await prepareLoraForward(ctx, S.base, S.ad, S.X, U, Y, 19, seed);
+    const pass = await prepareLoraForward(ctx, S.base, S.ad, S.X, U, Y, 19, { seed });
     await ctx.run(pass.dispatches);
     const u1 = await ctx.read(U);
     pass.setSeed(seed + 1);
@@ -251,7 +254,7 @@ describe('LoRA backward by finite differences (float64 central differences of th
       };
       const U = poisoned(ctx, 'U', [M, r]);
       const Y = poisoned(ctx, 'Y', [M, out]);
-      await loraForward(ctx, S.base, S.ad, S.X, U, Y, M, seed);
+      await loraForward(ctx, S.base, S.ad, S.X, U, Y, M, { seed });
       const dY = ctx.upload('dY', [M, out], weights);
       const dA = ctx.tensor('dA', [r, inF]);
       const dB = ctx.tensor('dB', [out, r]);
@@ -259,7 +262,7 @@ describe('LoRA backward by finite differences (float64 central differences of th
       ctx.fill32(dB, 0);
       const dX = poisoned(ctx, 'dX', [M, inF]);
       const G = poisoned(ctx, 'G', [M, r]);
-      await loraBackward(ctx, S.base, S.ad, S.X, U, dY, dX, { dA, dB }, G, M, seed);
+      await loraBackward(ctx, S.base, S.ad, S.X, U, dY, dX, { dA, dB }, G, M, { seed });
       expectClose(await ctx.read(dX), numeric(P.x, (t) => loss(t, P.a, P.b)), 1e-4, `dX, seed ${seed}`);
       expectClose(await ctx.read(dA), numeric(P.a, (t) => loss(P.x, t, P.b)), 1e-4, `dA, seed ${seed}`);
       expectClose(await ctx.read(dB), numeric(P.b, (t) => loss(P.x, P.a, t)), 1e-4, `dB, seed ${seed}`);

@@ -9,6 +9,7 @@ import { prepareQ4Matmul, prepareQ4MatmulDx, type Q4Weight } from './quant4.ts';
  * f32). Forward: U = dropout(X)·Aᵀ [M, rank] once (kept for the backward), then the base matmul with
  * +s·U·Bᵀ fused into its epilogue (4-bit base; the f32 base adds it with a second accumulate matmul).
  * Backward: dX = dY·W + s·mask⊙((dY·B)·A), dB += s·dYᵀ·U, dA += s·(dY·B)ᵀ·dropout(X).
+ * The rank-r products with long reductions run split-K with an ordered reduce (deterministic).
  */
 export const LORA_SHADER = { name: 'lora.wgsl', code: loraWgsl };
 
@@ -72,55 +73,132 @@ export function loraDropoutFactor(seed: number, index: number, p: number): numbe
 // ---- kernels ---------------------------------------------------------------------------------------
 
 const TILE = 32;
+const TILE_R = 16;
+/** Split-K aims for about this many workgroups (a large GPU has ~132 SMs). */
+const SPLIT_TARGET_WORKGROUPS = 512;
+/** Shortest slice of a split reduction. */
+const MIN_CHUNK = 64;
+
+type Mode = 'XA' | 'GB' | 'DX' | 'DB' | 'DA';
+
+interface SmallShape {
+  rows: number;
+  cols: number;
+  red: number;
+}
+
+/** How a product is split: `slices` of `chunk` reduction steps (1 slice = no split, no scratch). */
+function splitOf({ rows, cols, red }: SmallShape): { slices: number; chunk: number } {
+  const tiles = Math.ceil(rows / TILE) * Math.ceil(cols / TILE);
+  const want = Math.min(Math.ceil(red / MIN_CHUNK), Math.max(1, Math.ceil(SPLIT_TARGET_WORKGROUPS / tiles)));
+  const chunk = Math.ceil(Math.ceil(red / want) / TILE_R) * TILE_R;
+  return { slices: Math.ceil(red / chunk), chunk };
+}
+
+function loraShapes(M: number, inF: number, out: number, r: number): Record<Exclude<Mode, 'DX'>, SmallShape> {
+  return {
+    XA: { rows: M, cols: r, red: inF },
+    GB: { rows: M, cols: r, red: out },
+    DB: { rows: out, cols: r, red: M },
+    DA: { rows: r, cols: inF, red: M },
+  };
+}
+
+/**
+ * f32 elements of split-K scratch the forward and backward of one LoRA layer need (0 when nothing is
+ * split). One scratch tensor can serve every layer: the products run in order.
+ */
+export function loraScratchElems(M: number, inF: number, out: number, rank: number): number {
+  let most = 0;
+  for (const sh of Object.values(loraShapes(M, inF, out, rank))) {
+    const { slices } = splitOf(sh);
+    if (slices > 1) most = Math.max(most, slices * sh.rows * sh.cols);
+  }
+  return most;
+}
 
 function need(kernel: string, what: string, t: Tensor, elems: number): void {
   if (t.dtype !== 'f32') throw new Error(`${kernel}: ${what} '${t.label}' must be f32, is ${t.dtype}`);
   if (t.byteSize < elems * 4) throw new Error(`${kernel}: ${what} '${t.label}' ${shapeString(t.shape)} holds ${t.byteSize / 4} elements, needs ${elems}`);
 }
 
-interface LoraMm {
-  dispatch: KernelDispatch;
-  uniforms: GPUBuffer;
-  fields: UniformField[];
+interface Prepared {
+  dispatches: KernelDispatch[];
+  /** Uniform buffers holding the dropout seed (field 6). */
+  seeded: { uniforms: GPUBuffer; fields: UniformField[] }[];
 }
 
-async function prepareLoraMm(
-  ctx: GpuContext,
-  mode: 'XA' | 'DA' | 'DX',
-  a: Tensor,
-  b: Tensor,
-  c: Tensor,
-  shape: { rows: number; cols: number; red: number; K: number; R: number },
-  scale: number,
-  p: number,
-  seed: number,
-): Promise<LoraMm> {
-  const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_mm', defines: { MODE: mode, DROPOUT: p > 0 }, constants: { TILE, TILE_R: 16 } });
-  const label = `lora ${mode} ${shape.rows}×${shape.cols} (red ${shape.red})${p > 0 ? ` dropout ${p}` : ''}`;
-  const fields: UniformField[] = [
-    ['u32', shape.rows],
-    ['u32', shape.cols],
-    ['u32', shape.red],
-    ['u32', shape.K],
-    ['u32', shape.R],
-    ['f32', scale],
-    ['u32', seed >>> 0],
-    ['u32', p > 0 ? loraDropoutThreshold(p) : 0],
-    ['f32', p > 0 ? 1 / (1 - p) : 1],
-    ['u32', 0],
-    ['u32', 0],
-    ['u32', 0],
+interface SmallArgs {
+  mode: Mode;
+  a: Tensor;
+  b: Tensor;
+  c: Tensor;
+  shape: SmallShape;
+  K: number;
+  N: number;
+  R: number;
+  scale: number;
+  p: number;
+  seed: number;
+  scratch: () => Tensor;
+}
+
+/** One rank-r product of lora.wgsl: a single tiled dispatch, or split-K slices plus an ordered reduce. */
+async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
+  const { rows, cols, red } = x.shape;
+  const { slices, chunk } = x.mode === 'DX' ? { slices: 1, chunk: red } : splitOf(x.shape);
+  const split = slices > 1;
+  const dropout = x.p > 0 && (x.mode === 'XA' || x.mode === 'DX' || x.mode === 'DA');
+  const fields = (extra: { slices?: number } = {}): UniformField[] => [
+    ['u32', rows],
+    ['u32', cols],
+    ['u32', red],
+    ['u32', x.K],
+    ['u32', x.R],
+    ['f32', x.scale],
+    ['u32', x.seed >>> 0],
+    ['u32', dropout ? loraDropoutThreshold(x.p) : 0],
+    ['f32', dropout ? 1 / (1 - x.p) : 1],
+    ['u32', chunk],
+    ['u32', x.N],
+    ['u32', extra.slices ?? 0],
   ];
-  const uniforms = ctx.uniforms(`${label} params`, fields);
-  const workgroups: [number, number, number] = [Math.ceil(shape.cols / TILE), Math.ceil(shape.rows / TILE), 1];
-  return { dispatch: { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, a, b, c]), workgroups }, uniforms, fields };
+  const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_mm', defines: { MODE: x.mode, DROPOUT: dropout, SPLIT: split }, constants: { TILE, TILE_R } });
+  const label = `lora ${x.mode} ${rows}×${cols} (red ${red}${split ? ` in ${slices} slices` : ''})${dropout ? ` dropout ${x.p}` : ''}`;
+  const f = fields();
+  const uniforms = ctx.uniforms(`${label} params`, f);
+  const target = split ? x.scratch() : x.c;
+  const dispatches: KernelDispatch[] = [
+    { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, x.a, x.b, target]), workgroups: [Math.ceil(cols / TILE), Math.ceil(rows / TILE), slices] },
+  ];
+  const seeded = dropout ? [{ uniforms, fields: f }] : [];
+  if (split) {
+    const accumulate = x.mode === 'DA' || x.mode === 'DB';
+    const rp = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_reduce', defines: { MODE: 'REDUCE', ACCUMULATE: accumulate } });
+    const rl = `lora reduce ${x.mode} ${rows}×${cols} (${slices} slices)`;
+    const ru = ctx.uniforms(`${rl} params`, fields({ slices }));
+    // lora_reduce binds 0, 1 and 3 (no B operand), so the bind group names its bindings.
+    const bindGroup = ctx.device.createBindGroup({
+      label: rl,
+      layout: rp.getBindGroupLayout(0),
+      entries: [
+        { binding: 0, resource: { buffer: ru } },
+        { binding: 1, resource: { buffer: target.buffer } },
+        { binding: 3, resource: { buffer: x.c.buffer } },
+      ],
+    });
+    const groups = Math.ceil((rows * cols) / 256);
+    const max = ctx.limits.maxComputeWorkgroupsPerDimension;
+    dispatches.push({ label: rl, pipeline: rp, bindGroup, workgroups: [Math.min(groups, max), Math.ceil(groups / max), 1] });
+  }
+  return { dispatches, seeded };
 }
 
-function seedSetter(ctx: GpuContext, mms: LoraMm[]): (seed: number) => void {
+function seedSetter(ctx: GpuContext, seeded: Prepared['seeded']): (seed: number) => void {
   return (seed) => {
-    for (const mm of mms) {
-      mm.fields[6] = ['u32', seed >>> 0];
-      ctx.writeUniforms(mm.uniforms, mm.fields);
+    for (const u of seeded) {
+      u.fields[6] = ['u32', seed >>> 0];
+      ctx.writeUniforms(u.uniforms, u.fields);
     }
   };
 }
@@ -136,12 +214,26 @@ function checkAdapter(kernel: string, base: LoraBase, ad: LoraAdapter): void {
   if (base.kind === 'f32') need(kernel, 'W', base.W, out * inF);
 }
 
+/** The split-K scratch: the caller's (checked), or one allocated on first need and owned by the pass. */
+function scratchFor(ctx: GpuContext, kernel: string, given: Tensor | undefined, elems: number): () => Tensor {
+  let t = given;
+  if (t) need(kernel, 'scratch', t, elems);
+  return () => (t ??= ctx.tensor(`${kernel} split-K scratch`, [elems]));
+}
+
+export interface LoraPassOptions {
+  /** Dropout seed (the backward must use the forward's); can be changed later with setSeed. */
+  seed?: number;
+  /** Split-K scratch of at least loraScratchElems(M, in, out, rank) f32 (shared across layers). */
+  scratch?: Tensor;
+}
+
 /**
  * Forward: U = dropout(X)·Aᵀ (written, [M, rank], keep it for the backward), Y = X·Wᵀ + s·U·Bᵀ (written,
  * [M, out]). X [M, in]. With a 4-bit base the adapter term is the epilogue of the dequant matmul (Y is
  * written once); with an f32 base it is a second, accumulating matmul.
  */
-export async function prepareLoraForward(ctx: GpuContext, base: LoraBase, ad: LoraAdapter, X: Tensor, U: Tensor, Y: Tensor, M: number, seed = 0): Promise<LoraPass> {
+export async function prepareLoraForward(ctx: GpuContext, base: LoraBase, ad: LoraAdapter, X: Tensor, U: Tensor, Y: Tensor, M: number, opts: LoraPassOptions = {}): Promise<LoraPass> {
   const { out, inF } = baseShape(base);
   const kern = 'lora forward';
   checkAdapter(kern, base, ad);
@@ -149,21 +241,22 @@ export async function prepareLoraForward(ctx: GpuContext, base: LoraBase, ad: Lo
   need(kern, 'U', U, M * ad.rank);
   need(kern, 'Y', Y, M * out);
   const s = ad.alpha / ad.rank;
-  const p = ad.dropout ?? 0;
-  const xa = await prepareLoraMm(ctx, 'XA', X, ad.A, U, { rows: M, cols: ad.rank, red: inF, K: inF, R: ad.rank }, s, p, seed);
-  const dispatches: KernelDispatch[] = [xa.dispatch];
+  const r = ad.rank;
+  const common = { K: inF, N: out, R: r, scale: s, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)) };
+  const xa = await prepareSmall(ctx, { mode: 'XA', a: X, b: ad.A, c: U, shape: loraShapes(M, inF, out, r).XA, ...common });
+  const dispatches: KernelDispatch[] = [...xa.dispatches];
   if (base.kind === 'q4') {
-    dispatches.push(...(await prepareQ4Matmul(ctx, X, base.W, Y, M, { lora: { U, B: ad.B, rank: ad.rank, scale: s } })));
+    dispatches.push(...(await prepareQ4Matmul(ctx, X, base.W, Y, M, { lora: { U, B: ad.B, rank: r, scale: s } })));
   } else {
     dispatches.push(await prepareMatmul(ctx, X, base.W, Y, { M, N: out, K: inF }, { transB: true }));
-    dispatches.push(await prepareMatmul(ctx, U, ad.B, Y, { M, N: out, K: ad.rank }, { transB: true, accumulate: true, alpha: s }));
+    dispatches.push(await prepareMatmul(ctx, U, ad.B, Y, { M, N: out, K: r }, { transB: true, accumulate: true, alpha: s }));
   }
-  return { dispatches, setSeed: seedSetter(ctx, [xa]) };
+  return { dispatches, setSeed: seedSetter(ctx, xa.seeded) };
 }
 
 /**
  * Backward given dY [M, out]: dX (written, [M, in]) = dY·W + s·mask⊙(G·A); dB += s·dYᵀ·U; dA += s·Gᵀ·dropout(X),
- * where G = dY·B is written to the scratch `G` [M, rank]. U is the forward's; `seed` must be the forward's.
+ * where G = dY·B is written to `G` [M, rank]. U is the forward's; the seed must be the forward's.
  */
 export async function prepareLoraBackward(
   ctx: GpuContext,
@@ -176,7 +269,7 @@ export async function prepareLoraBackward(
   grads: LoraGrads,
   G: Tensor,
   M: number,
-  seed = 0,
+  opts: LoraPassOptions = {},
 ): Promise<LoraPass> {
   const { out, inF } = baseShape(base);
   const kern = 'lora backward';
@@ -189,23 +282,25 @@ export async function prepareLoraBackward(
   need(kern, 'dA', grads.dA, ad.rank * inF);
   need(kern, 'dB', grads.dB, out * ad.rank);
   const s = ad.alpha / ad.rank;
-  const p = ad.dropout ?? 0;
   const r = ad.rank;
+  const sh = loraShapes(M, inF, out, r);
+  const common = { K: inF, N: out, R: r, scale: s, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)) };
   const dispatches: KernelDispatch[] = [];
   if (base.kind === 'q4') dispatches.push(...(await prepareQ4MatmulDx(ctx, dY, base.W, dX, M)));
   else dispatches.push(await prepareMatmul(ctx, dY, base.W, dX, { M, N: inF, K: out }));
-  dispatches.push(await prepareMatmul(ctx, dY, ad.B, G, { M, N: r, K: out }));
-  const dx = await prepareLoraMm(ctx, 'DX', G, ad.A, dX, { rows: M, cols: inF, red: r, K: inF, R: r }, s, p, seed);
-  dispatches.push(dx.dispatch);
-  dispatches.push(await prepareMatmul(ctx, dY, U, grads.dB, { M: out, N: r, K: M }, { transA: true, accumulate: true, alpha: s }));
-  const da = await prepareLoraMm(ctx, 'DA', G, X, grads.dA, { rows: r, cols: inF, red: M, K: inF, R: r }, s, p, seed);
-  dispatches.push(da.dispatch);
-  return { dispatches, setSeed: seedSetter(ctx, [dx, da]) };
+  const parts = [
+    await prepareSmall(ctx, { mode: 'GB', a: dY, b: ad.B, c: G, shape: sh.GB, ...common }),
+    await prepareSmall(ctx, { mode: 'DX', a: G, b: ad.A, c: dX, shape: { rows: M, cols: inF, red: r }, ...common }),
+    await prepareSmall(ctx, { mode: 'DB', a: dY, b: U, c: grads.dB, shape: sh.DB, ...common }),
+    await prepareSmall(ctx, { mode: 'DA', a: G, b: X, c: grads.dA, shape: sh.DA, ...common }),
+  ];
+  for (const p of parts) dispatches.push(...p.dispatches);
+  return { dispatches, setSeed: seedSetter(ctx, parts.flatMap((p) => p.seeded)) };
 }
 
 /** Convenience for tools and tests: prepare, run once, wait. */
-export async function loraForward(ctx: GpuContext, base: LoraBase, ad: LoraAdapter, X: Tensor, U: Tensor, Y: Tensor, M: number, seed = 0): Promise<void> {
-  await ctx.run((await prepareLoraForward(ctx, base, ad, X, U, Y, M, seed)).dispatches);
+export async function loraForward(ctx: GpuContext, base: LoraBase, ad: LoraAdapter, X: Tensor, U: Tensor, Y: Tensor, M: number, opts: LoraPassOptions = {}): Promise<void> {
+  await ctx.run((await prepareLoraForward(ctx, base, ad, X, U, Y, M, opts)).dispatches);
 }
 
 export async function loraBackward(
@@ -219,7 +314,7 @@ export async function loraBackward(
   grads: LoraGrads,
   G: Tensor,
   M: number,
-  seed = 0,
+  opts: LoraPassOptions = {},
 ): Promise<void> {
-  await ctx.run((await prepareLoraBackward(ctx, base, ad, X, U, dY, dX, grads, G, M, seed)).dispatches);
+  await ctx.run((await prepareLoraBackward(ctx, base, ad, X, U, dY, dX, grads, G, M, opts)).dispatches);
 }
