@@ -12,7 +12,8 @@
  * 3. The supervised span of an assistant turn is its content plus the end-of-turn token that follows it
  *    (<|im_end|>, <|eot_id|>, eos...), so the model learns to stop.
  * 4. Tokens are mapped to characters by byte alignment (`LoadedTokenizer.offsets`); a token is supervised
- *    when it overlaps a supervised span. Tokenizers whose normalizer rewrites text fall back to encoding
+ *    when it overlaps a supervised span (a token straddling the start of a turn, like "\n\n" made of the
+ *    template's "\n" and the content's "\n", carries content and is supervised). Tokenizers whose normalizer rewrites text fall back to encoding
  *    prefixes of the text.
  */
 import type { LoadedTokenizer } from './tokenizer.ts';

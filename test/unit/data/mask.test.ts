@@ -1,4 +1,7 @@
+import fc from 'fast-check';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { fallbackTokenizerSource } from '../../../src/data/fallback-tokenizer.ts';
+import { loadTokenizer } from '../../../src/data/tokenizer.ts';
 import { encodeChat, encodeText, IGNORE_INDEX, SampleError } from '../../../src/data/mask.ts';
 import { builtinTemplate } from '../../../src/data/templates.ts';
 import type { LoadedTokenizer } from '../../../src/data/tokenizer.ts';
@@ -145,5 +148,47 @@ describe('loss masks from character spans', () => {
     // This Llama 3 tokenizer.json's post-processor adds no BOS (matches the fixture's ids_with_special).
     expect(el.inputIds).toEqual([9906, 1917, 128001]);
     expect(() => encodeText(q, '  \n')).toThrow(/empty text/);
+  });
+});
+
+describe('masks: fallback paths and random conversations', () => {
+  it('a normalizer that rewrites the text (Lowercase): offsets cannot align, prefix encoding gives the same mask', () => {
+    const src = fallbackTokenizerSource();
+    const json = { ...(src.tokenizerJson as Record<string, unknown>), normalizer: { type: 'Lowercase' } };
+    const tok = loadTokenizer({ ...src, tokenizerJson: json });
+    const conv: ChatMessage[] = [{ role: 'user', content: 'Hello THERE' }, { role: 'assistant', content: 'General KENOBI' }];
+    const e = encodeChat(tok, conv);
+    expect(tok.offsets(e.text, e.inputIds)).toBeNull();
+    expect(supervisedRuns(tok, e.inputIds, e.labels)).toEqual(['general kenobi<|im_end|>']);
+  });
+
+  // A token that straddles the start of a turn (e.g. "\n\n" = the template's "\n" + the content's "\n")
+  // carries content, so it is supervised: only that first token may reach into the template's text.
+  it('property: for random multi-turn conversations, each supervised run is one assistant turn + <|im_end|> (Qwen3)', () => {
+    const tok = realTokenizer('qwen3', builtinTemplate('chatml'));
+    const text = fc.string({ unit: fc.constantFrom('a', 'b', ' ', '\n', '你', '好', '🤖', 'é', '<', '>', '|', '1', '.', 'assistant', 'user'), minLength: 1, maxLength: 24 })
+      .filter((s) => s.trim().length > 0);
+    fc.assert(
+      fc.property(fc.array(fc.tuple(text, text), { minLength: 1, maxLength: 3 }), fc.option(text, { nil: undefined }), (turns, system) => {
+        const conv: ChatMessage[] = system ? [{ role: 'system', content: system }] : [];
+        for (const [u, a] of turns) conv.push({ role: 'user', content: u }, { role: 'assistant', content: a });
+        const e = encodeChat(tok, conv);
+        const runs: number[][] = [];
+        e.labels.forEach((l, i) => {
+          if (l === IGNORE_INDEX) return;
+          if (i === 0 || e.labels[i - 1] === IGNORE_INDEX) runs.push([]);
+          runs[runs.length - 1]!.push(l);
+        });
+        expect(runs.length).toBe(turns.length);
+        runs.forEach((run, k) => {
+          const want = `${turns[k]![1]}<|im_end|>`;
+          const got = tok.decode(run);
+          expect(got.endsWith(want)).toBe(true);
+          // Anything before the content comes from one straddling token: a suffix of the turn header.
+          expect('assistant\n'.endsWith(got.slice(0, got.length - want.length))).toBe(true);
+        });
+      }),
+      { numRuns: 60 },
+    );
   });
 });
