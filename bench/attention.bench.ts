@@ -21,7 +21,7 @@ const D = 128;
 
 export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
-  const cases: [number, number][] = quick ? [[1, 512]] : [
+  const cases: [number, number][] = quick ? [[1, 256]] : [
     [1, 512],
     [4, 512],
     [1, 2048],

@@ -5,6 +5,7 @@ import {
   attentionBackward,
   attentionForward,
   documentIdsFromAttentionMask,
+  documentIdsFromLengths,
   LSE_MASKED,
   prepareAttentionDecode,
   type AttentionOptions,
@@ -231,6 +232,7 @@ describe('attention (tiled flash, f32)', () => {
     for (let i = 0; i < 33; i++) mask[i] = 1; // row 0 full
     for (let i = 0; i < 20; i++) mask[33 + i] = 1; // row 1: 20 tokens then padding
     const docs = documentIdsFromAttentionMask(mask);
+    expect(Array.from(documentIdsFromLengths(33, [33, 20]))).toEqual(Array.from(docs));
     await check(await gpu(), s, docs, 'padding');
     // Padding tokens: o rows exactly zero, no NaN anywhere.
     const x = inputs(s, freshSeed());

@@ -277,6 +277,16 @@ export function documentIdsFromAttentionMask(mask: ArrayLike<number>): Int32Arra
   return out;
 }
 
+/** Document ids for right-padded rows of `seq` tokens with `lengths[b]` valid tokens each: 0 or -1 per token. */
+export function documentIdsFromLengths(seq: number, lengths: readonly number[]): Int32Array {
+  const out = new Int32Array(seq * lengths.length).fill(-1);
+  lengths.forEach((n, b) => {
+    if (!Number.isInteger(n) || n < 0 || n > seq) throw new Error(`documentIdsFromLengths: row ${b} length ${n} outside 0..${seq}`);
+    out.fill(0, b * seq, b * seq + n);
+  });
+  return out;
+}
+
 // ---- decode ------------------------------------------------------------------------------------------
 
 export interface AttentionDecodeShape {
