@@ -65,7 +65,10 @@ export class DataSession implements DataWorkerApi {
   private add(name: string, records: RawRecord[], rejected: RejectedRow[]): ImportSummary {
     let unique = name;
     for (let k = 2; this.data.some((d) => d.info.name === unique); k++) unique = `${name} (${k})`;
-    if (unique !== name) for (const r of [...records, ...rejected]) (('source' in r ? r.source : r) as { file: string }).file = unique;
+    if (unique !== name) {
+      for (const r of records) r.source.file = unique;
+      for (const r of rejected) r.file = unique;
+    }
     const d = detectMapper(records);
     this.data.push({
       info: { name: unique, records: records.length, rejected: rejected.length, detected: d.choice, reason: d.reason, fields: d.fields, head: records.slice(0, 5).map((r) => r.value) },

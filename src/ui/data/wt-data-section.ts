@@ -67,10 +67,13 @@ export class WtDataSection extends LitElement {
   @state() private error = '';
 
   private client: DataClient | null = null;
+  /** The source last sent to the worker (undefined: none yet). */
+  private loadedSource: TokenizerSource | null | undefined = undefined;
 
   override connectedCallback(): void {
     super.connectedCallback();
     this.client ??= startDataWorker();
+    this.loadedSource = undefined;
     void this.loadTokenizer();
   }
 
@@ -81,7 +84,8 @@ export class WtDataSection extends LitElement {
   }
 
   protected override willUpdate(changed: PropertyValues<this>): void {
-    if (changed.has('tokenizerSource') && changed.get('tokenizerSource') !== undefined && this.client) void this.loadTokenizer();
+    // Whenever the shell hands over another tokenizer (before or after the first render), load it.
+    if (changed.has('tokenizerSource') && this.client && this.tokenizerSource !== this.loadedSource) void this.loadTokenizer();
   }
 
   private get api() {
@@ -104,6 +108,7 @@ export class WtDataSection extends LitElement {
   }
 
   private async loadTokenizer() {
+    this.loadedSource = this.tokenizerSource;
     const src = this.tokenizerSource ?? fallbackTokenizerSource();
     this.usingFallback = this.tokenizerSource === null;
     const info = await this.task('loading tokenizer', () => this.api.loadTokenizer(src));
