@@ -8,7 +8,8 @@
  *   `SentencePieceExtractor.extract` does; decoder Replace("▁" → " "), ByteFallback, Fuse, Strip(1 left);
  *   post-processor TemplateProcessing with BOS (and EOS) per add_bos_token / add_eos_token.
  * - Unigram models (model_type 1): `SpmConverter`'s form: Precompiled normalizer (when the model has a
- *   charsmap) + Replace of runs of spaces, Metaspace pre-tokenizer and decoder, Unigram model.
+ *   charsmap), Strip(right), Replace(" {2,}" → "▁"), Metaspace pre-tokenizer and decoder, Unigram model
+ *   (byte_fallback as the model says; transformers' generic converter leaves it off).
  *
  * Control and user-defined pieces (e.g. <|im_start|>) become added tokens (control ones special), like
  * transformers. Limitations: the protobuf's `normalization_rule_tsv` and custom normalizers other than
@@ -206,7 +207,9 @@ export function sentencePieceToTokenizerJson(data: Uint8Array, tokenizerConfig: 
   const unkPiece = m.pieces[m.unkId]?.piece ?? '<unk>';
   const bos = m.bosId >= 0 ? m.pieces[m.bosId]?.piece : undefined;
   const eos = m.eosId >= 0 ? m.pieces[m.eosId]?.piece : undefined;
-  const addBos = tokenizerConfig.add_bos_token !== false && bos !== undefined;
+  // Llama-style BPE models add BOS unless told not to (LlamaTokenizerFast); transformers' generic
+  // converter for Unigram models adds nothing unless the config asks.
+  const addBos = (m.modelType === 2 ? tokenizerConfig.add_bos_token !== false : tokenizerConfig.add_bos_token === true) && bos !== undefined;
   const addEos = tokenizerConfig.add_eos_token === true && eos !== undefined;
   const single: unknown[] = [];
   const pair: unknown[] = [];
@@ -264,22 +267,24 @@ export function sentencePieceToTokenizerJson(data: Uint8Array, tokenizerConfig: 
     };
   }
   if (m.modelType === 1) {
+    // SpmConverter: [Precompiled charsmap] + Strip(right) + Replace(" {2,}" → "▁"), Metaspace around a Unigram.
     const normalizers: unknown[] = [];
     if (m.precompiledCharsmap && m.precompiledCharsmap.length) {
       let bin = '';
       for (const b of m.precompiledCharsmap) bin += String.fromCharCode(b);
       normalizers.push({ type: 'Precompiled', precompiled_charsmap: btoa(bin) });
     }
-    if (m.removeExtraWhitespaces) normalizers.push({ type: 'Replace', pattern: { Regex: ' {2,}' }, content: ' ' });
+    normalizers.push({ type: 'Strip', strip_left: false, strip_right: true });
+    normalizers.push({ type: 'Replace', pattern: { Regex: ' {2,}' }, content: '\u2581' });
     const prepend = m.addDummyPrefix ? 'always' : 'never';
     return {
       version: '1.0',
       truncation: null,
       padding: null,
       added_tokens: added,
-      normalizer: normalizers.length ? { type: 'Sequence', normalizers } : null,
+      normalizer: { type: 'Sequence', normalizers },
       pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: prepend, split: true },
-      post_processor: postProcessor,
+      post_processor: addBos || addEos ? postProcessor : null,
       decoder: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: prepend, split: true },
       model: { type: 'Unigram', unk_id: m.unkId, vocab: m.pieces.map((p) => [p.piece, p.score]), byte_fallback: m.byteFallback },
     };

@@ -4,6 +4,7 @@
  * a small model trained with the sentencepiece library (fixtures/spm; no real model's .model file is
  * available offline, none is in node_modules).
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -171,5 +172,40 @@ describe('SentencePiece conversion vs transformers (fixtures/spm)', () => {
     // (a user-defined token at the very start of the text gets no dummy-prefix "▁" in transformers).
     const same = cases.filter((c) => JSON.stringify(c.sp_ids) === JSON.stringify(c.hf_ids));
     expect(same.length).toBe(cases.length - 1);
+  });
+});
+
+describe('SentencePiece Unigram conversion vs transformers (fixtures/spm/unigram)', () => {
+  const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'spm', 'unigram');
+  for (const f of ['tokenizer.model', 'tokenizer.reference.json', 'cases.json']) {
+    if (!fs.existsSync(path.join(dir, f))) throw new Error(`missing ${path.join(dir, f)}: regenerate with fixtures/make_spm_fixture.py`);
+  }
+  // The reference's 320 kB precompiled charsmap is stored as the sha256 of its base64 text.
+  const reference = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer.reference.json'), 'utf8')) as Record<string, any>;
+  const cases = (JSON.parse(fs.readFileSync(path.join(dir, 'cases.json'), 'utf8')) as { cases: { text: string; sp_ids: number[]; hf_ids: number[] }[] }).cases;
+  const converted = sentencePieceToTokenizerJson(new Uint8Array(fs.readFileSync(path.join(dir, 'tokenizer.model'))), {}) as Record<string, any>;
+
+  it('same normalizer (charsmap included), Metaspace pre-tokenizer/decoder, Unigram vocabulary and scores', () => {
+    const norms = structuredClone(converted.normalizer.normalizers) as Record<string, any>[];
+    const pc = norms[0]!;
+    expect(pc.type).toBe('Precompiled');
+    pc.precompiled_charsmap = {
+      sha256_of_base64: createHash('sha256').update(pc.precompiled_charsmap as string).digest('hex'),
+      length: (pc.precompiled_charsmap as string).length,
+    };
+    expect(norms).toEqual(reference.normalizer.normalizers);
+    expect(converted.pre_tokenizer).toEqual(reference.pre_tokenizer);
+    expect(converted.decoder).toEqual(reference.decoder);
+    expect(converted.post_processor).toBeNull();
+    expect(converted.model.vocab).toEqual(reference.model.vocab);
+    expect(converted.model.unk_id).toBe(reference.model.unk_id);
+  });
+
+  it('encodes every test string like transformers and the sentencepiece library', () => {
+    const tok = loadTokenizer({ tokenizerJson: converted, tokenizerConfig: {} });
+    for (const c of cases) {
+      expect(tok.encode(c.text), JSON.stringify(c.text)).toEqual(c.hf_ids);
+      expect(c.hf_ids).toEqual(c.sp_ids);
+    }
   });
 });
