@@ -23,10 +23,12 @@ interface Shape {
   nQ: number;
   nKv: number;
   d: number;
+  /** Default 1/sqrt(d). */
+  scale?: number;
 }
 
 function toShape(s: Shape): AttentionShape {
-  return { batch: s.batch, seq: s.seq, nQHeads: s.nQ, nKvHeads: s.nKv, headDim: s.d };
+  return { batch: s.batch, seq: s.seq, nQHeads: s.nQ, nKvHeads: s.nKv, headDim: s.d, ...(s.scale !== undefined ? { scale: s.scale } : {}) };
 }
 
 /** Probabilities P[b][h][i] over keys j of the same row (null when the query sees nothing). */
@@ -35,7 +37,7 @@ function probs(q: Float32Array, k: Float32Array, s: Shape, docs: Int32Array | un
   const hk = Math.floor(h / (nQ / nKv));
   const ti = b * seq + i;
   const sc = new Float64Array(i + 1).fill(-Infinity);
-  const scale = 1 / Math.sqrt(d);
+  const scale = s.scale ?? 1 / Math.sqrt(d);
   let m = -Infinity;
   for (let j = 0; j <= i; j++) {
     const tj = b * seq + j;
@@ -77,7 +79,7 @@ function refForward(q: Float32Array, k: Float32Array, v: Float32Array, s: Shape,
 
 function refBackward(q: Float32Array, k: Float32Array, v: Float32Array, dout: Float32Array, s: Shape, docs?: Int32Array) {
   const { batch, seq, nQ, nKv, d } = s;
-  const scale = 1 / Math.sqrt(d);
+  const scale = s.scale ?? 1 / Math.sqrt(d);
   const dq = new Float64Array(q.length);
   const dk = new Float64Array(k.length);
   const dv = new Float64Array(v.length);
@@ -200,7 +202,7 @@ async function check(ctx: GpuContext, s: Shape, docs: Int32Array | undefined, wh
 const SHAPES: [string, Shape][] = [
   ['ratio 1', { batch: 1, seq: 64, nQ: 4, nKv: 4, d: 64 }],
   ['ratio 2 ragged', { batch: 1, seq: 37, nQ: 4, nKv: 2, d: 64 }],
-  ['ratio 8 batch 2', { batch: 2, seq: 23, nQ: 8, nKv: 1, d: 64 }],
+  ['ratio 8 batch 2, scale 0.3', { batch: 2, seq: 23, nQ: 8, nKv: 1, d: 64, scale: 0.3 }],
   ['head_dim 128 ragged', { batch: 1, seq: 70, nQ: 2, nKv: 1, d: 128 }],
 ];
 
