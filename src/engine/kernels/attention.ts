@@ -62,7 +62,8 @@ export interface AttentionBackwardTensors extends AttentionForwardTensors {
   dv: Tensor;
 }
 
-type Kind = 'forward' | 'dq' | 'dkv';
+/** The tiled entry points (tiles are chosen per entry point). */
+export type AttentionKernel = 'forward' | 'dq' | 'dkv';
 const MAX_V4 = 8;
 
 function pow2Below(n: number): number {
@@ -70,7 +71,7 @@ function pow2Below(n: number): number {
 }
 
 /** Workgroup bytes an entry point declares with these tiles (mirrors the var<workgroup> arrays). */
-export function attentionWorkgroupBytes(kind: Kind, headDim: number, t: AttentionTiles, docs: boolean): number {
+export function attentionWorkgroupBytes(kind: AttentionKernel, headDim: number, t: AttentionTiles, docs: boolean): number {
   const p = headDim / 4 + 1;
   const scores = (t.BLOCK_Q + 1) * (t.BLOCK_K + 1) * 4;
   const docBytes = docs ? (t.BLOCK_Q + t.BLOCK_K) * 4 : 0;
@@ -84,7 +85,7 @@ export function attentionWorkgroupBytes(kind: Kind, headDim: number, t: Attentio
  * the invocation limit allows (≤ 64), the other block as large as workgroup memory allows (≤ 64, halved
  * down to 16 before the row block shrinks).
  */
-export function chooseAttentionTiles(ctx: GpuContext, kind: Kind, headDim: number, docs: boolean, opts: AttentionOptions = {}): { tiles: AttentionTiles; sgTeam: boolean } {
+export function chooseAttentionTiles(ctx: GpuContext, kind: AttentionKernel, headDim: number, docs: boolean, opts: AttentionOptions = {}): { tiles: AttentionTiles; sgTeam: boolean } {
   const r = headDim / 4;
   const lanesFor = (most: number) => {
     let n = pow2Below(most);
@@ -164,7 +165,7 @@ function workgroupCount(ctx: GpuContext, label: string, n: number): number {
   return n;
 }
 
-async function entry(ctx: GpuContext, kind: Kind, entryPoint: string, s: AttentionShape, docs: boolean, opts: AttentionOptions) {
+async function entry(ctx: GpuContext, kind: AttentionKernel, entryPoint: string, s: AttentionShape, docs: boolean, opts: AttentionOptions) {
   const { tiles, sgTeam } = chooseAttentionTiles(ctx, kind, s.headDim, docs, opts);
   const pipeline = await ctx.pipeline({
     shader: ATTENTION_SHADER,
