@@ -68,11 +68,19 @@ fn keep(m: u32, k: u32) -> f32 {
 
 #if MODE != REDUCE
 const THREAD: u32 = 4u;
-override TILE: u32 = 32u;
+override TILE: u32 = 64u;
 override TILE_R: u32 = 16u;
-// Rows padded by one against bank conflicts on the transposing stores.
-var<workgroup> tile_a: array<f32, TILE_R * (TILE + 1u)>;  // [red][row]
-var<workgroup> tile_b: array<f32, TILE_R * (TILE + 1u)>;  // [red][col]
+// Rows padded by 4 (keeps vec4 alignment) against bank conflicts on the transposing stores.
+const PAD: u32 = 4u;
+var<workgroup> tile_a: array<vec4<f32>, TILE_R * (TILE + PAD) / 4u>;  // [red][row]
+var<workgroup> tile_b: array<vec4<f32>, TILE_R * (TILE + PAD) / 4u>;  // [red][col]
+
+fn store_a(t: u32, i: u32, v: f32) {
+  tile_a[(t * (TILE + PAD) + i) / 4u][i % 4u] = v;
+}
+fn store_b(t: u32, j: u32, v: f32) {
+  tile_b[(t * (TILE + PAD) + j) / 4u][j % 4u] = v;
+}
 
 // A operand: row i (of C), reduction index t.
 fn load_a(i: u32, t: u32, t_end: u32) -> f32 {
@@ -111,7 +119,7 @@ fn lora_mm(
   @builtin(local_invocation_index) tid: u32,
 ) {
   let threads = (TILE / THREAD) * (TILE / THREAD);
-  let S = TILE + 1u;
+  let S4 = (TILE + PAD) / 4u;
   let row0 = wg.y * TILE;
   let col0 = wg.x * TILE;
   var acc: array<array<f32, THREAD>, THREAD>;
@@ -135,7 +143,7 @@ fn lora_mm(
       let tt = idx % TILE_R;
       let ii = idx / TILE_R;
 #endif
-      tile_a[tt * S + ii] = load_a(row0 + ii, t0 + tt, t_end);
+      store_a(tt, ii, load_a(row0 + ii, t0 + tt, t_end));
     }
     for (var idx = tid; idx < TILE * TILE_R; idx += threads) {
 #if MODE == XA
@@ -145,14 +153,12 @@ fn lora_mm(
       let jj = idx % TILE;
       let tt = idx / TILE;
 #endif
-      tile_b[tt * S + jj] = load_b(t0 + tt, col0 + jj, t_end);
+      store_b(tt, jj, load_b(t0 + tt, col0 + jj, t_end));
     }
     workgroupBarrier();
     for (var tt = 0u; tt < TILE_R; tt++) {
-      var ra: array<f32, THREAD>;
-      var rb: array<f32, THREAD>;
-      for (var i = 0u; i < THREAD; i++) { ra[i] = tile_a[tt * S + lid.y * THREAD + i]; }
-      for (var j = 0u; j < THREAD; j++) { rb[j] = tile_b[tt * S + lid.x * THREAD + j]; }
+      let ra = tile_a[tt * S4 + lid.y];
+      let rb = tile_b[tt * S4 + lid.x];
       for (var i = 0u; i < THREAD; i++) {
         for (var j = 0u; j < THREAD; j++) { acc[i][j] = fma(ra[i], rb[j], acc[i][j]); }
       }

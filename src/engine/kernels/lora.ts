@@ -72,10 +72,10 @@ export function loraDropoutFactor(seed: number, index: number, p: number): numbe
 
 // ---- kernels ---------------------------------------------------------------------------------------
 
-const TILE = 32;
+const TILE = 64;
 const TILE_R = 16;
-/** Split-K aims for about this many workgroups (a large GPU has ~132 SMs). */
-const SPLIT_TARGET_WORKGROUPS = 512;
+/** Split-K aims for about this many workgroups of 256 threads (a large GPU has ~132 SMs). */
+const SPLIT_TARGET_WORKGROUPS = 384;
 /** Shortest slice of a split reduction. */
 const MIN_CHUNK = 64;
 
