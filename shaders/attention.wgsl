@@ -4,7 +4,10 @@
 //   q, o, dout, dq   [tokens, n_q_heads, HEAD_DIM]      tokens = batch·seq, batch rows one after another
 //   k, v, dk, dv     [tokens, n_kv_heads, HEAD_DIM]     query head h uses kv head h / (n_q_heads / n_kv_heads)
 //   lse, delta       [n_q_heads, tokens]                 lse = log Σ_j exp(scale·q·k_j) over the allowed keys
-//   doc (DOCS only)  [tokens] i32                        document id per token (packing); -1 = padding
+//   doc (DOCS only)  [tokens] i32                        document id per token (packing); -1 = padding;
+//                                                        -(d+2): padding whose query sees document d
+//                                                        while no query sees it as a key (transformers'
+//                                                        right padding under an attention_mask)
 //   k/v cache        [max_tokens, n_kv_heads, HEAD_DIM]  decode only; keys 0..kv_len-1 are valid
 //
 // Mask: query position i may see key position j of the same batch row iff j <= i (causal) and, with DOCS,
@@ -110,6 +113,11 @@ fn allowed(qi: u32, kj: u32, ti: u32, tj: u32) -> bool {
 #endif
 }
 
+// The document a token attends within as a query: its own id, or d for a -(d+2) padding token.
+fn query_doc(d: i32) -> i32 {
+  return select(d, -(d + 2), d < -1);
+}
+
 fn load_doc(row_base: u32, pos: u32) -> i32 {
 #if DOCS
   if (pos < params.seq) { return doc[row_base + pos]; }
@@ -139,7 +147,7 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     tq[i * R + idx % R] = x;
   }
 #if DOCS
-  for (var i = tid; i < BLOCK_Q; i += threads) { qdoc[i] = load_doc(row_base, q0 + i); }
+  for (var i = tid; i < BLOCK_Q; i += threads) { qdoc[i] = query_doc(load_doc(row_base, q0 + i)); }
 #endif
 
   var m = NEG;
@@ -257,7 +265,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     tdo[idx] = xd;
   }
 #if DOCS
-  for (var i = tid; i < BLOCK_Q; i += threads) { qdoc[i] = load_doc(row_base, q0 + i); }
+  for (var i = tid; i < BLOCK_Q; i += threads) { qdoc[i] = query_doc(load_doc(row_base, q0 + i)); }
 #endif
   var my_lse = 0.0;
   var my_delta = 0.0;
@@ -377,7 +385,7 @@ fn attention_backward_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
         }
         trow[i] = x;
 #if DOCS
-        qdoc[i] = load_doc(row_base, q0 + i);
+        qdoc[i] = query_doc(load_doc(row_base, q0 + i));
 #endif
       }
       workgroupBarrier();

@@ -27,12 +27,12 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-#if VEC4_A
+#if VEC4_A && !SMALL
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 #else
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 #endif
-#if VEC4_B
+#if VEC4_B && !SMALL
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 #else
 @group(0) @binding(2) var<storage, read> b: array<f32>;
@@ -53,6 +53,7 @@ const TILE_M: u32 = WG_Y * THREAD_M;
 const TILE_N: u32 = WG_X * THREAD_N;
 override TILE_K: u32 = 16u;
 
+#if !SMALL
 var<workgroup> tile_a: array<vec4<f32>, TILE_K * TILE_M / 4u>;
 var<workgroup> tile_b: array<vec4<f32>, TILE_K * TILE_N / 4u>;
 
@@ -207,3 +208,38 @@ fn matmul(
     }
   }
 }
+#endif
+
+#if SMALL
+// Small products (decode-time LoRA, tiny models): one output per invocation, operands read straight from
+// global memory (they fit in cache), no workgroup memory and no barriers. Tiling only pays for itself
+// once a tile's loads are shared by many outputs; below that the barriers cost more than they save.
+@compute @workgroup_size(8, 8)
+fn matmul_small(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let m = gid.y;
+  let n = gid.x;
+  if (m >= params.M || n >= params.N) { return; }
+  let base_a = gid.z * params.batch_stride_a;
+  let base_b = gid.z * params.batch_stride_b;
+  var acc = 0.0;
+  for (var k = 0u; k < params.K; k++) {
+#if TRANS_A
+    let av = a[base_a + k * params.M + m];
+#else
+    let av = a[base_a + m * params.K + k];
+#endif
+#if TRANS_B
+    let bv = b[base_b + n * params.K + k];
+#else
+    let bv = b[base_b + k * params.N + n];
+#endif
+    acc = fma(av, bv, acc);
+  }
+  let at = gid.z * params.batch_stride_c + m * params.N + n;
+#if ACCUMULATE
+  c[at] = c[at] + params.alpha * acc;
+#else
+  c[at] = params.alpha * acc;
+#endif
+}
+#endif

@@ -13,6 +13,7 @@ export interface CliCommand {
 const commands: Record<string, () => Promise<CliCommand>> = {
   'gpu-info': async () => (await import('./gpu-info.ts')).gpuInfoCommand,
   'reference-run': async () => (await import('./reference-run.ts')).referenceRunCommand,
+  train: async () => (await import('./train.ts')).trainCommand,
   prepare: async () => (await import('./prepare.ts')).prepareCommand,
 };
 

@@ -19,7 +19,7 @@ packed_logits, greedy_output, merged_logits (those the fixture's inputs allow).`
     if (!dir || !values.out) throw new Error('needs <fixtureDir> and --out <file>; see --help');
     const ctx = await createNodeGpuContext();
     const t0 = performance.now();
-    const tensors = await referenceRun(ctx, { ...directoryAccess(dir), log: (l) => console.log(`  ${l}`) });
+    const tensors = await referenceRun(ctx, { ...directoryAccess(dir), log: (l) => console.log(`  ${l} (${((performance.now() - t0) / 1000).toFixed(1)} s)`) });
     await writeFile(values.out, writeSafetensors(tensors, { format: 'pt', producer: 'webtune reference-run' }));
     console.log(`wrote ${tensors.length} tensors to ${values.out} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     ctx.destroy();

@@ -28,7 +28,7 @@ describe('matmul (tiled f32)', () => {
   for (const transA of [false, true])
     for (const transB of [false, true])
       for (const [M, N, K] of SHAPES)
-        for (const tile of ['narrow', 'wide'] as const) {
+        for (const tile of ['small', 'narrow', 'wide'] as const) {
         it(`${transA ? 'Aᵀ' : 'A'}·${transB ? 'Bᵀ' : 'B'} M=${M} N=${N} K=${K} ${tile} tile`, async () => {
           const ctx = await gpu();
           const seed = freshSeed();

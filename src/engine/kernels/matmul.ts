@@ -17,8 +17,8 @@ export interface MatmulOptions {
   batchStrideA?: number;
   batchStrideB?: number;
   batchStrideC?: number;
-  /** Force the 64×64 ('narrow') or 128×128 ('wide') workgroup tile instead of choosing by shape. */
-  tile?: 'narrow' | 'wide';
+  /** Force the untiled kernel ('small'), the 64×64 ('narrow') or 128×128 ('wide') tile instead of choosing by shape. */
+  tile?: 'small' | 'narrow' | 'wide';
 }
 
 export interface MatmulShape {
@@ -30,6 +30,8 @@ export interface MatmulShape {
 /** Workgroup tile edge for the two thread-tile variants (16×16 threads × 4×4 or 8×8 outputs). */
 const TILE_EDGE = { narrow: 64, wide: 128 } as const;
 const TILE_K = 16;
+const SMALL_EDGE = 8;
+const SMALL_WORK = 1 << 21;
 
 /**
  * Variant choice: the 128×128 tile (8×8 per thread) wherever there are enough output tiles to fill a
@@ -37,10 +39,12 @@ const TILE_K = 16;
  * the contiguous dimension of an operand and its batch stride are multiples of 4 elements.
  */
 export function matmulVariant({ M, N, K }: MatmulShape, opts: MatmulOptions, strides: { sa: number; sb: number }) {
+  // Below ~4 MFLOP (or with a degenerate side) a tile's shared loads do not repay its barriers.
+  const small = opts.tile ? opts.tile === 'small' : M * N * K <= SMALL_WORK || M <= 4 || N <= 4;
   const wide = opts.tile ? opts.tile === 'wide' : M >= 256 && N >= 256;
   const vec4A = (opts.transA ? M : K) % 4 === 0 && strides.sa % 4 === 0;
   const vec4B = (opts.transB ? K : N) % 4 === 0 && strides.sb % 4 === 0;
-  return { wide, vec4A, vec4B, tile: wide ? TILE_EDGE.wide : TILE_EDGE.narrow };
+  return { small, wide, vec4A, vec4B, tile: small ? SMALL_EDGE : wide ? TILE_EDGE.wide : TILE_EDGE.narrow };
 }
 
 function check(what: string, t: Tensor, needElems: number): void {
@@ -69,8 +73,10 @@ export async function prepareMatmul(
   check('B', B, (batch - 1) * sb + K * N);
   check('C', C, (batch - 1) * sc + M * N);
   const v = matmulVariant({ M, N, K }, opts, { sa, sb });
-  const defines = { TRANS_A: !!opts.transA, TRANS_B: !!opts.transB, ACCUMULATE: !!opts.accumulate, WIDE: v.wide, VEC4_A: v.vec4A, VEC4_B: v.vec4B };
-  const pipeline = await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul', defines, constants: { TILE_K } });
+  const base = { TRANS_A: !!opts.transA, TRANS_B: !!opts.transB, ACCUMULATE: !!opts.accumulate };
+  const pipeline = v.small
+    ? await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul_small', defines: { ...base, SMALL: true } })
+    : await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul', defines: { ...base, WIDE: v.wide, VEC4_A: v.vec4A, VEC4_B: v.vec4B }, constants: { TILE_K } });
   const label = `matmul${opts.transA ? 'ᵀ' : ''}·${opts.transB ? 'ᵀ' : ''} ${M}×${K}·${K}×${N}${batch > 1 ? ` ×${batch}` : ''}`;
   const uniforms = ctx.uniforms(`${label} params`, [
     ['u32', M],

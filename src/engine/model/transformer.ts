@@ -189,8 +189,12 @@ export class StepPlan {
     return this.model.spec;
   }
 
-  /** Writes one batch's inputs (and the supervised-token count the loss divides by). */
-  setBatch(b: BatchInputs): void {
+  /**
+   * Writes one batch's inputs (and the supervised-token count the loss divides by). With gradient
+   * accumulation over k micro-batches pass k: each micro-batch's mean then carries weight 1/k (the loss
+   * tensor holds mean/k).
+   */
+  setBatch(b: BatchInputs, accumulationSteps = 1): void {
     const T = this.tokens;
     for (const [name, a] of [['inputIds', b.inputIds], ['positionIds', b.positionIds], ['documentIds', b.documentIds]] as const) {
       if (a.length !== T) throw new Error(`batch ${name}: ${a.length} entries for ${this.shape.batch}×${this.shape.seq} tokens`);
@@ -206,7 +210,7 @@ export class StepPlan {
     if (this.labels) {
       if (!b.labels || b.labels.length !== T) throw new Error(`batch labels: need ${T} entries`);
       this.ctx.write(this.labels, b.labels);
-      this.ce!.setNumSupervised(countSupervised(b.labels, this.shape.seq, this.spec.vocabSize));
+      this.ce!.setNumSupervised(countSupervised(b.labels, this.shape.seq, this.spec.vocabSize) * accumulationSteps);
     }
   }
 

@@ -1,0 +1,103 @@
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import type { CliCommand } from './main.ts';
+import { createNodeGpuContext } from '../node/gpu.ts';
+import { directoryAccess } from '../node/fixture-dir.ts';
+import { rowsFromJsonl } from '../data/rows.ts';
+import { parseModelConfig } from '../engine/model/config.ts';
+import { CheckpointIndex } from '../engine/model/weights.ts';
+import { loadBaseWeights, releaseBaseWeights } from '../engine/model/base-weights.ts';
+import { DEFAULT_TRAIN_CONFIG, Trainer, type TrainConfig } from '../engine/train/trainer.ts';
+import { formatBytes } from '../engine/gpu/errors.ts';
+import type { LoraModule } from '../engine/model/peft.ts';
+
+const d = DEFAULT_TRAIN_CONFIG;
+const usage = `Usage: npm run cli -- train --model <dir> --data <rows.jsonl> [--out <adapterDir>] [options]
+
+Trains a LoRA adapter (4-bit base: QLoRA by default) on token rows written by \`npm run cli -- prepare\`,
+printing one line per optimizer step, and saves the adapter as PEFT writes it.
+
+  --model <dir>          Hugging Face checkpoint folder (config.json + model.safetensors or shards)
+  --data <rows.jsonl>    prepared token rows ({"input_ids","labels","position_ids","document_ids"} per line)
+  --out <dir>            where to write adapter_config.json + adapter_model.safetensors (default ./adapter)
+  --f32                  keep the base in f32 (plain LoRA) instead of 4-bit
+  --rank <r>             LoRA rank (default ${d.loraRank})
+  --alpha <a>            LoRA alpha (default ${d.loraAlpha})
+  --targets <a,b,...>    LoRA target modules (default: all linear projections of the family)
+  --lr <x>               peak learning rate (default ${d.lr})
+  --schedule <s>         cosine | constant | linear (default ${d.schedule})
+  --warmup-ratio <x>     fraction of steps with linear warmup (default ${d.warmupRatio})
+  --epochs <n>           passes over the data (default ${d.epochs})
+  --max-steps <n>        stop after n optimizer steps
+  --batch <n>            rows per micro-batch (default ${d.microBatch})
+  --grad-accum <n>       micro-batches per optimizer step (default ${d.gradAccum})
+  --weight-decay <x>     AdamW weight decay (default ${d.weightDecay})
+  --max-grad-norm <x>    global gradient-norm clip, 0 = off (default ${d.maxGradNorm})
+  --seed <n>             LoRA init and shuffling seed (default ${d.seed})`;
+
+function num(v: string | undefined, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new Error(`${flag}: '${v}' is not a number`);
+  return n;
+}
+
+export const trainCommand: CliCommand = {
+  summary: 'train a LoRA/QLoRA adapter on prepared token rows',
+  usage,
+  async run(args) {
+    const { values } = parseArgs({
+      args,
+      options: {
+        model: { type: 'string' }, data: { type: 'string' }, out: { type: 'string', default: 'adapter' }, f32: { type: 'boolean', default: false },
+        rank: { type: 'string' }, alpha: { type: 'string' }, targets: { type: 'string' }, lr: { type: 'string' }, schedule: { type: 'string' },
+        'warmup-ratio': { type: 'string' }, epochs: { type: 'string' }, 'max-steps': { type: 'string' }, batch: { type: 'string' },
+        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' },
+      },
+    });
+    if (!values.model || !values.data) throw new Error('needs --model <dir> and --data <rows.jsonl>; see --help');
+    const text = await readFile(values.data, 'utf8');
+    if (!text.trimStart().startsWith('{') || !text.includes('"input_ids"')) {
+      throw new Error(`${values.data}: not token rows; prepare the dataset first: npm run cli -- prepare --data ${values.data} --tokenizer ${values.model}`);
+    }
+    const rows = rowsFromJsonl(text, values.data);
+    const schedule = values.schedule;
+    if (schedule !== undefined && !['cosine', 'constant', 'linear'].includes(schedule)) throw new Error(`--schedule: '${schedule}' is not cosine, constant or linear`);
+    const overrides: Partial<TrainConfig> = Object.fromEntries(
+      Object.entries({
+        loraRank: num(values.rank, '--rank'), loraAlpha: num(values.alpha, '--alpha'), lr: num(values.lr, '--lr'), schedule,
+        warmupRatio: num(values['warmup-ratio'], '--warmup-ratio'), epochs: num(values.epochs, '--epochs'), maxSteps: num(values['max-steps'], '--max-steps'),
+        microBatch: num(values.batch, '--batch'), gradAccum: num(values['grad-accum'], '--grad-accum'), weightDecay: num(values['weight-decay'], '--weight-decay'),
+        maxGradNorm: num(values['max-grad-norm'], '--max-grad-norm'), seed: num(values.seed, '--seed'),
+        targets: values.targets ? (values.targets.split(',').map((t) => t.trim()) as LoraModule[]) : undefined,
+      }).filter(([, v]) => v !== undefined),
+    );
+    const io = directoryAccess(values.model);
+    const cfgSrc = await io.open('config.json');
+    const spec = parseModelConfig(new TextDecoder().decode(await cfgSrc.read(0, cfgSrc.size)), join(values.model, 'config.json'));
+    const ctx = await createNodeGpuContext();
+    console.log(`adapter: ${ctx.adapter.vendor} ${ctx.adapter.device}`.trim());
+    const index = await CheckpointIndex.open(spec, io.open);
+    const weights = await loadBaseWeights(ctx, index, { quantize: !values.f32 });
+    console.log(`model: ${spec.architecture}, ${spec.layers} layers, hidden ${spec.hidden}; base ${values.f32 ? 'f32' : '4-bit'}: ${formatBytes(ctx.pool.liveBytes)} on the GPU`);
+    const trainer = new Trainer(ctx, weights, rows, overrides, values.model);
+    const c = trainer.config;
+    console.log(`data: ${rows.length} rows of up to ${trainer.seq} tokens; ${trainer.totalSteps} steps (batch ${c.microBatch} × accumulation ${c.gradAccum}), LoRA r=${c.loraRank} alpha=${c.loraAlpha}, lr ${c.lr} ${c.schedule}`);
+    await trainer.train((p) => {
+      console.log(
+        `step ${String(p.step).padStart(String(p.totalSteps).length)}/${p.totalSteps}  loss ${p.loss.toFixed(4)}  lr ${p.lr.toExponential(2)}  grad-norm ${p.gradNorm.toFixed(3)}  ` +
+          `${p.tokensPerSecond.toFixed(0)} tok/s  ETA ${p.etaSeconds.toFixed(0)} s  GPU ${formatBytes(p.liveBytes)} (peak ${formatBytes(p.peakBytes)})`,
+      );
+    });
+    const { adapterConfigJson, adapterSafetensors } = await trainer.exportPeft();
+    await mkdir(values.out!, { recursive: true });
+    await writeFile(join(values.out!, 'adapter_config.json'), adapterConfigJson);
+    await writeFile(join(values.out!, 'adapter_model.safetensors'), adapterSafetensors);
+    console.log(`saved the adapter to ${values.out}`);
+    trainer.release();
+    releaseBaseWeights(ctx, weights);
+    ctx.destroy();
+    return 0;
+  },
+};

@@ -1,0 +1,249 @@
+/**
+ * LoRA / QLoRA training over prepared token rows: micro-batches padded to one shape (one prepared plan),
+ * gradient accumulation, AdamW with warmup + cosine/constant schedule and global grad-norm clipping.
+ * A step is recorded as one submit per micro-batch plus one for the optimizer; the only readback is the
+ * step's losses, after the step.
+ */
+import type { GpuContext } from '../gpu/context.ts';
+import type { Tensor } from '../gpu/tensor.ts';
+import { AdamW, createOptimizerState, releaseOptimizerState, prepareZeroGrad, type OptimizerState } from '../kernels/adamw.ts';
+import type { ModelSpec } from '../model/config.ts';
+import { LoraLayout } from '../model/lora-layout.ts';
+import { loraModules, writePeftAdapter, type LoraModule, type PeftLoraConfig } from '../model/peft.ts';
+import { Transformer, type BatchInputs, type StepPlan } from '../model/transformer.ts';
+import type { BaseWeights } from '../model/base-weights.ts';
+import { learningRate, type ScheduleKind } from './schedule.ts';
+
+/** A prepared row (src/data/rows.ts TokenRow). */
+export interface TrainRow {
+  inputIds: Int32Array;
+  labels: Int32Array;
+  positionIds: Int32Array;
+  documentIds: Int32Array;
+}
+
+export interface TrainConfig {
+  loraRank: number;
+  loraAlpha: number;
+  loraDropout: number;
+  /** LoRA targets (the family's module names); default all linear projections. */
+  targets?: LoraModule[];
+  lr: number;
+  schedule: ScheduleKind;
+  warmupRatio: number;
+  epochs: number;
+  /** Stop after this many optimizer steps (overrides epochs when smaller). */
+  maxSteps?: number;
+  microBatch: number;
+  gradAccum: number;
+  weightDecay: number;
+  maxGradNorm: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  seed: number;
+}
+
+/** XTuner's QLoRA recipe for 1.8B models (internlm2_chat_1_8b_qlora_*_e3), except dropout (see README). */
+export const DEFAULT_TRAIN_CONFIG: TrainConfig = {
+  loraRank: 64,
+  loraAlpha: 16,
+  loraDropout: 0,
+  lr: 2e-4,
+  schedule: 'cosine',
+  warmupRatio: 0.03,
+  epochs: 3,
+  microBatch: 1,
+  gradAccum: 16,
+  weightDecay: 0,
+  maxGradNorm: 1,
+  beta1: 0.9,
+  beta2: 0.999,
+  eps: 1e-8,
+  seed: 42,
+};
+
+export interface TrainProgress {
+  step: number;
+  totalSteps: number;
+  epoch: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokensPerSecond: number;
+  etaSeconds: number;
+  liveBytes: number;
+  peakBytes: number;
+}
+
+/** Deterministic PRNG (mulberry32) for LoRA init and shuffling. */
+export function seededRandom(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** PEFT's default init: A ~ kaiming_uniform(a=√5) = U(−1/√in, 1/√in), B = 0 (the adapter starts as a no-op). */
+export function initLoraParams(layout: LoraLayout, seed: number): Float32Array {
+  const flat = new Float32Array(layout.optimizer.total);
+  const random = seededRandom(seed);
+  for (const g of layout.groups) {
+    const slot = layout.optimizer.slot(g.aName);
+    const bound = 1 / Math.sqrt(g.in);
+    for (let i = 0; i < slot.length; i++) flat[slot.offset + i] = (2 * random() - 1) * bound;
+  }
+  return flat;
+}
+
+/** Pads rows to [microBatch, seq]: padding tokens get id `padId`, label −100, document −1. */
+export function makeBatch(rows: readonly TrainRow[], microBatch: number, seq: number, padId: number): BatchInputs & { labels: Int32Array; realTokens: number } {
+  const T = microBatch * seq;
+  const b = { inputIds: new Int32Array(T).fill(padId), positionIds: new Int32Array(T), documentIds: new Int32Array(T).fill(-1), labels: new Int32Array(T).fill(-100), realTokens: 0 };
+  rows.forEach((r, i) => {
+    const n = Math.min(seq, r.inputIds.length);
+    b.inputIds.set(r.inputIds.subarray(0, n), i * seq);
+    b.labels.set(r.labels.subarray(0, n), i * seq);
+    b.positionIds.set(r.positionIds.subarray(0, n), i * seq);
+    b.documentIds.set(r.documentIds.subarray(0, n), i * seq);
+    b.realTokens += r.documentIds.subarray(0, n).reduce((a, d) => a + (d >= 0 ? 1 : 0), 0);
+  });
+  for (let i = 0; i < T; i++) if (b.documentIds[i]! < 0) b.positionIds[i] = 0;
+  return b;
+}
+
+export class Trainer {
+  readonly layout: LoraLayout;
+  readonly state: OptimizerState;
+  readonly config: TrainConfig;
+  private plan: StepPlan | null = null;
+  private optimizer: AdamW | null = null;
+  private stepLosses: Tensor | null = null;
+  readonly seq: number;
+  step = 0;
+
+  constructor(
+    readonly ctx: GpuContext,
+    readonly weights: BaseWeights,
+    readonly rows: readonly TrainRow[],
+    config: Partial<TrainConfig> = {},
+    readonly baseModelName: string | null = null,
+  ) {
+    this.config = { ...DEFAULT_TRAIN_CONFIG, ...config };
+    const c = this.config;
+    if (c.loraDropout !== 0) throw new Error(`lora_dropout ${c.loraDropout}: dropout is not wired into the training engine yet; use 0`);
+    if (rows.length === 0) throw new Error('no training rows');
+    const spec = weights.spec;
+    this.layout = new LoraLayout(spec, { r: c.loraRank, loraAlpha: c.loraAlpha, targetModules: c.targets ?? loraModules(spec.family), useRslora: false, layersToTransform: null });
+    this.state = createOptimizerState(ctx, this.layout.optimizer);
+    ctx.write(this.state.params, initLoraParams(this.layout, c.seed));
+    this.seq = Math.max(...rows.map((r) => r.inputIds.length));
+  }
+
+  get spec(): ModelSpec {
+    return this.weights.spec;
+  }
+
+  get stepsPerEpoch(): number {
+    return Math.ceil(this.rows.length / (this.config.microBatch * this.config.gradAccum));
+  }
+
+  get totalSteps(): number {
+    const all = this.stepsPerEpoch * this.config.epochs;
+    return this.config.maxSteps ? Math.min(all, this.config.maxSteps) : all;
+  }
+
+  private async prepare(): Promise<void> {
+    if (this.plan) return;
+    const c = this.config;
+    const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads });
+    this.plan = await model.plan({ batch: c.microBatch, seq: this.seq }, 'train');
+    this.optimizer = await AdamW.create(this.ctx, this.state, { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay, maxGradNorm: c.maxGradNorm });
+    this.stepLosses = this.ctx.tensor('step losses', [c.gradAccum]);
+  }
+
+  /** Row order of an epoch: a seeded shuffle, different each epoch, the same for the same seed. */
+  epochOrder(epoch: number): number[] {
+    const order = this.rows.map((_, i) => i);
+    const random = seededRandom(this.config.seed * 1000003 + epoch);
+    for (let i = order.length - 1; i > 0; i--) {
+      const j = Math.floor(random() * (i + 1));
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    return order;
+  }
+
+  /** Runs optimizer steps until done (or `until` returns true), reporting each step. */
+  async train(onStep?: (p: TrainProgress) => void, until?: () => boolean): Promise<void> {
+    await this.prepare();
+    const { ctx, config: c } = this;
+    const plan = this.plan!;
+    const opt = this.optimizer!;
+    const total = this.totalSteps;
+    const warmupSteps = Math.round(c.warmupRatio * total);
+    const zero = await prepareZeroGrad(ctx, this.state.grads, 0, this.layout.optimizer.total);
+    const update = await opt.stepDispatches({ zeroGrad: true });
+    const padId = this.spec.padTokenId ?? this.spec.eosTokenIds[0] ?? 0;
+    const perStep = c.microBatch * c.gradAccum;
+    const t0 = performance.now();
+    let tokens = 0;
+    if (this.step === 0) await ctx.run([zero], 'zero grads');
+    while (this.step < total && !until?.()) {
+      const epoch = Math.floor(this.step / this.stepsPerEpoch);
+      const order = this.epochOrder(epoch);
+      const first = (this.step % this.stepsPerEpoch) * perStep;
+      const microBatches = Math.min(c.gradAccum, Math.ceil((order.length - first) / c.microBatch));
+      for (let a = 0; a < microBatches; a++) {
+        const idx = order.slice(first + a * c.microBatch, first + (a + 1) * c.microBatch);
+        const batch = makeBatch(idx.map((i) => this.rows[i]!), c.microBatch, this.seq, padId);
+        tokens += batch.realTokens;
+        // Each micro-batch's mean loss carries weight 1/microBatches in the accumulated gradient.
+        plan.setBatch(batch, microBatches);
+        const enc = ctx.device.createCommandEncoder({ label: `step ${this.step + 1} micro-batch ${a}` });
+        plan.encode(enc);
+        enc.copyBufferToBuffer(plan.loss!.buffer, 0, this.stepLosses!.buffer, a * 4, 4);
+        ctx.device.queue.submit([enc.finish()]);
+      }
+      this.step++;
+      const lr = learningRate({ kind: c.schedule, lr: c.lr, totalSteps: total, warmupSteps }, this.step);
+      opt.setStep(this.step, lr);
+      await ctx.run(update, `optimizer step ${this.step}`);
+      const losses = await ctx.read(this.stepLosses!);
+      const gradNorm = (await ctx.read(opt.gradNorm))[0]!;
+      let loss = 0; // the losses hold mean/microBatches each: their sum is the step's mean loss
+      for (let i = 0; i < microBatches; i++) loss += losses[i]!;
+      const elapsed = (performance.now() - t0) / 1000;
+      onStep?.({
+        step: this.step,
+        totalSteps: total,
+        epoch,
+        loss,
+        lr,
+        gradNorm,
+        tokensPerSecond: tokens / elapsed,
+        etaSeconds: (elapsed / this.step) * (total - this.step),
+        liveBytes: ctx.pool.liveBytes,
+        peakBytes: ctx.pool.peakBytes,
+      });
+    }
+  }
+
+  /** The adapter as PEFT saves it (adapter_config.json text + adapter_model.safetensors bytes). */
+  async exportPeft(): Promise<{ adapterConfigJson: string; adapterSafetensors: Uint8Array }> {
+    const params = await this.ctx.read(this.state.params);
+    const c = this.config;
+    const peft: PeftLoraConfig = { r: c.loraRank, loraAlpha: c.loraAlpha, loraDropout: c.loraDropout, targetModules: this.layout.config.targetModules, baseModelNameOrPath: this.baseModelName };
+    return writePeftAdapter(this.spec, peft, this.layout.unpackPeft(params));
+  }
+
+  release(): void {
+    this.plan?.release();
+    this.optimizer?.release();
+    if (this.stepLosses) this.ctx.release(this.stepLosses);
+    releaseOptimizerState(this.ctx, this.state);
+  }
+}
