@@ -8,11 +8,15 @@ import type { GpuContext } from '../src/engine/gpu/context.ts';
 import { formatTable, type BenchRow } from './harness.ts';
 import { bench as matmul } from './matmul.bench.ts';
 import { bench as copy } from './copy.bench.ts';
+import { bench as attention } from './attention.bench.ts';
+import { bench as ceAdamw } from './ce-adamw.bench.ts';
+import { bench as quant4Lora } from './quant4-lora.bench.ts';
+import { bench as trainStep } from './train-step.bench.ts';
 import { bench as denseOps } from './dense-ops.bench.ts';
 
 export type Suite = (ctx: GpuContext, quick: boolean) => Promise<BenchRow[]>;
 
-export const SUITES: Record<string, Suite> = { copy, matmul, 'dense-ops': denseOps };
+export const SUITES: Record<string, Suite> = { copy, matmul, 'dense-ops': denseOps, attention, 'ce-adamw': ceAdamw, 'quant4-lora': quant4Lora, 'train-step': trainStep };
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);

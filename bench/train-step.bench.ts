@@ -1,0 +1,92 @@
+/**
+ * A whole QLoRA training step at the InternLM2-1.8B shape (random weights; 4-bit base, LoRA r=64 on all
+ * seven projections, AdamW, activation checkpointing) at (seq 512, batch 1), (512, 4), (2048, 1):
+ * tokens/s, the buffer pool's peak against the memory planner's prediction, and dispatches per step.
+ */
+import type { GpuContext } from '../src/engine/gpu/context.ts';
+import { formatBytes } from '../src/engine/gpu/errors.ts';
+import { AdamW, createOptimizerState, releaseOptimizerState } from '../src/engine/kernels/adamw.ts';
+import { modelSpecFromConfig, type ModelSpec } from '../src/engine/model/config.ts';
+import { LoraLayout } from '../src/engine/model/lora-layout.ts';
+import { planMemory } from '../src/engine/model/memory-plan.ts';
+import { loraModules } from '../src/engine/model/peft.ts';
+import { randomBaseWeights } from '../src/engine/model/random-weights.ts';
+import { releaseBaseWeights } from '../src/engine/model/base-weights.ts';
+import { Transformer } from '../src/engine/model/transformer.ts';
+import { initLoraParams } from '../src/engine/train/trainer.ts';
+import type { BenchRow } from './harness.ts';
+
+export const INTERNLM2_1_8B = {
+  architectures: ['InternLM2ForCausalLM'],
+  model_type: 'internlm2',
+  vocab_size: 92544,
+  hidden_size: 2048,
+  intermediate_size: 8192,
+  num_hidden_layers: 24,
+  num_attention_heads: 16,
+  num_key_value_heads: 8,
+  max_position_embeddings: 32768,
+  rms_norm_eps: 1e-5,
+  rope_theta: 1000000,
+  bias: false,
+  tie_word_embeddings: false,
+};
+
+const TINY = { ...INTERNLM2_1_8B, vocab_size: 512, hidden_size: 128, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 };
+
+export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]> {
+  const spec: ModelSpec = modelSpecFromConfig(quick ? TINY : INTERNLM2_1_8B, 'InternLM2-1.8B shape');
+  const settings: [number, number][] = quick ? [[32, 1]] : [[512, 1], [512, 4], [2048, 1]];
+  const rows: BenchRow[] = [];
+  ctx.pool.resetPeak();
+  const weights = await randomBaseWeights(ctx, spec, { seed: 1, quantize: true, poolValues: 1 << 22 });
+  const weightBytes = ctx.pool.liveBytes;
+  const rank = quick ? 8 : 64;
+  const layout = new LoraLayout(spec, { r: rank, loraAlpha: 16, targetModules: loraModules(spec.family) });
+  const state = createOptimizerState(ctx, layout.optimizer);
+  ctx.write(state.params, initLoraParams(layout, 1));
+  const optimizer = await AdamW.create(ctx, state, { lr: 2e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, maxGradNorm: 1 });
+  const update = await optimizer.stepDispatches({ zeroGrad: true });
+  const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads });
+  console.log(`weights on the GPU: ${formatBytes(weightBytes)}; LoRA params ${layout.optimizer.total}`);
+  for (const [seq, batch] of settings) {
+    ctx.pool.trim();
+    ctx.pool.resetPeak();
+    const ce = 1024;
+    const plan = await model.plan({ batch, seq }, 'train', { ceChunkTokens: Math.min(ce, batch * seq) });
+    const T = batch * seq;
+    const ids = Int32Array.from({ length: T }, (_, i) => (i * 7919) % spec.vocabSize);
+    plan.setBatch({ inputIds: ids, labels: ids, positionIds: Int32Array.from({ length: T }, (_, i) => i % seq), documentIds: new Int32Array(T) });
+    const step = async () => {
+      const enc = ctx.device.createCommandEncoder();
+      plan.encode(enc);
+      ctx.encode(enc, update);
+      ctx.device.queue.submit([enc.finish()]);
+      await ctx.device.queue.onSubmittedWorkDone();
+    };
+    optimizer.setStep(1, 2e-4);
+    await step(); // warm-up
+    const times: number[] = [];
+    for (let i = 0; i < (quick ? 1 : 4); i++) {
+      const t0 = performance.now();
+      await step();
+      times.push(performance.now() - t0);
+    }
+    times.sort((a, b) => a - b);
+    const ms = times[Math.floor(times.length / 2)]!;
+    const peak = ctx.pool.peakBytes;
+    const predicted = planMemory(spec, { seqLen: seq, microBatch: batch, loraRank: rank, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens: Math.min(ce, T) }).totalBytes;
+    const loss = (await ctx.read(plan.loss!))[0]!;
+    rows.push({
+      name: `QLoRA step seq ${seq} batch ${batch}`,
+      ms,
+      note: `${((T / ms) * 1000).toFixed(0)} tok/s; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%); ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
+    });
+    console.log(rows[rows.length - 1]!.name, rows[rows.length - 1]!.note);
+    plan.release();
+  }
+  optimizer.release();
+  releaseOptimizerState(ctx, state);
+  releaseBaseWeights(ctx, weights);
+  return rows;
+}
