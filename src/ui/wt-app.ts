@@ -1,10 +1,11 @@
-import { LitElement, css, html } from 'lit';
+import { LitElement, css, html, nothing } from 'lit';
 import { customElement, state } from 'lit/decorators.js';
 import type { GpuStatus } from '../engine/api.ts';
 import { theme } from './theme.ts';
 import './shell/wt-gpu-badge.ts';
 import './shell/wt-no-webgpu.ts';
 import './sections/wt-section-intro.ts';
+import './data/wt-data-section.ts';
 
 export const SECTIONS = [
   { id: 'model', title: 'Model', needsGpu: true, intro: 'Pick a 1.8B-class chat model from the Hugging Face Hub, a local folder, or the offline demo model. Weights are quantized to 4 bits as they load.' },
@@ -54,6 +55,15 @@ export class WtApp extends LitElement {
     super.disconnectedCallback();
   }
 
+  private renderSection(id: SectionId) {
+    switch (id) {
+      case 'data':
+        return html`<wt-data-section></wt-data-section>`;
+      default:
+        return nothing;
+    }
+  }
+
   override render() {
     const active = SECTIONS.find((s) => s.id === this.section)!;
     const blocked = active.needsGpu && this.gpu && !this.gpu.ok;
@@ -68,7 +78,7 @@ export class WtApp extends LitElement {
       <main data-testid="section-${active.id}">
         ${blocked && this.gpu && !this.gpu.ok
           ? html`<wt-no-webgpu .message=${this.gpu.message}></wt-no-webgpu>`
-          : html`<wt-section-intro .heading=${active.title} .text=${active.intro}></wt-section-intro>`}
+          : html`<wt-section-intro .heading=${active.title} .text=${active.intro}></wt-section-intro>${this.renderSection(active.id)}`}
       </main>
     `;
   }
