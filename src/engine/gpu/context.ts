@@ -73,7 +73,7 @@ export interface KernelDispatch {
 }
 
 /** The binding of a tensor: the whole buffer, or for a view its byte range (rounded up to 16 bytes for vec4 arrays). */
-function tensorBinding(t: Tensor): GPUBufferBinding {
+export function tensorBinding(t: Tensor): GPUBufferBinding {
   if (t.byteOffset === undefined) return { buffer: t.buffer };
   return { buffer: t.buffer, offset: t.byteOffset, size: Math.min(Math.ceil(t.byteSize / 16) * 16, t.buffer.size - t.byteOffset) };
 }

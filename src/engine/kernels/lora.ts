@@ -1,4 +1,5 @@
 import loraWgsl from '../../../shaders/lora.wgsl';
+import { tensorBinding } from '../gpu/context.ts';
 import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
 import { prepareMatmul } from './matmul.ts';
@@ -183,8 +184,8 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
       layout: rp.getBindGroupLayout(0),
       entries: [
         { binding: 0, resource: { buffer: ru } },
-        { binding: 1, resource: { buffer: target.buffer } },
-        { binding: 3, resource: { buffer: x.c.buffer } },
+        { binding: 1, resource: tensorBinding(target) },
+        { binding: 3, resource: tensorBinding(x.c) },
       ],
     });
     const groups = Math.ceil((rows * cols) / 256);
@@ -317,4 +318,26 @@ export async function loraBackward(
   opts: LoraPassOptions = {},
 ): Promise<void> {
   await ctx.run((await prepareLoraBackward(ctx, base, ad, X, U, dY, dX, grads, G, M, opts)).dispatches);
+}
+
+/**
+ * One dropout-carrying product of lora.wgsl on its own, for engines that compose LoRA themselves (an A
+ * shared by several outputs, as InternLM2's packed wqkv needs):
+ *   XA: U = dropout(X)·Aᵀ (a = X, b = A, c = U, written)
+ *   DX: dX += s·mask⊙(G·A) (a = G, b = A, c = dX)
+ *   DA: dA += s·Gᵀ·dropout(X) (a = G, b = X, c = dA)
+ * The seed must be the same for a step's XA and its backward's DX/DA; change it with setSeed.
+ */
+export async function prepareLoraProduct(
+  ctx: GpuContext,
+  mode: 'XA' | 'DX' | 'DA',
+  t: { a: Tensor; b: Tensor; c: Tensor },
+  d: { M: number; inF: number; rank: number; scale: number; dropout: number; seed?: number; scratch?: Tensor },
+): Promise<LoraPass> {
+  const kern = `lora ${mode}`;
+  const shapes = loraShapes(d.M, d.inF, 0, d.rank);
+  const shape = mode === 'DX' ? { rows: d.M, cols: d.inF, red: d.rank } : shapes[mode];
+  const common = { K: d.inF, N: 0, R: d.rank, scale: d.scale, p: d.dropout, seed: d.seed ?? 0, scratch: scratchFor(ctx, kern, d.scratch, splitOf(shape).slices > 1 ? splitOf(shape).slices * shape.rows * shape.cols : 0) };
+  const prepared = await prepareSmall(ctx, { mode, a: t.a, b: t.b, c: t.c, shape, ...common });
+  return { dispatches: prepared.dispatches, setSeed: seedSetter(ctx, prepared.seeded) };
 }

@@ -19,6 +19,7 @@ import { countSupervised, prepareCrossEntropy, prepareLmHeadLogits, type Prepare
 import { prepareAdd, prepareBiasAdd } from '../kernels/elementwise.ts';
 import { prepareEmbeddingForward } from '../kernels/embedding.ts';
 import { prepareMatmul } from '../kernels/matmul.ts';
+import { loraScratchElems, prepareLoraProduct, type LoraPass } from '../kernels/lora.ts';
 import { prepareQ4Matmul, prepareQ4MatmulDx } from '../kernels/quant4.ts';
 import { prepareRmsNormBackward, prepareRmsNormForward } from '../kernels/rmsnorm.ts';
 import { prepareRope, prepareRopeBackward, uploadInvFreq } from '../kernels/rope.ts';
@@ -32,6 +33,8 @@ export interface LoraRuntime {
   layout: LoraLayout;
   params: Tensor;
   grads: Tensor;
+  /** lora_dropout p on the adapter input (training plans; 0 or absent: none). */
+  dropout?: number;
 }
 
 export interface BatchShape {
@@ -161,6 +164,10 @@ export class StepPlan {
   private releasers: (() => void)[] = [];
   private scratch!: LayerScratch;
   private bwd: BackwardScratch | null = null;
+  /** Split-K scratch shared by every LoRA product of the plan (they run one after another). */
+  private loraScratch: Tensor | null = null;
+  /** Dropout seed setters of the LoRA products, by `layer.module`: forward and recompute share a key. */
+  private readonly dropoutSeeds = new Map<string, ((seed: number) => void)[]>();
   private invFreq!: Tensor;
 
   constructor(
@@ -214,6 +221,29 @@ export class StepPlan {
     }
   }
 
+  /**
+   * The dropout masks of one step: each (layer, module) gets its own seed derived from `seed`, the same in
+   * the forward, the recomputation and the backward. Call once per micro-batch before encoding it.
+   */
+  setDropoutSeed(seed: number): void {
+    let i = 0;
+    for (const setters of this.dropoutSeeds.values()) {
+      const derived = (Math.imul(seed >>> 0, 0x9e3779b1) + Math.imul(++i, 0x85ebca77)) >>> 0;
+      for (const set of setters) set(derived);
+    }
+  }
+
+  private dropoutP(): number {
+    return this.mode === 'train' ? (this.model.lora?.dropout ?? 0) : 0;
+  }
+
+  private registerSeed(group: LoraGroup, pass: LoraPass): void {
+    const key = `${group.layer}.${group.module}`;
+    const list = this.dropoutSeeds.get(key) ?? [];
+    list.push(pass.setSeed);
+    this.dropoutSeeds.set(key, list);
+  }
+
   /** All dispatches of one step, in order. */
   get dispatches(): KernelDispatch[] {
     return [...this.forward, ...this.head, ...this.backward];
@@ -238,6 +268,12 @@ export class StepPlan {
     const H = spec.hidden;
     this.invFreq = uploadInvFreq(ctx, ropeInvFreq(spec, this.shape.seq));
     this.scratch = this.makeLayerScratch();
+    const lora = this.model.lora;
+    if (lora) {
+      let elems = 0;
+      for (const g of lora.layout.groups) elems = Math.max(elems, loraScratchElems(T, g.in, g.out, lora.layout.rank));
+      if (elems > 0) this.loraScratch = this.alloc.f32('lora split-K scratch', [elems]);
+    }
     // Embedding: one dispatch per table block (each writes the rows of its ids).
     const w = this.model.weights;
     for (const b of w.embed) {
@@ -369,6 +405,10 @@ export class StepPlan {
     };
   }
 
+  private loraDims(M: number, inF: number, lo: { rank: number; scale: number }) {
+    return { M, inF, rank: lo.rank, scale: lo.scale, dropout: this.dropoutP(), ...(this.loraScratch ? { scratch: this.loraScratch } : {}) };
+  }
+
   private uFor(group: LoraGroup): Tensor {
     return this.scratch.U.get(group.module)!;
   }
@@ -381,7 +421,11 @@ export class StepPlan {
     const p = layer.proj[kind];
     const out: KernelDispatch[] = [];
     const lo = this.loraFor(l, kind);
-    if (lo?.first) out.push(await prepareMatmul(ctx, x, lo.A, this.uFor(lo.group), { M, N: lo.rank, K: p.in }, { transB: true }));
+    if (lo?.first) {
+      const pass = await prepareLoraProduct(ctx, 'XA', { a: x, b: lo.A, c: this.uFor(lo.group) }, this.loraDims(M, p.in, lo));
+      this.registerSeed(lo.group, pass);
+      out.push(...pass.dispatches);
+    }
     out.push(...(await projectionForward(ctx, p, x, y, M)));
     if (lo) out.push(await prepareMatmul(ctx, this.uFor(lo.group), lo.B, y, { M, N: p.out, K: lo.rank }, { transB: true, accumulate: true, alpha: lo.scale }));
     const bias = layer.bias[kind];
@@ -403,8 +447,11 @@ export class StepPlan {
     out.push(await prepareMatmul(ctx, dy, lo.B, G, { M, N: lo.rank, K: p.out }, { accumulate: !lo.first }));
     out.push(await prepareMatmul(ctx, dy, U, lo.dB, { M: p.out, N: lo.rank, K: M }, { transA: true, accumulate: true, alpha: lo.scale }));
     if (lo.last) {
-      out.push(await prepareMatmul(ctx, G, lo.A, dx, { M, N: p.in, K: lo.rank }, { accumulate: true, alpha: lo.scale }));
-      out.push(await prepareMatmul(ctx, G, x, lo.dA, { M: lo.rank, N: p.in, K: M }, { transA: true, accumulate: true, alpha: lo.scale }));
+      for (const [mode, t] of [['DX', { a: G, b: lo.A, c: dx }], ['DA', { a: G, b: x, c: lo.dA }]] as const) {
+        const pass = await prepareLoraProduct(ctx, mode, t, this.loraDims(M, p.in, lo));
+        this.registerSeed(lo.group, pass);
+        out.push(...pass.dispatches);
+      }
     }
     return out;
   }
@@ -493,7 +540,7 @@ export class StepPlan {
   }
 }
 
-async function projectionForward(ctx: GpuContext, p: Projection, x: Tensor, y: Tensor, M: number): Promise<KernelDispatch[]> {
+export async function projectionForward(ctx: GpuContext, p: Projection, x: Tensor, y: Tensor, M: number): Promise<KernelDispatch[]> {
   if (p.kind === 'q4') return prepareQ4Matmul(ctx, x, p.w, y, M);
   return [await prepareMatmul(ctx, x, p.w, y, { M, N: p.out, K: p.in }, { transB: true })];
 }

@@ -44,11 +44,11 @@ export interface TrainConfig {
   seed: number;
 }
 
-/** XTuner's QLoRA recipe for 1.8B models (internlm2_chat_1_8b_qlora_*_e3), except dropout (see README). */
+/** XTuner's QLoRA recipe for 1.8B models (internlm2_chat_1_8b_qlora_*_e3). */
 export const DEFAULT_TRAIN_CONFIG: TrainConfig = {
   loraRank: 64,
   loraAlpha: 16,
-  loraDropout: 0,
+  loraDropout: 0.1,
   lr: 2e-4,
   schedule: 'cosine',
   warmupRatio: 0.03,
@@ -135,7 +135,7 @@ export class Trainer {
   ) {
     this.config = { ...DEFAULT_TRAIN_CONFIG, ...config };
     const c = this.config;
-    if (c.loraDropout !== 0) throw new Error(`lora_dropout ${c.loraDropout}: dropout is not wired into the training engine yet; use 0`);
+    if (!(c.loraDropout >= 0 && c.loraDropout < 1)) throw new Error(`lora_dropout must be in [0, 1), got ${c.loraDropout}`);
     if (rows.length === 0) throw new Error('no training rows');
     const spec = weights.spec;
     this.layout = new LoraLayout(spec, { r: c.loraRank, loraAlpha: c.loraAlpha, targetModules: c.targets ?? loraModules(spec.family), useRslora: false, layersToTransform: null });
@@ -160,7 +160,7 @@ export class Trainer {
   private async prepare(): Promise<void> {
     if (this.plan) return;
     const c = this.config;
-    const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads });
+    const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: c.loraDropout });
     this.plan = await model.plan({ batch: c.microBatch, seq: this.seq }, 'train');
     this.optimizer = await AdamW.create(this.ctx, this.state, { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay, maxGradNorm: c.maxGradNorm });
     this.stepLosses = this.ctx.tensor('step losses', [c.gradAccum]);
@@ -203,6 +203,7 @@ export class Trainer {
         tokens += batch.realTokens;
         // Each micro-batch's mean loss carries weight 1/microBatches in the accumulated gradient.
         plan.setBatch(batch, microBatches);
+        plan.setDropoutSeed(this.config.seed ^ Math.imul(this.step * 64 + a + 1, 0x2c1b3c6d));
         const enc = ctx.device.createCommandEncoder({ label: `step ${this.step + 1} micro-batch ${a}` });
         plan.encode(enc);
         enc.copyBufferToBuffer(plan.loss!.buffer, 0, this.stepLosses!.buffer, a * 4, 4);
