@@ -16,6 +16,7 @@ import { prepareMergeLora } from './model/merge.ts';
 import { readPeftAdapter } from './model/peft.ts';
 import { Transformer, type BatchInputs, type LoraRuntime } from './model/transformer.ts';
 import { CheckpointIndex, type FileOpener } from './model/weights.ts';
+import { Generator } from './generate/generator.ts';
 
 export interface ReferenceRunOptions {
   /** Reads a file of the fixture directory ('config.json', 'adapter_init/adapter_model.safetensors', …). */
@@ -131,21 +132,17 @@ export async function referenceRun(ctx: GpuContext, o: ReferenceRunOptions): Pro
 
     // make_fixtures.py decodes and merges with the adapter as it stands after the 5 AdamW steps (its README
     // says adapter_init; the script is the truth): so do we, with the weights our own AdamW produced.
-    // Greedy decoding: one causal plan over prompt + new tokens, filled as we go.
+    // Greedy decoding through the KV-cache generator (prefill, then one-token decode steps with GPU argmax).
+    // No stop ids: the fixture decodes exactly its number of new tokens.
     if (caseFile.entries.has('greedy_prompt') && caseFile.entries.has('greedy_output')) {
       const prompt = await ints('greedy_prompt');
       const total = caseFile.entry('greedy_output').shape[1]!;
-      const seqG = total;
-      const plan = await tuned.plan({ batch: 1, seq: seqG }, 'logits');
-      const tokens = new Int32Array(seqG);
+      const gen = await Generator.create(ctx, weights, { maxTokens: total, lora });
+      const res = await gen.generate([...prompt], { temperature: 0, repetitionPenalty: 1, maxNewTokens: total - prompt.length, stopTokenIds: [] });
+      gen.release();
+      const tokens = new Int32Array(total);
       tokens.set(prompt);
-      for (let t = prompt.length; t < total; t++) {
-        plan.setBatch(batchFromMask(tokens, null, seqG));
-        await ctx.run(plan.dispatches, 'greedy');
-        const row = (await ctx.readBytes(plan.logits!, (t - 1) * V * 4, V * 4));
-        tokens[t] = argmax(new Float32Array(row));
-      }
-      plan.release();
+      tokens.set(res.tokens, prompt.length);
       out.push({ name: 'greedy_output', dtype: 'I32', shape: [1, total], data: tokens });
       log('greedy_output');
     }
