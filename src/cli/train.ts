@@ -11,6 +11,8 @@ import { loadBaseWeights, releaseBaseWeights } from '../engine/model/base-weight
 import { DEFAULT_TRAIN_CONFIG, Trainer, type TrainConfig } from '../engine/train/trainer.ts';
 import { formatBytes } from '../engine/gpu/errors.ts';
 import type { LoraModule } from '../engine/model/peft.ts';
+import { fileMomentStore } from '../engine/train/moments.ts';
+import { nodeSyncFile } from '../node/sync-file.ts';
 
 const d = DEFAULT_TRAIN_CONFIG;
 const usage = `Usage: npm run cli -- train --model <dir> --data <rows.jsonl> [--out <adapterDir>] [options]
@@ -34,6 +36,8 @@ printing one line per optimizer step, and saves the adapter as PEFT writes it.
   --grad-accum <n>       micro-batches per optimizer step (default ${d.gradAccum})
   --weight-decay <x>     AdamW weight decay (default ${d.weightDecay})
   --max-grad-norm <x>    global gradient-norm clip, 0 = off (default ${d.maxGradNorm})
+  --dropout <p>          LoRA dropout (default ${d.loraDropout})
+  --offload <where>      AdamW moments on the gpu (default), in cpu memory, or on disk (a file in --out)
   --seed <n>             LoRA init and shuffling seed (default ${d.seed})`;
 
 function num(v: string | undefined, flag: string): number | undefined {
@@ -53,7 +57,7 @@ export const trainCommand: CliCommand = {
         model: { type: 'string' }, data: { type: 'string' }, out: { type: 'string', default: 'adapter' }, f32: { type: 'boolean', default: false },
         rank: { type: 'string' }, alpha: { type: 'string' }, targets: { type: 'string' }, lr: { type: 'string' }, schedule: { type: 'string' },
         'warmup-ratio': { type: 'string' }, epochs: { type: 'string' }, 'max-steps': { type: 'string' }, batch: { type: 'string' },
-        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' },
+        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' }, dropout: { type: 'string' }, offload: { type: 'string' },
       },
     });
     if (!values.model || !values.data) throw new Error('needs --model <dir> and --data <rows.jsonl>; see --help');
@@ -64,12 +68,14 @@ export const trainCommand: CliCommand = {
     const rows = rowsFromJsonl(text, values.data);
     const schedule = values.schedule;
     if (schedule !== undefined && !['cosine', 'constant', 'linear'].includes(schedule)) throw new Error(`--schedule: '${schedule}' is not cosine, constant or linear`);
+    if (values.offload !== undefined && !['gpu', 'cpu', 'disk'].includes(values.offload)) throw new Error(`--offload: '${values.offload}' is not gpu, cpu or disk`);
     const overrides: Partial<TrainConfig> = Object.fromEntries(
       Object.entries({
         loraRank: num(values.rank, '--rank'), loraAlpha: num(values.alpha, '--alpha'), lr: num(values.lr, '--lr'), schedule,
         warmupRatio: num(values['warmup-ratio'], '--warmup-ratio'), epochs: num(values.epochs, '--epochs'), maxSteps: num(values['max-steps'], '--max-steps'),
         microBatch: num(values.batch, '--batch'), gradAccum: num(values['grad-accum'], '--grad-accum'), weightDecay: num(values['weight-decay'], '--weight-decay'),
-        maxGradNorm: num(values['max-grad-norm'], '--max-grad-norm'), seed: num(values.seed, '--seed'),
+        maxGradNorm: num(values['max-grad-norm'], '--max-grad-norm'), seed: num(values.seed, '--seed'), loraDropout: num(values.dropout, '--dropout'),
+        optimizerOffload: values.offload,
         targets: values.targets ? (values.targets.split(',').map((t) => t.trim()) as LoraModule[]) : undefined,
       }).filter(([, v]) => v !== undefined),
     );
@@ -81,7 +87,8 @@ export const trainCommand: CliCommand = {
     const index = await CheckpointIndex.open(spec, io.open);
     const weights = await loadBaseWeights(ctx, index, { quantize: !values.f32 });
     console.log(`model: ${spec.architecture}, ${spec.layers} layers, hidden ${spec.hidden}; base ${values.f32 ? 'f32' : '4-bit'}: ${formatBytes(ctx.pool.liveBytes)} on the GPU`);
-    const trainer = new Trainer(ctx, weights, rows, overrides, values.model);
+    await mkdir(values.out!, { recursive: true });
+    const trainer = new Trainer(ctx, weights, rows, overrides, values.model, { momentStore: (n) => fileMomentStore(nodeSyncFile(join(values.out!, 'optimizer-moments.bin')), n) });
     const c = trainer.config;
     console.log(`data: ${rows.length} rows of up to ${trainer.seq} tokens; ${trainer.totalSteps} steps (batch ${c.microBatch} × accumulation ${c.gradAccum}), LoRA r=${c.loraRank} alpha=${c.loraAlpha}, lr ${c.lr} ${c.schedule}`);
     await trainer.train((p) => {

@@ -13,6 +13,8 @@ import { loraModules, writePeftAdapter, type LoraModule, type PeftLoraConfig } f
 import { Transformer, type BatchInputs, type StepPlan } from '../model/transformer.ts';
 import type { BaseWeights } from '../model/base-weights.ts';
 import { learningRate, type ScheduleKind } from './schedule.ts';
+import { memoryMomentStore, type MomentStore, type OptimizerOffload } from './moments.ts';
+import type { KernelDispatch } from '../gpu/context.ts';
 
 /** A prepared row (src/data/rows.ts TokenRow). */
 export interface TrainRow {
@@ -42,6 +44,22 @@ export interface TrainConfig {
   beta2: number;
   eps: number;
   seed: number;
+  /** Where AdamW's moments live: on the GPU, in CPU memory, or on disk (streamed per chunk each step). */
+  optimizerOffload?: OptimizerOffload;
+}
+
+export interface TrainerOptions {
+  /** The moments' store for 'disk' offload (a file; an OPFS sync access handle in the browser). */
+  momentStore?: (length: number) => MomentStore;
+  /** Elements of params per streamed optimizer chunk (default 8M: 32 MiB of m plus 32 MiB of v). */
+  offloadChunk?: number;
+}
+
+/** One streamed range of the optimizer state and its prepared update. */
+interface OffloadChunk {
+  offset: number;
+  length: number;
+  update: KernelDispatch;
 }
 
 /** XTuner's QLoRA recipe for 1.8B models (internlm2_chat_1_8b_qlora_*_e3). */
@@ -116,6 +134,25 @@ export function makeBatch(rows: readonly TrainRow[], microBatch: number, seq: nu
   return b;
 }
 
+/** A resumable snapshot of a run (see Trainer.saveState; src/engine/share/checkpoint.ts stores it). */
+export interface TrainerState {
+  version: 1;
+  /** Optimizer steps done. */
+  step: number;
+  /** Schedule position: the run's length and warmup. */
+  totalSteps: number;
+  warmupSteps: number;
+  /** Data cursor: the epoch and the row position in its seeded order where the next step starts. */
+  epoch: number;
+  position: number;
+  /** RNG: shuffles are seededRandom(seed·1000003 + epoch), so the seed and the epoch are the whole RNG state. */
+  seed: number;
+  config: TrainConfig;
+  params: Float32Array;
+  m: Float32Array;
+  v: Float32Array;
+}
+
 export class Trainer {
   readonly layout: LoraLayout;
   readonly state: OptimizerState;
@@ -123,6 +160,8 @@ export class Trainer {
   private plan: StepPlan | null = null;
   private optimizer: AdamW | null = null;
   private stepLosses: Tensor | null = null;
+  private moments: MomentStore | null = null;
+  private offload: { chunks: OffloadChunk[]; m: Tensor; v: Tensor; readM: GPUBuffer; readV: GPUBuffer } | null = null;
   readonly seq: number;
   step = 0;
 
@@ -132,6 +171,7 @@ export class Trainer {
     readonly rows: readonly TrainRow[],
     config: Partial<TrainConfig> = {},
     readonly baseModelName: string | null = null,
+    private readonly options: TrainerOptions = {},
   ) {
     this.config = { ...DEFAULT_TRAIN_CONFIG, ...config };
     const c = this.config;
@@ -139,7 +179,13 @@ export class Trainer {
     if (rows.length === 0) throw new Error('no training rows');
     const spec = weights.spec;
     this.layout = new LoraLayout(spec, { r: c.loraRank, loraAlpha: c.loraAlpha, targetModules: c.targets ?? loraModules(spec.family), useRslora: false, layersToTransform: null });
-    this.state = createOptimizerState(ctx, this.layout.optimizer);
+    const offload = c.optimizerOffload ?? 'gpu';
+    if (offload === 'disk' && !options.momentStore) throw new Error("optimizer offload 'disk' needs a file for the moments");
+    this.state = createOptimizerState(ctx, this.layout.optimizer, { residentMoments: offload === 'gpu' });
+    if (offload !== 'gpu') {
+      const total = this.layout.optimizer.total;
+      this.moments = offload === 'disk' ? options.momentStore!(total) : memoryMomentStore(total);
+    }
     ctx.write(this.state.params, initLoraParams(this.layout, c.seed));
     this.seq = Math.max(...rows.map((r) => r.inputIds.length));
   }
@@ -164,6 +210,66 @@ export class Trainer {
     this.plan = await model.plan({ batch: c.microBatch, seq: this.seq }, 'train');
     this.optimizer = await AdamW.create(this.ctx, this.state, { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay, maxGradNorm: c.maxGradNorm });
     this.stepLosses = this.ctx.tensor('step losses', [c.gradAccum]);
+    if (this.moments) await this.prepareOffload();
+  }
+
+  /** Splits the flat state into chunks at parameter boundaries and prepares each chunk's update. */
+  private async prepareOffload(): Promise<void> {
+    const { ctx } = this;
+    const limit = this.options.offloadChunk ?? 8 << 20;
+    const spans: { offset: number; length: number }[] = [];
+    const slots = this.layout.optimizer.slots;
+    let start = 0;
+    slots.forEach((slot, i) => {
+      const end = i + 1 < slots.length ? slots[i + 1]!.offset : this.layout.optimizer.total;
+      if (end - start > limit && slot.offset > start) {
+        spans.push({ offset: start, length: slot.offset - start });
+        start = slot.offset;
+      }
+    });
+    spans.push({ offset: start, length: this.layout.optimizer.total - start });
+    const most = Math.max(...spans.map((s) => s.length));
+    const m = ctx.tensor('adamw m chunk', [most]);
+    const v = ctx.tensor('adamw v chunk', [most]);
+    const read = (label: string) => ctx.device.createBuffer({ label, size: most * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const chunks: OffloadChunk[] = [];
+    for (const span of spans) chunks.push({ ...span, update: await this.optimizer!.prepareUpdate({ ...span, moments: { m, v, stateOffset: 0 }, zeroGrad: true }) });
+    this.offload = { chunks, m, v, readM: read('adamw m readback'), readV: read('adamw v readback') };
+  }
+
+  /**
+   * The optimizer step: the global grad norm, then the update (and zero-grad) of every parameter. With
+   * offloaded moments each chunk's m and v go up, are updated, and come back: the same arithmetic, so the
+   * three placements give bit-identical weights.
+   */
+  private async optimizerStep(resident: readonly KernelDispatch[]): Promise<void> {
+    const { ctx } = this;
+    if (!this.offload) {
+      await ctx.run(resident, `optimizer step ${this.step}`);
+      return;
+    }
+    await ctx.run(this.optimizer!.normDispatches, `grad norm ${this.step}`);
+    const { chunks, m, v, readM, readV } = this.offload;
+    const hostM = new Float32Array(m.shape[0]!);
+    const hostV = new Float32Array(v.shape[0]!);
+    for (const c of chunks) {
+      const hm = hostM.subarray(0, c.length);
+      const hv = hostV.subarray(0, c.length);
+      this.moments!.read(c.offset, c.length, hm, hv);
+      ctx.write(m, hm);
+      ctx.write(v, hv);
+      const enc = ctx.device.createCommandEncoder({ label: `optimizer chunk [${c.offset}, ${c.offset + c.length})` });
+      ctx.encode(enc, [c.update]);
+      enc.copyBufferToBuffer(m.buffer, 0, readM, 0, c.length * 4);
+      enc.copyBufferToBuffer(v.buffer, 0, readV, 0, c.length * 4);
+      ctx.device.queue.submit([enc.finish()]);
+      await Promise.all([readM.mapAsync(GPUMapMode.READ, 0, c.length * 4), readV.mapAsync(GPUMapMode.READ, 0, c.length * 4)]);
+      hm.set(new Float32Array(readM.getMappedRange(0, c.length * 4)));
+      hv.set(new Float32Array(readV.getMappedRange(0, c.length * 4)));
+      readM.unmap();
+      readV.unmap();
+      this.moments!.write(c.offset, hm, hv);
+    }
   }
 
   /** Row order of an epoch: a seeded shuffle, different each epoch, the same for the same seed. */
@@ -186,7 +292,7 @@ export class Trainer {
     const total = this.totalSteps;
     const warmupSteps = Math.round(c.warmupRatio * total);
     const zero = await prepareZeroGrad(ctx, this.state.grads, 0, this.layout.optimizer.total);
-    const update = await opt.stepDispatches({ zeroGrad: true });
+    const update = this.offload ? [] : await opt.stepDispatches({ zeroGrad: true });
     const padId = this.spec.padTokenId ?? this.spec.eosTokenIds[0] ?? 0;
     const perStep = c.microBatch * c.gradAccum;
     const t0 = performance.now();
@@ -212,7 +318,7 @@ export class Trainer {
       this.step++;
       const lr = learningRate({ kind: c.schedule, lr: c.lr, totalSteps: total, warmupSteps }, this.step);
       opt.setStep(this.step, lr);
-      await ctx.run(update, `optimizer step ${this.step}`);
+      await this.optimizerStep(update);
       const losses = await ctx.read(this.stepLosses!);
       const gradNorm = (await ctx.read(opt.gradNorm))[0]!;
       let loss = 0; // the losses hold mean/microBatches each: their sum is the step's mean loss
@@ -241,10 +347,56 @@ export class Trainer {
     return writePeftAdapter(this.spec, peft, this.layout.unpackPeft(params));
   }
 
+  /**
+   * Everything a resumed run needs to continue bit for bit: LoRA params, AdamW moments, the step (which
+   * fixes the schedule position, the epoch and the cursor in that epoch's seeded shuffle) and the config.
+   */
+  async saveState(): Promise<TrainerState> {
+    if (!this.state.m || !this.state.v) throw new Error('saveState: the AdamW moments are not resident on the GPU');
+    const c = this.config;
+    const perEpoch = this.stepsPerEpoch;
+    return {
+      version: 1,
+      step: this.step,
+      totalSteps: this.totalSteps,
+      warmupSteps: Math.round(c.warmupRatio * this.totalSteps),
+      epoch: Math.floor(this.step / perEpoch),
+      position: (this.step % perEpoch) * c.microBatch * c.gradAccum,
+      seed: c.seed,
+      config: { ...c },
+      params: await this.ctx.read(this.state.params),
+      m: await this.ctx.read(this.state.m),
+      v: await this.ctx.read(this.state.v),
+    };
+  }
+
+  /** Restores saveState()'s output into this trainer (same model, rows and config). */
+  loadState(s: TrainerState): void {
+    const n = this.layout.optimizer.total;
+    if (s.params.length !== n || s.m.length !== n || s.v.length !== n) throw new Error(`loadState: the checkpoint holds ${s.params.length} LoRA values; this run's layout has ${n} (different rank, targets or model)`);
+    for (const k of Object.keys(this.config) as (keyof TrainConfig)[]) {
+      if (JSON.stringify(this.config[k]) !== JSON.stringify(s.config[k])) throw new Error(`loadState: the checkpoint was trained with ${k} = ${JSON.stringify(s.config[k])}, this run has ${JSON.stringify(this.config[k])}`);
+    }
+    if (s.totalSteps !== this.totalSteps) throw new Error(`loadState: the checkpoint's run has ${s.totalSteps} steps, this one ${this.totalSteps} (different data?)`);
+    if (!this.state.m || !this.state.v) throw new Error('loadState: the AdamW moments are not resident on the GPU');
+    this.ctx.write(this.state.params, s.params);
+    this.ctx.write(this.state.m, s.m);
+    this.ctx.write(this.state.v, s.v);
+    this.ctx.write(this.state.grads, new Float32Array(n));
+    this.step = s.step;
+  }
+
   release(): void {
     this.plan?.release();
     this.optimizer?.release();
     if (this.stepLosses) this.ctx.release(this.stepLosses);
+    if (this.offload) {
+      this.ctx.release(this.offload.m);
+      this.ctx.release(this.offload.v);
+      this.offload.readM.destroy();
+      this.offload.readV.destroy();
+    }
+    this.moments?.close();
     releaseOptimizerState(this.ctx, this.state);
   }
 }
