@@ -8,8 +8,12 @@ export const SAMPLING_SHADER = { name: 'sampling.wgsl', code: samplingWgsl };
 /** Most candidates kept by top-k (top-k off: the KMAX best, over which top-p runs). */
 export const SAMPLING_KMAX = 256;
 const WG = 256;
-const HEAD_LANES = 32;
-const HEAD_ROWS = 8;
+/** Invocations per row of the head GEMV: up to 32, about a quarter of the row's vec4s (short rows, more rows per workgroup). */
+function headLanes(hidden4: number): number {
+  let lanes = 1;
+  while (lanes < 32 && lanes * 8 <= hidden4) lanes *= 2;
+  return lanes;
+}
 
 /** The sampling controls the GPU applies (stop conditions and max length live in the generator). */
 export interface SamplingParams {
@@ -83,7 +87,9 @@ export async function prepareHeadLogits(ctx: GpuContext, hidden: Tensor, blocks:
   need('hidden', hidden, H);
   const vocab = blocks.reduce((n, b) => Math.max(n, b.row0 + b.rows), 0);
   need('logits', logits, vocab);
-  const pipeline = await ctx.pipeline({ shader: SAMPLING_SHADER, entryPoint: 'head_logits', constants: { LANES: HEAD_LANES, HEAD_ROWS } });
+  const LANES = headLanes(H / 4);
+  const HEAD_ROWS = 256 / LANES;
+  const pipeline = await ctx.pipeline({ shader: SAMPLING_SHADER, entryPoint: 'head_logits', constants: { LANES, HEAD_ROWS } });
   return blocks.map((b) => {
     need('lm_head block', b.tensor, b.rows * H);
     const label = `head logits ${H}·${b.tensor.label}ᵀ`;
