@@ -12,7 +12,9 @@
 // vec4 reads of workgroup memory by neighbouring threads are contiguous. A and B are staged through
 // workgroup memory TILE_K deep, stored k-major. VEC4_A / VEC4_B load 16 bytes at a time from global
 // memory; the host enables them when the contiguous dimension (and the batch stride) is a multiple of 4.
-// Ragged edges load zeros and skip stores, so any M, N, K works. Shapes are uniforms.
+// Ragged edges load zeros and skip stores, so any M, N, K works. Shapes are uniforms. PREFETCH (see below)
+// stages the next k-tile through registers; every loop over a register array has a constant bound (the
+// NVIDIA driver leaves arrays indexed under override-bounded loops in local memory).
 
 struct Params {
   M: u32,
@@ -158,6 +160,165 @@ fn load_tile_b(base: u32, col0: u32, k0: u32, tid: u32) {
 #endif
 }
 
+#if PREFETCH
+// Register-staged loads (VEC4_A && VEC4_B): the next k-tile is fetched from global memory into registers
+// (fetch_*) while the current one is multiplied, then written to workgroup memory (commit_*) after the
+// barrier. An operand stored k-contiguous ([M, K] for A, [N, K] for B) is read as 4×4 blocks (4 rows ×
+// 4 k) and transposed in registers, so every workgroup-memory store is a whole vec4 (no scalar stores).
+// Slot s of a thread is s·THREADS + tid; slots walk the m (n) quads fastest so the stores are contiguous.
+const MAX_PREF: u32 = 8u;
+
+fn kcontig_slots(edge: u32) -> u32 { return (edge / 4u) * (TILE_K / 4u); }
+// (row quad, k quad) of a k-contiguous slot: row quads fastest (contiguous stores), or with KQ_FAST k quads
+// fastest (whole 32-byte sectors per row in the global loads).
+fn kcontig_split(slot: u32, edge: u32) -> vec2<u32> {
+#if KQ_FAST
+  return vec2<u32>(slot / (TILE_K / 4u), slot % (TILE_K / 4u));
+#else
+  return vec2<u32>(slot % (edge / 4u), slot / (edge / 4u));
+#endif
+}
+// Slot of this thread in round u; B's slots are rotated by half a workgroup with ROT_B so that A's and B's
+// loads land on different warps when only some threads load.
+fn slot_a(u: u32, tid: u32) -> u32 { return u * THREADS + tid; }
+fn slot_b(u: u32, tid: u32) -> u32 {
+#if ROT_B
+  return u * THREADS + (tid + THREADS / 2u) % THREADS;
+#else
+  return u * THREADS + tid;
+#endif
+}
+fn mcontig_slots(edge: u32) -> u32 { return edge * TILE_K / 4u; }
+
+// k-contiguous operand: rows [row0, row0 + edge) of a [rows, K] matrix (vec4 view `src` offset `base`/4).
+fn fetch_kcontig_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, base: u32, row0: u32, k0: u32, tid: u32, rows: u32) {
+  let K = params.K;
+  for (var u = 0u; u < MAX_PREF / 4u; u++) { if (u * THREADS >= kcontig_slots(TILE_M)) { break; }
+    let slot = slot_a(u, tid);
+    let sp = kcontig_split(slot, TILE_M);
+    let mq = sp.x;
+    let kq = sp.y;
+    let k = k0 + kq * 4u;
+    for (var r = 0u; r < 4u; r++) {
+      let m = row0 + mq * 4u + r;
+      var x = vec4<f32>(0.0);
+      if (slot < kcontig_slots(TILE_M) && m < rows && k < K) { x = a[(base + m * K + k) / 4u]; }
+      (*reg)[u * 4u + r] = x;
+    }
+  }
+}
+fn fetch_kcontig_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, base: u32, row0: u32, k0: u32, tid: u32, rows: u32) {
+  let K = params.K;
+  for (var u = 0u; u < MAX_PREF / 4u; u++) { if (u * THREADS >= kcontig_slots(TILE_N)) { break; }
+    let slot = slot_b(u, tid);
+    let sp = kcontig_split(slot, TILE_N);
+    let nq = sp.x;
+    let kq = sp.y;
+    let k = k0 + kq * 4u;
+    for (var r = 0u; r < 4u; r++) {
+      let n = row0 + nq * 4u + r;
+      var x = vec4<f32>(0.0);
+      if (slot < kcontig_slots(TILE_N) && n < rows && k < K) { x = b[(base + n * K + k) / 4u]; }
+      (*reg)[u * 4u + r] = x;
+    }
+  }
+}
+// m-contiguous operand: a [K, cols] matrix, vec4 along the columns.
+fn fetch_mcontig_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, base: u32, col0: u32, k0: u32, tid: u32, cols: u32) {
+  let K = params.K;
+  for (var u = 0u; u < MAX_PREF; u++) { if (u * THREADS >= mcontig_slots(TILE_M)) { break; }
+    let slot = u * THREADS + tid;
+    let q4 = slot % (TILE_M / 4u);
+    let kk = slot / (TILE_M / 4u);
+    let col = col0 + q4 * 4u;
+    let k = k0 + kk;
+    var x = vec4<f32>(0.0);
+    if (slot < mcontig_slots(TILE_M) && col < cols && k < K) { x = a[(base + k * cols + col) / 4u]; }
+    (*reg)[u] = x;
+  }
+}
+fn fetch_mcontig_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, base: u32, col0: u32, k0: u32, tid: u32, cols: u32) {
+  let K = params.K;
+  for (var u = 0u; u < MAX_PREF; u++) { if (u * THREADS >= mcontig_slots(TILE_N)) { break; }
+    let slot = u * THREADS + tid;
+    let q4 = slot % (TILE_N / 4u);
+    let kk = slot / (TILE_N / 4u);
+    let col = col0 + q4 * 4u;
+    let k = k0 + kk;
+    var x = vec4<f32>(0.0);
+    if (slot < mcontig_slots(TILE_N) && col < cols && k < K) { x = b[(base + k * cols + col) / 4u]; }
+    (*reg)[u] = x;
+  }
+}
+
+fn commit_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
+#if TRANS_A
+  for (var u = 0u; u < MAX_PREF; u++) { if (u * THREADS >= mcontig_slots(TILE_M)) { break; }
+    let slot = u * THREADS + tid;
+    if (slot < mcontig_slots(TILE_M)) { tile_a[slot] = (*reg)[u]; }
+  }
+#else
+  for (var u = 0u; u < MAX_PREF / 4u; u++) { if (u * THREADS >= kcontig_slots(TILE_M)) { break; }
+    let slot = slot_a(u, tid);
+    let sp = kcontig_split(slot, TILE_M);
+    let mq = sp.x;
+    let kq = sp.y;
+    if (slot < kcontig_slots(TILE_M)) {
+      let r0 = (*reg)[u * 4u];
+      let r1 = (*reg)[u * 4u + 1u];
+      let r2 = (*reg)[u * 4u + 2u];
+      let r3 = (*reg)[u * 4u + 3u];
+      tile_a[((kq * 4u) * TILE_M) / 4u + mq] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+      tile_a[((kq * 4u + 1u) * TILE_M) / 4u + mq] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+      tile_a[((kq * 4u + 2u) * TILE_M) / 4u + mq] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+      tile_a[((kq * 4u + 3u) * TILE_M) / 4u + mq] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
+    }
+  }
+#endif
+}
+
+fn commit_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
+#if TRANS_B
+  for (var u = 0u; u < MAX_PREF / 4u; u++) { if (u * THREADS >= kcontig_slots(TILE_N)) { break; }
+    let slot = slot_b(u, tid);
+    let sp = kcontig_split(slot, TILE_N);
+    let nq = sp.x;
+    let kq = sp.y;
+    if (slot < kcontig_slots(TILE_N)) {
+      let r0 = (*reg)[u * 4u];
+      let r1 = (*reg)[u * 4u + 1u];
+      let r2 = (*reg)[u * 4u + 2u];
+      let r3 = (*reg)[u * 4u + 3u];
+      tile_b[((kq * 4u) * TILE_N) / 4u + nq] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+      tile_b[((kq * 4u + 1u) * TILE_N) / 4u + nq] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+      tile_b[((kq * 4u + 2u) * TILE_N) / 4u + nq] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+      tile_b[((kq * 4u + 3u) * TILE_N) / 4u + nq] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
+    }
+  }
+#else
+  for (var u = 0u; u < MAX_PREF; u++) { if (u * THREADS >= mcontig_slots(TILE_N)) { break; }
+    let slot = u * THREADS + tid;
+    if (slot < mcontig_slots(TILE_N)) { tile_b[slot] = (*reg)[u]; }
+  }
+#endif
+}
+
+fn fetch_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, base: u32, row0: u32, k0: u32, tid: u32) {
+#if TRANS_A
+  fetch_mcontig_a(reg, base, row0, k0, tid, params.M);
+#else
+  fetch_kcontig_a(reg, base, row0, k0, tid, params.M);
+#endif
+}
+fn fetch_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, base: u32, col0: u32, k0: u32, tid: u32) {
+#if TRANS_B
+  fetch_kcontig_b(reg, base, col0, k0, tid, params.N);
+#else
+  fetch_mcontig_b(reg, base, col0, k0, tid, params.N);
+#endif
+}
+#endif
+
 @compute @workgroup_size(WG_X, WG_Y)
 fn matmul(
   @builtin(workgroup_id) wg: vec3<u32>,
@@ -175,10 +336,26 @@ fn matmul(
     for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = 0.0; }
   }
 
+#if PREFETCH
+  var pa: array<vec4<f32>, MAX_PREF>;
+  var pb: array<vec4<f32>, MAX_PREF>;
+  fetch_a(&pa, base_a, row0, 0u, tid);
+  fetch_b(&pb, base_b, col0, 0u, tid);
+#endif
   for (var k0 = 0u; k0 < params.K; k0 += TILE_K) {
+#if PREFETCH
+    commit_a(&pa, tid);
+    commit_b(&pb, tid);
+    workgroupBarrier();
+    if (k0 + TILE_K < params.K) {
+      fetch_a(&pa, base_a, row0, k0 + TILE_K, tid);
+      fetch_b(&pb, base_b, col0, k0 + TILE_K, tid);
+    }
+#else
     load_tile_a(base_a, row0, k0, tid);
     load_tile_b(base_b, col0, k0, tid);
     workgroupBarrier();
+#endif
     for (var kk = 0u; kk < TILE_K; kk++) {
       var ra: array<vec4<f32>, THREAD_M / 4u>;
       var rb: array<vec4<f32>, THREAD_N / 4u>;
