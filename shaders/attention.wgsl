@@ -204,11 +204,11 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
 
     let alpha = exp(m - m_new);
     l *= alpha;
-    for (var c = 0u; c < per_lane(); c++) { acc[c] *= alpha; }
+    for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; } acc[c] *= alpha; }
     for (var j = 0u; j < BLOCK_K; j++) {
       let p = sb[r * SS + j];
       l += p;
-      for (var c = 0u; c < per_lane(); c++) { acc[c] = fma(vec4<f32>(p), tv[j * R + lane + c * LANES], acc[c]); }
+      for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; } acc[c] = fma(vec4<f32>(p), tv[j * R + lane + c * LANES], acc[c]); }
     }
     m = m_new;
   }
@@ -217,7 +217,7 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     let t = row_base + q0 + r;
     let inv = select(0.0, 1.0 / l, l > 0.0);
     let base = q_index(t, h);
-    for (var c = 0u; c < per_lane(); c++) { o[base + lane + c * LANES] = acc[c] * inv; }
+    for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; } o[base + lane + c * LANES] = acc[c] * inv; }
     if (lane == 0u) { lse[h * params.tokens + t] = select(LSE_MASKED, m + log(l), l > 0.0); }
   }
 }
@@ -316,13 +316,13 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
 
     for (var j = 0u; j < BLOCK_K; j++) {
       let ds = vec4<f32>(sa[r * SS + j]);
-      for (var c = 0u; c < per_lane(); c++) { acc[c] = fma(ds, tk[j * P + lane + c * LANES], acc[c]); }
+      for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; } acc[c] = fma(ds, tk[j * P + lane + c * LANES], acc[c]); }
     }
   }
 
   if (q0 + r < seq) {
     let base = q_index(row_base + q0 + r, h);
-    for (var c = 0u; c < per_lane(); c++) { dq[base + lane + c * LANES] = acc[c] * params.scale; }
+    for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; } dq[base + lane + c * LANES] = acc[c] * params.scale; }
   }
 }
 
@@ -412,7 +412,7 @@ fn attention_backward_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
       for (var i = 0u; i < BLOCK_Q; i++) {
         let p = vec4<f32>(sa[r * SS + i]);
         let ds = vec4<f32>(sb[r * SS + i]);
-        for (var c = 0u; c < per_lane(); c++) {
+        for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; }
           let col = i * P + lane + c * LANES;
           av[c] = fma(p, tdo[col], av[c]);
           ak[c] = fma(ds, tq[col], ak[c]);
@@ -423,7 +423,7 @@ fn attention_backward_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
 
   if (k0 + r < seq) {
     let base = kv_index(row_base + k0 + r, hk);
-    for (var c = 0u; c < per_lane(); c++) {
+    for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; }
       dk[base + lane + c * LANES] = ak[c] * params.scale;
       dv[base + lane + c * LANES] = av[c];
     }
