@@ -15,6 +15,7 @@ const commands: Record<string, () => Promise<CliCommand>> = {
   'reference-run': async () => (await import('./reference-run.ts')).referenceRunCommand,
   train: async () => (await import('./train.ts')).trainCommand,
   prepare: async () => (await import('./prepare.ts')).prepareCommand,
+  chat: async () => (await import('./chat.ts')).chatCommand,
 };
 
 /** Registers a command (used by command modules that are added as features land). */
