@@ -4,7 +4,7 @@
  */
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline/promises';
+import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import type { CliCommand } from './main.ts';
 import { createNodeGpuContext } from '../node/gpu.ts';
@@ -122,28 +122,19 @@ export const chatCommand: CliCommand = {
         return 0;
       }
       console.error(`${info}\n/reset clears the conversation, /system <text> sets the system prompt, /quit ends; Ctrl-C stops a reply.`);
-      const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY ?? false });
+      const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY ?? false, prompt: '> ' });
       try {
-        while (true) {
-          let line: string;
-          try {
-            line = await rl.question('> ');
-          } catch {
-            break; // closed (Ctrl-D)
-          }
+        rl.prompt();
+        // The line iterator buffers input typed (or piped) while a reply is being generated.
+        for await (const line of rl) {
           const t = line.trim();
-          if (!t) continue;
           if (t === '/quit' || t === '/exit') break;
-          if (t === '/reset') {
-            chat.clear();
-            continue;
-          }
-          if (t.startsWith('/system')) {
+          if (t === '/reset') chat.clear();
+          else if (t.startsWith('/system')) {
             chat.system = t.slice('/system'.length).trim();
             chat.clear();
-            continue;
-          }
-          await say(line);
+          } else if (t) await say(line);
+          rl.prompt();
         }
       } finally {
         rl.close();
