@@ -25,10 +25,10 @@ async function text(io: ReturnType<typeof directoryAccess>, name: string): Promi
   return new TextDecoder().decode(await src.read(0, src.size));
 }
 
-async function loadFixture(ctx: GpuContext, family: string): Promise<{ weights: BaseWeights; lora: LoraRuntime }> {
+async function loadFixture(ctx: GpuContext, family: string, quantize = false): Promise<{ weights: BaseWeights; lora: LoraRuntime }> {
   const io = directoryAccess(fixturesDir(family));
   const spec = parseModelConfig(await text(io, 'config.json'));
-  const weights = await loadBaseWeights(ctx, await CheckpointIndex.open(spec, io.open), { quantize: false });
+  const weights = await loadBaseWeights(ctx, await CheckpointIndex.open(spec, io.open), { quantize });
   // adapter_after_5_steps: its lora_B is trained (nonzero), so the adapter visibly changes the logits.
   const dir = 'adapter_after_5_steps';
   const adapter = await readPeftAdapter(await text(io, `${dir}/adapter_config.json`), await io.open(`${dir}/adapter_model.safetensors`), spec);
@@ -105,6 +105,33 @@ describe('generator: KV cache vs full forward', () => {
       releaseBaseWeights(ctx, weights);
     }, 120_000);
   }
+
+  it('llama, 4-bit base + LoRA: prefill (tiled q4 + LoRA epilogue), decode (GEMV + LoRA epilogue), append', async () => {
+    const ctx = await gpu();
+    const seed = freshSeed();
+    const r = rng(seed);
+    const { weights, lora } = await loadFixture(ctx, 'llama', true);
+    expect(weights.layers[0]!.proj.q.kind).toBe('q4');
+    const V = weights.spec.vocabSize;
+    const rand = (n: number) => Array.from({ length: n }, () => Math.floor(r() * V));
+    const gen = await Generator.create(ctx, weights, { maxTokens: 32, lora, appendChunk: 4 });
+    const prompt = rand(9);
+    const steps = rand(3);
+    const follow = rand(3);
+    const all = [...prompt, ...steps, ...follow];
+    const full = await fullLogits(ctx, new Transformer(ctx, weights, lora), all);
+    const row = (i: number) => full.subarray(i * V, (i + 1) * V);
+    await gen.feed(prompt);
+    expectClose(await gen.readLogits(), row(prompt.length - 1), 1e-4, `q4 prefill (seed ${seed})`);
+    for (const [i, id] of steps.entries()) {
+      await gen.decodeOne(id);
+      expectClose(await gen.readLogits(), row(prompt.length + i), 1e-4, `q4 decode ${i} (seed ${seed})`);
+    }
+    await gen.feed(follow);
+    expectClose(await gen.readLogits(), row(all.length - 1), 1e-4, `q4 append (seed ${seed})`);
+    gen.release();
+    releaseBaseWeights(ctx, weights);
+  }, 120_000);
 
   it('sampling with a seed is reproducible through generate; stop ids end the reply', async () => {
     const ctx = await gpu();

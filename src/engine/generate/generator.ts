@@ -24,6 +24,7 @@ import { prepareAttentionDecode, prepareAttentionForward, type AttentionDecode }
 import { prepareAdd, prepareBiasAdd } from '../kernels/elementwise.ts';
 import { prepareEmbeddingForward } from '../kernels/embedding.ts';
 import { prepareMatmul } from '../kernels/matmul.ts';
+import { prepareQ4Matmul } from '../kernels/quant4.ts';
 import { prepareRmsNormForward } from '../kernels/rmsnorm.ts';
 import { prepareRope, uploadInvFreq } from '../kernels/rope.ts';
 import { prepareHeadLogits, prepareSampler, type PreparedSampler } from '../kernels/sampling.ts';
@@ -246,9 +247,18 @@ export class Generator {
       const out: KernelDispatch[] = [];
       const lo = this.loraFor(l, pk);
       const Ut = lo ? U.get(lo.group.module)! : null;
-      if (lo?.first) out.push(await prepareMatmul(ctx, x, lo.A, Ut!, { M, N: lo.rank, K: p.in }, { transB: true }));
-      out.push(...(await projectionForward(ctx, p, x, y, M)));
-      if (lo) out.push(await prepareMatmul(ctx, Ut!, lo.B, y, { M, N: p.out, K: lo.rank }, { transB: true, accumulate: true, alpha: lo.scale }));
+      if (lo?.first) {
+        // U = x·Aᵀ: for one row a GEMV (rank outputs, each a long dot product shared by a workgroup's lanes).
+        if (M === 1 && p.in % 4 === 0) out.push(...(await prepareHeadLogits(ctx, x, [{ tensor: lo.A, row0: 0, rows: lo.rank }], Ut!, p.in)));
+        else out.push(await prepareMatmul(ctx, x, lo.A, Ut!, { M, N: lo.rank, K: p.in }, { transB: true }));
+      }
+      if (lo && p.kind === 'q4') {
+        // y = x·Wᵀ + s·U·Bᵀ in one dispatch per row block (the 4-bit kernels' LoRA epilogue).
+        out.push(...(await prepareQ4Matmul(ctx, x, p.w, y, M, { lora: { U: Ut!, B: lo.B, rank: lo.rank, scale: lo.scale } })));
+      } else {
+        out.push(...(await projectionForward(ctx, p, x, y, M)));
+        if (lo) out.push(await prepareMatmul(ctx, Ut!, lo.B, y, { M, N: p.out, K: lo.rank }, { transB: true, accumulate: true, alpha: lo.scale }));
+      }
       const bias = layer.bias[pk];
       if (bias) out.push(...(await prepareBiasAdd(ctx, y, bias, { rows: M, dim: p.out })));
       return out;
