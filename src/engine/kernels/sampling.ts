@@ -80,7 +80,8 @@ function fields(f: Partial<Record<'vocab' | 'nChunks' | 'k' | 'topKOn' | 'seed' 
 
 /**
  * logits[row0 + r] = hidden · block[r, :] for every lm_head block: the last position's logits as a GEMV
- * (one row of hidden, [hidden] f32, hidden a multiple of 4). One dispatch per block.
+ * (one row of hidden, [hidden] f32, hidden a multiple of 4). One dispatch per block. A one-row GEMV
+ * y = W·x in general: the generator also computes LoRA's U = x·Aᵀ with it at decode time.
  */
 export async function prepareHeadLogits(ctx: GpuContext, hidden: Tensor, blocks: readonly HeadBlock[], logits: Tensor, H: number): Promise<KernelDispatch[]> {
   if (H % 4 !== 0) throw new Error(`head logits: hidden ${H} is not a multiple of 4`);
