@@ -169,32 +169,16 @@ fn load_tile_b(base: u32, col0: u32, k0: u32, tid: u32) {
 const MAX_PREF: u32 = 8u;
 
 fn kcontig_slots(edge: u32) -> u32 { return (edge / 4u) * (TILE_K / 4u); }
-// (row quad, k quad) of a k-contiguous slot: row quads fastest (contiguous stores), or with KQ_FAST k quads
-// fastest (whole 32-byte sectors per row in the global loads).
-fn kcontig_split(slot: u32, edge: u32) -> vec2<u32> {
-#if KQ_FAST
-  return vec2<u32>(slot / (TILE_K / 4u), slot % (TILE_K / 4u));
-#else
-  return vec2<u32>(slot % (edge / 4u), slot / (edge / 4u));
-#endif
-}
-// Slot of this thread in round u; B's slots are rotated by half a workgroup with ROT_B so that A's and B's
-// loads land on different warps when only some threads load.
-fn slot_a(u: u32, tid: u32) -> u32 { return u * THREADS + tid; }
-fn slot_b(u: u32, tid: u32) -> u32 {
-#if ROT_B
-  return u * THREADS + (tid + THREADS / 2u) % THREADS;
-#else
-  return u * THREADS + tid;
-#endif
-}
+// (row quad, k quad) of a k-contiguous slot: row quads fastest, so the workgroup-memory stores are
+// contiguous (k quads fastest, for whole 32-byte sectors per row in the global loads, measured no better).
+fn kcontig_split(slot: u32, edge: u32) -> vec2<u32> { return vec2<u32>(slot % (edge / 4u), slot / (edge / 4u)); }
 fn mcontig_slots(edge: u32) -> u32 { return edge * TILE_K / 4u; }
 
 // k-contiguous operand: rows [row0, row0 + edge) of a [rows, K] matrix (vec4 view `src` offset `base`/4).
 fn fetch_kcontig_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, base: u32, row0: u32, k0: u32, tid: u32, rows: u32) {
   let K = params.K;
   for (var u = 0u; u < MAX_PREF / 4u; u++) { if (u * THREADS >= kcontig_slots(TILE_M)) { break; }
-    let slot = slot_a(u, tid);
+    let slot = u * THREADS + tid;
     let sp = kcontig_split(slot, TILE_M);
     let mq = sp.x;
     let kq = sp.y;
@@ -210,7 +194,7 @@ fn fetch_kcontig_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, base: u32, ro
 fn fetch_kcontig_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, base: u32, row0: u32, k0: u32, tid: u32, rows: u32) {
   let K = params.K;
   for (var u = 0u; u < MAX_PREF / 4u; u++) { if (u * THREADS >= kcontig_slots(TILE_N)) { break; }
-    let slot = slot_b(u, tid);
+    let slot = u * THREADS + tid;
     let sp = kcontig_split(slot, TILE_N);
     let nq = sp.x;
     let kq = sp.y;
@@ -259,7 +243,7 @@ fn commit_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
   }
 #else
   for (var u = 0u; u < MAX_PREF / 4u; u++) { if (u * THREADS >= kcontig_slots(TILE_M)) { break; }
-    let slot = slot_a(u, tid);
+    let slot = u * THREADS + tid;
     let sp = kcontig_split(slot, TILE_M);
     let mq = sp.x;
     let kq = sp.y;
@@ -280,7 +264,7 @@ fn commit_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
 fn commit_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
 #if TRANS_B
   for (var u = 0u; u < MAX_PREF / 4u; u++) { if (u * THREADS >= kcontig_slots(TILE_N)) { break; }
-    let slot = slot_b(u, tid);
+    let slot = u * THREADS + tid;
     let sp = kcontig_split(slot, TILE_N);
     let nq = sp.x;
     let kq = sp.y;
