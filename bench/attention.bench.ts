@@ -1,7 +1,7 @@
 import type { GpuContext } from '../src/engine/gpu/context.ts';
 import type { Tensor } from '../src/engine/gpu/tensor.ts';
 import {
-  chooseAttentionTiles,
+  chooseAttentionForwardTiles,
   prepareAttentionBackward,
   prepareAttentionDecode,
   prepareAttentionForward,
@@ -51,7 +51,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     try {
       const flops = (4 * seq * seq * D * N_Q * batch) / 2;
       const fwd = await prepareAttentionForward(ctx, { q, k, v, o, lse }, s);
-      const tiles = JSON.stringify(chooseAttentionTiles(ctx, 'forward', D, false).tiles);
+      const tiles = JSON.stringify(chooseAttentionForwardTiles(ctx, D, false).tiles);
       rows.push({ name: `forward b${batch} seq${seq}`, ms: await timeDispatches(ctx, [fwd], reps, reps), flops, note: `tiles ${tiles}; extra memory lse ${(N_Q * tokens * 4) / 1024} KiB` });
       const bwd = await prepareAttentionBackward(ctx, { q, k, v, o, lse, dout, delta, dq, dk, dv }, s);
       rows.push({ name: `backward b${batch} seq${seq}`, ms: await timeDispatches(ctx, bwd, reps, reps), flops: 2.5 * flops, note: 'delta + dq + dkv' });

@@ -21,20 +21,21 @@
 // summation order: the results are deterministic). There are no parameters here.
 //
 // Backward (FlashAttention-2, recompute from lse): attention_delta computes delta = rowsum(dout ∘ o);
-// attention_backward_dq loops over key blocks for one query block; attention_backward_dkv loops, for one
-// key block, over the query heads of its group and the query blocks at or after it.
+// attention_backward_dq (register-blocked like the forward) loops over key blocks for one query block;
+// attention_backward_dkv loops, for one key block, over the query heads of its group and the query blocks
+// at or after it.
 //
-// Work split: a workgroup owns a block of rows (BLOCK_Q query rows, or BLOCK_K key rows in dkv); each row
-// has a team of LANES consecutive invocations. For scores a lane takes every LANES-th key (query) of the
-// tile and computes full dot products from workgroup memory; for the output a lane owns the vec4 columns
-// lane, lane + LANES, ... (HEAD_DIM / 4 / LANES of them, at most MAX_V4 = 8). Scores of one tile are exchanged
-// through workgroup memory; the seq×seq matrix never exists. Extra memory is lse and delta: linear in seq.
-// Rows whose tiles read across the key dimension (k in forward/dq, q/dout in dkv) are padded by one vec4
-// to avoid bank conflicts.
+// Work split: every tiled entry point is register-blocked. An invocation computes a 4×4 block of scores
+// (4 query rows × 4 keys in forward/dq, 4 keys × 4 queries in dkv) from operands staged DC head_dim
+// columns at a time, the probabilities (or dS) go through workgroup memory, and it accumulates 4 output
+// rows × (HEAD_DIM/4 / team) vec4 columns from rows staged KC at a time. The seq×seq matrix never exists;
+// extra memory is lse and delta: linear in seq. Every loop that indexes a register array has a constant
+// bound (RB_MAXC, with a break): the NVIDIA driver keeps arrays indexed under override-bounded loops in
+// local memory (measured 2× slower).
 //
-// SUBGROUPS && SG_TEAM: the forward takes the row max over a team with subgroupShuffleXor (one barrier less
-// per key tile). Needs LANES <= the subgroup size and subgroups made of consecutive invocation indices,
-// which the TS module checks/assumes (true for the Vulkan, D3D12 and Metal backends of Dawn).
+// SUBGROUPS && SG_TEAM: the forward takes the row max and sum over a team with subgroupShuffleXor. Needs
+// BLOCK_K/4 <= the subgroup size and subgroups made of consecutive invocation indices, which the TS
+// module checks/assumes (true for the Vulkan, D3D12 and Metal backends of Dawn).
 
 #if SUBGROUPS
 enable subgroups;
@@ -72,23 +73,20 @@ struct Params {
 @group(0) @binding(12) var<storage, read_write> part: array<vec4<f32>>;
 
 override HEAD_DIM: u32 = 64u;
+// Tiles of forward, dq and dkv (multiples of 4): BLOCK_Q query rows × BLOCK_K keys per step.
 override BLOCK_Q: u32 = 16u;
 override BLOCK_K: u32 = 16u;
-override LANES: u32 = 16u;
+// head_dim columns of Q/K (dO/V) staged per step; rows (keys of V or K, queries of dO/Q) staged per step.
+override DC: u32 = 16u;
+override KC: u32 = 16u;
 // Decode: invocations per workgroup (a multiple of HEAD_DIM / 4).
 override DECODE_THREADS: u32 = 64u;
 
-const MAX_V4: u32 = 8u;
+// Most vec4 output columns per invocation (HEAD_DIM/4 / team size); register arrays are this long.
+const RB_MAXC: u32 = 8u;
 const NEG: f32 = -1.0e30;
 const LSE_MASKED: f32 = 1.0e30;
 
-// Workgroup tiles. Strides: ROW = HEAD_DIM/4 vec4 (broadcast reads), PROW = ROW + 1 (padded).
-var<workgroup> tq: array<vec4<f32>, BLOCK_Q * (HEAD_DIM / 4u + 1u)>;
-var<workgroup> tdo: array<vec4<f32>, BLOCK_Q * (HEAD_DIM / 4u + 1u)>;
-var<workgroup> tk: array<vec4<f32>, BLOCK_K * (HEAD_DIM / 4u + 1u)>;
-var<workgroup> tv: array<vec4<f32>, BLOCK_K * (HEAD_DIM / 4u + 1u)>;
-var<workgroup> sa: array<f32, (BLOCK_Q + 1u) * (BLOCK_K + 1u)>;
-var<workgroup> sb: array<f32, (BLOCK_Q + 1u) * (BLOCK_K + 1u)>;
 var<workgroup> trow: array<vec2<f32>, BLOCK_Q>; // dkv: (lse, delta) of the query tile
 #if DOCS
 var<workgroup> qdoc: array<i32, BLOCK_Q>;
@@ -96,8 +94,6 @@ var<workgroup> kdoc: array<i32, BLOCK_K>;
 #endif
 
 fn row4() -> u32 { return HEAD_DIM / 4u; }
-fn prow4() -> u32 { return HEAD_DIM / 4u + 1u; }
-fn per_lane() -> u32 { return HEAD_DIM / 4u / LANES; }
 fn group_size() -> u32 { return params.n_q_heads / params.n_kv_heads; }
 fn q_index(t: u32, h: u32) -> u32 { return (t * params.n_q_heads + h) * row4(); }
 fn kv_index(t: u32, hk: u32) -> u32 { return (t * params.n_kv_heads + hk) * row4(); }
@@ -125,100 +121,220 @@ fn load_doc(row_base: u32, pos: u32) -> i32 {
   return -1;
 }
 
-// ---- forward -----------------------------------------------------------------------------------------
+// ---- forward ----------------------------------------------------------------------------------------
+//
+// A (BLOCK_Q/4) × (BLOCK_K/4) workgroup; invocation (x, y) owns query rows 4y..4y+3 of the tile, the
+// scores of those rows for keys x + i·BLOCK_K/4 (i < 4): a 4×4 block of S held in registers as four vec4
+// (one per row, components = the 4 keys), and output vec4 columns x, x + BLOCK_K/4, ... of its 4 rows.
+// Rows are unrolled by hand (s0..s3, acc0..acc3) and every loop that indexes a register array has a
+// constant bound (with a break on the override-derived count): the NVIDIA driver otherwise keeps such
+// arrays in local memory, which cost 2× here. Q and K are staged DC columns of head_dim at a time (rows
+// padded by one vec4: conflict-free reads); P goes to workgroup memory key-major (4 rows per vec4); V is
+// staged KC keys at a time. The row max over the BLOCK_K/4 invocations of a row team is exchanged by
+// subgroupShuffleXor (SUBGROUPS && SG_TEAM) or through workgroup memory; the row sum l stays a
+// per-invocation partial until the end. Query tiles run last-first (longest causal rows start first).
 
-@compute @workgroup_size(BLOCK_Q * LANES)
-fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let threads = BLOCK_Q * LANES;
+// Workgroup tiles: staged chunks (rows padded by one vec4: conflict-free reads), staged rows, P/dS.
+var<workgroup> fq: array<vec4<f32>, BLOCK_Q * (DC / 4u + 1u)>;
+var<workgroup> fk: array<vec4<f32>, BLOCK_K * (DC / 4u + 1u)>;
+var<workgroup> fv: array<vec4<f32>, KC * (HEAD_DIM / 4u)>;
+var<workgroup> fp: array<vec4<f32>, BLOCK_K * (BLOCK_Q / 4u + 1u)>;
+var<workgroup> fred: array<vec4<f32>, (BLOCK_Q / 4u) * (BLOCK_K / 4u)>;
+
+fn team_max4(x: vec4<f32>, ly: u32, lx: u32) -> vec4<f32> {
+  let WX = BLOCK_K / 4u;
+  var y = x;
+#if SUBGROUPS && SG_TEAM
+  for (var off = 1u; off < WX; off <<= 1u) { y = max(y, subgroupShuffleXor(y, off)); }
+#else
+  fred[ly * WX + lx] = x;
+  workgroupBarrier();
+  for (var t = 0u; t < WX; t++) { y = max(y, fred[ly * WX + t]); }
+  workgroupBarrier();
+#endif
+  return y;
+}
+
+fn team_sum4(x: vec4<f32>, ly: u32, lx: u32) -> vec4<f32> {
+  let WX = BLOCK_K / 4u;
+#if SUBGROUPS && SG_TEAM
+  var y = x;
+  for (var off = 1u; off < WX; off <<= 1u) { y += subgroupShuffleXor(y, off); }
+  return y;
+#else
+  workgroupBarrier();
+  fred[ly * WX + lx] = x;
+  workgroupBarrier();
+  var y = vec4<f32>(0.0);
+  for (var t = 0u; t < WX; t++) { y += fred[ly * WX + t]; }
+  return y;
+#endif
+}
+
+// Scaled scores of one row for my 4 keys, NEG where masked.
+fn mask_row(s: vec4<f32>, qi: u32, ti: u32, k0: u32, lx: u32) -> vec4<f32> {
+  let WX = BLOCK_K / 4u;
+  var r = vec4<f32>(NEG);
+  for (var jj = 0u; jj < 4u; jj++) {
+    let tj = lx + jj * WX;
+    if (allowed(qi, k0 + tj, ti, tj)) { r[jj] = s[jj] * params.scale; }
+  }
+  return r;
+}
+
+fn probs_row(s: vec4<f32>, m: f32) -> vec4<f32> {
+  return select(vec4<f32>(0.0), exp(s - vec4<f32>(m)), s > vec4<f32>(0.5 * NEG));
+}
+
+@compute @workgroup_size(BLOCK_K / 4u, BLOCK_Q / 4u)
+fn attention_forward(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let WX = BLOCK_K / 4u;
+  let threads = WX * (BLOCK_Q / 4u);
   let R = row4();
-  let P = prow4();
+  let D4 = DC / 4u;
+  let DQ = D4 + 1u;
+  let PQ = BLOCK_Q / 4u + 1u;
   let seq = params.seq;
-  let q0 = wg.x * BLOCK_Q;
+  let q0 = (nwg.x - 1u - wg.x) * BLOCK_Q;
   let h = wg.y;
   let hk = h / group_size();
   let row_base = wg.z * seq;
-  let r = tid / LANES;
-  let lane = tid % LANES;
+  let i0 = lid.y * 4u;
+  let lx = lid.x;
+  let ncol = R / WX;
 
-  for (var idx = tid; idx < BLOCK_Q * R; idx += threads) {
-    let i = idx / R;
-    var x = vec4<f32>(0.0);
-    if (q0 + i < seq) { x = q[q_index(row_base + q0 + i, h) + idx % R]; }
-    tq[i * R + idx % R] = x;
-  }
 #if DOCS
   for (var i = tid; i < BLOCK_Q; i += threads) { qdoc[i] = query_doc(load_doc(row_base, q0 + i)); }
 #endif
 
-  var m = NEG;
-  var l = 0.0;
-  var acc: array<vec4<f32>, MAX_V4>; // zero-initialised
+  var m = vec4<f32>(NEG);
+  var l = vec4<f32>(0.0);
+  var acc0: array<vec4<f32>, RB_MAXC>;
+  var acc1: array<vec4<f32>, RB_MAXC>;
+  var acc2: array<vec4<f32>, RB_MAXC>;
+  var acc3: array<vec4<f32>, RB_MAXC>;
   let k_end = min(q0 + BLOCK_Q, seq);
-  let SS = BLOCK_K + 1u;
 
   for (var k0 = 0u; k0 < k_end; k0 += BLOCK_K) {
-    workgroupBarrier();
-    for (var idx = tid; idx < BLOCK_K * R; idx += threads) {
-      let j = idx / R;
-      let c = idx % R;
-      var xk = vec4<f32>(0.0);
-      var xv = vec4<f32>(0.0);
-      if (k0 + j < seq) {
-        let at = kv_index(row_base + k0 + j, hk) + c;
-        xk = k[at];
-        xv = v[at];
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    var s2 = vec4<f32>(0.0);
+    var s3 = vec4<f32>(0.0);
+    for (var dc0 = 0u; dc0 < R; dc0 += D4) {
+      workgroupBarrier();
+      for (var idx = tid; idx < BLOCK_Q * D4; idx += threads) {
+        let i = idx / D4;
+        let c = idx % D4;
+        var x = vec4<f32>(0.0);
+        if (q0 + i < seq) { x = q[q_index(row_base + q0 + i, h) + dc0 + c]; }
+        fq[i * DQ + c] = x;
       }
-      tk[j * P + c] = xk;
-      tv[j * R + c] = xv;
-    }
+      for (var idx = tid; idx < BLOCK_K * D4; idx += threads) {
+        let j = idx / D4;
+        let c = idx % D4;
+        var x = vec4<f32>(0.0);
+        if (k0 + j < seq) { x = k[kv_index(row_base + k0 + j, hk) + dc0 + c]; }
+        fk[j * DQ + c] = x;
+      }
 #if DOCS
-    for (var j = tid; j < BLOCK_K; j += threads) { kdoc[j] = load_doc(row_base, k0 + j); }
-#endif
-    workgroupBarrier();
-
-    // Scores of my row for keys lane, lane + LANES, ...; my part of the row max.
-    var mloc = NEG;
-    for (var j = lane; j < BLOCK_K; j += LANES) {
-      var s = NEG;
-      if (allowed(q0 + r, k0 + j, r, j)) {
-        var d = 0.0;
-        for (var c = 0u; c < R; c++) { d += dot(tq[r * R + c], tk[j * P + c]); }
-        s = d * params.scale;
+      if (dc0 == 0u) {
+        for (var j = tid; j < BLOCK_K; j += threads) { kdoc[j] = load_doc(row_base, k0 + j); }
       }
-      sa[r * SS + j] = s;
-      mloc = max(mloc, s);
-    }
-#if SUBGROUPS && SG_TEAM
-    for (var off = 1u; off < LANES; off <<= 1u) { mloc = max(mloc, subgroupShuffleXor(mloc, off)); }
-    let m_new = max(m, mloc);
-#else
-    workgroupBarrier();
-    var m_new = m;
-    for (var j = 0u; j < BLOCK_K; j++) { m_new = max(m_new, sa[r * SS + j]); }
 #endif
-    for (var j = lane; j < BLOCK_K; j += LANES) {
-      let s = sa[r * SS + j];
-      sb[r * SS + j] = select(0.0, exp(s - m_new), s > 0.5 * NEG);
+      workgroupBarrier();
+      for (var c = 0u; c < D4; c++) {
+        let a0 = fq[(i0 + 0u) * DQ + c];
+        let a1 = fq[(i0 + 1u) * DQ + c];
+        let a2 = fq[(i0 + 2u) * DQ + c];
+        let a3 = fq[(i0 + 3u) * DQ + c];
+        let b0 = fk[(lx + 0u * WX) * DQ + c];
+        let b1 = fk[(lx + 1u * WX) * DQ + c];
+        let b2 = fk[(lx + 2u * WX) * DQ + c];
+        let b3 = fk[(lx + 3u * WX) * DQ + c];
+        s0 += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
+        s1 += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
+        s2 += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
+        s3 += vec4<f32>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+      }
     }
-    workgroupBarrier();
 
+    s0 = mask_row(s0, q0 + i0, i0, k0, lx);
+    s1 = mask_row(s1, q0 + i0 + 1u, i0 + 1u, k0, lx);
+    s2 = mask_row(s2, q0 + i0 + 2u, i0 + 2u, k0, lx);
+    s3 = mask_row(s3, q0 + i0 + 3u, i0 + 3u, k0, lx);
+    let mloc = vec4<f32>(
+      max(max(s0.x, s0.y), max(s0.z, s0.w)),
+      max(max(s1.x, s1.y), max(s1.z, s1.w)),
+      max(max(s2.x, s2.y), max(s2.z, s2.w)),
+      max(max(s3.x, s3.y), max(s3.z, s3.w)),
+    );
+    let m_new = max(m, team_max4(mloc, lid.y, lx));
     let alpha = exp(m - m_new);
-    l *= alpha;
-    for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; } acc[c] *= alpha; }
-    for (var j = 0u; j < BLOCK_K; j++) {
-      let p = sb[r * SS + j];
-      l += p;
-      for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; } acc[c] = fma(vec4<f32>(p), tv[j * R + lane + c * LANES], acc[c]); }
-    }
     m = m_new;
+    let p0 = probs_row(s0, m_new.x);
+    let p1 = probs_row(s1, m_new.y);
+    let p2 = probs_row(s2, m_new.z);
+    let p3 = probs_row(s3, m_new.w);
+    l = l * alpha + vec4<f32>(dot(p0, vec4<f32>(1.0)), dot(p1, vec4<f32>(1.0)), dot(p2, vec4<f32>(1.0)), dot(p3, vec4<f32>(1.0)));
+    for (var c = 0u; c < RB_MAXC; c++) {
+      if (c >= ncol) { break; }
+      acc0[c] *= alpha.x;
+      acc1[c] *= alpha.y;
+      acc2[c] *= alpha.z;
+      acc3[c] *= alpha.w;
+    }
+    fp[(lx + 0u * WX) * PQ + lid.y] = vec4<f32>(p0.x, p1.x, p2.x, p3.x);
+    fp[(lx + 1u * WX) * PQ + lid.y] = vec4<f32>(p0.y, p1.y, p2.y, p3.y);
+    fp[(lx + 2u * WX) * PQ + lid.y] = vec4<f32>(p0.z, p1.z, p2.z, p3.z);
+    fp[(lx + 3u * WX) * PQ + lid.y] = vec4<f32>(p0.w, p1.w, p2.w, p3.w);
+
+    for (var kc0 = 0u; kc0 < BLOCK_K; kc0 += KC) {
+      workgroupBarrier();
+      for (var idx = tid; idx < KC * R; idx += threads) {
+        let j = idx / R;
+        let c = idx % R;
+        var x = vec4<f32>(0.0);
+        if (k0 + kc0 + j < seq) { x = v[kv_index(row_base + k0 + kc0 + j, hk) + c]; }
+        fv[idx] = x;
+      }
+      workgroupBarrier();
+      for (var j = 0u; j < KC; j++) {
+        let pv = fp[(kc0 + j) * PQ + lid.y];
+        for (var c = 0u; c < RB_MAXC; c++) {
+          if (c >= ncol) { break; }
+          let vv = fv[j * R + lx + c * WX];
+          acc0[c] = fma(vec4<f32>(pv.x), vv, acc0[c]);
+          acc1[c] = fma(vec4<f32>(pv.y), vv, acc1[c]);
+          acc2[c] = fma(vec4<f32>(pv.z), vv, acc2[c]);
+          acc3[c] = fma(vec4<f32>(pv.w), vv, acc3[c]);
+        }
+      }
+    }
   }
 
-  if (q0 + r < seq) {
-    let t = row_base + q0 + r;
-    let inv = select(0.0, 1.0 / l, l > 0.0);
-    let base = q_index(t, h);
-    for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; } o[base + lane + c * LANES] = acc[c] * inv; }
-    if (lane == 0u) { lse[h * params.tokens + t] = select(LSE_MASKED, m + log(l), l > 0.0); }
+  l = team_sum4(l, lid.y, lx);
+  let inv = select(vec4<f32>(0.0), vec4<f32>(1.0) / l, l > vec4<f32>(0.0));
+  let t0 = row_base + q0 + i0;
+  let ok = vec4<bool>(q0 + i0 < seq, q0 + i0 + 1u < seq, q0 + i0 + 2u < seq, q0 + i0 + 3u < seq);
+  for (var c = 0u; c < RB_MAXC; c++) {
+    if (c >= ncol) { break; }
+    let col = lx + c * WX;
+    if (ok.x) { o[q_index(t0, h) + col] = acc0[c] * inv.x; }
+    if (ok.y) { o[q_index(t0 + 1u, h) + col] = acc1[c] * inv.y; }
+    if (ok.z) { o[q_index(t0 + 2u, h) + col] = acc2[c] * inv.z; }
+    if (ok.w) { o[q_index(t0 + 3u, h) + col] = acc3[c] * inv.w; }
+  }
+  if (lx == 0u) {
+    let lse4 = select(vec4<f32>(LSE_MASKED), m + log(l), l > vec4<f32>(0.0));
+    if (ok.x) { lse[h * params.tokens + t0] = lse4.x; }
+    if (ok.y) { lse[h * params.tokens + t0 + 1u] = lse4.y; }
+    if (ok.z) { lse[h * params.tokens + t0 + 2u] = lse4.z; }
+    if (ok.w) { lse[h * params.tokens + t0 + 3u] = lse4.w; }
   }
 }
 
@@ -239,194 +355,384 @@ fn attention_delta(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // dq_i = scale · Σ_j P_ij (dP_ij − delta_i) k_j, P_ij = exp(scale·q_i·k_j − lse_i), dP_ij = dout_i·v_j.
-@compute @workgroup_size(BLOCK_Q * LANES)
-fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let threads = BLOCK_Q * LANES;
+// Register-blocked like the forward (same tiles and invocation layout): each invocation computes 4×4
+// blocks of S = Q·Kᵀ and dP = dO·Vᵀ from Q, K, dO, V staged DC columns at a time, writes dS key-major to
+// workgroup memory, and accumulates dq for its 4 rows and vec4 columns x, x + BLOCK_K/4, ... from K
+// staged KC keys at a time. No reductions across invocations.
+var<workgroup> fdo: array<vec4<f32>, BLOCK_Q * (DC / 4u + 1u)>;
+var<workgroup> fvc: array<vec4<f32>, BLOCK_K * (DC / 4u + 1u)>;
+
+fn dots4(a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
+  return vec4<f32>(dot(a, b0), dot(a, b1), dot(a, b2), dot(a, b3));
+}
+
+// dS of one row for my 4 keys (0 where masked).
+fn ds_row(s: vec4<f32>, dp: vec4<f32>, lse_i: f32, delta_i: f32, qi: u32, ti: u32, k0: u32, lx: u32) -> vec4<f32> {
+  let WX = BLOCK_K / 4u;
+  let p = exp(s * params.scale - vec4<f32>(lse_i));
+  let ds = p * (dp - vec4<f32>(delta_i));
+  var r = vec4<f32>(0.0);
+  for (var jj = 0u; jj < 4u; jj++) {
+    let tj = lx + jj * WX;
+    if (allowed(qi, k0 + tj, ti, tj)) { r[jj] = ds[jj]; }
+  }
+  return r;
+}
+
+@compute @workgroup_size(BLOCK_K / 4u, BLOCK_Q / 4u)
+fn attention_backward_dq(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let WX = BLOCK_K / 4u;
+  let threads = WX * (BLOCK_Q / 4u);
   let R = row4();
-  let P = prow4();
+  let D4 = DC / 4u;
+  let DQ = D4 + 1u;
+  let PQ = BLOCK_Q / 4u + 1u;
   let seq = params.seq;
-  let q0 = wg.x * BLOCK_Q;
+  let q0 = (nwg.x - 1u - wg.x) * BLOCK_Q;
   let h = wg.y;
   let hk = h / group_size();
   let row_base = wg.z * seq;
-  let r = tid / LANES;
-  let lane = tid % LANES;
+  let i0 = lid.y * 4u;
+  let lx = lid.x;
+  let ncol = R / WX;
 
-  for (var idx = tid; idx < BLOCK_Q * R; idx += threads) {
-    let i = idx / R;
-    var xq = vec4<f32>(0.0);
-    var xd = vec4<f32>(0.0);
-    if (q0 + i < seq) {
-      let at = q_index(row_base + q0 + i, h) + idx % R;
-      xq = q[at];
-      xd = dout[at];
-    }
-    tq[idx] = xq;
-    tdo[idx] = xd;
-  }
 #if DOCS
   for (var i = tid; i < BLOCK_Q; i += threads) { qdoc[i] = query_doc(load_doc(row_base, q0 + i)); }
 #endif
-  var my_lse = 0.0;
-  var my_delta = 0.0;
-  if (q0 + r < seq) {
-    my_lse = lse[h * params.tokens + row_base + q0 + r];
-    my_delta = delta[h * params.tokens + row_base + q0 + r];
+  var lse4 = vec4<f32>(0.0);
+  var delta4 = vec4<f32>(0.0);
+  for (var ii = 0u; ii < 4u; ii++) {
+    if (q0 + i0 + ii < seq) {
+      let at = h * params.tokens + row_base + q0 + i0 + ii;
+      lse4[ii] = lse[at];
+      delta4[ii] = delta[at];
+    }
   }
 
-  var acc: array<vec4<f32>, MAX_V4>; // zero-initialised
+  var acc0: array<vec4<f32>, RB_MAXC>;
+  var acc1: array<vec4<f32>, RB_MAXC>;
+  var acc2: array<vec4<f32>, RB_MAXC>;
+  var acc3: array<vec4<f32>, RB_MAXC>;
   let k_end = min(q0 + BLOCK_Q, seq);
-  let SS = BLOCK_K + 1u;
 
   for (var k0 = 0u; k0 < k_end; k0 += BLOCK_K) {
-    workgroupBarrier();
-    for (var idx = tid; idx < BLOCK_K * R; idx += threads) {
-      let j = idx / R;
-      let c = idx % R;
-      var xk = vec4<f32>(0.0);
-      var xv = vec4<f32>(0.0);
-      if (k0 + j < seq) {
-        let at = kv_index(row_base + k0 + j, hk) + c;
-        xk = k[at];
-        xv = v[at];
-      }
-      tk[j * P + c] = xk;
-      tv[j * P + c] = xv;
-    }
-#if DOCS
-    for (var j = tid; j < BLOCK_K; j += threads) { kdoc[j] = load_doc(row_base, k0 + j); }
-#endif
-    workgroupBarrier();
-
-    for (var j = lane; j < BLOCK_K; j += LANES) {
-      var ds = 0.0;
-      if (allowed(q0 + r, k0 + j, r, j)) {
-        var s = 0.0;
-        var dp = 0.0;
-        for (var c = 0u; c < R; c++) {
-          s += dot(tq[r * R + c], tk[j * P + c]);
-          dp += dot(tdo[r * R + c], tv[j * P + c]);
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    var s2 = vec4<f32>(0.0);
+    var s3 = vec4<f32>(0.0);
+    var e0 = vec4<f32>(0.0);
+    var e1 = vec4<f32>(0.0);
+    var e2 = vec4<f32>(0.0);
+    var e3 = vec4<f32>(0.0);
+    for (var dc0 = 0u; dc0 < R; dc0 += D4) {
+      workgroupBarrier();
+      for (var idx = tid; idx < BLOCK_Q * D4; idx += threads) {
+        let i = idx / D4;
+        let c = idx % D4;
+        var x = vec4<f32>(0.0);
+        var y = vec4<f32>(0.0);
+        if (q0 + i < seq) {
+          let at = q_index(row_base + q0 + i, h) + dc0 + c;
+          x = q[at];
+          y = dout[at];
         }
-        let p = exp(s * params.scale - my_lse);
-        ds = p * (dp - my_delta);
+        fq[i * DQ + c] = x;
+        fdo[i * DQ + c] = y;
       }
-      sa[r * SS + j] = ds;
+      for (var idx = tid; idx < BLOCK_K * D4; idx += threads) {
+        let j = idx / D4;
+        let c = idx % D4;
+        var x = vec4<f32>(0.0);
+        var y = vec4<f32>(0.0);
+        if (k0 + j < seq) {
+          let at = kv_index(row_base + k0 + j, hk) + dc0 + c;
+          x = k[at];
+          y = v[at];
+        }
+        fk[j * DQ + c] = x;
+        fvc[j * DQ + c] = y;
+      }
+#if DOCS
+      if (dc0 == 0u) {
+        for (var j = tid; j < BLOCK_K; j += threads) { kdoc[j] = load_doc(row_base, k0 + j); }
+      }
+#endif
+      workgroupBarrier();
+      for (var c = 0u; c < D4; c++) {
+        let b0 = fk[(lx + 0u * WX) * DQ + c];
+        let b1 = fk[(lx + 1u * WX) * DQ + c];
+        let b2 = fk[(lx + 2u * WX) * DQ + c];
+        let b3 = fk[(lx + 3u * WX) * DQ + c];
+        s0 += dots4(fq[(i0 + 0u) * DQ + c], b0, b1, b2, b3);
+        s1 += dots4(fq[(i0 + 1u) * DQ + c], b0, b1, b2, b3);
+        s2 += dots4(fq[(i0 + 2u) * DQ + c], b0, b1, b2, b3);
+        s3 += dots4(fq[(i0 + 3u) * DQ + c], b0, b1, b2, b3);
+        let w0 = fvc[(lx + 0u * WX) * DQ + c];
+        let w1 = fvc[(lx + 1u * WX) * DQ + c];
+        let w2 = fvc[(lx + 2u * WX) * DQ + c];
+        let w3 = fvc[(lx + 3u * WX) * DQ + c];
+        e0 += dots4(fdo[(i0 + 0u) * DQ + c], w0, w1, w2, w3);
+        e1 += dots4(fdo[(i0 + 1u) * DQ + c], w0, w1, w2, w3);
+        e2 += dots4(fdo[(i0 + 2u) * DQ + c], w0, w1, w2, w3);
+        e3 += dots4(fdo[(i0 + 3u) * DQ + c], w0, w1, w2, w3);
+      }
     }
-    workgroupBarrier();
 
-    for (var j = 0u; j < BLOCK_K; j++) {
-      let ds = vec4<f32>(sa[r * SS + j]);
-      for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; } acc[c] = fma(ds, tk[j * P + lane + c * LANES], acc[c]); }
+    let d0 = ds_row(s0, e0, lse4.x, delta4.x, q0 + i0, i0, k0, lx);
+    let d1 = ds_row(s1, e1, lse4.y, delta4.y, q0 + i0 + 1u, i0 + 1u, k0, lx);
+    let d2 = ds_row(s2, e2, lse4.z, delta4.z, q0 + i0 + 2u, i0 + 2u, k0, lx);
+    let d3 = ds_row(s3, e3, lse4.w, delta4.w, q0 + i0 + 3u, i0 + 3u, k0, lx);
+    fp[(lx + 0u * WX) * PQ + lid.y] = vec4<f32>(d0.x, d1.x, d2.x, d3.x);
+    fp[(lx + 1u * WX) * PQ + lid.y] = vec4<f32>(d0.y, d1.y, d2.y, d3.y);
+    fp[(lx + 2u * WX) * PQ + lid.y] = vec4<f32>(d0.z, d1.z, d2.z, d3.z);
+    fp[(lx + 3u * WX) * PQ + lid.y] = vec4<f32>(d0.w, d1.w, d2.w, d3.w);
+
+    // dq += dS·K, K staged KC keys (all head_dim columns) at a time.
+    for (var kc0 = 0u; kc0 < BLOCK_K; kc0 += KC) {
+      workgroupBarrier();
+      for (var idx = tid; idx < KC * R; idx += threads) {
+        let j = idx / R;
+        let c = idx % R;
+        var x = vec4<f32>(0.0);
+        if (k0 + kc0 + j < seq) { x = k[kv_index(row_base + k0 + kc0 + j, hk) + c]; }
+        fv[idx] = x;
+      }
+      workgroupBarrier();
+      for (var j = 0u; j < KC; j++) {
+        let dv4 = fp[(kc0 + j) * PQ + lid.y];
+        for (var c = 0u; c < RB_MAXC; c++) {
+          if (c >= ncol) { break; }
+          let kk = fv[j * R + lx + c * WX];
+          acc0[c] = fma(vec4<f32>(dv4.x), kk, acc0[c]);
+          acc1[c] = fma(vec4<f32>(dv4.y), kk, acc1[c]);
+          acc2[c] = fma(vec4<f32>(dv4.z), kk, acc2[c]);
+          acc3[c] = fma(vec4<f32>(dv4.w), kk, acc3[c]);
+        }
+      }
     }
   }
 
-  if (q0 + r < seq) {
-    let base = q_index(row_base + q0 + r, h);
-    for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; } dq[base + lane + c * LANES] = acc[c] * params.scale; }
+  let t0 = row_base + q0 + i0;
+  for (var c = 0u; c < RB_MAXC; c++) {
+    if (c >= ncol) { break; }
+    let col = lx + c * WX;
+    if (q0 + i0 < seq) { dq[q_index(t0, h) + col] = acc0[c] * params.scale; }
+    if (q0 + i0 + 1u < seq) { dq[q_index(t0 + 1u, h) + col] = acc1[c] * params.scale; }
+    if (q0 + i0 + 2u < seq) { dq[q_index(t0 + 2u, h) + col] = acc2[c] * params.scale; }
+    if (q0 + i0 + 3u < seq) { dq[q_index(t0 + 3u, h) + col] = acc3[c] * params.scale; }
   }
 }
 
 // For one key block of one kv head: dv_j = Σ_{h in group} Σ_i P_ij dout_i,  dk_j = scale · Σ Σ dS_ij q_i.
-@compute @workgroup_size(BLOCK_K * LANES)
-fn attention_backward_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let threads = BLOCK_K * LANES;
+// Register-blocked: a (BLOCK_Q/4) × (BLOCK_K/4) workgroup; invocation (x, y) owns key rows 4y..4y+3 of the
+// block and queries x + i·BLOCK_Q/4 (i < 4) of each query tile: 4×4 blocks of Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ
+// from K, V, Q, dO staged DC columns at a time; Pᵀ and dSᵀ go to workgroup memory query-major (4 keys
+// per vec4); dv and dk of its 4 keys (vec4 columns x, x + BLOCK_Q/4, ...) accumulate from dO and Q rows
+// staged KC queries at a time. Query heads of the group and query tiles in a fixed order: deterministic.
+var<workgroup> fq2: array<vec4<f32>, KC * (HEAD_DIM / 4u)>;
+var<workgroup> fpt: array<vec4<f32>, BLOCK_Q * (BLOCK_K / 4u + 1u)>;
+var<workgroup> fdst: array<vec4<f32>, BLOCK_Q * (BLOCK_K / 4u + 1u)>;
+
+struct PdS {
+  p: vec4<f32>,
+  ds: vec4<f32>,
+}
+
+// Pᵀ and dSᵀ of one key row (position kj, tile index tj) for my 4 queries (0 where masked).
+fn pds_row(s: vec4<f32>, dp: vec4<f32>, lse4: vec4<f32>, delta4: vec4<f32>, q0: u32, lx: u32, kj: u32, tj: u32) -> PdS {
+  let WX = BLOCK_Q / 4u;
+  let p = exp(s * params.scale - lse4);
+  let ds = p * (dp - delta4);
+  var r: PdS;
+  r.p = vec4<f32>(0.0);
+  r.ds = vec4<f32>(0.0);
+  for (var ii = 0u; ii < 4u; ii++) {
+    let ti = lx + ii * WX;
+    if (allowed(q0 + ti, kj, ti, tj)) {
+      r.p[ii] = p[ii];
+      r.ds[ii] = ds[ii];
+    }
+  }
+  return r;
+}
+
+@compute @workgroup_size(BLOCK_Q / 4u, BLOCK_K / 4u)
+fn attention_backward_dkv(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let WX = BLOCK_Q / 4u;
+  let threads = WX * (BLOCK_K / 4u);
   let R = row4();
-  let P = prow4();
+  let D4 = DC / 4u;
+  let DQ = D4 + 1u;
+  let PK = BLOCK_K / 4u + 1u;
   let seq = params.seq;
   let k0 = wg.x * BLOCK_K;
   let hk = wg.y;
   let row_base = wg.z * seq;
-  let r = tid / LANES; // my key row in the tile
-  let lane = tid % LANES;
+  let j0 = lid.y * 4u;
+  let lx = lid.x;
+  let ncol = R / WX;
   let G = group_size();
 
-  for (var idx = tid; idx < BLOCK_K * R; idx += threads) {
-    let j = idx / R;
-    var xk = vec4<f32>(0.0);
-    var xv = vec4<f32>(0.0);
-    if (k0 + j < seq) {
-      let at = kv_index(row_base + k0 + j, hk) + idx % R;
-      xk = k[at];
-      xv = v[at];
-    }
-    tk[idx] = xk;
-    tv[idx] = xv;
-  }
 #if DOCS
   for (var j = tid; j < BLOCK_K; j += threads) { kdoc[j] = load_doc(row_base, k0 + j); }
 #endif
 
-  var ak: array<vec4<f32>, MAX_V4>; // zero-initialised
-  var av: array<vec4<f32>, MAX_V4>;
-  let SS = BLOCK_Q + 1u;
+  var ak0: array<vec4<f32>, RB_MAXC>;
+  var ak1: array<vec4<f32>, RB_MAXC>;
+  var ak2: array<vec4<f32>, RB_MAXC>;
+  var ak3: array<vec4<f32>, RB_MAXC>;
+  var av0: array<vec4<f32>, RB_MAXC>;
+  var av1: array<vec4<f32>, RB_MAXC>;
+  var av2: array<vec4<f32>, RB_MAXC>;
+  var av3: array<vec4<f32>, RB_MAXC>;
 
   for (var g = 0u; g < G; g++) {
     let h = hk * G + g;
     for (var q0 = k0; q0 < seq; q0 += BLOCK_Q) {
-      workgroupBarrier();
-      for (var idx = tid; idx < BLOCK_Q * R; idx += threads) {
-        let i = idx / R;
-        let c = idx % R;
-        var xq = vec4<f32>(0.0);
-        var xd = vec4<f32>(0.0);
-        if (q0 + i < seq) {
-          let at = q_index(row_base + q0 + i, h) + c;
-          xq = q[at];
-          xd = dout[at];
-        }
-        tq[i * P + c] = xq;
-        tdo[i * P + c] = xd;
-      }
-      for (var i = tid; i < BLOCK_Q; i += threads) {
-        var x = vec2<f32>(0.0);
-        if (q0 + i < seq) {
-          let at = h * params.tokens + row_base + q0 + i;
-          x = vec2<f32>(lse[at], delta[at]);
-        }
-        trow[i] = x;
-#if DOCS
-        qdoc[i] = query_doc(load_doc(row_base, q0 + i));
-#endif
-      }
-      workgroupBarrier();
-
-      for (var i = lane; i < BLOCK_Q; i += LANES) {
-        var p = 0.0;
-        var ds = 0.0;
-        if (allowed(q0 + i, k0 + r, i, r)) {
-          var s = 0.0;
-          var dp = 0.0;
-          for (var c = 0u; c < R; c++) {
-            s += dot(tq[i * P + c], tk[r * R + c]);
-            dp += dot(tdo[i * P + c], tv[r * R + c]);
+      var s0 = vec4<f32>(0.0);
+      var s1 = vec4<f32>(0.0);
+      var s2 = vec4<f32>(0.0);
+      var s3 = vec4<f32>(0.0);
+      var e0 = vec4<f32>(0.0);
+      var e1 = vec4<f32>(0.0);
+      var e2 = vec4<f32>(0.0);
+      var e3 = vec4<f32>(0.0);
+      for (var dc0 = 0u; dc0 < R; dc0 += D4) {
+        workgroupBarrier();
+        for (var idx = tid; idx < BLOCK_Q * D4; idx += threads) {
+          let i = idx / D4;
+          let c = idx % D4;
+          var x = vec4<f32>(0.0);
+          var y = vec4<f32>(0.0);
+          if (q0 + i < seq) {
+            let at = q_index(row_base + q0 + i, h) + dc0 + c;
+            x = q[at];
+            y = dout[at];
           }
-          let rowv = trow[i];
-          p = exp(s * params.scale - rowv.x);
-          ds = p * (dp - rowv.y);
+          fq[i * DQ + c] = x;
+          fdo[i * DQ + c] = y;
         }
-        sa[r * SS + i] = p;
-        sb[r * SS + i] = ds;
+        for (var idx = tid; idx < BLOCK_K * D4; idx += threads) {
+          let j = idx / D4;
+          let c = idx % D4;
+          var x = vec4<f32>(0.0);
+          var y = vec4<f32>(0.0);
+          if (k0 + j < seq) {
+            let at = kv_index(row_base + k0 + j, hk) + dc0 + c;
+            x = k[at];
+            y = v[at];
+          }
+          fk[j * DQ + c] = x;
+          fvc[j * DQ + c] = y;
+        }
+        if (dc0 == 0u) {
+          for (var i = tid; i < BLOCK_Q; i += threads) {
+            var x = vec2<f32>(0.0);
+            if (q0 + i < seq) {
+              let at = h * params.tokens + row_base + q0 + i;
+              x = vec2<f32>(lse[at], delta[at]);
+            }
+            trow[i] = x;
+#if DOCS
+            qdoc[i] = query_doc(load_doc(row_base, q0 + i));
+#endif
+          }
+        }
+        workgroupBarrier();
+        for (var c = 0u; c < D4; c++) {
+          let b0 = fq[(lx + 0u * WX) * DQ + c];
+          let b1 = fq[(lx + 1u * WX) * DQ + c];
+          let b2 = fq[(lx + 2u * WX) * DQ + c];
+          let b3 = fq[(lx + 3u * WX) * DQ + c];
+          s0 += dots4(fk[(j0 + 0u) * DQ + c], b0, b1, b2, b3);
+          s1 += dots4(fk[(j0 + 1u) * DQ + c], b0, b1, b2, b3);
+          s2 += dots4(fk[(j0 + 2u) * DQ + c], b0, b1, b2, b3);
+          s3 += dots4(fk[(j0 + 3u) * DQ + c], b0, b1, b2, b3);
+          let w0 = fdo[(lx + 0u * WX) * DQ + c];
+          let w1 = fdo[(lx + 1u * WX) * DQ + c];
+          let w2 = fdo[(lx + 2u * WX) * DQ + c];
+          let w3 = fdo[(lx + 3u * WX) * DQ + c];
+          e0 += dots4(fvc[(j0 + 0u) * DQ + c], w0, w1, w2, w3);
+          e1 += dots4(fvc[(j0 + 1u) * DQ + c], w0, w1, w2, w3);
+          e2 += dots4(fvc[(j0 + 2u) * DQ + c], w0, w1, w2, w3);
+          e3 += dots4(fvc[(j0 + 3u) * DQ + c], w0, w1, w2, w3);
+        }
       }
-      workgroupBarrier();
 
-      for (var i = 0u; i < BLOCK_Q; i++) {
-        let p = vec4<f32>(sa[r * SS + i]);
-        let ds = vec4<f32>(sb[r * SS + i]);
-        for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; }
-          let col = i * P + lane + c * LANES;
-          av[c] = fma(p, tdo[col], av[c]);
-          ak[c] = fma(ds, tq[col], ak[c]);
+      let r0 = trow[lx];
+      let r1 = trow[lx + WX];
+      let r2 = trow[lx + 2u * WX];
+      let r3 = trow[lx + 3u * WX];
+      let lse4 = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+      let delta4 = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+      let x0 = pds_row(s0, e0, lse4, delta4, q0, lx, k0 + j0, j0);
+      let x1 = pds_row(s1, e1, lse4, delta4, q0, lx, k0 + j0 + 1u, j0 + 1u);
+      let x2 = pds_row(s2, e2, lse4, delta4, q0, lx, k0 + j0 + 2u, j0 + 2u);
+      let x3 = pds_row(s3, e3, lse4, delta4, q0, lx, k0 + j0 + 3u, j0 + 3u);
+      fpt[(lx + 0u * WX) * PK + lid.y] = vec4<f32>(x0.p.x, x1.p.x, x2.p.x, x3.p.x);
+      fpt[(lx + 1u * WX) * PK + lid.y] = vec4<f32>(x0.p.y, x1.p.y, x2.p.y, x3.p.y);
+      fpt[(lx + 2u * WX) * PK + lid.y] = vec4<f32>(x0.p.z, x1.p.z, x2.p.z, x3.p.z);
+      fpt[(lx + 3u * WX) * PK + lid.y] = vec4<f32>(x0.p.w, x1.p.w, x2.p.w, x3.p.w);
+      fdst[(lx + 0u * WX) * PK + lid.y] = vec4<f32>(x0.ds.x, x1.ds.x, x2.ds.x, x3.ds.x);
+      fdst[(lx + 1u * WX) * PK + lid.y] = vec4<f32>(x0.ds.y, x1.ds.y, x2.ds.y, x3.ds.y);
+      fdst[(lx + 2u * WX) * PK + lid.y] = vec4<f32>(x0.ds.z, x1.ds.z, x2.ds.z, x3.ds.z);
+      fdst[(lx + 3u * WX) * PK + lid.y] = vec4<f32>(x0.ds.w, x1.ds.w, x2.ds.w, x3.ds.w);
+
+      // dv += Pᵀ·dO, dk += dSᵀ·Q with dO and Q rows staged KC queries at a time.
+      for (var kc0 = 0u; kc0 < BLOCK_Q; kc0 += KC) {
+        workgroupBarrier();
+        for (var idx = tid; idx < KC * R; idx += threads) {
+          let i = idx / R;
+          let c = idx % R;
+          var x = vec4<f32>(0.0);
+          var y = vec4<f32>(0.0);
+          if (q0 + kc0 + i < seq) {
+            let at = q_index(row_base + q0 + kc0 + i, h) + c;
+            x = dout[at];
+            y = q[at];
+          }
+          fv[idx] = x;
+          fq2[idx] = y;
+        }
+        workgroupBarrier();
+        for (var i = 0u; i < KC; i++) {
+          let pv = fpt[(kc0 + i) * PK + lid.y];
+          let dv4 = fdst[(kc0 + i) * PK + lid.y];
+          for (var c = 0u; c < RB_MAXC; c++) {
+            if (c >= ncol) { break; }
+            let dov = fv[i * R + lx + c * WX];
+            let qv = fq2[i * R + lx + c * WX];
+            av0[c] = fma(vec4<f32>(pv.x), dov, av0[c]);
+            av1[c] = fma(vec4<f32>(pv.y), dov, av1[c]);
+            av2[c] = fma(vec4<f32>(pv.z), dov, av2[c]);
+            av3[c] = fma(vec4<f32>(pv.w), dov, av3[c]);
+            ak0[c] = fma(vec4<f32>(dv4.x), qv, ak0[c]);
+            ak1[c] = fma(vec4<f32>(dv4.y), qv, ak1[c]);
+            ak2[c] = fma(vec4<f32>(dv4.z), qv, ak2[c]);
+            ak3[c] = fma(vec4<f32>(dv4.w), qv, ak3[c]);
+          }
         }
       }
     }
   }
 
-  if (k0 + r < seq) {
-    let base = kv_index(row_base + k0 + r, hk);
-    for (var c = 0u; c < MAX_V4; c++) { if (c >= per_lane()) { break; }
-      dk[base + lane + c * LANES] = ak[c] * params.scale;
-      dv[base + lane + c * LANES] = av[c];
-    }
+  let t0 = row_base + k0 + j0;
+  for (var c = 0u; c < RB_MAXC; c++) {
+    if (c >= ncol) { break; }
+    let col = lx + c * WX;
+    if (k0 + j0 < seq) { dk[kv_index(t0, hk) + col] = ak0[c] * params.scale; dv[kv_index(t0, hk) + col] = av0[c]; }
+    if (k0 + j0 + 1u < seq) { dk[kv_index(t0 + 1u, hk) + col] = ak1[c] * params.scale; dv[kv_index(t0 + 1u, hk) + col] = av1[c]; }
+    if (k0 + j0 + 2u < seq) { dk[kv_index(t0 + 2u, hk) + col] = ak2[c] * params.scale; dv[kv_index(t0 + 2u, hk) + col] = av2[c]; }
+    if (k0 + j0 + 3u < seq) { dk[kv_index(t0 + 3u, hk) + col] = ak3[c] * params.scale; dv[kv_index(t0 + 3u, hk) + col] = av3[c]; }
   }
 }
 

@@ -22,11 +22,13 @@ export interface AttentionShape {
   scale?: number;
 }
 
-/** Tile sizes (WGSL override constants). Rows = BLOCK_Q in forward/dq, BLOCK_K in dkv; LANES invocations per row. */
+/**
+ * Block sizes (WGSL override constants, multiples of 4): BLOCK_Q query rows × BLOCK_K keys per step of the
+ * register-blocked kernels (forward/dq: BLOCK_K/4 invocations per 4 query rows; dkv: BLOCK_Q/4 per 4 keys).
+ */
 export interface AttentionTiles {
   BLOCK_Q: number;
   BLOCK_K: number;
-  LANES: number;
 }
 
 export interface AttentionOptions {
@@ -64,55 +66,111 @@ export interface AttentionBackwardTensors extends AttentionForwardTensors {
 
 /** The tiled entry points (tiles are chosen per entry point). */
 export type AttentionKernel = 'forward' | 'dq' | 'dkv';
+/** Most vec4 output columns per invocation (RB_MAXC in the shader). */
 const MAX_V4 = 8;
 
 function pow2Below(n: number): number {
   return 2 ** Math.floor(Math.log2(Math.max(1, n)));
 }
 
-/** Workgroup bytes an entry point declares with these tiles (mirrors the var<workgroup> arrays). */
-export function attentionWorkgroupBytes(kind: AttentionKernel, headDim: number, t: AttentionTiles, docs: boolean): number {
-  const p = headDim / 4 + 1;
-  const scores = (t.BLOCK_Q + 1) * (t.BLOCK_K + 1) * 4;
-  const docBytes = docs ? (t.BLOCK_Q + t.BLOCK_K) * 4 : 0;
-  if (kind === 'forward') return (t.BLOCK_Q + 2 * t.BLOCK_K) * p * 16 + 2 * scores + docBytes;
-  if (kind === 'dq') return 2 * (t.BLOCK_Q + t.BLOCK_K) * p * 16 + scores + docBytes;
-  return 2 * (t.BLOCK_Q + t.BLOCK_K) * p * 16 + 2 * scores + t.BLOCK_Q * 8 + docBytes;
+/** Tiles of the forward: (BLOCK_Q/4)×(BLOCK_K/4) invocations, 4×4 scores each; DC, KC staging depths. */
+export interface AttentionForwardTiles {
+  BLOCK_Q: number;
+  BLOCK_K: number;
+  /** head_dim columns of Q and K staged per step (a multiple of 4 dividing headDim). */
+  DC: number;
+  /** Keys of V staged per step (divides BLOCK_K). */
+  KC: number;
 }
 
 /**
- * Tiles for one entry point: LANES divides headDim/4 (each lane owns ≤ 16 vec4 columns), as many rows as
- * the invocation limit allows (≤ 64), the other block as large as workgroup memory allows (≤ 64, halved
- * down to 16 before the row block shrinks).
+ * Workgroup bytes of the register-blocked forward or dq (mirrors their var<workgroup> arrays; dq stages dO
+ * and V beside Q and K and needs no row exchange; the forward's row exchange only without SG_TEAM).
  */
-export function chooseAttentionTiles(ctx: GpuContext, kind: AttentionKernel, headDim: number, docs: boolean, opts: AttentionOptions = {}): { tiles: AttentionTiles; sgTeam: boolean } {
+export function attentionForwardBytes(headDim: number, t: AttentionForwardTiles, docs: boolean, sgTeam: boolean, kind: 'forward' | 'dq' = 'forward'): number {
+  const chunks = kind === 'dq' ? 2 : 1;
+  if (kind === 'dq') sgTeam = true;
+  const stage = chunks * (t.BLOCK_Q + t.BLOCK_K) * (t.DC / 4 + 1) * 16 + t.KC * headDim * 4;
+  const p = t.BLOCK_K * (t.BLOCK_Q / 4 + 1) * 16;
+  return stage + p + (sgTeam ? 0 : (t.BLOCK_Q / 4) * (t.BLOCK_K / 4) * 16) + (docs ? (t.BLOCK_Q + t.BLOCK_K) * 4 : 0);
+}
+
+/**
+ * Forward tiles: a row team of BLOCK_K/4 invocations (≤ 16; within one subgroup when the row max goes
+ * through subgroup shuffles; dividing headDim/4 with at most 8 vec4 columns each), up to 16 teams (64
+ * query rows); DC = 32, KC = 16 (measured best on the H100 at d128: 1.51 ms vs 1.64 for 16/16 at b1
+ * seq 2048), shrunk (then the rows) until workgroup memory suffices. opts.tiles.BLOCK_Q/BLOCK_K (multiples
+ * of 4) override the block sizes.
+ */
+export function chooseAttentionForwardTiles(ctx: GpuContext, headDim: number, docs: boolean, opts: AttentionOptions = {}, kind: 'forward' | 'dq' = 'forward'): { tiles: AttentionForwardTiles; sgTeam: boolean } {
   const r = headDim / 4;
-  const lanesFor = (most: number) => {
-    let n = pow2Below(most);
-    while (n > 1 && r % n !== 0) n /= 2;
-    return n;
-  };
-  let sgTeam = kind === 'forward' && (opts.subgroups ?? true) && ctx.features.subgroups && ctx.features.subgroupMinSize >= 2;
-  let lanes = lanesFor(Math.min(16, sgTeam ? ctx.features.subgroupMinSize : 16));
-  if (sgTeam && r / lanes > MAX_V4) {
-    sgTeam = false; // subgroups too small for this head_dim: the plain path with more lanes per row
-    lanes = lanesFor(16);
-  }
-  lanes = opts.tiles?.LANES ?? lanes;
-  if (r % lanes !== 0 || r / lanes > MAX_V4) throw new Error(`attention: headDim ${headDim} with ${lanes} lanes per row: each lane must own a whole number of vec4 columns, at most ${MAX_V4}`);
-  const maxInv = ctx.limits.maxComputeInvocationsPerWorkgroup;
-  let rows = Math.min(64, pow2Below(Math.floor(maxInv / lanes)));
-  let other = 64;
-  const make = (): AttentionTiles =>
-    kind === 'dkv' ? { BLOCK_K: rows, BLOCK_Q: other, LANES: lanes } : { BLOCK_Q: rows, BLOCK_K: other, LANES: lanes };
+  const sgOk = (opts.subgroups ?? true) && ctx.features.subgroups && ctx.features.subgroupMinSize >= 2;
+  let wx = pow2Below(Math.min(16, sgOk ? ctx.features.subgroupMinSize : 16));
+  while (wx > 1 && r % wx !== 0) wx /= 2;
+  if (opts.tiles?.BLOCK_K !== undefined) wx = opts.tiles.BLOCK_K / 4;
+  if (!Number.isInteger(wx) || wx < 1 || r % wx !== 0 || r / wx > MAX_V4) throw new Error(`attention forward: BLOCK_K/4 must divide headDim/4 = ${r} with at most ${MAX_V4} vec4 each (BLOCK_K ${wx * 4})`);
+  const sgTeam = sgOk && wx <= ctx.features.subgroupMinSize;
+  let wy = Math.min(16, pow2Below(Math.floor(ctx.limits.maxComputeInvocationsPerWorkgroup / wx)));
+  if (opts.tiles?.BLOCK_Q !== undefined) wy = opts.tiles.BLOCK_Q / 4;
+  if (!Number.isInteger(wy) || wy < 1 || wx * wy > ctx.limits.maxComputeInvocationsPerWorkgroup) throw new Error(`attention forward: BLOCK_Q must be a multiple of 4 within the invocation limit`);
+  const dcFits = (dc: number) => dc >= 4 && r % (dc / 4) === 0;
+  let dc = kind === 'dq' ? 16 : 32;
+  while (!dcFits(dc)) dc -= 4;
+  let kc = 16;
+  while (kc > 1 && (wx * 4) % kc !== 0) kc /= 2;
+  const make = (): AttentionForwardTiles => ({ BLOCK_Q: wy * 4, BLOCK_K: wx * 4, DC: dc, KC: kc });
   const limit = ctx.limits.maxComputeWorkgroupStorageSize;
-  while (attentionWorkgroupBytes(kind, headDim, make(), docs) > limit) {
-    if (other > 16 || (rows <= 4 && other > 1)) other /= 2;
-    else if (rows > 1) rows /= 2;
-    else throw new Error(`attention: headDim ${headDim} does not fit in ${limit} bytes of workgroup memory`);
+  while (attentionForwardBytes(headDim, make(), docs, sgTeam, kind) > limit) {
+    if (kc > 8) kc /= 2;
+    else if (dc > 8 && dcFits(dc / 2)) dc /= 2;
+    else if (wy > 1 && opts.tiles?.BLOCK_Q === undefined) wy /= 2;
+    else if (kc > 1) kc /= 2;
+    else throw new Error(`attention: headDim ${headDim} does not fit the forward in ${limit} bytes of workgroup memory`);
   }
-  const tiles = { ...make(), ...opts.tiles };
-  return { tiles, sgTeam: sgTeam && tiles.LANES <= ctx.features.subgroupMinSize };
+  return { tiles: make(), sgTeam };
+}
+
+/** Workgroup bytes of dkv (mirrors its var<workgroup> arrays). */
+export function attentionDkvBytes(headDim: number, t: AttentionForwardTiles, docs: boolean): number {
+  const stage = 2 * (t.BLOCK_Q + t.BLOCK_K) * (t.DC / 4 + 1) * 16 + 2 * t.KC * headDim * 4;
+  return stage + 2 * t.BLOCK_Q * (t.BLOCK_K / 4 + 1) * 16 + t.BLOCK_Q * 8 + (docs ? (t.BLOCK_Q + t.BLOCK_K) * 4 : 0);
+}
+
+/**
+ * dkv tiles: (BLOCK_Q/4)×(BLOCK_K/4) invocations, a team of BLOCK_Q/4 (≤ 16, dividing headDim/4, ≤ 8 vec4
+ * columns each) per 4 key rows, up to 64 keys; DC 16, KC 16, shrunk (KC to 8, then the query block, then
+ * DC, then the key block) until workgroup memory suffices. On the H100 at d128: 32 queries × 64 keys.
+ */
+export function chooseAttentionDkvTiles(ctx: GpuContext, headDim: number, docs: boolean, opts: AttentionOptions = {}): AttentionForwardTiles {
+  const r = headDim / 4;
+  let wx = 16;
+  while (wx > 1 && r % wx !== 0) wx /= 2;
+  if (opts.tiles?.BLOCK_Q !== undefined) wx = opts.tiles.BLOCK_Q / 4;
+  if (!Number.isInteger(wx) || wx < 1 || r % wx !== 0 || r / wx > MAX_V4) throw new Error(`attention dkv: BLOCK_Q/4 must divide headDim/4 = ${r} with at most ${MAX_V4} vec4 each (BLOCK_Q ${wx * 4})`);
+  let wy = Math.min(16, pow2Below(Math.floor(ctx.limits.maxComputeInvocationsPerWorkgroup / wx)));
+  if (opts.tiles?.BLOCK_K !== undefined) wy = opts.tiles.BLOCK_K / 4;
+  if (!Number.isInteger(wy) || wy < 1 || wx * wy > ctx.limits.maxComputeInvocationsPerWorkgroup) throw new Error(`attention dkv: BLOCK_K must be a multiple of 4 within the invocation limit`);
+  const dcFits = (dc: number) => dc >= 4 && r % (dc / 4) === 0;
+  let dc = 16;
+  while (!dcFits(dc)) dc -= 4;
+  let kc = 16;
+  const fixKc = () => {
+    while (kc > 1 && (wx * 4) % kc !== 0) kc /= 2;
+  };
+  fixKc();
+  const make = (): AttentionForwardTiles => ({ BLOCK_Q: wx * 4, BLOCK_K: wy * 4, DC: dc, KC: kc });
+  const limit = ctx.limits.maxComputeWorkgroupStorageSize;
+  while (attentionDkvBytes(headDim, make(), docs) > limit) {
+    if (kc > 8) kc /= 2;
+    else if (wx > 2 && opts.tiles?.BLOCK_Q === undefined && r % (wx / 2) === 0 && r / (wx / 2) <= MAX_V4) {
+      wx /= 2;
+      fixKc();
+    } else if (dc > 8 && dcFits(dc / 2)) dc /= 2;
+    else if (wy > 1 && opts.tiles?.BLOCK_K === undefined) wy /= 2;
+    else if (kc > 1) kc /= 2;
+    else throw new Error(`attention: headDim ${headDim} does not fit dkv in ${limit} bytes of workgroup memory`);
+  }
+  return make();
 }
 
 function checkShape(s: AttentionShape): void {
@@ -165,17 +223,6 @@ function workgroupCount(ctx: GpuContext, label: string, n: number): number {
   return n;
 }
 
-async function entry(ctx: GpuContext, kind: AttentionKernel, entryPoint: string, s: AttentionShape, docs: boolean, opts: AttentionOptions) {
-  const { tiles, sgTeam } = chooseAttentionTiles(ctx, kind, s.headDim, docs, opts);
-  const pipeline = await ctx.pipeline({
-    shader: ATTENTION_SHADER,
-    entryPoint,
-    defines: { DOCS: docs, SG_TEAM: sgTeam },
-    constants: { HEAD_DIM: s.headDim, ...tiles },
-  });
-  return { pipeline, tiles };
-}
-
 function shapeLabel(s: AttentionShape): string {
   return `${s.batch}×${s.seq} q${s.nQHeads}/kv${s.nKvHeads} d${s.headDim}`;
 }
@@ -195,7 +242,13 @@ export async function prepareAttentionForward(ctx: GpuContext, t: AttentionForwa
   if (t.docIds) checkTensor('docIds', t.docIds, tokens, 'i32');
   const docs = !!t.docIds;
   const label = `attention forward ${shapeLabel(s)}${docs ? ' docs' : ''}`;
-  const { pipeline, tiles } = await entry(ctx, 'forward', 'attention_forward', s, docs, opts);
+  const { tiles, sgTeam } = chooseAttentionForwardTiles(ctx, s.headDim, docs, opts);
+  const pipeline = await ctx.pipeline({
+    shader: ATTENTION_SHADER,
+    entryPoint: 'attention_forward',
+    defines: { DOCS: docs, SG_TEAM: sgTeam },
+    constants: { HEAD_DIM: s.headDim, ...tiles },
+  });
   const uniforms = ctx.uniforms(`${label} params`, uniformFields(s));
   const entries: [number, GPUBuffer | Tensor][] = [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [5, t.o], [6, t.lse]];
   if (t.docIds) entries.push([4, t.docIds]);
@@ -243,21 +296,23 @@ export async function prepareAttentionBackward(ctx: GpuContext, t: AttentionBack
   };
 
   const dqLabel = `attention backward dq ${name}`;
-  const dqE = await entry(ctx, 'dq', 'attention_backward_dq', s, docs, opts);
+  const dqT = chooseAttentionForwardTiles(ctx, s.headDim, docs, opts, 'dq').tiles;
+  const dqPipeline = await ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_backward_dq', defines: { DOCS: docs }, constants: { HEAD_DIM: s.headDim, ...dqT } });
   const dqDispatch: KernelDispatch = {
     label: dqLabel,
-    pipeline: dqE.pipeline,
-    bindGroup: bind(ctx, dqLabel, dqE.pipeline, [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [6, t.lse], [7, t.dout], [8, t.delta], [9, t.dq], ...doc]),
-    workgroups: [workgroupCount(ctx, dqLabel, Math.ceil(s.seq / dqE.tiles.BLOCK_Q)), s.nQHeads, workgroupCount(ctx, dqLabel, s.batch)],
+    pipeline: dqPipeline,
+    bindGroup: bind(ctx, dqLabel, dqPipeline, [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [6, t.lse], [7, t.dout], [8, t.delta], [9, t.dq], ...doc]),
+    workgroups: [workgroupCount(ctx, dqLabel, Math.ceil(s.seq / dqT.BLOCK_Q)), s.nQHeads, workgroupCount(ctx, dqLabel, s.batch)],
   };
 
   const dkvLabel = `attention backward dkv ${name}`;
-  const dkvE = await entry(ctx, 'dkv', 'attention_backward_dkv', s, docs, opts);
+  const dkvT = chooseAttentionDkvTiles(ctx, s.headDim, docs, opts);
+  const dkvPipeline = await ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_backward_dkv', defines: { DOCS: docs }, constants: { HEAD_DIM: s.headDim, ...dkvT } });
   const dkvDispatch: KernelDispatch = {
     label: dkvLabel,
-    pipeline: dkvE.pipeline,
-    bindGroup: bind(ctx, dkvLabel, dkvE.pipeline, [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [6, t.lse], [7, t.dout], [8, t.delta], [10, t.dk], [11, t.dv], ...doc]),
-    workgroups: [workgroupCount(ctx, dkvLabel, Math.ceil(s.seq / dkvE.tiles.BLOCK_K)), s.nKvHeads, workgroupCount(ctx, dkvLabel, s.batch)],
+    pipeline: dkvPipeline,
+    bindGroup: bind(ctx, dkvLabel, dkvPipeline, [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [6, t.lse], [7, t.dout], [8, t.delta], [10, t.dk], [11, t.dv], ...doc]),
+    workgroups: [workgroupCount(ctx, dkvLabel, Math.ceil(s.seq / dkvT.BLOCK_K)), s.nKvHeads, workgroupCount(ctx, dkvLabel, s.batch)],
   };
   return [deltaDispatch, dqDispatch, dkvDispatch];
 }
