@@ -106,6 +106,15 @@ async function attentionVariants(ctx: GpuContext): Promise<BenchRow[]> {
       const bwd = await prepareAttentionBackward(ctx, { q, k, v, o, lse, dout, delta, dq, dk, dv }, s);
       rows.push({ name: `bwd dq b1 seq2048`, ms: await timeDispatches(ctx, [bwd[1]!], 5, 5), flops: 1.5 * flops });
       rows.push({ name: `bwd dkv b1 seq2048`, ms: await timeDispatches(ctx, [bwd[2]!], 5, 5), flops: 2 * flops });
+      for (const tiles of [{ BLOCK_Q: 64, BLOCK_K: 32 }, { BLOCK_Q: 16, BLOCK_K: 64 }, { BLOCK_Q: 32, BLOCK_K: 32 }, { BLOCK_Q: 16, BLOCK_K: 32 }]) {
+        try {
+          const b = await prepareAttentionBackward(ctx, { q, k, v, o, lse, dout, delta, dq, dk, dv }, s, { tiles });
+          rows.push({ name: `bwd dkv b1 seq2048 ${JSON.stringify(tiles)}`, ms: await timeDispatches(ctx, [b[2]!], 5, 5), flops: 2 * flops });
+          rows.push({ name: `bwd dq b1 seq2048 ${JSON.stringify(tiles)}`, ms: await timeDispatches(ctx, [b[1]!], 5, 5), flops: 1.5 * flops });
+        } catch (e) {
+          rows.push({ name: `bwd b1 seq2048 ${JSON.stringify(tiles)}`, ms: NaN, note: String(e).slice(0, 100) });
+        }
+      }
     }
     ctx.pool.trim();
   }

@@ -138,8 +138,9 @@ export function attentionDkvBytes(headDim: number, t: AttentionForwardTiles, doc
 
 /**
  * dkv tiles: (BLOCK_Q/4)×(BLOCK_K/4) invocations, a team of BLOCK_Q/4 (≤ 16, dividing headDim/4, ≤ 8 vec4
- * columns each) per 4 key rows, up to 64 keys; DC 16, KC 16, shrunk (KC to 8, then the query block, then
- * DC, then the key block) until workgroup memory suffices. On the H100 at d128: 32 queries × 64 keys.
+ * columns each) per 4 key rows, up to 32 keys; DC 16, KC 16, shrunk (KC to 8, then the query block, then
+ * DC, then the key block) until workgroup memory suffices. On the H100 at d128: 64 queries × 32 keys,
+ * KC 8 (b1 seq 2048: 2.84 ms; 32 × 64: 3.54; 32 × 32: 5.66; 16 × 64: 16.6).
  */
 export function chooseAttentionDkvTiles(ctx: GpuContext, headDim: number, docs: boolean, opts: AttentionOptions = {}): AttentionForwardTiles {
   const r = headDim / 4;
@@ -147,7 +148,7 @@ export function chooseAttentionDkvTiles(ctx: GpuContext, headDim: number, docs: 
   while (wx > 1 && r % wx !== 0) wx /= 2;
   if (opts.tiles?.BLOCK_Q !== undefined) wx = opts.tiles.BLOCK_Q / 4;
   if (!Number.isInteger(wx) || wx < 1 || r % wx !== 0 || r / wx > MAX_V4) throw new Error(`attention dkv: BLOCK_Q/4 must divide headDim/4 = ${r} with at most ${MAX_V4} vec4 each (BLOCK_Q ${wx * 4})`);
-  let wy = Math.min(16, pow2Below(Math.floor(ctx.limits.maxComputeInvocationsPerWorkgroup / wx)));
+  let wy = Math.min(8, pow2Below(Math.floor(ctx.limits.maxComputeInvocationsPerWorkgroup / wx)));
   if (opts.tiles?.BLOCK_K !== undefined) wy = opts.tiles.BLOCK_K / 4;
   if (!Number.isInteger(wy) || wy < 1 || wx * wy > ctx.limits.maxComputeInvocationsPerWorkgroup) throw new Error(`attention dkv: BLOCK_K must be a multiple of 4 within the invocation limit`);
   const dcFits = (dc: number) => dc >= 4 && r % (dc / 4) === 0;
