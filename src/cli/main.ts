@@ -11,6 +11,7 @@ export interface CliCommand {
 }
 
 const commands: Record<string, () => Promise<CliCommand>> = {
+  'demo-model': async () => (await import('./demo-model.ts')).demoModelCommand,
   'gpu-info': async () => (await import('./gpu-info.ts')).gpuInfoCommand,
   'reference-run': async () => (await import('./reference-run.ts')).referenceRunCommand,
   train: async () => (await import('./train.ts')).trainCommand,

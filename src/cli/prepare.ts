@@ -124,7 +124,7 @@ function parseArgs(argv: string[]): Args {
   return a;
 }
 
-function readTokenizerDir(dir: string): TokenizerFiles {
+export function readTokenizerDir(dir: string): TokenizerFiles {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`--tokenizer: '${dir}' is not a folder`);
   const files: TokenizerFiles = new Map();
   const present = new Set(readdirSync(dir));
@@ -136,7 +136,7 @@ function readTokenizerDir(dir: string): TokenizerFiles {
   return files;
 }
 
-async function readDataFile(path: string, format: FileFormat | undefined): Promise<{ records: RawRecord[]; rejected: RejectedRow[] }> {
+export async function readDataFile(path: string, format: FileFormat | undefined): Promise<{ records: RawRecord[]; rejected: RejectedRow[] }> {
   if (!existsSync(path)) throw new Error(`--data: no such file '${path}'`);
   const size = statSync(path).size;
   let fmt = format;

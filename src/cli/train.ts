@@ -8,7 +8,13 @@ import { rowsFromJsonl } from '../data/rows.ts';
 import { parseModelConfig } from '../engine/model/config.ts';
 import { CheckpointIndex } from '../engine/model/weights.ts';
 import { loadBaseWeights, releaseBaseWeights } from '../engine/model/base-weights.ts';
-import { DEFAULT_TRAIN_CONFIG, Trainer, type TrainConfig } from '../engine/train/trainer.ts';
+import { DEFAULT_TRAIN_CONFIG, Trainer, type TrainConfig, type TrainRow } from '../engine/train/trainer.ts';
+import { readDataFile, readTokenizerDir } from './prepare.ts';
+import { loadTokenizer } from '../data/tokenizer.ts';
+import { tokenizerSourceFromFiles } from '../data/tokenizer-files.ts';
+import { detectMapper, mapRecords } from '../data/mappers.ts';
+import { prepareDataset } from '../data/pipeline.ts';
+import { describeSource } from '../data/types.ts';
 import { formatBytes } from '../engine/gpu/errors.ts';
 import type { LoraModule } from '../engine/model/peft.ts';
 import { fileMomentStore } from '../engine/train/moments.ts';
@@ -21,7 +27,9 @@ Trains a LoRA adapter (4-bit base: QLoRA by default) on token rows written by \`
 printing one line per optimizer step, and saves the adapter as PEFT writes it.
 
   --model <dir>          Hugging Face checkpoint folder (config.json + model.safetensors or shards)
-  --data <rows.jsonl>    prepared token rows ({"input_ids","labels","position_ids","document_ids"} per line)
+  --data <file>          a dataset (.jsonl .json .csv .tsv .xlsx .txt; mapped, templated and packed with the
+                         model's tokenizer as \`prepare --pack\` does) or rows written by \`prepare\`
+  --max-length <n>       tokens per packed row when --data is a dataset (default 2048)
   --out <dir>            where to write adapter_config.json + adapter_model.safetensors (default ./adapter)
   --f32                  keep the base in f32 (plain LoRA) instead of 4-bit
   --rank <r>             LoRA rank (default ${d.loraRank})
@@ -47,6 +55,26 @@ function num(v: string | undefined, flag: string): number | undefined {
   return n;
 }
 
+/**
+ * Token rows from --data: rows JSONL as `prepare` writes them, or any dataset, prepared here with the
+ * model folder's tokenizer the way the app does it (detected mapping, chat template, packed rows).
+ */
+async function loadRows(path: string, modelDir: string, maxLength: number): Promise<TrainRow[]> {
+  const head = (await readFile(path, 'utf8')).slice(0, 4096);
+  if (/^\s*\{\s*"input_ids"\s*:/.test(head)) return rowsFromJsonl(await readFile(path, 'utf8'), path);
+  if (!Number.isInteger(maxLength) || maxLength < 8) throw new Error(`--max-length: expected an integer ≥ 8, got ${maxLength}`);
+  const tok = loadTokenizer(tokenizerSourceFromFiles(readTokenizerDir(modelDir), modelDir));
+  const { records, rejected } = await readDataFile(path, undefined);
+  const detected = detectMapper(records);
+  if (!detected.choice) throw new Error(`${path}: cannot detect the dataset format (${detected.reason}); map it with \`npm run cli -- prepare --format ...\` first`);
+  const mapped = mapRecords(records, detected.choice);
+  const prepared = prepareDataset(tok, mapped.samples, { maxLength, pack: true, seed: 42, evalSplit: 0 }, [...rejected, ...mapped.rejected]);
+  console.log(`data: ${path} as ${detected.choice.id}; ${prepared.stats.samples} samples, ${prepared.stats.supervisedTokens} supervised tokens, ${prepared.rejected.length} rejected rows`);
+  for (const r of prepared.rejected.slice(0, 5)) console.log(`  rejected ${describeSource(r)}: ${r.reason}`);
+  if (prepared.train.length === 0) throw new Error(`${path}: no trainable rows (see the rejected rows above)`);
+  return prepared.train;
+}
+
 export const trainCommand: CliCommand = {
   summary: 'train a LoRA/QLoRA adapter on prepared token rows',
   usage,
@@ -57,15 +85,11 @@ export const trainCommand: CliCommand = {
         model: { type: 'string' }, data: { type: 'string' }, out: { type: 'string', default: 'adapter' }, f32: { type: 'boolean', default: false },
         rank: { type: 'string' }, alpha: { type: 'string' }, targets: { type: 'string' }, lr: { type: 'string' }, schedule: { type: 'string' },
         'warmup-ratio': { type: 'string' }, epochs: { type: 'string' }, 'max-steps': { type: 'string' }, batch: { type: 'string' },
-        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' }, dropout: { type: 'string' }, offload: { type: 'string' },
+        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' }, 'max-length': { type: 'string' }, dropout: { type: 'string' }, offload: { type: 'string' },
       },
     });
     if (!values.model || !values.data) throw new Error('needs --model <dir> and --data <rows.jsonl>; see --help');
-    const text = await readFile(values.data, 'utf8');
-    if (!text.trimStart().startsWith('{') || !text.includes('"input_ids"')) {
-      throw new Error(`${values.data}: not token rows; prepare the dataset first: npm run cli -- prepare --data ${values.data} --tokenizer ${values.model}`);
-    }
-    const rows = rowsFromJsonl(text, values.data);
+    const rows = await loadRows(values.data, values.model, Number(values['max-length'] ?? 2048));
     const schedule = values.schedule;
     if (schedule !== undefined && !['cosine', 'constant', 'linear'].includes(schedule)) throw new Error(`--schedule: '${schedule}' is not cosine, constant or linear`);
     if (values.offload !== undefined && !['gpu', 'cpu', 'disk'].includes(values.offload)) throw new Error(`--offload: '${values.offload}' is not gpu, cpu or disk`);
