@@ -16,6 +16,8 @@ import { detectMapper, mapRecords } from '../data/mappers.ts';
 import { prepareDataset } from '../data/pipeline.ts';
 import { describeSource } from '../data/types.ts';
 import { formatBytes } from '../engine/gpu/errors.ts';
+import { planMemory } from '../engine/model/memory-plan.ts';
+import { DEFAULT_CE_WORKSPACE_BYTES } from '../engine/kernels/cross_entropy.ts';
 import type { LoraModule } from '../engine/model/peft.ts';
 import { fileMomentStore } from '../engine/train/moments.ts';
 import { nodeSyncFile } from '../node/sync-file.ts';
@@ -46,7 +48,8 @@ printing one line per optimizer step, and saves the adapter as PEFT writes it.
   --max-grad-norm <x>    global gradient-norm clip, 0 = off (default ${d.maxGradNorm})
   --dropout <p>          LoRA dropout (default ${d.loraDropout})
   --offload <where>      AdamW moments on the gpu (default), in cpu memory, or on disk (a file in --out)
-  --seed <n>             LoRA init and shuffling seed (default ${d.seed})`;
+  --seed <n>             LoRA init and shuffling seed (default ${d.seed})
+  --budget-gib <x>       GPU memory budget for the plan check (default 8); --force trains past it`;
 
 function num(v: string | undefined, flag: string): number | undefined {
   if (v === undefined) return undefined;
@@ -85,7 +88,7 @@ export const trainCommand: CliCommand = {
         model: { type: 'string' }, data: { type: 'string' }, out: { type: 'string', default: 'adapter' }, f32: { type: 'boolean', default: false },
         rank: { type: 'string' }, alpha: { type: 'string' }, targets: { type: 'string' }, lr: { type: 'string' }, schedule: { type: 'string' },
         'warmup-ratio': { type: 'string' }, epochs: { type: 'string' }, 'max-steps': { type: 'string' }, batch: { type: 'string' },
-        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' }, 'max-length': { type: 'string' }, dropout: { type: 'string' }, offload: { type: 'string' },
+        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' }, 'max-length': { type: 'string' }, 'budget-gib': { type: 'string' }, force: { type: 'boolean', default: false }, dropout: { type: 'string' }, offload: { type: 'string' },
       },
     });
     if (!values.model || !values.data) throw new Error('needs --model <dir> and --data <rows.jsonl>; see --help');
@@ -106,6 +109,20 @@ export const trainCommand: CliCommand = {
     const io = directoryAccess(values.model);
     const cfgSrc = await io.open('config.json');
     const spec = parseModelConfig(new TextDecoder().decode(await cfgSrc.read(0, cfgSrc.size)), join(values.model, 'config.json'));
+    // The memory plan before anything is allocated: say what to change rather than fail mid-run.
+    const c0 = { ...DEFAULT_TRAIN_CONFIG, ...overrides };
+    const seqLen = Math.max(...rows.map((r) => r.inputIds.length));
+    const plan = planMemory(
+      spec,
+      { seqLen, microBatch: c0.microBatch, loraRank: c0.loraRank, ...(c0.targets ? { targets: c0.targets } : {}), quantBits: values.f32 ? 32 : 4, groupSize: 64,
+        optimizerOffload: c0.optimizerOffload ?? 'gpu', activationCheckpointing: true, ceChunkTokens: Math.max(1, Math.min(seqLen * c0.microBatch, Math.floor(DEFAULT_CE_WORKSPACE_BYTES / (spec.vocabSize * 4)))) },
+      { budgetBytes: Number(values['budget-gib'] ?? 8) * 2 ** 30 },
+    );
+    console.log(`memory plan: ${formatBytes(plan.totalBytes)} of a ${formatBytes(plan.budgetBytes)} budget (weights ${formatBytes(plan.weights.bytes)}, LoRA ${formatBytes(plan.lora.bytes)}, optimizer ${formatBytes(plan.optimizer.bytes)}, activations ${formatBytes(plan.activations.bytes)}, loss ${formatBytes(plan.ce.bytes)})`);
+    if (!plan.fits) {
+      for (const a of plan.advice) console.log(`  - ${a}`);
+      if (!values.force) throw new Error('the run does not fit the memory budget; change what the plan suggests (or pass --force / --budget-gib)');
+    }
     const ctx = await createNodeGpuContext();
     console.log(`adapter: ${ctx.adapter.vendor} ${ctx.adapter.device}`.trim());
     const index = await CheckpointIndex.open(spec, io.open);

@@ -30,3 +30,34 @@ export function blobSource(blob: Blob, name = (blob as File).name ?? 'blob'): By
     },
   };
 }
+
+/**
+ * A file behind a URL, read with HTTP Range requests (a Hub checkpoint streamed tensor by tensor without
+ * downloading it whole). `size` comes from the caller (the Hub's file listing) or a HEAD request.
+ */
+export async function urlSource(url: string, opts: { size?: number; fetch?: typeof fetch; headers?: Record<string, string> } = {}): Promise<ByteSource> {
+  const get = opts.fetch ?? fetch;
+  let size = opts.size;
+  if (size === undefined) {
+    const head = await get(url, { method: 'HEAD', headers: opts.headers });
+    if (!head.ok) throw new Error(`${url}: HTTP ${head.status} ${head.statusText}`);
+    size = Number(head.headers.get('content-length'));
+    if (!Number.isSafeInteger(size) || size < 0) throw new Error(`${url}: the server did not say how large the file is`);
+  }
+  const total = size;
+  return {
+    name: url,
+    size: total,
+    async read(offset, length) {
+      if (offset < 0 || offset + length > total) throw new RangeError(`${url}: read of ${length} bytes at ${offset} is past the end (${total} bytes)`);
+      if (length === 0) return new Uint8Array(0);
+      const res = await get(url, { headers: { ...opts.headers, Range: `bytes=${offset}-${offset + length - 1}` } });
+      if (res.status !== 206 && !(res.status === 200 && offset === 0 && length === total)) {
+        throw new Error(`${url}: expected a partial response for bytes ${offset}-${offset + length - 1}, got HTTP ${res.status}`);
+      }
+      const bytes = new Uint8Array(await res.arrayBuffer());
+      if (bytes.byteLength !== length) throw new Error(`${url}: asked for ${length} bytes at ${offset}, received ${bytes.byteLength} (connection cut?)`);
+      return bytes;
+    },
+  };
+}

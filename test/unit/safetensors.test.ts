@@ -87,3 +87,28 @@ describe('safetensors reader', () => {
     expect(f.names.some((n) => n.endsWith('lora_A.weight'))).toBe(true);
   });
 });
+
+describe('urlSource (Range requests)', () => {
+  it('streams a safetensors file tensor by tensor through Range reads', async () => {
+    const { urlSource } = await import('../../src/formats/bytes.ts');
+    const bytes = writeSafetensors([{ name: 'w', dtype: 'F32', shape: [3], data: new Float32Array([1, 2, 3]) }]);
+    const ranges: string[] = [];
+    const fakeFetch = (async (_url: string, init?: RequestInit) => {
+      const range = (init?.headers as Record<string, string> | undefined)?.Range;
+      if (init?.method === 'HEAD') return new Response(null, { status: 200, headers: { 'content-length': String(bytes.length) } });
+      const [a, b] = /bytes=(\d+)-(\d+)/.exec(range!)!.slice(1).map(Number) as [number, number];
+      ranges.push(range!);
+      return new Response(bytes.slice(a, b + 1), { status: 206 });
+    }) as typeof fetch;
+    const f = await SafetensorsFile.open(await urlSource('https://example.invalid/model.safetensors', { fetch: fakeFetch }));
+    expect([...(await f.float32('w'))]).toEqual([1, 2, 3]);
+    expect(ranges.length).toBe(3); // length, header, one tensor: never the whole file
+  });
+
+  it('rejects a server that ignores Range, naming the URL', async () => {
+    const { urlSource } = await import('../../src/formats/bytes.ts');
+    const fakeFetch = (async () => new Response(new Uint8Array(100), { status: 200 })) as unknown as typeof fetch;
+    const src = await urlSource('https://example.invalid/x', { size: 100, fetch: fakeFetch });
+    await expect(src.read(10, 5)).rejects.toThrow(/example\.invalid\/x.*partial/);
+  });
+});
