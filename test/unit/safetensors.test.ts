@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { bytesSource } from '../../src/formats/bytes.ts';
+import { bytesSource, urlSource } from '../../src/formats/bytes.ts';
 import { SafetensorsFile, toFloat32, writeSafetensors } from '../../src/formats/safetensors.ts';
 import { fileSource } from '../../src/node/files.ts';
 import { FIXTURE_FAMILIES, fixturesDir } from '../helpers/fixtures.ts';
@@ -90,7 +90,6 @@ describe('safetensors reader', () => {
 
 describe('urlSource (Range requests)', () => {
   it('streams a safetensors file tensor by tensor through Range reads', async () => {
-    const { urlSource } = await import('../../src/formats/bytes.ts');
     const bytes = writeSafetensors([{ name: 'w', dtype: 'F32', shape: [3], data: new Float32Array([1, 2, 3]) }]);
     const ranges: string[] = [];
     const fakeFetch = (async (_url: string, init?: RequestInit) => {
@@ -106,7 +105,6 @@ describe('urlSource (Range requests)', () => {
   });
 
   it('rejects a server that ignores Range, naming the URL', async () => {
-    const { urlSource } = await import('../../src/formats/bytes.ts');
     const fakeFetch = (async () => new Response(new Uint8Array(100), { status: 200 })) as unknown as typeof fetch;
     const src = await urlSource('https://example.invalid/x', { size: 100, fetch: fakeFetch });
     await expect(src.read(10, 5)).rejects.toThrow(/example\.invalid\/x.*partial/);
