@@ -6,6 +6,7 @@
  * local or downloaded checkpoint. Its tokenizer is the byte-level ChatML tokenizer of
  * src/data/fallback-tokenizer.ts (one token per UTF-8 byte).
  */
+import { seededGaussian } from '../random.ts';
 import { fallbackTokenizerSource } from '../../data/fallback-tokenizer.ts';
 import { writeSafetensors, type TensorToWrite } from '../../formats/safetensors.ts';
 import { modelSpecFromConfig } from '../model/config.ts';
@@ -34,25 +35,6 @@ export const DEMO_CONFIG = {
   torch_dtype: 'float32',
 };
 
-/** Seeded N(0, std) values (mulberry32 + Box–Muller). */
-function gaussian(n: number, seed: number, std: number): Float32Array {
-  let s = seed >>> 0;
-  const u = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) + 1) / 4294967297;
-  };
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const r = Math.sqrt(-2 * Math.log(u())) * std;
-    const a = 2 * Math.PI * u();
-    out[i] = r * Math.cos(a);
-    if (i + 1 < n) out[i + 1] = r * Math.sin(a);
-  }
-  return out;
-}
 
 /** The demo model's files, keyed by file name, generated from `seed` (the same seed gives the same bytes). */
 export function demoModelFiles(seed = 1): Map<string, string | Uint8Array> {
@@ -62,7 +44,7 @@ export function demoModelFiles(seed = 1): Map<string, string | Uint8Array> {
   modelParams(spec).forEach((p, i) => {
     if (p.kind === 'lm_head' && spec.tieWordEmbeddings) return;
     const n = p.shape.reduce((a, b) => a * b, 1);
-    const data = p.kind.endsWith('norm') ? new Float32Array(n).fill(1) : gaussian(n, seed * 7919 + i, 0.05);
+    const data = p.kind.endsWith('norm') ? new Float32Array(n).fill(1) : seededGaussian(n, seed * 7919 + i, 0.05);
     tensors.push({ name: names.get(p.name)!, dtype: 'F32', shape: p.shape, data });
   });
   const tok = fallbackTokenizerSource();

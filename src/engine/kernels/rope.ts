@@ -1,7 +1,7 @@
 import ropeWgsl from '../../../shaders/rope.wgsl';
 import type { GpuContext, KernelDispatch } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
-import type { RopeSpec } from '../model/config.ts';
+import { ropeInvFreq as modelRopeInvFreq, type RopeSpec } from '../model/config.ts';
 import { grid1d } from './grid.ts';
 
 export const ROPE_SHADER = { name: 'rope.wgsl', code: ropeWgsl };
@@ -23,40 +23,9 @@ const WG = 256;
  * `seqLen` only matters for dynamic scaling: the current sequence length (HF uses max(position_ids) + 1).
  */
 export function ropeInvFreq(rope: RopeSpec, headDim: number, seqLen?: number): Float64Array {
-  if (!Number.isInteger(headDim) || headDim < 2 || headDim % 2 !== 0) throw new Error(`rope: head_dim must be a positive even integer, got ${headDim}`);
-  if (!(rope.theta > 0)) throw new Error(`rope: theta must be positive, got ${rope.theta}`);
-  const d = headDim;
-  const sc = rope.scaling;
-  let base = rope.theta;
-  if (sc.type === 'dynamic') {
-    const maxPos = sc.maxPositionEmbeddings;
-    const len = seqLen !== undefined && seqLen > maxPos ? seqLen : maxPos;
-    base = base * ((sc.factor * len) / maxPos - (sc.factor - 1)) ** (d / (d - 2));
-  }
-  const inv = new Float64Array(d / 2);
-  for (let i = 0; i < d / 2; i++) inv[i] = 1 / base ** ((2 * i) / d);
-  if (sc.type === 'linear') {
-    for (let i = 0; i < inv.length; i++) inv[i] = inv[i]! / sc.factor;
-  } else if (sc.type === 'llama3') {
-    const { factor, lowFreqFactor: low, highFreqFactor: high, originalMaxPositionEmbeddings: orig } = sc;
-    const lowWavelen = orig / low;
-    const highWavelen = orig / high;
-    for (let i = 0; i < inv.length; i++) {
-      const f = inv[i]!;
-      const wavelen = (2 * Math.PI) / f;
-      if (wavelen < highWavelen) continue;
-      if (wavelen > lowWavelen) {
-        inv[i] = f / factor;
-      } else {
-        const s = (orig / wavelen - low) / (high - low);
-        inv[i] = ((1 - s) * f) / factor + s * f;
-      }
-    }
-  }
-  return inv;
+  return modelRopeInvFreq({ rope, headDim }, seqLen ?? 0);
 }
 
-/** Uploads inv_freq (rounded once to f32) for the rope kernel. */
 export function uploadInvFreq(ctx: GpuContext, invFreq: Float64Array, label = 'rope inv_freq'): Tensor {
   return ctx.upload(label, [invFreq.length], Float32Array.from(invFreq));
 }

@@ -323,32 +323,41 @@ function readRope(c: Json, family: ModelFamily, defaultTheta: number, maxPos: nu
 
 /** Inverse rotary frequencies (length headDim/2) for sequences up to `seqLen`, scaling applied as transformers does. */
 export function ropeInvFreq(spec: Pick<ModelSpec, 'headDim' | 'rope'>, seqLen = 0): Float64Array {
-  const d = spec.headDim;
-  const { theta, scaling } = spec.rope;
-  let base = theta;
-  if (scaling.type === 'dynamic' && seqLen > scaling.maxPositionEmbeddings) {
-    base = theta * ((scaling.factor * seqLen) / scaling.maxPositionEmbeddings - (scaling.factor - 1)) ** (d / (d - 2));
+  const { rope, headDim } = spec;
+  if (!Number.isInteger(headDim) || headDim < 2 || headDim % 2 !== 0) throw new Error(`rope: head_dim must be a positive even integer, got ${headDim}`);
+  if (!(rope.theta > 0)) throw new Error(`rope: theta must be positive, got ${rope.theta}`);
+  const d = headDim;
+  const sc = rope.scaling;
+  let base = rope.theta;
+  if (sc.type === 'dynamic') {
+    const maxPos = sc.maxPositionEmbeddings;
+    const len = seqLen > maxPos ? seqLen : maxPos;
+    base = base * ((sc.factor * len) / maxPos - (sc.factor - 1)) ** (d / (d - 2));
   }
   const inv = new Float64Array(d / 2);
   for (let i = 0; i < d / 2; i++) inv[i] = 1 / base ** ((2 * i) / d);
-  if (scaling.type === 'linear') {
-    for (let i = 0; i < inv.length; i++) inv[i] = inv[i]! / scaling.factor;
-  } else if (scaling.type === 'llama3') {
-    const { factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: old } = scaling;
-    const lowWavelen = old / lowFreqFactor;
-    const highWavelen = old / highFreqFactor;
+  if (sc.type === 'linear') {
+    for (let i = 0; i < inv.length; i++) inv[i] = inv[i]! / sc.factor;
+  } else if (sc.type === 'llama3') {
+    const { factor, lowFreqFactor: low, highFreqFactor: high, originalMaxPositionEmbeddings: orig } = sc;
+    const lowWavelen = orig / low;
+    const highWavelen = orig / high;
     for (let i = 0; i < inv.length; i++) {
       const f = inv[i]!;
       const wavelen = (2 * Math.PI) / f;
-      if (wavelen > lowWavelen) inv[i] = f / factor;
-      else if (wavelen >= highWavelen) {
-        const smooth = (old / wavelen - lowFreqFactor) / (highFreqFactor - lowFreqFactor);
-        inv[i] = (1 - smooth) * (f / factor) + smooth * f;
+      if (wavelen < highWavelen) continue;
+      if (wavelen > lowWavelen) {
+        inv[i] = f / factor;
+      } else {
+        const s = (orig / wavelen - low) / (high - low);
+        inv[i] = ((1 - s) * f) / factor + s * f;
       }
     }
   }
   return inv;
 }
+
+/** Uploads inv_freq (rounded once to f32) for the rope kernel. */
 
 /** Parameter count of the base model (embeddings counted once when tied). */
 export function parameterCount(spec: ModelSpec): number {

@@ -4,31 +4,13 @@
  * Projections ~ N(0, 0.02) like HF's initializer_range, norms 1.
  */
 import type { GpuContext } from '../gpu/context.ts';
+import { seededGaussian } from '../random.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 import { allocQ4Weight, prepareQuantizeQ4, Q4_GROUP } from '../kernels/quant4.ts';
 import { PROJECTIONS, rowsPerBinding, type BaseWeights, type LayerWeights, type Projection, type ProjectionKind, type RowBlock } from './base-weights.ts';
 import type { ModelSpec } from './config.ts';
 import { layerParamShape } from './weights.ts';
 
-/** Normal(0, std) values from a seeded generator (Box–Muller over mulberry32). */
-function gaussian(n: number, seed: number, std: number): Float32Array {
-  let s = seed >>> 0;
-  const u = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) + 1) / 4294967297;
-  };
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const r = Math.sqrt(-2 * Math.log(u())) * std;
-    const a = 2 * Math.PI * u();
-    out[i] = r * Math.cos(a);
-    if (i + 1 < n) out[i + 1] = r * Math.sin(a);
-  }
-  return out;
-}
 
 export interface RandomWeightsOptions {
   seed: number;
@@ -43,11 +25,11 @@ export interface RandomWeightsOptions {
 
 export async function randomBaseWeights(ctx: GpuContext, spec: ModelSpec, o: RandomWeightsOptions): Promise<BaseWeights> {
   const std = o.std ?? 0.02;
-  const pool = o.poolValues ? gaussian(o.poolValues, o.seed, std) : null;
+  const pool = o.poolValues ? seededGaussian(o.poolValues, o.seed, std) : null;
   let seed = o.seed;
   const values = (n: number): Float32Array => {
     seed = (seed * 1664525 + 1013904223) >>> 0;
-    if (!pool) return gaussian(n, seed, std);
+    if (!pool) return seededGaussian(n, seed, std);
     const out = new Float32Array(n);
     const start = seed % pool.length;
     for (let i = 0; i < n; i++) out[i] = pool[(start + i) % pool.length]!;

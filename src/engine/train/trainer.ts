@@ -13,6 +13,7 @@ import { loraModules, writePeftAdapter, type LoraModule, type PeftLoraConfig } f
 import { Transformer, type BatchInputs, type StepPlan } from '../model/transformer.ts';
 import type { BaseWeights } from '../model/base-weights.ts';
 import { learningRate, type ScheduleKind } from './schedule.ts';
+import { seededRandom } from '../random.ts';
 import { memoryMomentStore, type MomentStore, type OptimizerOffload } from './moments.ts';
 import type { KernelDispatch } from '../gpu/context.ts';
 
@@ -94,17 +95,6 @@ export interface TrainProgress {
   peakBytes: number;
 }
 
-/** Deterministic PRNG (mulberry32) for LoRA init and shuffling. */
-export function seededRandom(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** PEFT's default init: A ~ kaiming_uniform(a=√5) = U(−1/√in, 1/√in), B = 0 (the adapter starts as a no-op). */
 export function initLoraParams(layout: LoraLayout, seed: number): Float32Array {
