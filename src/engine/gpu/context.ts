@@ -20,6 +20,11 @@ export interface GpuFeatures {
   subgroupMatrixConfigs: SubgroupMatrixConfig[];
   subgroupMinSize: number;
   subgroupMaxSize: number;
+  /**
+   * A CPU implementation (SwiftShader, or the browser's fallback adapter): workgroup barriers cost far
+   * more than arithmetic there, so kernels prefer their untiled variants.
+   */
+  software: boolean;
 }
 
 export interface GpuLimits {
@@ -149,6 +154,7 @@ export class GpuContext {
         : [],
       subgroupMinSize: info.subgroupMinSize ?? 0,
       subgroupMaxSize: info.subgroupMaxSize ?? 0,
+      software: (info as GPUAdapterInfo & { isFallbackAdapter?: boolean }).isFallbackAdapter === true || /swiftshader|llvmpipe|lavapipe/i.test(`${info.vendor} ${info.architecture} ${info.device} ${info.description}`),
     };
     const limits = {} as GpuLimits;
     for (const name of LIMIT_NAMES) limits[name] = (device.limits as unknown as Record<string, number>)[name] ?? 0;

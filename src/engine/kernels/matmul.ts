@@ -41,9 +41,10 @@ const SMALL_WORK = 1 << 21;
  * large GPU, the 64×64 tile for small products (fewer wasted lanes on ragged edges); 16-byte loads when
  * the contiguous dimension of an operand and its batch stride are multiples of 4 elements.
  */
-export function matmulVariant({ M, N, K }: MatmulShape, opts: MatmulOptions, strides: { sa: number; sb: number }) {
+export function matmulVariant({ M, N, K }: MatmulShape, opts: MatmulOptions, strides: { sa: number; sb: number }, software = false) {
   // Below ~4 MFLOP (or with a degenerate side) a tile's shared loads do not repay its barriers.
-  const small = opts.tile ? opts.tile === 'small' : M * N * K <= SMALL_WORK || M <= 4 || N <= 4;
+  // On CPU adapters the untiled kernel wins at every size (barriers are the expensive part there).
+  const small = opts.tile ? opts.tile === 'small' : software || M * N * K <= SMALL_WORK || M <= 4 || N <= 4;
   const wide = opts.tile ? opts.tile === 'wide' : M >= 256 && N >= 256;
   const vec4A = (opts.transA ? M : K) % 4 === 0 && strides.sa % 4 === 0;
   const vec4B = (opts.transB ? K : N) % 4 === 0 && strides.sb % 4 === 0;
@@ -79,7 +80,7 @@ export async function prepareMatmul(
   check('A', A, (batch - 1) * sa + M * K);
   check('B', B, (batch - 1) * sb + K * N);
   check('C', C, (batch - 1) * sc + M * N);
-  const v = matmulVariant({ M, N, K }, opts, { sa, sb });
+  const v = matmulVariant({ M, N, K }, opts, { sa, sb }, ctx.features.software);
   const base = { TRANS_A: !!opts.transA, TRANS_B: !!opts.transB, ACCUMULATE: !!opts.accumulate };
   const pipeline = v.small
     ? await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul_small', defines: { ...base, SMALL: true } })
