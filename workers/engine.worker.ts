@@ -8,6 +8,14 @@ import type { EngineApi, GpuStatus, MatmulRequest, MatmulResult } from '../src/e
 import { GpuContext } from '../src/engine/gpu/context.ts';
 import { GpuUnavailableError } from '../src/engine/gpu/errors.ts';
 import { matmul } from '../src/engine/kernels/matmul.ts';
+import { EngineSession } from '../src/engine/session.ts';
+
+let session: EngineSession | null = null;
+async function engine(): Promise<EngineSession> {
+  const ctx = await context();
+  if (!session || session.ctx !== ctx) session = new EngineSession(ctx);
+  return session;
+}
 
 let ctxPromise: Promise<GpuContext> | null = null;
 
@@ -62,6 +70,32 @@ const api: EngineApi = {
   async memory() {
     const ctx = await context();
     return { liveBytes: ctx.pool.liveBytes, peakBytes: ctx.pool.peakBytes };
+  },
+
+  async loadDemoModel(seed) {
+    return (await engine()).loadDemoModel(seed);
+  },
+  async loadModelFiles(files, opts) {
+    return (await engine()).loadModelFiles(files, opts);
+  },
+  async tokenizerSource() {
+    return session?.tokenizerSource() ?? null;
+  },
+  async train(rows, config, onProgress) {
+    return (await engine()).train(rows, config, (p) => void onProgress(p));
+  },
+  async stopTraining() {
+    session?.stop();
+  },
+  async chat(which, user, settings, onText) {
+    return (await engine()).chat(which, user, settings, (d) => void onText(d));
+  },
+  async resetChat(which) {
+    session?.resetChat(which);
+  },
+  async exportAdapter() {
+    const zip = await (await engine()).exportAdapter();
+    return Comlink.transfer(zip, [zip.buffer as ArrayBuffer]);
   },
 };
 

@@ -6,6 +6,13 @@ import './shell/wt-gpu-badge.ts';
 import './shell/wt-no-webgpu.ts';
 import './sections/wt-section-intro.ts';
 import './data/wt-data-section.ts';
+import './sections/wt-model-section.ts';
+import './sections/wt-train-section.ts';
+import './sections/wt-chat-section.ts';
+import './sections/wt-share-section.ts';
+import type { ModelInfo, TokenizerSource, TrainRow } from '../engine/api.ts';
+import type { DatasetReadyDetail } from './data/wt-data-section.ts';
+import { getEngine } from './engine-client.ts';
 
 export const SECTIONS = [
   { id: 'model', title: 'Model', needsGpu: true, intro: 'Pick a 1.8B-class chat model from the Hugging Face Hub, a local folder, or the offline demo model. Weights are quantized to 4 bits as they load.' },
@@ -36,12 +43,24 @@ export class WtApp extends LitElement {
       nav a { padding: 0.4rem 0.8rem; border-radius: var(--wt-radius); color: var(--wt-text); text-decoration: none; }
       nav a[aria-current='page'] { background: var(--wt-accent); color: var(--wt-accent-text); }
       nav a:focus-visible { outline: 2px solid var(--wt-accent); outline-offset: 2px; }
+      section[hidden] { display: none; }
       main { flex: 1; padding: 1.2rem; max-width: 80rem; width: 100%; box-sizing: border-box; margin: 0 auto; }
     `,
   ];
 
   @state() private section: SectionId = sectionFromHash();
   @state() private gpu: GpuStatus | null = null;
+  @state() private model: ModelInfo | null = null;
+  @state() private tokenizer: TokenizerSource | null = null;
+  @state() private rows: TrainRow[] | null = null;
+  @state() private tuned = false;
+
+  private async onModel(info: ModelInfo): Promise<void> {
+    this.model = info;
+    this.tuned = false;
+    this.rows = null;
+    this.tokenizer = await getEngine().tokenizerSource();
+  }
 
   private onHash = () => (this.section = sectionFromHash());
 
@@ -57,8 +76,16 @@ export class WtApp extends LitElement {
 
   private renderSection(id: SectionId) {
     switch (id) {
+      case 'model':
+        return html`<wt-model-section .model=${this.model} @model-loaded=${(e: CustomEvent<ModelInfo>) => void this.onModel(e.detail)}></wt-model-section>`;
       case 'data':
-        return html`<wt-data-section></wt-data-section>`;
+        return html`<wt-data-section .tokenizerSource=${this.tokenizer} @dataset-ready=${(e: CustomEvent<DatasetReadyDetail>) => (this.rows = e.detail.train)}></wt-data-section>`;
+      case 'train':
+        return html`<wt-train-section .model=${this.model} .rows=${this.rows} @adapter-trained=${() => (this.tuned = true)}></wt-train-section>`;
+      case 'chat':
+        return html`<wt-chat-section .model=${this.model} ?tuned=${this.tuned}></wt-chat-section>`;
+      case 'share':
+        return html`<wt-share-section .model=${this.model} ?tuned=${this.tuned}></wt-share-section>`;
       default:
         return nothing;
     }
@@ -76,9 +103,12 @@ export class WtApp extends LitElement {
         <wt-gpu-badge @gpu-status=${(e: CustomEvent<GpuStatus>) => (this.gpu = e.detail)}></wt-gpu-badge>
       </header>
       <main data-testid="section-${active.id}">
-        ${blocked && this.gpu && !this.gpu.ok
-          ? html`<wt-no-webgpu .message=${this.gpu.message}></wt-no-webgpu>`
-          : html`<wt-section-intro .heading=${active.title} .text=${active.intro}></wt-section-intro>${this.renderSection(active.id)}`}
+        ${blocked && this.gpu && !this.gpu.ok ? html`<wt-no-webgpu .message=${this.gpu.message}></wt-no-webgpu>` : nothing}
+        ${SECTIONS.map(
+          (sec) => html`<section ?hidden=${sec.id !== active.id || !!blocked} aria-label=${sec.title}>
+            <wt-section-intro .heading=${sec.title} .text=${sec.intro}></wt-section-intro>${this.renderSection(sec.id)}
+          </section>`,
+        )}
       </main>
     `;
   }
