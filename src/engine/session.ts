@@ -59,8 +59,17 @@ export class EngineSession {
     return this.loadModelFiles(demoModelFiles(seed), { id: DEMO_MODEL_ID, quantize: false });
   }
 
+  /** Loads run one at a time, in call order (a second request waits for the first and then replaces it). */
+  private loading: Promise<unknown> = Promise.resolve();
+
   /** A Hugging Face checkpoint folder's files (config.json, safetensors, tokenizer files). */
-  async loadModelFiles(files: ModelFiles, opts: { id: string; quantize: boolean }): Promise<ModelInfo> {
+  loadModelFiles(files: ModelFiles, opts: { id: string; quantize: boolean }): Promise<ModelInfo> {
+    const next = this.loading.catch(() => undefined).then(() => this.load(files, opts));
+    this.loading = next;
+    return next;
+  }
+
+  private async load(files: ModelFiles, opts: { id: string; quantize: boolean }): Promise<ModelInfo> {
     const source = async (name: string): Promise<ByteSource> => {
       const f = files.get(name);
       if (f === undefined) throw new Error(`${opts.id}: no file '${name}' in the model folder`);

@@ -55,6 +55,17 @@ export class WtApp extends LitElement {
   @state() private rows: TrainRow[] | null = null;
   @state() private tuned = false;
 
+  /** The offline demo model is the default: ready as soon as the GPU is, unless a model was chosen. */
+  private onGpu(status: GpuStatus): void {
+    this.gpu = status;
+    if (status.ok && !this.model) {
+      getEngine()
+        .loadDemoModel(1)
+        .then((info) => (this.model ? undefined : this.onModel(info)))
+        .catch(() => undefined); // the Model section offers it again, with the error shown there
+    }
+  }
+
   private async onModel(info: ModelInfo): Promise<void> {
     this.model = info;
     this.tuned = false;
@@ -100,7 +111,7 @@ export class WtApp extends LitElement {
         <nav aria-label="Sections">
           ${SECTIONS.map((s) => html`<a href="#/${s.id}" data-testid="tab-${s.id}" aria-current=${s.id === this.section ? 'page' : 'false'}>${s.title}</a>`)}
         </nav>
-        <wt-gpu-badge @gpu-status=${(e: CustomEvent<GpuStatus>) => (this.gpu = e.detail)}></wt-gpu-badge>
+        <wt-gpu-badge @gpu-status=${(e: CustomEvent<GpuStatus>) => this.onGpu(e.detail)}></wt-gpu-badge>
       </header>
       <main data-testid="section-${active.id}">
         ${blocked && this.gpu && !this.gpu.ok ? html`<wt-no-webgpu .message=${this.gpu.message}></wt-no-webgpu>` : nothing}
