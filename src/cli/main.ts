@@ -12,6 +12,8 @@ export interface CliCommand {
 
 const commands: Record<string, () => Promise<CliCommand>> = {
   'demo-model': async () => (await import('./demo-model.ts')).demoModelCommand,
+  'export-adapter': async () => (await import('./export-adapter.ts')).exportAdapterCommand,
+  merge: async () => (await import('./merge.ts')).mergeCommand,
   'gpu-info': async () => (await import('./gpu-info.ts')).gpuInfoCommand,
   'reference-run': async () => (await import('./reference-run.ts')).referenceRunCommand,
   train: async () => (await import('./train.ts')).trainCommand,
