@@ -1,3 +1,4 @@
+import { afterAll, beforeAll } from 'vitest';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { createServer, type ViteDevServer } from 'vite';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -49,4 +50,23 @@ export function watchPage(page: Page): { errors: string[] } {
     if (m.type() === 'error') errors.push(`console: ${m.text()}`);
   });
   return { errors };
+}
+
+/**
+ * The app served by Vite and a WebGPU-enabled Chromium, started once for a test file and closed after
+ * it. Call at the top level of the file; the getters are valid inside tests.
+ */
+export function appUnderTest(): { url: () => string; browser: () => Browser } {
+  let server: ViteDevServer | undefined;
+  let url = '';
+  let browser: Browser | undefined;
+  beforeAll(async () => {
+    ({ server, url } = await startServer());
+    browser = await launch();
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+  return { url: () => url, browser: () => browser! };
 }

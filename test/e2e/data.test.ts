@@ -1,26 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Browser } from 'playwright-core';
-import type { ViteDevServer } from 'vite';
-import { launch, screenshot, startServer, watchPage } from './browser.ts';
+import { describe, expect, it } from 'vitest';
+import { appUnderTest, screenshot, watchPage } from './browser.ts';
 
-let server: ViteDevServer;
-let url: string;
-let browser: Browser;
-
-beforeAll(async () => {
-  ({ server, url } = await startServer());
-  browser = await launch();
-});
-afterAll(async () => {
-  await browser?.close();
-  await server?.close();
-});
+const app = appUnderTest();
 
 describe('Data section in the app', () => {
   it('takes a JSONL file, detects the mapping, prepares rows and reports a broken line', async () => {
-    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    const page = await app.browser().newPage({ viewport: { width: 1280, height: 800 } });
     const { errors } = watchPage(page);
-    await page.goto(`${url}#/data`);
+    await page.goto(`${app.url()}#/data`);
     const lines = [
       JSON.stringify({ instruction: 'Say hi', input: '', output: 'Hi!' }),
       '{"instruction": "broken',

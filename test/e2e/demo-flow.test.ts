@@ -1,26 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Browser } from 'playwright-core';
-import type { ViteDevServer } from 'vite';
-import { launch, screenshot, startServer, watchPage } from './browser.ts';
+import { describe, expect, it } from 'vitest';
+import { appUnderTest, screenshot, watchPage } from './browser.ts';
 
-let server: ViteDevServer;
-let url: string;
-let browser: Browser;
-
-beforeAll(async () => {
-  ({ server, url } = await startServer());
-  browser = await launch();
-});
-afterAll(async () => {
-  await browser?.close();
-  await server?.close();
-});
+const app = appUnderTest();
 
 describe('the demo flow in the app (WebGPU on SwiftShader)', () => {
   it('demo model → identity data → training lowers the loss → chat streams → adapter zip downloads', async () => {
-    const page = await browser.newPage({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
+    const page = await app.browser().newPage({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
     const { errors } = watchPage(page);
-    await page.goto(`${url}#/model`);
+    await page.goto(`${app.url()}#/model`);
     await page.getByTestId('load-demo').click();
     await page.getByTestId('model-info').waitFor({ timeout: 120_000 });
     expect(await page.getByTestId('model-info').textContent()).toMatch(/demo-tiny-llama/);

@@ -1,26 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Browser } from 'playwright-core';
-import type { ViteDevServer } from 'vite';
-import { launch, screenshot, startServer, watchPage } from './browser.ts';
+import { describe, expect, it } from 'vitest';
+import { appUnderTest, launch, screenshot, watchPage } from './browser.ts';
 
-let server: ViteDevServer;
-let url: string;
-let browser: Browser;
-
-beforeAll(async () => {
-  ({ server, url } = await startServer());
-  browser = await launch();
-});
-afterAll(async () => {
-  await browser?.close();
-  await server?.close();
-});
+const app = appUnderTest();
 
 describe('app shell in Chromium with WebGPU (SwiftShader)', () => {
   it('loads, shows the adapter in the badge, and runs a matmul in the worker', async () => {
-    const page = await browser.newPage();
+    const page = await app.browser().newPage();
     const { errors } = watchPage(page);
-    await page.goto(url);
+    await page.goto(app.url());
     const adapter = page.getByTestId('gpu-adapter');
     await expect.poll(async () => adapter.textContent(), { timeout: 60_000 }).toMatch(/swiftshader/i);
     for (const id of ['model', 'data', 'train', 'chat', 'share']) {
@@ -59,7 +46,7 @@ describe('app shell in Chromium with WebGPU (SwiftShader)', () => {
     const noGpu = await launch([], false);
     try {
       const page = await noGpu.newPage();
-      await page.goto(url);
+      await page.goto(app.url());
       await page.getByTestId('no-webgpu-title').waitFor({ timeout: 30_000 });
       expect(await page.getByTestId('gpu-adapter').textContent()).toMatch(/unavailable/i);
       await screenshot(page, 'no-webgpu');
