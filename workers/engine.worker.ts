@@ -81,8 +81,8 @@ const api: EngineApi = {
   async tokenizerSource() {
     return session?.tokenizerSource() ?? null;
   },
-  async train(rows, config, onProgress) {
-    return (await engine()).train(rows, config, (p) => void onProgress(p));
+  async train(rows, config, onProgress, evaluation, onAnswers) {
+    return (await engine()).train(rows, config, (p) => void onProgress(p), evaluation && onAnswers ? { ...evaluation, onAnswers: (a) => void onAnswers(a) } : undefined);
   },
   async stopTraining() {
     session?.stop();

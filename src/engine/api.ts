@@ -3,12 +3,12 @@
  * holds a comlink proxy of it (src/ui/engine-client.ts). Plain data crosses the boundary, never GPU objects.
  */
 import type { GpuSummary } from './gpu/context.ts';
-import type { ModelInfo, TrainResult } from './session.ts';
+import type { EvalAnswers, EvalOptions, ModelInfo, TrainResult } from './session.ts';
 import type { TrainConfig, TrainProgress, TrainRow } from './train/trainer.ts';
 import type { GenerationSettings } from './generate/settings.ts';
 import type { TokenizerSource } from '../data/tokenizer.ts';
 
-export type { ModelInfo, TrainResult, TrainConfig, TrainProgress, TrainRow, GenerationSettings, TokenizerSource };
+export type { EvalAnswers, EvalOptions, ModelInfo, TrainResult, TrainConfig, TrainProgress, TrainRow, GenerationSettings, TokenizerSource };
 
 export type GpuStatus =
   | { ok: true; gpu: GpuSummary }
@@ -43,7 +43,7 @@ export interface EngineApi {
   /** The loaded model's tokenizer files, for the data pipeline (null before a model is loaded). */
   tokenizerSource(): Promise<TokenizerSource | null>;
   /** Trains a new adapter; onProgress is a comlink proxy called once per optimizer step. */
-  train(rows: TrainRow[], config: Partial<TrainConfig>, onProgress: (p: TrainProgress) => void): Promise<TrainResult>;
+  train(rows: TrainRow[], config: Partial<TrainConfig>, onProgress: (p: TrainProgress) => void, evaluation?: EvalOptions, onAnswers?: (a: EvalAnswers) => void): Promise<TrainResult>;
   stopTraining(): Promise<void>;
   /** One chat turn; onText (a proxy) receives the reply as it is generated. */
   chat(which: 'base' | 'tuned', user: string, settings: Partial<GenerationSettings>, onText: (delta: string) => void): Promise<string>;

@@ -30,6 +30,18 @@ export interface ModelInfo {
   gpuBytes: number;
 }
 
+/** XTuner's evaluation_inputs / evaluation_freq: prompts answered by the model in training every N steps. */
+export interface EvalOptions {
+  prompts: string[];
+  every: number;
+  settings?: Partial<GenerationSettings>;
+}
+
+export interface EvalAnswers {
+  step: number;
+  answers: { prompt: string; answer: string }[];
+}
+
 export interface TrainResult {
   steps: number;
   finalLoss: number;
@@ -123,18 +135,26 @@ export class EngineSession {
   }
 
   /** Trains a fresh adapter on the rows, reporting every step; stop() ends it after the current step. */
-  async train(rows: readonly TrainRow[], config: Partial<TrainConfig>, onProgress?: (p: TrainProgress) => void): Promise<TrainResult> {
+  async train(rows: readonly TrainRow[], config: Partial<TrainConfig>, onProgress?: (p: TrainProgress) => void, evaluation?: EvalOptions & { onAnswers: (a: EvalAnswers) => void }): Promise<TrainResult> {
     this.requireSpec();
     this.dropChats();
     this.trainer?.release();
-    this.trainer = new Trainer(this.ctx, this.weights!, rows, config, this.modelId);
+    const trainer = new Trainer(this.ctx, this.weights!, rows, config, this.modelId);
+    this.trainer = trainer;
     this.stopRequested = false;
-    await this.trainer.train(
+    const evaluate = evaluation && evaluation.prompts.length > 0 && evaluation.every > 0
+      ? async (p: TrainProgress) => {
+          if (p.step % evaluation.every !== 0 && p.step !== p.totalSteps) return;
+          evaluation.onAnswers({ step: p.step, answers: await this.answer(evaluation.prompts, evaluation.settings ?? {}) });
+        }
+      : undefined;
+    await trainer.train(
       (p) => {
         this.lastLoss = p.loss;
         onProgress?.(p);
       },
       () => this.stopRequested,
+      evaluate,
     );
     return { steps: this.trainer.step, finalLoss: this.lastLoss, stopped: this.stopRequested };
   }
@@ -157,6 +177,20 @@ export class EngineSession {
     this.generator!.setLora(which === 'tuned' ? { layout: this.trainer!.layout, params: this.trainer!.state.params, grads: this.trainer!.state.grads } : null);
     const reply = await session.send(user, settings, onText);
     return reply.text;
+  }
+
+  /** Each prompt as a fresh one-turn conversation with the current adapter (greedy unless settings say otherwise). */
+  private async answer(prompts: readonly string[], settings: Partial<GenerationSettings>): Promise<{ prompt: string; answer: string }[]> {
+    const t = this.trainer!;
+    this.generator ??= await Generator.create(this.ctx, this.weights!, { maxTokens: Math.min(1024, this.spec!.maxPositionEmbeddings) });
+    this.generator.setLora({ layout: t.layout, params: t.state.params, grads: t.state.grads });
+    const out: { prompt: string; answer: string }[] = [];
+    for (const prompt of prompts) {
+      const reply = await new ChatSession(this.generator, this.tokenizer!).send(prompt, { temperature: 0, maxNewTokens: 64, ...settings });
+      out.push({ prompt, answer: reply.text });
+    }
+    this.chats.clear(); // the generator's cache now holds an evaluation prompt
+    return out;
   }
 
   resetChat(which: 'base' | 'tuned'): void {

@@ -32,6 +32,8 @@ describe('the demo flow in the app (WebGPU on SwiftShader)', () => {
     await page.getByTestId('train-done').waitFor({ timeout: 600_000 });
     const last = Number(await loss.textContent());
     expect(last).toBeLessThan(first);
+    // Evaluation prompts (default "Who are you?" every 4 steps) were answered while training.
+    expect(await page.getByTestId('eval-answers').innerText()).toMatch(/step 4[\s\S]*Who are you\?/);
     await screenshot(page, 'flow-train');
 
     await page.getByTestId('tab-chat').click();

@@ -4,7 +4,7 @@
  * export that imports back.
  */
 import { expect, it } from 'vitest';
-import { EngineSession } from '../../src/engine/session.ts';
+import { EngineSession, type EvalAnswers } from '../../src/engine/session.ts';
 import { loadTokenizer } from '../../src/data/tokenizer.ts';
 import { generateIdentityRecords } from '../../src/data/identity.ts';
 import { detectMapper, mapRecords } from '../../src/data/mappers.ts';
@@ -25,7 +25,17 @@ it('demo model: train on an identity dataset, chat, export the adapter', async (
   const mapped = mapRecords(records, detectMapper(records).choice!);
   const data = prepareDataset(tok, mapped.samples, { maxLength: 128, pack: true, seed: 1, evalSplit: 0 });
   const progress: TrainProgress[] = [];
-  const result = await engine.train(data.train, { loraRank: 8, loraAlpha: 16, loraDropout: 0, lr: 1e-2, epochs: 2, microBatch: 4, gradAccum: 1, warmupRatio: 0 }, (p) => progress.push(p));
+  const evals: EvalAnswers[] = [];
+  const result = await engine.train(data.train, { loraRank: 8, loraAlpha: 16, loraDropout: 0, lr: 1e-2, epochs: 2, microBatch: 4, gradAccum: 1, warmupRatio: 0 }, (p) => progress.push(p), {
+    prompts: ['Who are you?'],
+    every: 3,
+    settings: { maxNewTokens: 8 },
+    onAnswers: (a) => evals.push(a),
+  });
+  // XTuner's evaluation_inputs: every 3 steps and at the last one, each prompt answered.
+  const expectedSteps = progress.filter((p) => p.step % 3 === 0 || p.step === result.steps).map((p) => p.step);
+  expect(evals.map((e) => e.step)).toEqual(expectedSteps);
+  expect(evals.every((e) => e.answers.length === 1 && e.answers[0]!.prompt === 'Who are you?')).toBe(true);
   expect(result.steps).toBe(progress.length);
   expect(progress.map((p) => p.step)).toEqual(progress.map((_, i) => i + 1));
   expect(progress[progress.length - 1]!.loss).toBeLessThan(progress[0]!.loss);

@@ -273,8 +273,11 @@ export class Trainer {
     return order;
   }
 
-  /** Runs optimizer steps until done (or `until` returns true), reporting each step. */
-  async train(onStep?: (p: TrainProgress) => void, until?: () => boolean): Promise<void> {
+  /**
+   * Runs optimizer steps until done (or `until` returns true), reporting each step through onStep;
+   * `afterStep` is awaited between steps (evaluation prompts, checkpoints) and is not timed.
+   */
+  async train(onStep?: (p: TrainProgress) => void, until?: () => boolean, afterStep?: (p: TrainProgress) => Promise<void>): Promise<void> {
     await this.prepare();
     const { ctx, config: c } = this;
     const plan = this.plan!;
@@ -286,6 +289,7 @@ export class Trainer {
     const padId = this.spec.padTokenId ?? this.spec.eosTokenIds[0] ?? 0;
     const perStep = c.microBatch * c.gradAccum;
     const t0 = performance.now();
+    let excluded = 0; // ms spent in afterStep (evaluation), left out of tokens/s and ETA
     let tokens = 0;
     if (this.step === 0) await ctx.run([zero], 'zero grads');
     while (this.step < total && !until?.()) {
@@ -313,8 +317,8 @@ export class Trainer {
       const gradNorm = (await ctx.read(opt.gradNorm))[0]!;
       let loss = 0; // the losses hold mean/microBatches each: their sum is the step's mean loss
       for (let i = 0; i < microBatches; i++) loss += losses[i]!;
-      const elapsed = (performance.now() - t0) / 1000;
-      onStep?.({
+      const elapsed = (performance.now() - t0 - excluded) / 1000;
+      const progress: TrainProgress = {
         step: this.step,
         totalSteps: total,
         epoch,
@@ -325,7 +329,13 @@ export class Trainer {
         etaSeconds: (elapsed / this.step) * (total - this.step),
         liveBytes: ctx.pool.liveBytes,
         peakBytes: ctx.pool.peakBytes,
-      });
+      };
+      onStep?.(progress);
+      if (afterStep) {
+        const pause = performance.now();
+        await afterStep(progress);
+        excluded += performance.now() - pause;
+      }
     }
   }
 

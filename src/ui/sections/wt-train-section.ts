@@ -3,7 +3,7 @@ import { customElement, property, state } from 'lit/decorators.js';
 import * as Comlink from 'comlink';
 import uPlot from 'uplot';
 import uplotCss from 'uplot/dist/uPlot.min.css?inline';
-import type { ModelInfo, TrainConfig, TrainProgress, TrainRow } from '../../engine/api.ts';
+import type { EvalAnswers, ModelInfo, TrainConfig, TrainProgress, TrainRow } from '../../engine/api.ts';
 import { formatBytes } from '../../engine/gpu/errors.ts';
 import { getEngine } from '../engine-client.ts';
 import { theme } from '../theme.ts';
@@ -45,6 +45,9 @@ export class WtTrainSection extends LitElement {
       progress { width: 100%; }
       .chart { min-height: 240px; }
       .error { color: var(--wt-error); white-space: pre-wrap; }
+      .answers { display: grid; gap: 0.5rem; max-height: 20rem; overflow: auto; }
+      .qa { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0.2rem 0 0.4rem 0.8rem; }
+      textarea { font: inherit; }
       .muted { color: var(--wt-muted); }
     `,
   ];
@@ -56,6 +59,9 @@ export class WtTrainSection extends LitElement {
   @state() private last: TrainProgress | null = null;
   @state() private error = '';
   @state() private done = '';
+  @state() private evalPrompts = 'Who are you?';
+  @state() private evalEvery = 4;
+  @state() private answers: EvalAnswers[] = [];
   private losses: [number[], number[]] = [[], []];
   private plot: uPlot | null = null;
 
@@ -77,6 +83,7 @@ export class WtTrainSection extends LitElement {
     this.error = '';
     this.done = '';
     this.losses = [[], []];
+    this.answers = [];
     this.plot?.destroy();
     this.plot = null;
     try {
@@ -89,6 +96,8 @@ export class WtTrainSection extends LitElement {
           this.losses[1].push(p.loss);
           this.chart();
         }),
+        { prompts: this.evalPrompts.split('\n').map((l) => l.trim()).filter(Boolean), every: this.evalEvery },
+        Comlink.proxy((a: EvalAnswers) => (this.answers = [...this.answers, a])),
       );
       this.done = `${result.stopped ? 'Stopped' : 'Finished'} after ${result.steps} steps; final loss ${result.finalLoss.toFixed(4)}. Try it in Chat, or export it in Share.`;
       this.dispatchEvent(new CustomEvent('adapter-trained', { detail: result, bubbles: true, composed: true }));
@@ -117,6 +126,11 @@ export class WtTrainSection extends LitElement {
               @change=${(e: Event) => this.field(f.key, (e.target as HTMLInputElement).value)} /><small>${f.help}</small></label>`,
         )}
       </div>
+      <div class="grid">
+        <label>Evaluation prompts<textarea rows="2" .value=${this.evalPrompts} ?disabled=${this.running} @change=${(e: Event) => (this.evalPrompts = (e.target as HTMLTextAreaElement).value)}></textarea>
+          <small>one per line; answered by the model in training (XTuner's evaluation_inputs)</small></label>
+        <label>Every N steps<input type="number" min="1" .value=${String(this.evalEvery)} ?disabled=${this.running} @change=${(e: Event) => (this.evalEvery = Number((e.target as HTMLInputElement).value))} /><small>and at the last step</small></label>
+      </div>
       <button data-testid="train-start" ?disabled=${!ready || this.running} @click=${() => void this.start()}>Start training</button>
       <button class="secondary" data-testid="train-stop" ?disabled=${!this.running} @click=${() => void getEngine().stopTraining()}>Stop</button>
       ${p ? html`<progress max=${p.totalSteps} .value=${p.step}></progress>` : nothing}
@@ -127,6 +141,11 @@ export class WtTrainSection extends LitElement {
           : nothing}
       </div>
       <div class="chart"></div>
+      ${this.answers.length
+        ? html`<h3>Evaluation answers</h3><div class="answers" data-testid="eval-answers">${this.answers.map(
+            (a) => html`<div><strong>step ${a.step}</strong>${a.answers.map((x) => html`<div class="qa"><span class="muted">› ${x.prompt}</span><br />${x.answer}</div>`)}</div>`,
+          )}</div>`
+        : nothing}
       ${this.done ? html`<p data-testid="train-done">${this.done}</p>` : nothing}
       ${this.error ? html`<p class="error">${this.error}</p>` : nothing}
     `;
