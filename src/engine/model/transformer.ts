@@ -313,6 +313,19 @@ export class StepPlan {
     }
   }
 
+  /**
+   * One [tokens, rank] tensor per LoRA module (U = x·Aᵀ, or G = dy·B), reused by every layer: the layers
+   * run one after another, and every transformed layer has the same modules.
+   */
+  private rankScratch(name: 'U' | 'G'): Map<string, Tensor> {
+    const out = new Map<string, Tensor>();
+    const lora = this.model.lora;
+    if (!lora) return out;
+    const firstLayer = lora.layout.groups[0]?.layer;
+    for (const g of lora.layout.groups) if (g.layer === firstLayer) out.set(g.module, this.alloc.f32(`${name} ${g.module}`, [this.tokens, lora.layout.rank]));
+    return out;
+  }
+
   private makeLayerScratch(): LayerScratch {
     const { spec } = this;
     const T = this.tokens;
@@ -321,9 +334,7 @@ export class StepPlan {
     const kvd = spec.nKvHeads * spec.headDim;
     const I = spec.intermediate;
     const a = this.alloc;
-    const U = new Map<string, Tensor>();
-    const lora = this.model.lora;
-    if (lora) for (const g of lora.layout.groups.filter((g) => g.layer === lora.layout.groups[0]!.layer)) U.set(g.module, a.f32(`U ${g.module}`, [T, lora.layout.rank]));
+    const U = this.rankScratch('U');
     return {
       n1: a.f32('n1', [T, H]),
       rstd1: a.f32('rstd1', [T]),
@@ -356,9 +367,7 @@ export class StepPlan {
     const kvd = spec.nKvHeads * spec.headDim;
     const I = spec.intermediate;
     const a = this.alloc;
-    const G = new Map<string, Tensor>();
-    const lora = this.model.lora!;
-    for (const g of lora.layout.groups.filter((g) => g.layer === lora.layout.groups[0]!.layer)) G.set(g.module, a.f32(`G ${g.module}`, [T, lora.layout.rank]));
+    const G = this.rankScratch('G');
     return {
       dh: a.f32('dh', [T, H]),
       dhNext: a.f32('dh next', [T, H]),
