@@ -58,8 +58,9 @@ async function matmulVariants(ctx: GpuContext): Promise<BenchRow[]> {
     ['base tk16', { prefetch: false, tileK: 16 }],
     ['pref tk8', { prefetch: true, tileK: 8 }],
     ['pref tk16', { prefetch: true, tileK: 16 }],
-    ['pref tk32', { prefetch: true, tileK: 32 }],
-    ['base tk32', { prefetch: false, tileK: 32 }],
+    ['pref tk8 kc', { prefetch: true, tileK: 8, kcontig: true }],
+    ['pref tk16 kc', { prefetch: true, tileK: 16, kcontig: true }],
+    ['narrow pref tk32 kc', { prefetch: true, tileK: 32, kcontig: true, tile: 'narrow' }],
   ];
   for (const [name, M, N, K, transA, transB] of shapes) {
     const A = ctx.tensor('A', transA ? [K, M] : [M, K]);

@@ -56,8 +56,40 @@ const TILE_N: u32 = WG_X * THREAD_N;
 override TILE_K: u32 = 16u;
 
 #if !SMALL
+// Tile layouts. k-major (the default): tile[k][m], one vec4 = 4 neighbouring rows at one k; an operand
+// stored k-contiguous in global memory must be transposed on its way in. KC_A / KC_B (with PREFETCH, for
+// operands stored k-contiguous: A [M, K], B [N, K]) keep the global layout instead: tile[row][k], one vec4
+// = 4 consecutive k of one row, no transpose, every load and store a whole vec4. A row is TILE_K floats
+// plus one vec4 of padding, so 8 consecutive rows read as vec4 land on 8 distinct bank quads.
+override KC_ROW: u32 = TILE_K / 4u + 1u;
+#if KC_A
+var<workgroup> tile_a: array<vec4<f32>, TILE_M * KC_ROW>;
+#else
 var<workgroup> tile_a: array<vec4<f32>, TILE_K * TILE_M / 4u>;
+#endif
+#if KC_B
+var<workgroup> tile_b: array<vec4<f32>, TILE_N * KC_ROW>;
+#else
 var<workgroup> tile_b: array<vec4<f32>, TILE_K * TILE_N / 4u>;
+#endif
+
+// Rows (columns) of C owned by a thread: with a k-major tile, groups of 4 neighbours spaced WG·4 apart
+// (one vec4 read covers a group); with a k-contiguous tile, single rows spaced WG apart (neighbouring
+// threads read neighbouring rows: conflict-free with the padded row).
+fn tile_row(i: u32, ly: u32) -> u32 {
+#if KC_A
+  return i * WG_Y + ly;
+#else
+  return ((i / 4u) * WG_Y + ly) * 4u + i % 4u;
+#endif
+}
+fn tile_col(j: u32, lx: u32) -> u32 {
+#if KC_B
+  return j * WG_X + lx;
+#else
+  return ((j / 4u) * WG_X + lx) * 4u + j % 4u;
+#endif
+}
 
 fn store_a(kk: u32, mm: u32, v: f32) {
   tile_a[(kk * TILE_M + mm) / 4u][mm % 4u] = v;
@@ -235,8 +267,32 @@ fn fetch_mcontig_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, base: u32, co
   }
 }
 
+// k-contiguous operand kept k-contiguous (KC_A / KC_B): slot s = one vec4 (row s / (TILE_K/4), k quad
+// s % (TILE_K/4)); k quads fastest, so 4 neighbouring threads read one row's 64 contiguous bytes and their
+// workgroup stores hit distinct bank quads.
+fn kc_slots(edge: u32) -> u32 { return edge * TILE_K / 4u; }
+fn fetch_kc(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, is_a: bool, base: u32, row0: u32, k0: u32, tid: u32, rows: u32, edge: u32) {
+  let K = params.K;
+  for (var u = 0u; u < MAX_PREF; u++) { if (u * THREADS >= kc_slots(edge)) { break; }
+    let slot = u * THREADS + tid;
+    let row = row0 + slot / (TILE_K / 4u);
+    let k = k0 + (slot % (TILE_K / 4u)) * 4u;
+    var x = vec4<f32>(0.0);
+    if (slot < kc_slots(edge) && row < rows && k < K) {
+      if (is_a) { x = a[(base + row * K + k) / 4u]; } else { x = b[(base + row * K + k) / 4u]; }
+    }
+    (*reg)[u] = x;
+  }
+}
+fn kc_index(slot: u32) -> u32 { return (slot / (TILE_K / 4u)) * KC_ROW + slot % (TILE_K / 4u); }
+
 fn commit_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
-#if TRANS_A
+#if KC_A
+  for (var u = 0u; u < MAX_PREF; u++) { if (u * THREADS >= kc_slots(TILE_M)) { break; }
+    let slot = u * THREADS + tid;
+    if (slot < kc_slots(TILE_M)) { tile_a[kc_index(slot)] = (*reg)[u]; }
+  }
+#elif TRANS_A
   for (var u = 0u; u < MAX_PREF; u++) { if (u * THREADS >= mcontig_slots(TILE_M)) { break; }
     let slot = u * THREADS + tid;
     if (slot < mcontig_slots(TILE_M)) { tile_a[slot] = (*reg)[u]; }
@@ -262,7 +318,12 @@ fn commit_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
 }
 
 fn commit_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
-#if TRANS_B
+#if KC_B
+  for (var u = 0u; u < MAX_PREF; u++) { if (u * THREADS >= kc_slots(TILE_N)) { break; }
+    let slot = u * THREADS + tid;
+    if (slot < kc_slots(TILE_N)) { tile_b[kc_index(slot)] = (*reg)[u]; }
+  }
+#elif TRANS_B
   for (var u = 0u; u < MAX_PREF / 4u; u++) { if (u * THREADS >= kcontig_slots(TILE_N)) { break; }
     let slot = u * THREADS + tid;
     let sp = kcontig_split(slot, TILE_N);
@@ -288,14 +349,18 @@ fn commit_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
 }
 
 fn fetch_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, base: u32, row0: u32, k0: u32, tid: u32) {
-#if TRANS_A
+#if KC_A
+  fetch_kc(reg, true, base, row0, k0, tid, params.M, TILE_M);
+#elif TRANS_A
   fetch_mcontig_a(reg, base, row0, k0, tid, params.M);
 #else
   fetch_kcontig_a(reg, base, row0, k0, tid, params.M);
 #endif
 }
 fn fetch_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, base: u32, col0: u32, k0: u32, tid: u32) {
-#if TRANS_B
+#if KC_B
+  fetch_kc(reg, false, base, col0, k0, tid, params.N, TILE_N);
+#elif TRANS_B
   fetch_kcontig_b(reg, base, col0, k0, tid, params.N);
 #else
   fetch_mcontig_b(reg, base, col0, k0, tid, params.N);
@@ -340,6 +405,35 @@ fn matmul(
     load_tile_b(base_b, col0, k0, tid);
     workgroupBarrier();
 #endif
+#if KC_A
+    // A k-contiguous: each vec4 read is 4 k of one row; 4 k-steps per round of reads.
+    for (var kq = 0u; kq < TILE_K / 4u; kq++) {
+      var ra: array<vec4<f32>, THREAD_M>;
+      for (var i = 0u; i < THREAD_M; i++) { ra[i] = tile_a[tile_row(i, lid.y) * KC_ROW + kq]; }
+#if KC_B
+      for (var j = 0u; j < THREAD_N; j++) {
+        let bv = tile_b[tile_col(j, lid.x) * KC_ROW + kq];
+        for (var i = 0u; i < THREAD_M; i++) {
+          var s = acc[i][j];
+          s = fma(ra[i].x, bv.x, s);
+          s = fma(ra[i].y, bv.y, s);
+          s = fma(ra[i].z, bv.z, s);
+          s = fma(ra[i].w, bv.w, s);
+          acc[i][j] = s;
+        }
+      }
+#else
+      for (var kk = 0u; kk < 4u; kk++) {
+        var rb: array<vec4<f32>, THREAD_N / 4u>;
+        for (var g = 0u; g < THREAD_N / 4u; g++) { rb[g] = tile_b[((kq * 4u + kk) * TILE_N) / 4u + g * WG_X + lid.x]; }
+        for (var i = 0u; i < THREAD_M; i++) {
+          let av = ra[i][kk];
+          for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = fma(av, rb[j / 4u][j % 4u], acc[i][j]); }
+        }
+      }
+#endif
+    }
+#else
     for (var kk = 0u; kk < TILE_K; kk++) {
       var ra: array<vec4<f32>, THREAD_M / 4u>;
       var rb: array<vec4<f32>, THREAD_N / 4u>;
@@ -350,15 +444,16 @@ fn matmul(
         for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = fma(av, rb[j / 4u][j % 4u], acc[i][j]); }
       }
     }
+#endif
     workgroupBarrier();
   }
 
-  // Thread rows are (g·WG_Y + lid.y)·4 + i for group g: the same mapping as the tile reads above.
+  // The same row/column mapping as the tile reads above.
   for (var i = 0u; i < THREAD_M; i++) {
-    let m = row0 + ((i / 4u) * WG_Y + lid.y) * 4u + i % 4u;
+    let m = row0 + tile_row(i, lid.y);
     if (m >= params.M) { continue; }
     for (var j = 0u; j < THREAD_N; j++) {
-      let n = col0 + ((j / 4u) * WG_X + lid.x) * 4u + j % 4u;
+      let n = col0 + tile_col(j, lid.x);
       if (n >= params.N) { continue; }
       let at = base_c + m * params.N + n;
 #if ACCUMULATE

@@ -387,6 +387,142 @@ fn q4_matmul_dx(
 }
 
 #endif
+
+#if OP == matmul && KC && WIDE
+// The forward with k-contiguous tiles (KC): X rows and W rows both stay k-contiguous in workgroup memory,
+// [row][32 k] as 8 vec4, so nothing is transposed on the way in: one vec4 of codes dequantises into 8
+// whole-vec4 stores. The 8 vec4 of a row are XOR-swizzled (vec4 q of row r at slot q ^ (r & 7)) so that
+// 8 neighbouring rows reading the same k quad hit 8 distinct bank quads without padding: the two 16 KiB
+// tiles fill the 32 KiB of workgroup memory exactly. Register-staged: the next step's 4 vec4 of X and
+// vec4 of codes per thread are fetched while the current step is multiplied (4-bit codes make that
+// prefetch cheap). Threads own rows i·16 + lid.y and columns j·16 + lid.x (neighbouring threads read
+// neighbouring rows).
+var<workgroup> kc_x: array<vec4<f32>, TILE_M * 8u>;
+var<workgroup> kc_w: array<vec4<f32>, TILE_N * 8u>;
+const KC_X_SLOTS: u32 = TILE_M * 8u / THREADS;
+
+fn kc_at(row: u32, kq: u32) -> u32 { return row * 8u + (kq ^ (row & 7u)); }
+
+fn kc_mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_M>>) {
+  for (var kq = 0u; kq < 8u; kq++) {
+    var ra: array<vec4<f32>, THREAD_M>;
+    for (var i = 0u; i < THREAD_M; i++) { ra[i] = kc_x[kc_at(i * WG_Y + lid.y, kq)]; }
+    for (var j = 0u; j < THREAD_N; j++) {
+      let bv = kc_w[kc_at(j * WG_X + lid.x, kq)];
+      for (var i = 0u; i < THREAD_M; i++) {
+        var s = (*acc)[i][j];
+        s = fma(ra[i].x, bv.x, s);
+        s = fma(ra[i].y, bv.y, s);
+        s = fma(ra[i].z, bv.z, s);
+        s = fma(ra[i].w, bv.w, s);
+        (*acc)[i][j] = s;
+      }
+    }
+  }
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn q4_matmul_kc(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let row0 = wg.y * TILE_M;
+  let col0 = wg.x * TILE_N;
+  let M = params.M;
+  let N = params.N;
+  let K = params.K;
+  var acc: array<array<f32, THREAD_N>, THREAD_M>;
+  for (var i = 0u; i < THREAD_M; i++) {
+    for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = 0.0; }
+  }
+  // Staged next step: X slot u of this thread is (row (u·THREADS + tid) / 8, k quad % 8); threads below
+  // TILE_N also hold the codes + scale word of W row col0 + tid (a zero scale word dequantises to zeros).
+  var px: array<vec4<f32>, KC_X_SLOTS>;
+  var pq = vec4<u32>(0u);
+  var ps = 0u;
+  for (var r0 = 0u; r0 < K; r0 += 32u) {
+    if (r0 == 0u) {
+      for (var u = 0u; u < KC_X_SLOTS; u++) {
+        let slot = u * THREADS + tid;
+        let m = row0 + slot / 8u;
+        px[u] = vec4<f32>(0.0);
+        if (m < M) { px[u] = x[(m * K) / 4u + slot % 8u]; }
+      }
+      if (tid < TILE_N && col0 + tid < N) {
+        let at = (col0 + tid) * K;
+        pq = q[at / 32u];
+        ps = sm[at / GROUP];
+      }
+    }
+    for (var u = 0u; u < KC_X_SLOTS; u++) {
+      let slot = u * THREADS + tid;
+      kc_x[kc_at(slot / 8u, slot % 8u)] = px[u];
+    }
+    if (tid < TILE_N) {
+      let sc = group_scale(ps);
+      for (var c = 0u; c < 4u; c++) {
+        let v = dequant8(pq[c], sc);
+        kc_w[kc_at(tid, 2u * c)] = v[0];
+        kc_w[kc_at(tid, 2u * c + 1u)] = v[1];
+      }
+    }
+    workgroupBarrier();
+    let next = r0 + 32u;
+    if (next < K) {
+      for (var u = 0u; u < KC_X_SLOTS; u++) {
+        let slot = u * THREADS + tid;
+        let m = row0 + slot / 8u;
+        px[u] = vec4<f32>(0.0);
+        if (m < M) { px[u] = x[(m * K + next) / 4u + slot % 8u]; }
+      }
+      if (tid < TILE_N && col0 + tid < N) {
+        let at = (col0 + tid) * K + next;
+        pq = q[at / 32u];
+        ps = sm[at / GROUP];
+      }
+    }
+    kc_mac(lid, &acc);
+    workgroupBarrier();
+  }
+#if LORA
+  // The adapter term s·U·Bᵀ as R more reduction steps over [s·U | B] (both k-contiguous): Y is written once.
+  for (var r0 = 0u; r0 < params.R; r0 += 32u) {
+    for (var idx = tid; idx < TILE_M * 32u; idx += THREADS) {
+      let rr = idx % 32u;
+      let mm = idx / 32u;
+      let m = row0 + mm;
+      let r = r0 + rr;
+      var v = 0.0;
+      if (m < M && r < params.R) { v = params.s * lu[m * params.R + r]; }
+      kc_x[kc_at(mm, rr / 4u)][rr % 4u] = v;
+    }
+    for (var idx = tid; idx < TILE_N * 32u; idx += THREADS) {
+      let rr = idx % 32u;
+      let nn = idx / 32u;
+      let n = col0 + nn;
+      let r = r0 + rr;
+      var v = 0.0;
+      if (n < N && r < params.R) { v = lb[(params.b_row0 + n) * params.R + r]; }
+      kc_w[kc_at(nn, rr / 4u)][rr % 4u] = v;
+    }
+    workgroupBarrier();
+    kc_mac(lid, &acc);
+    workgroupBarrier();
+  }
+#endif
+  for (var i = 0u; i < THREAD_M; i++) {
+    let m = row0 + i * WG_Y + lid.y;
+    if (m >= M) { continue; }
+    for (var j = 0u; j < THREAD_N; j++) {
+      let n = col0 + j * WG_X + lid.x;
+      if (n >= N) { continue; }
+      y[m * params.ldy + params.off + n] = acc[i][j];
+    }
+  }
+}
+#endif
+
 // ------------------------------------------------------------------------------------------------
 #if OP == gemv
 

@@ -44,6 +44,24 @@ describe('matmul (tiled f32)', () => {
         });
       }
 
+  // Register-staged loads and the k-contiguous tile layouts (both operands 16-byte loadable, ragged edges).
+  for (const transB of [false, true])
+    for (const [M, N, K] of [[36, 44, 52], [260, 132, 20], [130, 68, 252]] as const)
+      for (const [tile, tileK, kcontig] of [['wide', 8, false], ['wide', 8, true], ['narrow', 16, true], ['narrow', 32, true]] as const)
+        it(`A·${transB ? 'Bᵀ' : 'B'} M=${M} N=${N} K=${K} ${tile} prefetch tk${tileK}${kcontig ? ' k-contiguous tiles' : ''}`, async () => {
+          const ctx = await gpu();
+          const seed = freshSeed();
+          const r = rng(seed);
+          const a = randn(M * K, r);
+          const b = randn(K * N, r);
+          const A = ctx.upload('A', [M, K], a);
+          const B = ctx.upload('B', transB ? [N, K] : [K, N], b);
+          const C = poisoned(ctx, 'C', [M, N]);
+          await matmul(ctx, A, B, C, { M, N, K }, { transB, tile, tileK, prefetch: true, kcontig, accumulate: false });
+          expectClose(await ctx.read(C), reference(a, b, M, N, K, false, transB), 1e-5, `seed ${seed}`);
+          for (const t of [A, B, C]) ctx.release(t);
+        });
+
   it('accumulates with alpha into C (gradient accumulation)', async () => {
     const ctx = await gpu();
     const seed = freshSeed();

@@ -216,6 +216,45 @@ describe('q4 matmul forward Y = X·Wᵀ (against float64 on the dequantized weig
   }
 });
 
+describe('q4 matmul forward with k-contiguous tiles (q4_matmul_kc)', () => {
+  // [M, N, K, rows per block, LoRA rank]: ragged M and N against the 128 tile, row blocks, rank not a multiple of 32.
+  const CASES: [number, number, number, number | undefined, number][] = [
+    [37, 53, 128, undefined, 0],
+    [130, 200, 192, 72, 0],
+    [260, 131, 64, undefined, 8],
+    [129, 140, 128, 100, 40],
+  ];
+  for (const [M, N, K, rpb, rank] of CASES) {
+    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${rank ? ` + LoRA r=${rank}` : ''}`, async () => {
+      const ctx = await gpu();
+      const seed = freshSeed();
+      const r = rng(seed);
+      const { W, deq } = await uploadQ4(ctx, 'W', weights(N, K, r), N, K, rpb);
+      const x = randn(M * K, r);
+      const X = ctx.upload('X', [M, K], x);
+      const Y = poisoned(ctx, 'Y', [M, N]);
+      const ref = refForward(x, deq, M, N, K);
+      let lora;
+      if (rank) {
+        const u = randn(M * rank, r);
+        const b = randn(N * rank, r);
+        const scale = 0.37;
+        lora = { U: ctx.upload('U', [M, rank], u), B: ctx.upload('B', [N, rank], b), rank, scale };
+        for (let m = 0; m < M; m++)
+          for (let n = 0; n < N; n++) {
+            let t = 0;
+            for (let j = 0; j < rank; j++) t += u[m * rank + j]! * b[n * rank + j]!;
+            ref[m * N + n] = ref[m * N + n]! + scale * t;
+          }
+      }
+      await q4Matmul(ctx, X, W, Y, M, { tile: 'wide', kcontig: true, path: 'tiled', lora });
+      expectClose(await ctx.read(Y), ref, 1e-4, `seed ${seed}`);
+      for (const t of [X, Y, ...(lora ? [lora.U, lora.B] : [])]) ctx.release(t);
+      releaseQ4Weight(ctx, W);
+    });
+  }
+});
+
 describe('q4 matmul backward dX = dY·W (against float64 on the dequantized weights)', () => {
   // [M, N, K, rows per block, tile]; N % 4 == 0 takes the 16-byte dY loads.
   const CASES: [number, number, number, number | undefined, ('wide' | 'narrow')?][] = [

@@ -22,6 +22,8 @@ export interface MatmulOptions {
   /** Tuning (benchmarks, tests): k-depth of the workgroup tile, and register-staged loads (on by default when both operands load as vec4). */
   tileK?: 8 | 16 | 32;
   prefetch?: boolean;
+  /** Keep k-contiguous operands ([M, K] A, [N, K] B) k-contiguous in workgroup memory (no transpose on load; needs prefetch). */
+  kcontig?: boolean;
 }
 
 export interface MatmulShape {
@@ -50,9 +52,13 @@ export function matmulVariant({ M, N, K }: MatmulShape, opts: MatmulOptions, str
   const vec4B = (opts.transB ? K : N) % 4 === 0 && strides.sb % 4 === 0;
   // Register-staged loads with an 8-deep k-tile measured fastest on the H100 for A·B, Aᵀ·B (33.8 vs 27.1
   // TFLOP/s at 4096³, 36.9 vs 34.5 for dW); for ·Bᵀ the plain 16-deep tile stayed ahead (27.0 vs 26.0).
-  const prefetch = (opts.prefetch ?? (vec4A && vec4B && !opts.transB)) && vec4A && vec4B;
+  const kcontigWanted = opts.kcontig ?? false;
+  const prefetch = (opts.prefetch ?? (vec4A && vec4B && (!opts.transB || kcontigWanted))) && vec4A && vec4B;
   const tileK = opts.tileK ?? (prefetch ? 8 : TILE_K);
-  return { small, wide, vec4A, vec4B, prefetch, tileK, tile: small ? SMALL_EDGE : wide ? TILE_EDGE.wide : TILE_EDGE.narrow };
+  // The k-contiguous tile of B is only read by the k-contiguous-A inner loop.
+  const kcA = kcontigWanted && prefetch && !small && !opts.transA;
+  const kcB = kcA && !!opts.transB;
+  return { small, wide, vec4A, vec4B, prefetch, tileK, kcA, kcB, tile: small ? SMALL_EDGE : wide ? TILE_EDGE.wide : TILE_EDGE.narrow };
 }
 
 function check(what: string, t: Tensor, needElems: number): void {
@@ -84,7 +90,7 @@ export async function prepareMatmul(
   const base = { TRANS_A: !!opts.transA, TRANS_B: !!opts.transB, ACCUMULATE: !!opts.accumulate };
   const pipeline = v.small
     ? await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul_small', defines: { ...base, SMALL: true } })
-    : await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul', defines: { ...base, WIDE: v.wide, VEC4_A: v.vec4A, VEC4_B: v.vec4B, PREFETCH: v.prefetch }, constants: { TILE_K: v.tileK } });
+    : await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul', defines: { ...base, WIDE: v.wide, VEC4_A: v.vec4A, VEC4_B: v.vec4B, PREFETCH: v.prefetch, KC_A: v.kcA, KC_B: v.kcB }, constants: { TILE_K: v.tileK } });
   const label = `matmul${opts.transA ? 'ᵀ' : ''}·${opts.transB ? 'ᵀ' : ''} ${M}×${K}·${K}×${N}${batch > 1 ? ` ×${batch}` : ''}`;
   const uniforms = ctx.uniforms(`${label} params`, [
     ['u32', M],

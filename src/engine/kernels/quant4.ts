@@ -328,6 +328,8 @@ export interface Q4MatmulOptions {
   path?: 'tiled' | 'gemv';
   /** Force the 128×128 (wide) or 64×64 (narrow) tile; default: wide when both output dims are ≥ 256. */
   tile?: 'wide' | 'narrow';
+  /** The k-contiguous-tile forward (q4_matmul_kc: no transposes, register-staged loads); 128×128 tiles only. */
+  kcontig?: boolean;
 }
 
 const GEMV_ROWS = 8;
@@ -355,13 +357,14 @@ export async function prepareQ4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y
   const gemv = opts.path ? opts.path === 'gemv' : M <= Q4_GEMV_MAX_M;
   if (gemv && M > Q4_GEMV_MAX_M) throw new Error(`${kern}: the GEMV path takes at most ${Q4_GEMV_MAX_M} rows, got ${M}`);
   const { wide, edge } = tileEdge(M, W.out, opts.tile);
+  const kc = !!opts.kcontig && wide && !gemv;
   const pipeline = await ctx.pipeline(
     gemv
       ? { shader: QUANT4_SHADER, entryPoint: 'q4_gemv', defines: { OP: 'gemv', LORA: !!lora }, constants: { GEMV_ROWS } }
-      : { shader: QUANT4_SHADER, entryPoint: 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide } },
+      : { shader: QUANT4_SHADER, entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc } },
   );
   return W.blocks.map((b) => {
-    const label = `${gemv ? 'q4 gemv' : `q4 matmul${wide ? ' wide' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
+    const label = `${gemv ? 'q4 gemv' : `q4 matmul${wide ? ' wide' : ''}${kc ? ' kc' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
     const uniforms = ctx.uniforms(`${label} params`, uniformFields({ M, N: b.rows, K, ldy: W.out, off: b.row0, R: lora?.rank ?? 0, s: lora?.scale ?? 0, bRow0: b.row0 }));
     const res = [uniforms, X, b.q, b.sm, Y, ...(lora ? [lora.U, lora.B] : [])];
     const workgroups: [number, number, number] = gemv ? grid2d(ctx, Math.ceil(b.rows / GEMV_ROWS)) : [Math.ceil(b.rows / edge), Math.ceil(M / edge), 1];
