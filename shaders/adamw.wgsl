@@ -18,6 +18,11 @@
 // With ZERO_GRAD the update also zeroes the grads it consumed (saves the separate zero_grad pass).
 // zero_grad: g ← 0 over [offset, offset + length).
 //
+// Non-finite guard: when the grad norm or any value of `guard` (the step's micro-batch losses) is NaN or
+// ±∞, the update is skipped on the GPU itself: params, m and v keep their values (only the consumed grads
+// are zeroed with ZERO_GRAD), so a bad step needs no readback before the next one. The CPU learns of the
+// skip from the losses and norm it reads back once per step anyway, and applies the same test.
+//
 // Gradient rule: this file consumes gradients; it writes parameters and optimizer state in place.
 // Grads are scaled by the clip factor only as they are used (the grads buffer keeps the unclipped values
 // unless ZERO_GRAD zeroes it).
@@ -65,12 +70,31 @@ fn zero_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 @group(0) @binding(4) var<storage, read_write> m: array<f32>;
 @group(0) @binding(5) var<storage, read_write> v: array<f32>;
 @group(0) @binding(6) var<storage, read> norm: array<f32>;
+@group(0) @binding(7) var<storage, read> guard: array<f32>;
+
+// NaN and ±∞ have every exponent bit set (a bit test: `x != x` may be folded away by the compiler).
+fn is_finite(x: f32) -> bool {
+  return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+fn step_is_finite() -> bool {
+  var ok = is_finite(norm[0]);
+  let n = arrayLength(&guard);
+  for (var k = 0u; k < n; k++) { ok = ok && is_finite(guard[k]); }
+  return ok;
+}
 
 @compute @workgroup_size(WG)
 fn adamw_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let threads = nwg.x * WG;
+  if (!step_is_finite()) {
+#if ZERO_GRAD
+    for (var i = gid.x; i < range.length; i += threads) { grads[range.offset + i] = 0.0; }
+#endif
+    return;
+  }
   var clip = 1.0;
   if (step.clip != 0u) { clip = min(1.0, step.max_norm / (norm[0] + 1e-6)); }
-  let threads = nwg.x * WG;
   for (var i = gid.x; i < range.length; i += threads) {
     let pi = range.offset + i;
     let si = range.state_offset + i;

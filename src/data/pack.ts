@@ -4,7 +4,7 @@
  */
 import { IGNORE_INDEX } from './mask.ts';
 import type { TokenRow } from './rows.ts';
-import type { SourceRef } from './types.ts';
+import { describeSource, type SourceRef } from './types.ts';
 
 export interface TokenizedSample {
   inputIds: number[];
@@ -105,6 +105,7 @@ export function buildRows(samples: readonly TokenizedSample[], o: RowOptions): T
       labels: new Int32Array(total).fill(IGNORE_INDEX),
       positionIds: new Int32Array(total),
       documentIds: new Int32Array(total).fill(-1),
+      sources: g.map((s) => describeSource(s.source)),
     };
     let at = 0;
     g.forEach((s, d) => {

@@ -10,6 +10,8 @@ export interface TokenRow {
   positionIds: Int32Array;
   /** 0, 1, 2, ... per packed document within the row; -1 for padding. */
   documentIds: Int32Array;
+  /** Where each packed document came from ("data.jsonl, line 3"), so a bad row can be named in training. */
+  sources?: string[];
 }
 
 interface RowJson {
@@ -17,6 +19,7 @@ interface RowJson {
   labels: number[];
   position_ids: number[];
   document_ids: number[];
+  sources?: string[];
 }
 
 export function rowToJson(row: TokenRow): string {
@@ -26,6 +29,7 @@ export function rowToJson(row: TokenRow): string {
     position_ids: Array.from(row.positionIds),
     document_ids: Array.from(row.documentIds),
   };
+  if (row.sources) o.sources = row.sources;
   return JSON.stringify(o);
 }
 
@@ -60,6 +64,10 @@ export function rowsFromJsonl(text: string, file = 'rows.jsonl'): TokenRow[] {
       positionIds: intArray(o.position_ids, 'position_ids', where),
       documentIds: intArray(o.document_ids, 'document_ids', where),
     };
+    if (o.sources !== undefined) {
+      if (!Array.isArray(o.sources) || !o.sources.every((x) => typeof x === 'string')) throw new Error(`${where}: field 'sources' must be an array of strings`);
+      row.sources = o.sources as string[];
+    }
     const n = row.inputIds.length;
     if (row.labels.length !== n || row.positionIds.length !== n || row.documentIds.length !== n) {
       throw new Error(`${where}: input_ids, labels, position_ids and document_ids must have the same length`);

@@ -146,18 +146,32 @@ export class AdamW {
     readonly config: AdamWConfig,
     readonly gradNorm: Tensor,
     private readonly norm: PreparedReduction,
+    private readonly guard: Tensor,
   ) {
     this.stepUniforms = ctx.uniforms('adamw step', AdamW.stepFields(config, 1, config.lr));
   }
 
-  static async create(ctx: GpuContext, state: OptimizerState, config: AdamWConfig): Promise<AdamW> {
+  /**
+   * `guard`: f32 values that must all be finite for a step to update anything (the trainer passes the
+   * step's micro-batch losses); the grad norm is always checked. A non-finite step leaves params, m and v
+   * unchanged (see adamw.wgsl); `AdamW.isFiniteStep` is the same test on the CPU.
+   */
+  static async create(ctx: GpuContext, state: OptimizerState, config: AdamWConfig, opts: { guard?: Tensor } = {}): Promise<AdamW> {
     const total = state.layout.total;
     checkF32('params', state.params, total);
     checkF32('grads', state.grads, total);
     const gradNorm = ctx.tensor('grad norm', [1]);
     ctx.fill32(gradNorm, 0);
     const norm = await prepareReduceAll(ctx, state.grads, gradNorm, { op: 'norm2', length: total });
-    return new AdamW(ctx, state, config, gradNorm, norm);
+    if (opts.guard) checkF32('guard', opts.guard, 1);
+    return new AdamW(ctx, state, config, gradNorm, norm, opts.guard ?? gradNorm);
+  }
+
+  /** The kernel's skip test on read-back values: the grad norm and every guard value finite. */
+  static isFiniteStep(gradNorm: number, guard: ArrayLike<number> = []): boolean {
+    if (!Number.isFinite(gradNorm)) return false;
+    for (let i = 0; i < guard.length; i++) if (!Number.isFinite(guard[i]!)) return false;
+    return true;
   }
 
   /** The uniform fields for step t (1-based, as torch counts after its increment) at learning rate lr. */
@@ -209,7 +223,7 @@ export class AdamW {
     return {
       label,
       pipeline,
-      bindGroup: ctx.bindGroup(label, pipeline, [this.stepUniforms, range, state.params, state.grads, m, v, this.gradNorm]),
+      bindGroup: ctx.bindGroup(label, pipeline, [this.stepUniforms, range, state.params, state.grads, m, v, this.gradNorm, { buffer: this.guard.buffer, offset: this.guard.byteOffset ?? 0, size: this.guard.byteSize }]),
       workgroups: workgroupsFor(length),
     };
   }

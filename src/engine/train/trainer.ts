@@ -23,6 +23,8 @@ export interface TrainRow {
   labels: Int32Array;
   positionIds: Int32Array;
   documentIds: Int32Array;
+  /** Where each packed document came from ("data.jsonl line 3"), for reports of a bad row; optional. */
+  sources?: readonly string[];
 }
 
 export interface TrainConfig {
@@ -54,6 +56,19 @@ export interface TrainerOptions {
   momentStore?: (length: number) => MomentStore;
   /** Elements of params per streamed optimizer chunk (default 8M: 32 MiB of m plus 32 MiB of v). */
   offloadChunk?: number;
+  /** Steps in a row with a non-finite loss or gradient (each skipped) before the run pauses (default 5). */
+  nonFiniteLimit?: number;
+}
+
+/** Why a run paused by itself (the user's stop is not a pause reason). */
+export interface TrainPause {
+  reason: 'non-finite';
+  /** What happened and what to change, for the user. */
+  message: string;
+  /** Optimizer step (1-based) of the last skipped step. */
+  step: number;
+  /** Rows' sources of the skipped steps in a row, when the rows carry them. */
+  sources: string[];
 }
 
 /** One streamed range of the optimizer state and its prepared update. */
@@ -93,6 +108,12 @@ export interface TrainProgress {
   etaSeconds: number;
   liveBytes: number;
   peakBytes: number;
+  /** This step's loss or gradient was NaN/±∞: its update was skipped (loss is then NaN or ±∞). */
+  skipped: boolean;
+  /** Skipped steps so far in the run. */
+  skippedSteps: number;
+  /** Sources of this step's rows when it was skipped (empty when the rows carry none). */
+  skippedSources?: string[];
 }
 
 
@@ -138,6 +159,8 @@ export interface TrainerState {
   /** RNG: shuffles are seededRandom(seed·1000003 + epoch), so the seed and the epoch are the whole RNG state. */
   seed: number;
   config: TrainConfig;
+  /** Steps whose update was skipped (non-finite): AdamW's own step count is step − skippedSteps. Absent = 0. */
+  skippedSteps?: number;
   params: Float32Array;
   m: Float32Array;
   v: Float32Array;
@@ -154,6 +177,10 @@ export class Trainer {
   private offload: { chunks: OffloadChunk[]; m: Tensor; v: Tensor; readM: GPUBuffer; readV: GPUBuffer } | null = null;
   readonly seq: number;
   step = 0;
+  /** Optimizer steps whose update was skipped because the loss or a gradient was not finite. */
+  skippedSteps = 0;
+  /** Set when the run paused by itself (K non-finite steps in a row); cleared when train() starts. */
+  pause: TrainPause | null = null;
 
   constructor(
     readonly ctx: GpuContext,
@@ -198,8 +225,9 @@ export class Trainer {
     const c = this.config;
     const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: c.loraDropout });
     this.plan = await model.plan({ batch: c.microBatch, seq: this.seq }, 'train');
-    this.optimizer = await AdamW.create(this.ctx, this.state, { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay, maxGradNorm: c.maxGradNorm });
     this.stepLosses = this.ctx.tensor('step losses', [c.gradAccum]);
+    // The AdamW kernel skips the update on the GPU when a loss or the grad norm is not finite.
+    this.optimizer = await AdamW.create(this.ctx, this.state, { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay, maxGradNorm: c.maxGradNorm }, { guard: this.stepLosses });
     if (this.moments) await this.prepareOffload();
   }
 
@@ -289,9 +317,13 @@ export class Trainer {
     const padId = this.spec.padTokenId ?? this.spec.eosTokenIds[0] ?? 0;
     const perStep = c.microBatch * c.gradAccum;
     const t0 = performance.now();
+    const firstStep = this.step; // a resumed run's ETA counts only the steps timed here
     let excluded = 0; // ms spent in afterStep (evaluation), left out of tokens/s and ETA
     let tokens = 0;
     if (this.step === 0) await ctx.run([zero], 'zero grads');
+    const nonFiniteLimit = Math.max(1, this.options.nonFiniteLimit ?? 5);
+    let inARow: { step: number; sources: string[] }[] = [];
+    this.pause = null;
     while (this.step < total && !until?.()) {
       const epoch = Math.floor(this.step / this.stepsPerEpoch);
       const order = this.epochOrder(epoch);
@@ -305,18 +337,31 @@ export class Trainer {
         plan.setBatch(batch, microBatches);
         plan.setDropoutSeed(this.config.seed ^ Math.imul(this.step * 64 + a + 1, 0x2c1b3c6d));
         const enc = ctx.device.createCommandEncoder({ label: `step ${this.step + 1} micro-batch ${a}` });
+        // Slots past this step's micro-batches must not keep an earlier step's (maybe non-finite) loss.
+        if (a === 0) enc.clearBuffer(this.stepLosses!.buffer);
         plan.encode(enc);
         enc.copyBufferToBuffer(plan.loss!.buffer, 0, this.stepLosses!.buffer, a * 4, 4);
         ctx.device.queue.submit([enc.finish()]);
       }
       this.step++;
       const lr = learningRate({ kind: c.schedule, lr: c.lr, totalSteps: total, warmupSteps }, this.step);
-      opt.setStep(this.step, lr);
+      // AdamW counts only the updates it applied (as torch's GradScaler skipping optimizer.step()).
+      opt.setStep(this.step - this.skippedSteps, lr);
       await this.optimizerStep(update);
       const losses = await ctx.read(this.stepLosses!);
       const gradNorm = (await ctx.read(opt.gradNorm))[0]!;
       let loss = 0; // the losses hold mean/microBatches each: their sum is the step's mean loss
       for (let i = 0; i < microBatches; i++) loss += losses[i]!;
+      const skipped = !AdamW.isFiniteStep(gradNorm, losses);
+      let skippedSources: string[] | undefined;
+      if (skipped) {
+        this.skippedSteps++;
+        skippedSources = [];
+        for (let i = first; i < first + microBatches * c.microBatch && i < order.length; i++) skippedSources.push(...(this.rows[order[i]!]!.sources ?? []));
+        inARow.push({ step: this.step, sources: skippedSources });
+      } else {
+        inARow = [];
+      }
       const elapsed = (performance.now() - t0 - excluded) / 1000;
       const progress: TrainProgress = {
         step: this.step,
@@ -326,11 +371,18 @@ export class Trainer {
         lr,
         gradNorm,
         tokensPerSecond: tokens / elapsed,
-        etaSeconds: (elapsed / this.step) * (total - this.step),
+        etaSeconds: (elapsed / (this.step - firstStep)) * (total - this.step),
         liveBytes: ctx.pool.liveBytes,
         peakBytes: ctx.pool.peakBytes,
+        skipped,
+        skippedSteps: this.skippedSteps,
+        ...(skippedSources ? { skippedSources } : {}),
       };
       onStep?.(progress);
+      if (inARow.length >= nonFiniteLimit) {
+        this.pause = nonFinitePause(inARow, lr, c.lr);
+        break;
+      }
       if (afterStep) {
         const pause = performance.now();
         await afterStep(progress);
@@ -364,6 +416,7 @@ export class Trainer {
       position: (this.step % perEpoch) * c.microBatch * c.gradAccum,
       seed: c.seed,
       config: { ...c },
+      skippedSteps: this.skippedSteps,
       params: await this.ctx.read(this.state.params),
       m: await this.ctx.read(this.state.m),
       v: await this.ctx.read(this.state.v),
@@ -384,6 +437,7 @@ export class Trainer {
     this.ctx.write(this.state.v, s.v);
     this.ctx.write(this.state.grads, new Float32Array(n));
     this.step = s.step;
+    this.skippedSteps = s.skippedSteps ?? 0;
   }
 
   release(): void {
@@ -399,4 +453,23 @@ export class Trainer {
     this.moments?.close();
     releaseOptimizerState(this.ctx, this.state);
   }
+}
+
+/**
+ * The explanation of K non-finite steps in a row. A row present in every one of them is named as the
+ * likely culprit; otherwise (different rows each step) the weights have diverged: the learning rate.
+ */
+export function nonFinitePause(steps: readonly { step: number; sources: readonly string[] }[], lr: number, peakLr: number): TrainPause {
+  const last = steps[steps.length - 1]!;
+  const common = steps.slice(1).reduce((acc, s) => acc.filter((x) => s.sources.includes(x)), [...new Set(steps[0]!.sources)]);
+  const all = [...new Set(steps.flatMap((s) => s.sources))];
+  const head = `training paused: ${steps.length} steps in a row (${steps[0]!.step}–${last.step}) had a loss or gradient that is not a finite number (NaN or ∞); their updates were skipped, so the adapter is as it was before step ${steps[0]!.step}.`;
+  let message: string;
+  if (common.length > 0 && common.length < all.length) {
+    message = `${head} The same data row was in every one of them: ${common.join('; ')}. Check or remove that row and resume.`;
+  } else {
+    const rows = all.length ? ` Rows of those steps: ${all.slice(0, 8).join('; ')}${all.length > 8 ? ` and ${all.length - 8} more` : ''}.` : '';
+    message = `${head} The learning rate is probably too high (${lr.toPrecision(3)} at this step, peak ${peakLr.toPrecision(3)}): lower it (10× is a good first try) or clip gradients harder, and resume.${rows}`;
+  }
+  return { reason: 'non-finite', message, step: last.step, sources: all };
 }

@@ -85,7 +85,7 @@ describe('rows and packing', () => {
   it('rows JSONL round trip; bad rows name file and line', () => {
     const rows = buildRows([sample(0, 3), sample(1, 2)], { maxLength: 8, pack: true, padToMaxLength: true, padTokenId: 5 });
     const text = rowsToJsonl(rows);
-    expect(text.split('\n')[0]).toBe('{"input_ids":[1000,1001,1002,2000,2001,5,5,5],"labels":[-100,1001,1002,-100,2001,-100,-100,-100],"position_ids":[0,1,2,0,1,0,0,0],"document_ids":[0,0,0,1,1,-1,-1,-1]}');
+    expect(text.split('\n')[0]).toBe('{"input_ids":[1000,1001,1002,2000,2001,5,5,5],"labels":[-100,1001,1002,-100,2001,-100,-100,-100],"position_ids":[0,1,2,0,1,0,0,0],"document_ids":[0,0,0,1,1,-1,-1,-1],"sources":["f.jsonl, line 1","f.jsonl, line 2"]}');
     expect(rowsFromJsonl(text)).toEqual(rows);
     expect(() => rowsFromJsonl('{"input_ids":[1],"labels":[1],"position_ids":[0],"document_ids":[0]}\n{"input_ids":[1]}', 'r.jsonl')).toThrow(
       "r.jsonl line 2: field 'labels' must be an array of integers",
