@@ -5,7 +5,11 @@ import { grid1d } from './grid.ts';
 
 export const SAMPLING_SHADER = { name: 'sampling.wgsl', code: samplingWgsl };
 
-/** Most candidates kept by top-k (top-k off: the KMAX best, over which top-p runs). */
+/**
+ * Longest merged candidate list of the fast path: top-k up to SAMPLING_KMAX − 1 (each chunk lists k + 1)
+ * and, with top-k off, top-p nuclei within the SAMPLING_KMAX best. Anything else (larger k, a larger
+ * nucleus, a tie group cut by the list) goes to sample_general: exact, slower.
+ */
 export const SAMPLING_KMAX = 256;
 const WG = 256;
 /** Invocations per row of the head GEMV: up to 32, about a quarter of the row's vec4s (short rows, more rows per workgroup). */
@@ -19,7 +23,7 @@ function headLanes(hidden4: number): number {
 export interface SamplingParams {
   /** ≤ 0 (or below 1e-5): greedy (argmax, lowest id on ties). */
   temperature: number;
-  /** 0: off. Values above SAMPLING_KMAX are treated as off. */
+  /** 0 (or ≥ vocabulary): off. Keeps every token ≥ the k-th largest value (HF: ties at the k-th all stay). */
   topK: number;
   /** ≥ 1: off. */
   topP: number;
@@ -61,12 +65,12 @@ function need(what: string, t: Tensor, elems: number, dtype: 'f32' | 'i32' | 'u3
   if (t.byteSize / 4 < elems) throw new Error(`sampling: ${what} '${t.label}' ${shapeString(t.shape)} holds ${t.byteSize / 4} elements, needs ${elems}`);
 }
 
-function fields(f: Partial<Record<'vocab' | 'nChunks' | 'k' | 'topKOn' | 'seed' | 'greedy' | 'rows' | 'hidden4' | 'col0', number>> & { invTemp?: number; topP?: number; penalty?: number }): UniformField[] {
+function fields(f: Partial<Record<'vocab' | 'nChunks' | 'rounds' | 'merge' | 'topK' | 'seed' | 'greedy' | 'rows' | 'hidden4' | 'col0', number>> & { invTemp?: number; topP?: number; penalty?: number }): UniformField[] {
   return [
     ['u32', f.vocab ?? 0],
     ['u32', f.nChunks ?? 0],
-    ['u32', f.k ?? 0],
-    ['u32', f.topKOn ?? 0],
+    ['u32', f.rounds ?? 0],
+    ['u32', f.merge ?? 0],
     ['f32', f.invTemp ?? 1],
     ['f32', f.topP ?? 1],
     ['f32', f.penalty ?? 1],
@@ -75,6 +79,7 @@ function fields(f: Partial<Record<'vocab' | 'nChunks' | 'k' | 'topKOn' | 'seed' 
     ['u32', f.rows ?? 0],
     ['u32', f.hidden4 ?? 0],
     ['u32', f.col0 ?? 0],
+    ['u32', f.topK ?? 0],
   ];
 }
 
@@ -100,13 +105,13 @@ export async function prepareHeadLogits(ctx: GpuContext, hidden: Tensor, blocks:
 }
 
 export interface PreparedSampler {
-  /** [chunks, select]: encode after the logits are written. */
+  /** [chunks, select, general]: encode after the logits are written (general is a no-op unless select defers). */
   readonly dispatches: readonly KernelDispatch[];
   /** i32 [1]: the chosen id (also the next step's embedding input). */
   readonly outId: Tensor;
   /** u32 [vocab]: 1 for ids the repetition penalty applies to (the prompt and every chosen id). */
   readonly seen: Tensor;
-  /** u32 [4]: [0] = the step counter the RNG draws from (advanced by every sampling). */
+  /** u32 [4]: [0] = the step counter the RNG draws from (advanced by every sampling); [1] = general path pending; [2] = tokens the general path chose (diagnostics). */
   readonly state: Tensor;
   /** Writes the controls (a uniform write; no recompilation). */
   setParams(p: SamplingParams): void;
@@ -120,6 +125,18 @@ export interface SamplerOptions {
   chunk?: number;
   /** Where the chosen id goes (default: a fresh i32 [1] tensor). */
   outId?: Tensor;
+}
+
+/**
+ * How the kernels split the work for these controls: candidates per chunk (rounds), the merged prefix
+ * (merge) and the effective top-k (0: off). rounds 0 sends every token to the general path.
+ */
+export function samplingPlan(p: SamplingParams, vocab: number): { rounds: number; merge: number; topK: number } {
+  if (isGreedy(p)) return { rounds: 1, merge: 1, topK: 0 };
+  const topK = p.topK > 0 && p.topK < vocab ? p.topK : 0;
+  if (topK > 0) return topK + 1 <= SAMPLING_KMAX ? { rounds: topK + 1, merge: topK, topK } : { rounds: 0, merge: 0, topK };
+  if (vocab <= SAMPLING_KMAX) return { rounds: vocab, merge: vocab, topK: 0 };
+  return p.topP < 1 ? { rounds: SAMPLING_KMAX, merge: SAMPLING_KMAX, topK: 0 } : { rounds: 0, merge: 0, topK: 0 };
 }
 
 /** Prepares GPU sampling over logits [vocab] (one row). Chunks of the vocabulary, then one merge. */
@@ -145,16 +162,18 @@ export async function prepareSampler(ctx: GpuContext, logits: Tensor, vocab: num
   const candI = t('sampling candidate ids', [nChunks * SAMPLING_KMAX], 'i32');
   const stats = t('sampling chunk stats', [nChunks, 2], 'f32');
   const constants = { WG, CHUNK: chunk, KMAX: SAMPLING_KMAX };
-  const [pChunks, pSelect] = await Promise.all([
+  const [pChunks, pSelect, pGeneral] = await Promise.all([
     ctx.pipeline({ shader: SAMPLING_SHADER, entryPoint: 'sample_chunks', constants }),
     ctx.pipeline({ shader: SAMPLING_SHADER, entryPoint: 'sample_select', constants }),
+    ctx.pipeline({ shader: SAMPLING_SHADER, entryPoint: 'sample_general', constants: { WG } }),
   ]);
   const label = `sampling vocab ${vocab} (${nChunks}×${chunk})`;
-  const uniforms = ctx.uniforms(`${label} params`, fields({ vocab, nChunks, k: 1 }));
+  const uniforms = ctx.uniforms(`${label} params`, fields({ vocab, nChunks, rounds: 1, merge: 1 }));
   // These entry points use sparse binding numbers (one numbering for the whole file).
   const dispatches: KernelDispatch[] = [
     { label: `${label} chunks`, pipeline: pChunks, bindGroup: sparseBindGroup(ctx, `${label} chunks`, pChunks, [[0, uniforms], [3, logits], [4, seen], [5, candV], [6, candI], [7, stats]]), workgroups: [nChunks, 1, 1] },
     { label: `${label} select`, pipeline: pSelect, bindGroup: sparseBindGroup(ctx, `${label} select`, pSelect, [[0, uniforms], [4, seen], [5, candV], [6, candI], [7, stats], [8, outId], [9, state]]), workgroups: [1, 1, 1] },
+    { label: `${label} general`, pipeline: pGeneral, bindGroup: sparseBindGroup(ctx, `${label} general`, pGeneral, [[0, uniforms], [3, logits], [4, seen], [7, stats], [8, outId], [9, state]]), workgroups: [1, 1, 1] },
   ];
   ctx.write(state, new Uint32Array(4));
   ctx.write(seen, new Uint32Array(vocab));
@@ -164,12 +183,12 @@ export async function prepareSampler(ctx: GpuContext, logits: Tensor, vocab: num
     seen,
     state,
     setParams(p) {
-      const greedy = isGreedy(p);
-      const topKOn = p.topK > 0 && p.topK <= SAMPLING_KMAX;
-      const k = greedy ? 1 : Math.min(vocab, topKOn ? p.topK : SAMPLING_KMAX);
       if (!(p.repetitionPenalty > 0)) throw new Error(`sampling: repetition penalty must be > 0, got ${p.repetitionPenalty}`);
       if (!(p.topP > 0)) throw new Error(`sampling: top-p must be > 0, got ${p.topP}`);
-      ctx.writeUniforms(uniforms, fields({ vocab, nChunks, k, topKOn: topKOn ? 1 : 0, invTemp: greedy ? 1 : 1 / p.temperature, topP: p.topP, penalty: p.repetitionPenalty, seed: p.seed >>> 0, greedy: greedy ? 1 : 0 }));
+      if (!Number.isInteger(p.topK) || p.topK < 0) throw new Error(`sampling: top-k must be an integer ≥ 0, got ${p.topK}`);
+      const greedy = isGreedy(p);
+      const plan = samplingPlan(p, vocab);
+      ctx.writeUniforms(uniforms, fields({ vocab, nChunks, ...plan, invTemp: greedy ? 1 : 1 / p.temperature, topP: p.topP, penalty: p.repetitionPenalty, seed: p.seed >>> 0, greedy: greedy ? 1 : 0 }));
     },
     reset(seenIds, step = 0) {
       const flags = new Uint32Array(vocab);
