@@ -144,7 +144,7 @@ describe('Hub downloads', () => {
     const repo = demoRepo();
     const { hub, cache, store } = setup({ 'webtune/demo': repo });
     const bad = repo.files.get('model.safetensors')!.slice();
-    bad[5000] ^= 0xff;
+    bad[5000] = bad[5000]! ^ 0xff;
     hub.corrupt.set('model.safetensors', bad);
     const e = await rejection(cache.fetchModel('webtune/demo'));
     expect(e.code).toBe('integrity');
@@ -160,7 +160,7 @@ describe('Hub downloads', () => {
     const repo = demoRepo();
     const { hub, cache } = setup({ 'webtune/demo': repo });
     const bad = repo.files.get('tokenizer.json')!.slice();
-    bad[10] ^= 1;
+    bad[10] = bad[10]! ^ 1;
     hub.corrupt.set('tokenizer.json', bad);
     const e = await rejection(cache.fetchModel('webtune/demo'));
     expect(e.message).toMatch(/tokenizer\.json failed verification \(git blob id/);
