@@ -61,13 +61,53 @@ export function detectFormat(fileName: string, head = ''): FileFormat {
   throw new Error(`${fileName}: cannot tell the format from the name; choose one of ${FILE_FORMATS.join(', ')}`);
 }
 
-/** Incremental JSON-lines parser: feed text chunks, collect records and rejects with line numbers. */
+/** Limits on hostile files: one line (JSONL) and the nesting depth of one record. */
+export interface ImportLimits {
+  /** Bytes in one JSONL line; a longer line is rejected (and skipped without being held in memory). */
+  maxLineBytes: number;
+  /** Nesting depth of arrays/objects in one record (real chat data is 3–5 deep). */
+  maxDepth: number;
+}
+
+export const DEFAULT_IMPORT_LIMITS: ImportLimits = { maxLineBytes: 64 * 2 ** 20, maxDepth: 64 };
+
+/** Depth of nested arrays/objects, counted without recursion (so a hostile value cannot overflow the stack). */
+export function nestingDepth(value: unknown, stopAt = Infinity): number {
+  let deepest = 0;
+  const stack: [unknown, number][] = [[value, 1]];
+  while (stack.length) {
+    const [v, d] = stack.pop()!;
+    if (v === null || typeof v !== 'object') continue;
+    if (d > deepest) deepest = d;
+    if (deepest > stopAt) return deepest;
+    for (const x of Array.isArray(v) ? v : Object.values(v as Record<string, unknown>)) if (x !== null && typeof x === 'object') stack.push([x, d + 1]);
+  }
+  return deepest;
+}
+
+function tooDeep(value: unknown, limits: ImportLimits): string | null {
+  return nestingDepth(value, limits.maxDepth) > limits.maxDepth ? `nested more than ${limits.maxDepth} levels deep` : null;
+}
+
+const NEWLINE = 10;
+
+/**
+ * Incremental JSON-lines parser: feed text (push) or bytes (pushBytes: each line decoded as strict UTF-8,
+ * so a bad byte rejects its line by number), collect records and rejects with line numbers.
+ */
 export class JsonlParser {
   readonly records: RawRecord[] = [];
   readonly rejected: RejectedRow[] = [];
   private rest = '';
   private line = 0;
-  constructor(private readonly file: string) {}
+  /** Bytes of the current, unfinished line (pushBytes), and their total; null while skipping an over-long line. */
+  private pending: Uint8Array[] | null = [];
+  private pendingBytes = 0;
+  private readonly utf8 = new TextDecoder('utf-8', { fatal: true });
+  constructor(
+    private readonly file: string,
+    private readonly limits: ImportLimits = DEFAULT_IMPORT_LIMITS,
+  ) {}
 
   push(chunk: string): void {
     const text = this.rest + chunk;
@@ -81,7 +121,58 @@ export class JsonlParser {
     this.rest = text.slice(start);
   }
 
+  /** Raw file bytes, in any chunking (a newline byte never occurs inside a UTF-8 multi-byte character). */
+  pushBytes(chunk: Uint8Array): void {
+    let start = 0;
+    for (;;) {
+      const nl = chunk.indexOf(NEWLINE, start);
+      this.take(chunk.subarray(start, nl < 0 ? chunk.length : nl));
+      if (nl < 0) break;
+      this.endLine();
+      start = nl + 1;
+    }
+  }
+
+  private take(part: Uint8Array): void {
+    if (part.length === 0) return;
+    this.pendingBytes += part.length;
+    if (this.pending && this.pendingBytes > this.limits.maxLineBytes) this.pending = null; // stop holding it
+    this.pending?.push(part.slice());
+  }
+
+  private endLine(): void {
+    const parts = this.pending;
+    const bytes = this.pendingBytes;
+    this.pending = [];
+    this.pendingBytes = 0;
+    if (parts === null) {
+      this.line++;
+      this.rejected.push(reject({ file: this.file, line: this.line }, 'parse', `line is ${bytes.toLocaleString('en')} bytes long (the limit is ${this.limits.maxLineBytes.toLocaleString('en')}); split the record or check that the file is really JSON lines`));
+      return;
+    }
+    const joined = parts.length === 1 ? parts[0]! : new Uint8Array(bytes);
+    if (parts.length > 1) {
+      let at = 0;
+      for (const p of parts) {
+        joined.set(p, at);
+        at += p.length;
+      }
+    }
+    let text: string;
+    try {
+      text = this.utf8.decode(joined);
+    } catch {
+      this.line++;
+      const at = firstInvalidUtf8(joined);
+      this.rejected.push(reject({ file: this.file, line: this.line }, 'parse', `not valid UTF-8 text (bad byte 0x${joined[at]?.toString(16).padStart(2, '0') ?? '??'} at byte ${at + 1} of the line); save the file as UTF-8`));
+      return;
+    }
+    if (this.line === 0 && text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+    this.handle(text);
+  }
+
   finish(): ParseResult {
+    if (this.pendingBytes > 0 || this.pending === null) this.endLine();
     if (this.rest.length) this.handle(this.rest);
     this.rest = '';
     return { records: this.records, rejected: this.rejected };
@@ -92,11 +183,51 @@ export class JsonlParser {
     const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
     if (line.trim() === '') return;
     const source: SourceRef = { file: this.file, line: this.line };
+    if (line.length > this.limits.maxLineBytes) {
+      this.rejected.push(reject(source, 'parse', `line is ${line.length.toLocaleString('en')} characters long (the limit is ${this.limits.maxLineBytes.toLocaleString('en')})`));
+      return;
+    }
+    let value: unknown;
     try {
-      this.records.push({ value: JSON.parse(line) as unknown, source });
+      value = JSON.parse(line) as unknown;
     } catch (err) {
       this.rejected.push(reject(source, 'parse', `invalid JSON: ${(err as Error).message}`));
+      return;
     }
+    const deep = tooDeep(value, this.limits);
+    if (deep) this.rejected.push(reject(source, 'parse', deep));
+    else this.records.push({ value, source });
+  }
+}
+
+/** Index of the first byte where strict UTF-8 decoding fails (bytes.length if none). */
+export function firstInvalidUtf8(bytes: Uint8Array): number {
+  let i = 0;
+  while (i < bytes.length) {
+    const b = bytes[i]!;
+    const n = b < 0x80 ? 1 : b >= 0xc2 && b < 0xe0 ? 2 : b >= 0xe0 && b < 0xf0 ? 3 : b >= 0xf0 && b < 0xf5 ? 4 : 0;
+    if (n === 0 || i + n > bytes.length) return i;
+    if (n > 1) {
+      try {
+        new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(i, i + n));
+      } catch {
+        return i;
+      }
+    }
+    i += n;
+  }
+  return bytes.length;
+}
+
+/** Strict UTF-8 decoding of a whole file; a bad byte is an error naming its line. */
+export function decodeUtf8(bytes: Uint8Array, file: string): string {
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    const at = firstInvalidUtf8(bytes);
+    let line = 1;
+    for (let i = 0; i < at; i++) if (bytes[i] === NEWLINE) line++;
+    throw new Error(`${file} line ${line}: not valid UTF-8 text (bad byte 0x${bytes[at]?.toString(16).padStart(2, '0') ?? '??'}); save the file as UTF-8`);
   }
 }
 
@@ -194,7 +325,15 @@ export function parseJson(text: string, file: string): ParseResult {
   } else {
     return { records: [], rejected: [reject({ file }, 'parse', 'JSON file holds neither an array nor an object')] };
   }
-  return { records, rejected: [] };
+  // One record nested absurdly deep is rejected alone; the rest survive.
+  const kept: RawRecord[] = [];
+  const rejected: RejectedRow[] = [];
+  for (const r of records) {
+    const deep = tooDeep(r.value, DEFAULT_IMPORT_LIMITS);
+    if (deep) rejected.push(reject(r.source, 'parse', deep));
+    else kept.push(r);
+  }
+  return { records: kept, rejected };
 }
 
 export function parseDelimited(text: string, file: string, delimiter: ',' | '\t' | ''): ParseResult {
@@ -286,9 +425,7 @@ export async function parseStream(
   onProgress?: (p: ParseProgress) => void,
 ): Promise<ParseResult> {
   const reader = stream.getReader();
-  const decoder = new TextDecoder('utf-8');
   const jsonl = format === 'jsonl' ? new JsonlParser(file) : null;
-  const parts: string[] = [];
   const chunks: Uint8Array[] = [];
   let bytes = 0;
   let lastReport = 0;
@@ -296,12 +433,8 @@ export async function parseStream(
     const { done, value } = await reader.read();
     if (done) break;
     bytes += value.byteLength;
-    if (format === 'xlsx') chunks.push(value);
-    else {
-      const s = decoder.decode(value, { stream: true });
-      if (jsonl) jsonl.push(s);
-      else parts.push(s);
-    }
+    if (jsonl) jsonl.pushBytes(value);
+    else chunks.push(value);
     const now = Date.now();
     if (onProgress && now - lastReport > 100) {
       lastReport = now;
@@ -309,20 +442,21 @@ export async function parseStream(
     }
   }
   let result: ParseResult;
-  if (format === 'xlsx') {
+  const whole = () => {
     const buf = new Uint8Array(bytes);
     let at = 0;
     for (const c of chunks) {
       buf.set(c, at);
       at += c.byteLength;
     }
-    result = await parseXlsx(buf.buffer, file);
+    return buf;
+  };
+  if (format === 'xlsx') {
+    result = await parseXlsx(whole().buffer, file);
   } else if (jsonl) {
-    jsonl.push(decoder.decode());
     result = jsonl.finish();
   } else {
-    parts.push(decoder.decode());
-    let text = parts.join('');
+    let text = decodeUtf8(whole(), file);
     if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
     result = parseTextByFormat(text, file, format as Exclude<FileFormat, 'xlsx'>);
   }

@@ -3,6 +3,7 @@
  * Copied from the models' own tokenizer_config.json files on the Hugging Face Hub so that rendering is
  * identical to transformers' apply_chat_template with those models.
  */
+import { Environment, Interpreter, type Template } from '@huggingface/jinja';
 
 export interface BuiltinTemplate {
   id: string;
@@ -49,4 +50,92 @@ export function builtinTemplate(id: string): string {
   const t = BUILTIN_TEMPLATES.find((x) => x.id === id);
   if (!t) throw new Error(`unknown built-in template '${id}' (known: ${BUILTIN_TEMPLATES.map((x) => x.id).join(', ')})`);
   return t.template;
+}
+
+/**
+ * Limits on one chat-template render. Templates come with downloaded models and can be written by anyone;
+ * Jinja has no while loop, but nested `for … in range(n)` loops, self-calling macros or a string doubled in
+ * a loop can take minutes or gigabytes. @huggingface/jinja has no timeout, and a synchronous render cannot
+ * be interrupted from the same thread, so the render itself is metered: every evaluated node counts one
+ * step, every produced string is measured, and `range()` refuses huge lists before allocating them. The
+ * limits are orders of magnitude above what real templates need (ChatML over a 100-turn conversation is
+ * ~2,000 steps), and a runaway template stops in well under a second with an error saying why.
+ */
+export interface TemplateLimits {
+  /** Evaluated template nodes per render. */
+  maxSteps: number;
+  /** Longest string (output or intermediate) in characters. */
+  maxChars: number;
+  /** Longest list one range() call may make. */
+  maxRange: number;
+}
+
+export const DEFAULT_TEMPLATE_LIMITS: TemplateLimits = { maxSteps: 2_000_000, maxChars: 16 * 2 ** 20, maxRange: 100_000 };
+
+export class TemplateLimitError extends Error {
+  override name = 'TemplateLimitError';
+}
+
+type Statement = Parameters<Interpreter['evaluate']>[0];
+type RuntimeValue = ReturnType<Interpreter['evaluate']>;
+
+class MeteredInterpreter extends Interpreter {
+  private steps = 0;
+  constructor(
+    env: Environment,
+    private readonly limits: TemplateLimits,
+  ) {
+    super(env);
+  }
+
+  override evaluate(statement: Statement, environment: Environment): RuntimeValue {
+    if (++this.steps > this.limits.maxSteps) {
+      throw new TemplateLimitError(`the template did not finish within ${this.limits.maxSteps.toLocaleString('en')} steps (a loop too long or a macro calling itself)`);
+    }
+    const v = super.evaluate(statement, environment);
+    if (v.type === 'StringValue' && (v.value as string).length > this.limits.maxChars) {
+      throw new TemplateLimitError(`the template produced a string of ${(v.value as string).length.toLocaleString('en')} characters (the limit is ${this.limits.maxChars.toLocaleString('en')})`);
+    }
+    return v;
+  }
+}
+
+function strftimeNow(format: string): string {
+  const d = new Date();
+  const pad2 = (n: number) => String(n).padStart(2, '0');
+  return format.replace(/%[YmdbBHM%]/g, (t) => {
+    switch (t) {
+      case '%Y': return String(d.getFullYear());
+      case '%m': return pad2(d.getMonth() + 1);
+      case '%d': return pad2(d.getDate());
+      case '%b': return new Intl.DateTimeFormat('en', { month: 'short' }).format(d);
+      case '%B': return new Intl.DateTimeFormat('en', { month: 'long' }).format(d);
+      case '%H': return pad2(d.getHours());
+      case '%M': return pad2(d.getMinutes());
+      default: return '%';
+    }
+  });
+}
+
+/**
+ * Template.render with limits (see TemplateLimits): the same globals @huggingface/jinja sets up
+ * (true/false/none, raise_exception, range, strftime_now), then the caller's variables.
+ */
+export function renderTemplate(template: Template, vars: Record<string, unknown>, limits: TemplateLimits = DEFAULT_TEMPLATE_LIMITS): string {
+  const env = new Environment();
+  for (const [k, v] of [['false', false], ['true', true], ['none', null], ['False', false], ['True', true], ['None', null]] as const) env.set(k, v);
+  env.set('raise_exception', (message: unknown) => {
+    throw new Error(String(message));
+  });
+  env.set('range', (start: number, stop?: number, step = 1) => {
+    if (stop === undefined) [start, stop] = [0, start];
+    if (step === 0) throw new Error('range() step must not be zero');
+    const n = Math.max(0, Math.ceil((stop - start) / step));
+    if (!(n <= limits.maxRange)) throw new TemplateLimitError(`range() of ${n.toLocaleString('en')} items (the limit is ${limits.maxRange.toLocaleString('en')})`);
+    return Array.from({ length: n }, (_, i) => start + i * step);
+  });
+  env.set('strftime_now', strftimeNow);
+  for (const [k, v] of Object.entries(vars)) env.set(k, v);
+  const out = new MeteredInterpreter(env, limits).run(template.parsed);
+  return out.value as string;
 }

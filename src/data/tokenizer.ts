@@ -12,6 +12,7 @@
  */
 import { Tokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
+import { renderTemplate } from './templates.ts';
 import type { ChatMessage } from './types.ts';
 
 export interface TokenizerSource {
@@ -246,7 +247,7 @@ export function loadTokenizer(source: TokenizerSource): LoadedTokenizer {
         };
         if (options?.tools) vars.tools = options.tools;
         try {
-          return compiled.render(vars);
+          return renderTemplate(compiled, vars);
         } catch (err) {
           throw new Error(`chat template: ${(err as Error).message}`);
         }

@@ -107,6 +107,13 @@ export class SafetensorsFile {
     return view.byteOffset % 8 === 0 ? view : view.slice();
   }
 
+  /** Throws naming the tensor when it holds NaN or ±∞ (a corrupted or diverged checkpoint). */
+  async checkFinite(name: string): Promise<void> {
+    const e = this.entry(name);
+    const { count, first } = nonFiniteValues(await this.bytes(name), e.dtype);
+    if (count > 0) throw new SafetensorsError(`${this.source.name}: tensor '${name}' holds ${count} values that are NaN or infinite (the first at index ${first}); the file is damaged or the model diverged`);
+  }
+
   /** One tensor converted to float32 (from F32, F16, BF16, F64 or integer types). */
   async float32(name: string): Promise<Float32Array> {
     const e = this.entry(name);
@@ -220,4 +227,44 @@ export function writeSafetensors(tensors: readonly TensorToWrite[], metadata?: R
     at += t.data.byteLength;
   }
   return out;
+}
+
+/** NaN/±∞ in raw float tensor bytes (integer dtypes have none): how many, and the first index (−1 if none). */
+export function nonFiniteValues(bytes: Uint8Array, dtype: SafetensorsDType): { count: number; first: number } {
+  const buf = bytes.byteOffset % 8 === 0 ? bytes : bytes.slice();
+  let count = 0;
+  let first = -1;
+  const scan = (n: number, bad: (i: number) => boolean) => {
+    for (let i = 0; i < n; i++) {
+      if (bad(i)) {
+        if (first < 0) first = i;
+        count++;
+      }
+    }
+  };
+  switch (dtype) {
+    case 'F32': {
+      const u = new Uint32Array(buf.buffer, buf.byteOffset, buf.byteLength >> 2);
+      scan(u.length, (i) => (u[i]! & 0x7f800000) === 0x7f800000);
+      break;
+    }
+    case 'F16': {
+      const u = new Uint16Array(buf.buffer, buf.byteOffset, buf.byteLength >> 1);
+      scan(u.length, (i) => (u[i]! & 0x7c00) === 0x7c00);
+      break;
+    }
+    case 'BF16': {
+      const u = new Uint16Array(buf.buffer, buf.byteOffset, buf.byteLength >> 1);
+      scan(u.length, (i) => (u[i]! & 0x7f80) === 0x7f80);
+      break;
+    }
+    case 'F64': {
+      const f = new Float64Array(buf.buffer, buf.byteOffset, buf.byteLength >> 3);
+      scan(f.length, (i) => !Number.isFinite(f[i]!));
+      break;
+    }
+    default:
+      break;
+  }
+  return { count, first };
 }

@@ -20,7 +20,7 @@
  * (or a window of its rows) at a time as float32, so the whole model is never in memory.
  */
 import type { ByteSource } from '../../formats/bytes.ts';
-import { SAFETENSORS_DTYPE_BYTES, SafetensorsFile, toFloat32, type SafetensorsDType } from '../../formats/safetensors.ts';
+import { SAFETENSORS_DTYPE_BYTES, SafetensorsError, SafetensorsFile, toFloat32, type SafetensorsDType } from '../../formats/safetensors.ts';
 import type { ModelFamily, ModelSpec } from './config.ts';
 
 export type LayerParamKind =
@@ -452,7 +452,12 @@ export class CheckpointIndex {
       if (lo < hi) {
         const tensorRow = r.start + (lo - rangeBase);
         const bytes = await file.source.read(file.dataOffset + entry.begin + tensorRow * bytesPerRow, (hi - lo) * bytesPerRow);
-        out.set(toFloat32(bytes, entry.dtype, `${p.file}: tensor '${p.source.tensor}'`), (lo - start) * cols);
+        const values = toFloat32(bytes, entry.dtype, `${p.file}: tensor '${p.source.tensor}'`);
+        // Weights from strangers: a NaN or ∞ would poison every output, so it stops the load by name.
+        for (let i = 0; i < values.length; i++) {
+          if (!Number.isFinite(values[i]!)) throw new SafetensorsError(`${p.file}: tensor '${p.source.tensor}' holds a NaN or infinite value (row ${tensorRow + Math.floor(i / cols)}, column ${i % cols}): the file is damaged or the model diverged`);
+        }
+        out.set(values, (lo - start) * cols);
       }
       rangeBase += r.count;
       if (rangeBase >= start + count) break;
