@@ -13,6 +13,7 @@ export interface CliCommand {
 const commands: Record<string, () => Promise<CliCommand>> = {
   'demo-model': async () => (await import('./demo-model.ts')).demoModelCommand,
   'export-adapter': async () => (await import('./export-adapter.ts')).exportAdapterCommand,
+  'export-recipe': async () => (await import('./export-recipe.ts')).exportRecipeCommand,
   merge: async () => (await import('./merge.ts')).mergeCommand,
   'gpu-info': async () => (await import('./gpu-info.ts')).gpuInfoCommand,
   'reference-run': async () => (await import('./reference-run.ts')).referenceRunCommand,

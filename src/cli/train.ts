@@ -1,5 +1,5 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { CliCommand } from './main.ts';
 import { createNodeGpuContext } from '../node/gpu.ts';
@@ -21,6 +21,7 @@ import { DEFAULT_CE_WORKSPACE_BYTES } from '../engine/kernels/cross_entropy.ts';
 import type { LoraModule } from '../engine/model/peft.ts';
 import { fileMomentStore } from '../engine/train/moments.ts';
 import { nodeSyncFile } from '../node/sync-file.ts';
+import { modelIdOf, writeRunRecord, type RunRecord } from './export-recipe.ts';
 
 const d = DEFAULT_TRAIN_CONFIG;
 const usage = `Usage: npm run cli -- train --model <dir> --data <rows.jsonl> [--out <adapterDir>] [options]
@@ -108,7 +109,8 @@ export const trainCommand: CliCommand = {
     );
     const io = directoryAccess(values.model);
     const cfgSrc = await io.open('config.json');
-    const spec = parseModelConfig(new TextDecoder().decode(await cfgSrc.read(0, cfgSrc.size)), join(values.model, 'config.json'));
+    const configText = new TextDecoder().decode(await cfgSrc.read(0, cfgSrc.size));
+    const spec = parseModelConfig(configText, join(values.model, 'config.json'));
     // The memory plan before anything is allocated: say what to change rather than fail mid-run.
     const c0 = { ...DEFAULT_TRAIN_CONFIG, ...overrides };
     const seqLen = Math.max(...rows.map((r) => r.inputIds.length));
@@ -132,7 +134,16 @@ export const trainCommand: CliCommand = {
     const trainer = new Trainer(ctx, weights, rows, overrides, values.model, { momentStore: (n) => fileMomentStore(nodeSyncFile(join(values.out!, 'optimizer-moments.bin')), n) });
     const c = trainer.config;
     console.log(`data: ${rows.length} rows of up to ${trainer.seq} tokens; ${trainer.totalSteps} steps (batch ${c.microBatch} × accumulation ${c.gradAccum}), LoRA r=${c.loraRank} alpha=${c.loraAlpha}, lr ${c.lr} ${c.schedule}`);
+    // run.json: what export-recipe (and a later look at this folder) needs to know about the run.
+    const dataIsRows = /^\s*\{\s*"input_ids"\s*:/.test((await readFile(values.data, 'utf8')).slice(0, 4096));
+    const runRecord: RunRecord = {
+      format: 'webtune-run', version: 1, model: resolve(values.model), modelId: modelIdOf(values.model, configText), family: spec.family, data: resolve(values.data),
+      dataKind: dataIsRows ? 'rows' : 'dataset', maxLength: Number(values['max-length'] ?? 2048), pack: true, quantize: !values.f32, config: c, startedAt: new Date().toISOString(),
+    };
+    await writeRunRecord(values.out!, runRecord);
+    let lastLoss: number | null = null;
     await trainer.train((p) => {
+      lastLoss = p.loss;
       console.log(
         `step ${String(p.step).padStart(String(p.totalSteps).length)}/${p.totalSteps}  loss ${p.loss.toFixed(4)}  lr ${p.lr.toExponential(2)}  grad-norm ${p.gradNorm.toFixed(3)}  ` +
           `${p.tokensPerSecond.toFixed(0)} tok/s  ETA ${p.etaSeconds.toFixed(0)} s  GPU ${formatBytes(p.liveBytes)} (peak ${formatBytes(p.peakBytes)})`,
@@ -143,6 +154,7 @@ export const trainCommand: CliCommand = {
     await writeFile(join(values.out!, 'adapter_config.json'), adapterConfigJson);
     await writeFile(join(values.out!, 'adapter_model.safetensors'), adapterSafetensors);
     console.log(`saved the adapter to ${values.out}`);
+    await writeRunRecord(values.out!, { ...runRecord, steps: trainer.step, finalLoss: lastLoss });
     trainer.release();
     releaseBaseWeights(ctx, weights);
     ctx.destroy();
