@@ -9,12 +9,32 @@ import { GpuContext } from '../src/engine/gpu/context.ts';
 import { GpuUnavailableError } from '../src/engine/gpu/errors.ts';
 import { matmul } from '../src/engine/kernels/matmul.ts';
 import { EngineSession } from '../src/engine/session.ts';
+import { opfsSinks } from '../src/engine/share/sinks.ts';
+import { OpfsBlobStore, type BlobStore } from '../src/engine/share/checkpoint.ts';
 
 let session: EngineSession | null = null;
 async function engine(): Promise<EngineSession> {
   const ctx = await context();
-  if (!session || session.ctx !== ctx) session = new EngineSession(ctx);
+  if (!session || session.ctx !== ctx) session = new EngineSession(ctx, await runsStore());
   return session;
+}
+
+/** Runs (rows, checkpoints, adapters) live in OPFS; without it every run operation says why it cannot be kept. */
+let store: Promise<BlobStore> | null = null;
+function runsStore(): Promise<BlobStore> {
+  store ??= OpfsBlobStore.open().then(
+    async (s) => {
+      await OpfsBlobStore.requestPersistence().catch(() => false);
+      return s;
+    },
+    (e: unknown): BlobStore => {
+      const fail = async (): Promise<never> => {
+        throw new Error(`this browser's storage (OPFS) is not available here, so training runs cannot be kept: ${e instanceof Error ? e.message : String(e)}`);
+      };
+      return { put: fail, get: fail, list: fail, delete: fail };
+    },
+  );
+  return store;
 }
 
 let ctxPromise: Promise<GpuContext> | null = null;
@@ -87,15 +107,64 @@ const api: EngineApi = {
   async stopTraining() {
     session?.stop();
   },
+  async trainRun(rows, config, opts, onEvent) {
+    return (await engine()).trainRun(rows, config, opts, (e) => void onEvent(e));
+  },
+  async resumeRun(opts, onEvent) {
+    return (await engine()).resumeRun(opts, (e) => void onEvent(e));
+  },
+  async pauseTraining() {
+    session?.pause();
+  },
+  async openRun(runId) {
+    return (await engine()).openRun(runId);
+  },
+  async exportRunAdapter(runId) {
+    const zip = await (await engine()).exportRunAdapter(runId);
+    return Comlink.transfer(zip, [zip.buffer as ArrayBuffer]);
+  },
+  async runCheckpoint(runId) {
+    return (await engine()).runCheckpoint(runId);
+  },
+  async storedRuns() {
+    return (await engine()).storedRuns();
+  },
+  async deleteRun(runId) {
+    return (await engine()).deleteRun(runId);
+  },
+  async planTraining(config, seqLen, budgetBytes) {
+    return (await engine()).planTraining(config, seqLen, budgetBytes);
+  },
   async chat(which, user, settings, onText) {
     return (await engine()).chat(which, user, settings, (d) => void onText(d));
   },
-  async resetChat(which) {
-    session?.resetChat(which);
+  async chatTurn(which, user, settings, onText) {
+    return (await engine()).chatTurn(which, user, settings, (d) => void onText(d));
+  },
+  async stopGeneration(which) {
+    session?.stopGeneration(which);
+  },
+  async chatDefaultSystem() {
+    return session?.chatDefaultSystem() ?? null;
+  },
+  async resetChat(which, system) {
+    session?.resetChat(which, system);
   },
   async exportAdapter() {
     const zip = await (await engine()).exportAdapter();
     return Comlink.transfer(zip, [zip.buffer as ArrayBuffer]);
+  },
+  async exportAdapterAs(format) {
+    const file = await (await engine()).exportAdapterAs(format);
+    return Comlink.transfer(file, [file.bytes.buffer as ArrayBuffer]);
+  },
+  async exportMerged(dtype, dir, onProgress) {
+    const { result, zip } = await (await engine()).exportMerged(dtype, dir ? opfsSinks(dir) : null, onProgress && ((p) => void onProgress(p)));
+    const out = { files: result.files, totalBytes: result.totalBytes, zip };
+    return zip ? Comlink.transfer(out, [zip.bytes.buffer as ArrayBuffer]) : out;
+  },
+  async importAdapter(input, source) {
+    return (await engine()).importAdapter(input, source);
   },
 };
 

@@ -3,12 +3,18 @@
  * holds a comlink proxy of it (src/ui/engine-client.ts). Plain data crosses the boundary, never GPU objects.
  */
 import type { GpuSummary } from './gpu/context.ts';
-import type { EvalAnswers, EvalOptions, ModelInfo, TrainResult } from './session.ts';
+import type { EvalAnswers, EvalOptions, ModelInfo, TrainResult, RunOptions, RunEvent, CheckpointInfo, RunDataStats, RunModelSource } from './session.ts';
+import type { MemoryPlan } from './model/memory-plan.ts';
 import type { TrainConfig, TrainProgress, TrainRow } from './train/trainer.ts';
 import type { GenerationSettings } from './generate/settings.ts';
+import type { ChatTurn } from './session.ts';
 import type { TokenizerSource } from '../data/tokenizer.ts';
+import type { ExportFile, ImportedAdapterSummary } from './share/adapter-exports.ts';
+import type { ExportDType } from './share/dtype.ts';
 
 export type { EvalAnswers, EvalOptions, ModelInfo, TrainResult, TrainConfig, TrainProgress, TrainRow, GenerationSettings, TokenizerSource };
+export type { ExportFile, ImportedAdapterSummary, ExportDType };
+export type { RunOptions, RunEvent, CheckpointInfo, RunDataStats, RunModelSource, MemoryPlan };
 
 export type GpuStatus =
   | { ok: true; gpu: GpuSummary }
@@ -29,6 +35,8 @@ export interface MatmulResult {
   ms: number;
 }
 
+export type { ChatTurn };
+
 export interface EngineApi {
   /** Acquires the GPU (once); the status explains what is missing when it fails. */
   gpuStatus(): Promise<GpuStatus>;
@@ -45,9 +53,43 @@ export interface EngineApi {
   /** Trains a new adapter; onProgress is a comlink proxy called once per optimizer step. */
   train(rows: TrainRow[], config: Partial<TrainConfig>, onProgress: (p: TrainProgress) => void, evaluation?: EvalOptions, onAnswers?: (a: EvalAnswers) => void): Promise<TrainResult>;
   stopTraining(): Promise<void>;
+  /** A new stored run (its rows and checkpoints kept in OPFS); onEvent (a proxy) gets started/progress/answers/checkpoint events. */
+  trainRun(rows: TrainRow[], config: Partial<TrainConfig>, opts: RunOptions, onEvent: (e: RunEvent) => void): Promise<TrainResult>;
+  /** Continues a stored run from its last checkpoint, in this (possibly fresh) page. */
+  resumeRun(opts: RunOptions, onEvent: (e: RunEvent) => void): Promise<TrainResult>;
+  /** Ends the training run after the current step with a checkpoint (resumable). */
+  pauseTraining(): Promise<void>;
+  /** Loads a stored run's latest checkpoint as the tuned model (chat, export). */
+  openRun(runId: string): Promise<{ step: number; totalSteps: number }>;
+  /** A stored run's adapter as a PEFT-compatible zip. */
+  exportRunAdapter(runId: string): Promise<Uint8Array>;
+  /** A stored run's current checkpoint (step, time, size), or null. */
+  runCheckpoint(runId: string): Promise<CheckpointInfo | null>;
+  /** Ids of the runs kept in this browser's storage. */
+  storedRuns(): Promise<string[]>;
+  /** Removes a stored run's files (rows, checkpoints, adapter). */
+  deleteRun(runId: string): Promise<void>;
+  /** The predicted GPU memory split for training the loaded model with this config on rows of seqLen tokens. */
+  planTraining(config: Partial<TrainConfig>, seqLen: number, budgetBytes?: number): Promise<MemoryPlan>;
   /** One chat turn; onText (a proxy) receives the reply as it is generated. */
   chat(which: 'base' | 'tuned', user: string, settings: Partial<GenerationSettings>, onText: (delta: string) => void): Promise<string>;
-  resetChat(which: 'base' | 'tuned'): Promise<void>;
+  /** chat() with the reply's numbers (tokens, finish reason, tokens/s); stopGeneration ends it early, the partial reply kept. */
+  chatTurn(which: 'base' | 'tuned', user: string, settings: Partial<GenerationSettings>, onText: (delta: string) => void): Promise<ChatTurn>;
+  /** Stops the reply being generated (one side, or both): comlink cannot pass an AbortSignal, so the stop is its own call. */
+  stopGeneration(which?: 'base' | 'tuned'): Promise<void>;
+  /** The chat template's default system prompt (null: none). */
+  chatDefaultSystem(): Promise<string | null>;
+  /** A new conversation; with `system` (null: the template's default), the system prompt of both sides from now on. */
+  resetChat(which: 'base' | 'tuned', system?: string | null): Promise<void>;
   /** The adapter as a PEFT-compatible zip. */
   exportAdapter(): Promise<Uint8Array>;
+  /** The adapter as a GGUF LoRA (llama.cpp) or an Ollama package (adapter.gguf + Modelfile, zipped): file name and bytes. */
+  exportAdapterAs(format: 'gguf' | 'ollama'): Promise<ExportFile>;
+  /**
+   * Base + adapter merged into a Hugging Face checkpoint: written into `dir` (a folder the user picked) file by
+   * file, or with `dir` null returned as one zip (small models only). onProgress (a proxy) gets each tensor.
+   */
+  exportMerged(dtype: ExportDType, dir: FileSystemDirectoryHandle | null, onProgress?: (p: { tensor: string; done: number; total: number }) => void): Promise<{ files: string[]; totalBytes: number; zip: ExportFile | null }>;
+  /** A PEFT adapter (.zip bytes, or a folder's files by relative path), validated against the loaded base and installed as the tuned model. */
+  importAdapter(input: Uint8Array | Map<string, Blob>, source: string): Promise<ImportedAdapterSummary>;
 }

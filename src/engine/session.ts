@@ -13,10 +13,22 @@ import { parameterCount, parseModelConfig, type ModelSpec } from './model/config
 import { CheckpointIndex } from './model/weights.ts';
 import { Trainer, type TrainConfig, type TrainProgress, type TrainRow } from './train/trainer.ts';
 import { Generator } from './generate/generator.ts';
-import { ChatSession } from './generate/chat.ts';
-import type { GenerationSettings } from './generate/settings.ts';
-import { exportAdapterZip } from './share/adapter-zip.ts';
+import { ChatSession, chatStopTokenIds, decodeTokensPerSecond, defaultSystemPrompt } from './generate/chat.ts';
+import type { FinishReason, GenerationSettings } from './generate/settings.ts';
+import { exportAdapterZip, type AdapterBundle } from './share/adapter-zip.ts';
+import { ggufExport, installAdapter, mergedExport, ollamaExport, type AdapterFiles, type ExportFile, type ImportedAdapterSummary, type InstalledAdapter } from './share/adapter-exports.ts';
+import type { ExportDType } from './share/dtype.ts';
+import type { MergeResult } from './share/merge-export.ts';
+import type { SinkFactory } from './share/sinks.ts';
+import type { LoraRuntime } from './model/transformer.ts';
 import { loraModules, type PeftLoraConfig } from './model/peft.ts';
+import { MemoryBlobStore, type BlobStore } from './share/checkpoint.ts';
+import { DEFAULT_TRAIN_CONFIG } from './train/trainer.ts';
+import { DEFAULT_CE_WORKSPACE_BYTES } from './kernels/cross_entropy.ts';
+import { planMemory, type MemoryPlan } from './model/memory-plan.ts';
+import { RunCheckpointer, DEFAULT_CHECKPOINT_POLICY, type CheckpointPolicy } from './runs/checkpointer.ts';
+import * as runStore from './runs/run-store.ts';
+import type { CheckpointInfo, RunDataStats, RunModelSource } from './runs/run-store.ts';
 
 export interface ModelInfo {
   id: string;
@@ -46,6 +58,43 @@ export interface TrainResult {
   steps: number;
   finalLoss: number;
   stopped: boolean;
+  /** The run ended before its last step without a stop (pause(), or the trainer paused itself): resumable. */
+  paused?: boolean;
+  /** For runs (trainRun/resumeRun): the run and its latest checkpoint. */
+  runId?: string;
+  checkpoint?: CheckpointInfo | null;
+}
+
+/** A stored, resumable training run (trainRun / resumeRun): its id, evaluation prompts and checkpoint policy. */
+export interface RunOptions {
+  runId: string;
+  evaluation?: EvalOptions;
+  checkpoint?: Partial<CheckpointPolicy>;
+}
+
+/** What a run reports while it trains, in order: started, then progress / answers / checkpoint events. */
+export type RunEvent =
+  | { type: 'started'; runId: string; step: number; totalSteps: number; data: RunDataStats; model: RunModelSource }
+  | { type: 'progress'; progress: TrainProgress }
+  | { type: 'answers'; answers: EvalAnswers }
+  | { type: 'checkpoint'; checkpoint: CheckpointInfo }
+  /** A periodic checkpoint failed (quota, disk): training goes on, the previous checkpoint stays current. */
+  | { type: 'checkpoint-error'; message: string };
+
+export type { CheckpointInfo, RunDataStats, RunModelSource };
+
+/** One chat reply and its numbers. */
+export interface ChatTurn {
+  text: string;
+  /** Generated tokens (the stop token included when one ended it). */
+  tokens: number;
+  finishReason: FinishReason;
+  promptTokens: number;
+  reusedTokens: number;
+  prefillMs: number;
+  decodeMs: number;
+  /** Decoding speed (tokens after the first per second of decoding). */
+  tokensPerSecond: number;
 }
 
 export type ModelFiles = ReadonlyMap<string, Blob | Uint8Array | string>;
@@ -62,13 +111,33 @@ export class EngineSession {
   private stopRequested = false;
   private generator: Generator | null = null;
   private chats = new Map<'base' | 'tuned', ChatSession>();
+  /** The chat's system prompt (both sides); null: the template's default. */
+  private chatSystem: string | null = null;
+  /** The reply being generated per side: stopGeneration aborts it between two tokens. */
+  private chatAborts = new Map<'base' | 'tuned', AbortController>();
   private lastLoss = NaN;
+  /** An adapter imported in Share: the tuned model until the next training run (the latest of the two wins). */
+  private imported: InstalledAdapter | null = null;
+  /** The loaded base's files and index, for the merged export. */
+  private baseFiles: ModelFiles | null = null;
+  private baseIndex: CheckpointIndex | null = null;
+  private modelSource: RunModelSource | null = null;
+  private pauseRequested = false;
+  private training = false;
+  /** The stored run that is training now (trainRun / resumeRun), if any. */
+  private activeRun: string | null = null;
 
-  constructor(readonly ctx: GpuContext) {}
+  /** `store`: where runs keep their rows and checkpoints (OPFS in the app's worker). */
+  constructor(
+    readonly ctx: GpuContext,
+    readonly store: BlobStore = new MemoryBlobStore(),
+  ) {}
 
   /** The offline demo model (created from a seed, nothing downloaded). */
   async loadDemoModel(seed = 1): Promise<ModelInfo> {
-    return this.loadModelFiles(demoModelFiles(seed), { id: DEMO_MODEL_ID, quantize: false });
+    const next = this.loading.catch(() => undefined).then(() => this.load(demoModelFiles(seed), { id: DEMO_MODEL_ID, quantize: false }, { kind: 'demo', id: DEMO_MODEL_ID, seed }));
+    this.loading = next;
+    return next;
   }
 
   /** Loads run one at a time, in call order (a second request waits for the first and then replaces it). */
@@ -81,7 +150,7 @@ export class EngineSession {
     return next;
   }
 
-  private async load(files: ModelFiles, opts: { id: string; quantize: boolean }): Promise<ModelInfo> {
+  private async load(files: ModelFiles, opts: { id: string; quantize: boolean }, origin?: RunModelSource): Promise<ModelInfo> {
     const source = async (name: string): Promise<ByteSource> => {
       const f = files.get(name);
       if (f === undefined) throw new Error(`${opts.id}: no file '${name}' in the model folder`);
@@ -105,8 +174,11 @@ export class EngineSession {
     this.weights = await loadBaseWeights(this.ctx, index, { quantize: opts.quantize });
     this.spec = spec;
     this.modelId = opts.id;
+    this.modelSource = origin ?? { kind: 'files', id: opts.id, quantized: this.weights.quantized };
     this.tokenizerSrc = tokenizerSrc;
     this.tokenizer = tokenizer;
+    this.baseFiles = files;
+    this.baseIndex = index;
     return this.info();
   }
 
@@ -137,46 +209,213 @@ export class EngineSession {
   /** Trains a fresh adapter on the rows, reporting every step; stop() ends it after the current step. */
   async train(rows: readonly TrainRow[], config: Partial<TrainConfig>, onProgress?: (p: TrainProgress) => void, evaluation?: EvalOptions & { onAnswers: (a: EvalAnswers) => void }): Promise<TrainResult> {
     this.requireSpec();
+    return this.drive(this.newTrainer(rows, config), onProgress, evaluation);
+  }
+
+  /** Replaces the current adapter with a fresh trainer (not while one trains). */
+  private newTrainer(rows: readonly TrainRow[], config: Partial<TrainConfig>): Trainer {
+    if (this.training) throw new Error('a run is training: pause or stop it first');
     this.dropChats();
+    this.dropImported();
     this.trainer?.release();
-    const trainer = new Trainer(this.ctx, this.weights!, rows, config, this.modelId);
-    this.trainer = trainer;
+    this.trainer = null;
+    this.trainer = new Trainer(this.ctx, this.weights!, rows, config, this.modelId);
+    return this.trainer;
+  }
+
+  /** Trains until done, stop() or pause(); `afterStep` (checkpoints) runs after each step's evaluation. */
+  private async drive(trainer: Trainer, onProgress?: (p: TrainProgress) => void, evaluation?: EvalOptions & { onAnswers: (a: EvalAnswers) => void }, afterStep?: () => Promise<void>): Promise<TrainResult> {
     this.stopRequested = false;
+    this.pauseRequested = false;
+    this.training = true;
     const evaluate = evaluation && evaluation.prompts.length > 0 && evaluation.every > 0
       ? async (p: TrainProgress) => {
           if (p.step % evaluation.every !== 0 && p.step !== p.totalSteps) return;
           evaluation.onAnswers({ step: p.step, answers: await this.answer(evaluation.prompts, evaluation.settings ?? {}) });
         }
       : undefined;
-    await trainer.train(
-      (p) => {
-        this.lastLoss = p.loss;
-        onProgress?.(p);
-      },
-      () => this.stopRequested,
-      evaluate,
-    );
-    return { steps: this.trainer.step, finalLoss: this.lastLoss, stopped: this.stopRequested };
+    try {
+      await trainer.train(
+        (p) => {
+          this.lastLoss = p.loss;
+          onProgress?.(p);
+        },
+        () => this.stopRequested || this.pauseRequested,
+        async (p) => {
+          await evaluate?.(p);
+          await afterStep?.();
+        },
+      );
+    } finally {
+      this.training = false;
+    }
+    const stopped = this.stopRequested;
+    return { steps: trainer.step, finalLoss: this.lastLoss, stopped, paused: !stopped && trainer.step < trainer.totalSteps };
   }
 
   stop(): void {
     this.stopRequested = true;
   }
 
+  /** Ends the run after the current step and checkpoints it (trainRun/resumeRun), so it can be resumed. */
+  pause(): void {
+    this.pauseRequested = true;
+  }
+
+  /**
+   * A new stored run: its config, the model it trains and its rows go to the store first, then it trains
+   * with checkpoints (policy; always at pause, stop and the end) and, once finished or stopped, its
+   * adapter zip. A fresh page can continue it with resumeRun.
+   */
+  async trainRun(rows: readonly TrainRow[], config: Partial<TrainConfig>, opts: RunOptions, onEvent: (e: RunEvent) => void): Promise<TrainResult> {
+    this.requireSpec();
+    runStore.checkRunId(opts.runId);
+    const trainer = this.newTrainer(rows, config);
+    const manifest = await runStore.createRun(this.store, { id: opts.runId, model: this.modelSource!, config: trainer.config, rows });
+    return this.driveRun(trainer, manifest, opts, null, onEvent);
+  }
+
+  /** Continues a stored run from its last checkpoint (loading the demo model it was trained on if needed). */
+  async resumeRun(opts: RunOptions, onEvent: (e: RunEvent) => void): Promise<TrainResult> {
+    const { trainer, manifest, step } = await this.openStoredRun(opts.runId);
+    return this.driveRun(trainer, manifest, opts, step, onEvent);
+  }
+
+  /** Loads a stored run's latest checkpoint as the tuned model (for chat and export); its step and length. */
+  async openRun(runId: string): Promise<{ step: number; totalSteps: number }> {
+    const { trainer } = await this.openStoredRun(runId);
+    this.lastLoss = NaN;
+    return { step: trainer.step, totalSteps: trainer.totalSteps };
+  }
+
+  private async openStoredRun(runId: string): Promise<{ trainer: Trainer; manifest: runStore.RunManifest; step: number }> {
+    if (this.training) throw new Error('a run is training: pause or stop it first');
+    const { manifest, rows } = await runStore.readRun(this.store, runId);
+    await this.useRunModel(manifest.model);
+    const state = await runStore.loadRunCheckpoint(this.store, runId);
+    if (!state) throw new runStore.RunStoreError(`run '${runId}' has no checkpoint yet (it was closed before its first save): start it again`);
+    const trainer = this.newTrainer(rows, manifest.config);
+    trainer.loadState(state);
+    return { trainer, manifest, step: state.step };
+  }
+
+  /** Makes the run's base model the loaded one: the demo model is re-created from its seed; others must be loaded by the user. */
+  private async useRunModel(source: RunModelSource): Promise<void> {
+    await this.loading.catch(() => undefined);
+    const cur = this.modelSource;
+    if (cur && JSON.stringify(cur) === JSON.stringify(source)) return;
+    if (source.kind === 'demo') {
+      await this.loadDemoModel(source.seed);
+      return;
+    }
+    throw new Error(`this run trains ${source.id} (${source.quantized ? '4-bit' : 'f32'} base); ${cur ? `the loaded model is ${cur.id}` : 'no model is loaded'}: load ${source.id} in the Model section, then resume`);
+  }
+
+  private async driveRun(trainer: Trainer, manifest: runStore.RunManifest, opts: RunOptions, resumedFrom: number | null, onEvent: (e: RunEvent) => void): Promise<TrainResult> {
+    const runId = manifest.id;
+    onEvent({ type: 'started', runId, step: trainer.step, totalSteps: trainer.totalSteps, data: manifest.data, model: manifest.model });
+    const policy = { ...DEFAULT_CHECKPOINT_POLICY, ...opts.checkpoint };
+    const ckpt = new RunCheckpointer(this.store, runId, trainer, policy, resumedFrom, (c) => onEvent({ type: 'checkpoint', checkpoint: c }));
+    const evaluation = opts.evaluation && { ...opts.evaluation, onAnswers: (a: EvalAnswers) => onEvent({ type: 'answers', answers: a }) };
+    this.activeRun = runId;
+    try {
+      const result = await this.drive(trainer, (p) => onEvent({ type: 'progress', progress: p }), evaluation, async () => {
+        // A failed periodic save is reported and training goes on; the previous checkpoint stays current.
+        await ckpt.afterStep().catch((e: unknown) => onEvent({ type: 'checkpoint-error', message: e instanceof Error ? e.message : String(e) }));
+      });
+      const checkpoint = await ckpt.save();
+      if (!result.paused) await runStore.saveRunAdapter(this.store, runId, await this.exportAdapter());
+      return { ...result, runId, checkpoint };
+    } finally {
+      this.activeRun = null;
+    }
+  }
+
+  /** A stored run's adapter zip: the one written when it ended, else one made from its last checkpoint. */
+  async exportRunAdapter(runId: string): Promise<Uint8Array> {
+    const zip = await runStore.readRunAdapter(this.store, runId);
+    if (zip) return zip;
+    await this.openRun(runId);
+    return this.exportAdapter();
+  }
+
+  /** The current checkpoint of a stored run (step, time, size), or null. */
+  runCheckpoint(runId: string): Promise<CheckpointInfo | null> {
+    return runStore.runCheckpointInfo(this.store, runId);
+  }
+
+  /** Ids of the runs kept in the store. */
+  storedRuns(): Promise<string[]> {
+    return runStore.listRunIds(this.store);
+  }
+
+  /** Removes a stored run's rows, checkpoints and adapter. */
+  async deleteRun(runId: string): Promise<void> {
+    if (this.activeRun === runId) throw new Error('this run is training: stop it first');
+    await runStore.deleteRun(this.store, runId);
+  }
+
+  /**
+   * The predicted GPU memory of training the loaded model with `config` on rows of `seqLen` tokens
+   * (src/engine/model/memory-plan.ts), against `budgetBytes`; with advice when it does not fit.
+   */
+  planTraining(config: Partial<TrainConfig>, seqLen: number, budgetBytes?: number): MemoryPlan {
+    const spec = this.requireSpec();
+    const c = { ...DEFAULT_TRAIN_CONFIG, ...config };
+    const ceBytes = Math.min(DEFAULT_CE_WORKSPACE_BYTES, this.ctx.limits.maxStorageBufferBindingSize, this.ctx.limits.maxBufferSize);
+    return planMemory(
+      spec,
+      {
+        seqLen,
+        microBatch: c.microBatch,
+        loraRank: c.loraRank,
+        ...(c.targets ? { targets: c.targets } : {}),
+        quantBits: this.weights!.quantized ? 4 : 32,
+        groupSize: 64,
+        optimizerOffload: c.optimizerOffload ?? 'gpu',
+        activationCheckpointing: true,
+        ceChunkTokens: Math.max(1, Math.min(seqLen * c.microBatch, Math.floor(ceBytes / (spec.vocabSize * 4)))),
+      },
+      budgetBytes === undefined ? {} : { budgetBytes },
+    );
+  }
+
   /** One chat turn with the base model or the tuned one (each keeps its own conversation and cache). */
   async chat(which: 'base' | 'tuned', user: string, settings: Partial<GenerationSettings>, onText?: (delta: string) => void): Promise<string> {
+    return (await this.chatTurn(which, user, settings, onText)).text;
+  }
+
+  /** chat() with the reply's numbers; stopGeneration(which) ends it early, keeping the partial reply in the conversation. */
+  async chatTurn(which: 'base' | 'tuned', user: string, settings: Partial<GenerationSettings>, onText?: (delta: string) => void): Promise<ChatTurn> {
     this.requireSpec();
-    if (which === 'tuned' && !this.trainer) throw new Error('no adapter yet: train one in the Train section (or import one)');
+    const tuned = this.tunedLora();
+    if (which === 'tuned' && !tuned) throw new Error('no adapter yet: train one in the Train section (or import one in Share)');
     let session = this.chats.get(which);
     if (!session) {
       this.generator ??= await Generator.create(this.ctx, this.weights!, { maxTokens: Math.min(1024, this.spec!.maxPositionEmbeddings) });
-      session = new ChatSession(this.generator, this.tokenizer!);
+      session = new ChatSession(this.generator, this.tokenizer!, { stopTokenIds: chatStopTokenIds(this.tokenizer!, this.spec!.eosTokenIds), ...(this.chatSystem !== null ? { system: this.chatSystem } : {}) });
       this.chats.set(which, session);
     }
     // One generator serves both: switching the adapter empties its KV cache, the conversation re-renders.
-    this.generator!.setLora(which === 'tuned' ? { layout: this.trainer!.layout, params: this.trainer!.state.params, grads: this.trainer!.state.grads } : null);
-    const reply = await session.send(user, settings, onText);
-    return reply.text;
+    this.generator!.setLora(which === 'tuned' ? tuned : null);
+    const abort = new AbortController();
+    this.chatAborts.set(which, abort);
+    try {
+      const { text, result } = await session.send(user, settings, onText, abort.signal);
+      return { text, tokens: result.tokens.length, finishReason: result.finishReason, promptTokens: result.promptTokens, reusedTokens: result.reusedTokens, prefillMs: result.prefillMs, decodeMs: result.decodeMs, tokensPerSecond: decodeTokensPerSecond(result) };
+    } finally {
+      if (this.chatAborts.get(which) === abort) this.chatAborts.delete(which);
+    }
+  }
+
+  /** Stops the reply being generated for one side (or both): it ends after the current token. */
+  stopGeneration(which?: 'base' | 'tuned'): void {
+    for (const [side, abort] of this.chatAborts) if (which === undefined || which === side) abort.abort();
+  }
+
+  /** The chat template's default system prompt (null when it has none), for the editor's initial text. */
+  chatDefaultSystem(): string | null {
+    return this.tokenizer ? defaultSystemPrompt(this.tokenizer) : null;
   }
 
   /** Each prompt as a fresh one-turn conversation with the current adapter (greedy unless settings say otherwise). */
@@ -193,26 +432,82 @@ export class EngineSession {
     return out;
   }
 
-  resetChat(which: 'base' | 'tuned'): void {
+  /** A new conversation for one side; with `system`, under that system prompt (null: the template's default) for both sides from now on. */
+  resetChat(which: 'base' | 'tuned', system?: string | null): void {
+    if (system !== undefined) {
+      this.chatSystem = system;
+      const def = this.tokenizer ? defaultSystemPrompt(this.tokenizer) : null;
+      for (const s of this.chats.values()) s.system = system ?? def ?? '';
+    }
     this.chats.get(which)?.clear();
   }
 
-  /** The trained adapter as a PEFT-compatible .zip (with model card, chat template and stop tokens). */
-  async exportAdapter(): Promise<Uint8Array> {
+  /** The tuned model's adapter (trained here or imported) with its card, chat template and stop tokens. */
+  private async adapterBundle(): Promise<AdapterBundle> {
     const spec = this.requireSpec();
-    if (!this.trainer) throw new Error('no adapter to export: train one first');
+    if (this.imported) return this.imported.bundle;
+    if (!this.trainer) throw new Error('no adapter to export: train one first (or import one)');
     const t = this.trainer;
     const c = t.config;
     const params = await this.ctx.read(t.state.params);
     const config: PeftLoraConfig = { r: c.loraRank, loraAlpha: c.loraAlpha, loraDropout: c.loraDropout, targetModules: c.targets ?? loraModules(spec.family), baseModelNameOrPath: this.modelId };
     const tok = this.tokenizer!;
-    return exportAdapterZip({
+    return {
       spec,
       config,
       tensors: t.layout.unpackPeft(params),
       training: { dataset: { rows: t.rows.length }, hyperParameters: { lr: c.lr, epochs: c.epochs, rank: c.loraRank, alpha: c.loraAlpha, dropout: c.loraDropout, batch: c.microBatch, gradAccum: c.gradAccum }, steps: t.step, finalLoss: Number.isFinite(this.lastLoss) ? this.lastLoss : null },
       chat: { chatTemplate: this.tokenizerSrc?.chatTemplate ?? null, stopTokenIds: tok.eosTokenIds, stopStrings: tok.eosTokenIds.map((id) => tok.decode([id], { skipSpecialTokens: false })) },
-    });
+    };
+  }
+
+  /** The adapter as a PEFT-compatible .zip (with model card, chat template and stop tokens). */
+  async exportAdapter(): Promise<Uint8Array> {
+    return exportAdapterZip(await this.adapterBundle());
+  }
+
+  /** The adapter as a GGUF LoRA (llama.cpp) or an Ollama package (adapter.gguf + Modelfile, zipped). */
+  async exportAdapterAs(format: 'gguf' | 'ollama'): Promise<ExportFile> {
+    const b = await this.adapterBundle();
+    return format === 'gguf' ? ggufExport(b, this.modelId) : ollamaExport(b, this.modelId);
+  }
+
+  /**
+   * Base + adapter merged into a Hugging Face checkpoint in `dtype`: streamed into `open` (a folder the user
+   * picked), or with `open` null into a zip in memory (small models only; the error says what to do otherwise).
+   */
+  async exportMerged(dtype: ExportDType, open: SinkFactory | null, onProgress?: (p: { tensor: string; done: number; total: number }) => void): Promise<{ result: MergeResult; zip: ExportFile | null }> {
+    const b = await this.adapterBundle();
+    return mergedExport(this.baseIndex!, b, open, { dtype, modelId: this.modelId, baseFiles: this.baseFiles!, ...(onProgress ? { onProgress } : {}) });
+  }
+
+  /**
+   * A PEFT adapter (.zip bytes, or a folder's files by relative path) checked against the loaded base — a
+   * shape mismatch names the tensor and both shapes — and installed as the tuned model for Chat.
+   */
+  async importAdapter(input: Uint8Array | AdapterFiles, source = 'adapter.zip'): Promise<ImportedAdapterSummary> {
+    const spec = this.requireSpec();
+    if (this.training) throw new Error('a run is training: pause or stop it first');
+    const installed = await installAdapter(this.ctx, spec, input, { source, modelId: this.modelId, chatTemplate: this.tokenizerSrc?.chatTemplate ?? null });
+    this.dropImported();
+    this.imported = installed;
+    this.chats.delete('tuned');
+    return installed.summary;
+  }
+
+  /** The tuned side's adapter: the imported one, else the trained one. */
+  private tunedLora(): LoraRuntime | null {
+    if (this.imported) return this.imported.lora;
+    const t = this.trainer;
+    return t ? { layout: t.layout, params: t.state.params, grads: t.state.grads } : null;
+  }
+
+  private dropImported(): void {
+    if (!this.imported) return;
+    this.chats.delete('tuned');
+    this.generator?.setLora(null);
+    this.imported.release();
+    this.imported = null;
   }
 
   private dropChats(): void {
@@ -223,10 +518,14 @@ export class EngineSession {
 
   unload(): void {
     this.dropChats();
+    this.dropImported();
+    this.baseFiles = null;
+    this.baseIndex = null;
     this.trainer?.release();
     this.trainer = null;
     if (this.weights) releaseBaseWeights(this.ctx, this.weights);
     this.weights = null;
     this.spec = null;
+    this.modelSource = null;
   }
 }

@@ -404,7 +404,6 @@ export class Trainer {
    * fixes the schedule position, the epoch and the cursor in that epoch's seeded shuffle) and the config.
    */
   async saveState(): Promise<TrainerState> {
-    if (!this.state.m || !this.state.v) throw new Error('saveState: the AdamW moments are not resident on the GPU');
     const c = this.config;
     const perEpoch = this.stepsPerEpoch;
     return {
@@ -418,8 +417,7 @@ export class Trainer {
       config: { ...c },
       skippedSteps: this.skippedSteps,
       params: await this.ctx.read(this.state.params),
-      m: await this.ctx.read(this.state.m),
-      v: await this.ctx.read(this.state.v),
+      ...(await this.readMoments()),
     };
   }
 
@@ -431,13 +429,27 @@ export class Trainer {
       if (JSON.stringify(this.config[k]) !== JSON.stringify(s.config[k])) throw new Error(`loadState: the checkpoint was trained with ${k} = ${JSON.stringify(s.config[k])}, this run has ${JSON.stringify(this.config[k])}`);
     }
     if (s.totalSteps !== this.totalSteps) throw new Error(`loadState: the checkpoint's run has ${s.totalSteps} steps, this one ${this.totalSteps} (different data?)`);
-    if (!this.state.m || !this.state.v) throw new Error('loadState: the AdamW moments are not resident on the GPU');
     this.ctx.write(this.state.params, s.params);
-    this.ctx.write(this.state.m, s.m);
-    this.ctx.write(this.state.v, s.v);
+    this.writeMoments(s.m, s.v);
     this.ctx.write(this.state.grads, new Float32Array(n));
     this.step = s.step;
     this.skippedSteps = s.skippedSteps ?? 0;
+  }
+
+  /** AdamW's moments wherever they live (GPU, or the offload store between steps). */
+  private async readMoments(): Promise<{ m: Float32Array; v: Float32Array }> {
+    if (this.state.m && this.state.v) return { m: await this.ctx.read(this.state.m), v: await this.ctx.read(this.state.v) };
+    const n = this.layout.optimizer.total;
+    const moments = { m: new Float32Array(n), v: new Float32Array(n) };
+    this.moments!.read(0, n, moments.m, moments.v);
+    return moments;
+  }
+
+  private writeMoments(m: Float32Array, v: Float32Array): void {
+    if (this.state.m && this.state.v) {
+      this.ctx.write(this.state.m, m);
+      this.ctx.write(this.state.v, v);
+    } else this.moments!.write(0, m, v);
   }
 
   release(): void {
