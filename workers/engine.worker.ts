@@ -11,6 +11,12 @@ import { matmul } from '../src/engine/kernels/matmul.ts';
 import { EngineSession } from '../src/engine/session.ts';
 import { opfsSinks } from '../src/engine/share/sinks.ts';
 import { OpfsBlobStore, type BlobStore } from '../src/engine/share/checkpoint.ts';
+import { HubService } from '../src/hub/service.ts';
+import { OpfsResumableStore } from '../src/hub/store-opfs.ts';
+import { idbTokenStore } from '../src/hub/token.ts';
+
+/** Hub downloads and the model cache (OPFS, under webtune/hub/), the access token in IndexedDB. */
+const hub = new HubService(() => OpfsResumableStore.open(), idbTokenStore);
 
 let session: EngineSession | null = null;
 async function engine(): Promise<EngineSession> {
@@ -94,6 +100,29 @@ const api: EngineApi = {
 
   async loadDemoModel(seed) {
     return (await engine()).loadDemoModel(seed);
+  },
+  async loadHubModel(repo, opts, onProgress) {
+    const files = await hub.fetchModel(repo, opts.revision, (p) => void onProgress(p));
+    return (await engine()).loadModelFiles(files, { id: repo.trim(), quantize: opts.quantize });
+  },
+  async cancelHubDownload() {
+    hub.cancel();
+  },
+  async cachedModels() {
+    return hub.list();
+  },
+  async deleteCachedModel(repo, commit) {
+    return hub.delete(repo, commit);
+  },
+  async setHubToken(token) {
+    return hub.setToken(token);
+  },
+  async hasHubToken() {
+    return hub.hasToken();
+  },
+  async exportRecipe(samples, opts) {
+    const zip = (await engine()).exportRecipe(samples, opts);
+    return Comlink.transfer(zip, [zip.buffer as ArrayBuffer]);
   },
   async loadModelFiles(files, opts) {
     return (await engine()).loadModelFiles(files, opts);

@@ -9,6 +9,10 @@ import type { TrainConfig, TrainProgress, TrainRow } from './train/trainer.ts';
 import type { GenerationSettings } from './generate/settings.ts';
 import type { ChatTurn } from './session.ts';
 import type { TokenizerSource } from '../data/tokenizer.ts';
+import type { CachedModel, HubProgress } from '../hub/service.ts';
+import type { RecipeRunOptions, RecipeSample } from './share/recipe.ts';
+
+export type { CachedModel, HubProgress, RecipeRunOptions, RecipeSample };
 import type { ExportFile, ImportedAdapterSummary } from './share/adapter-exports.ts';
 import type { ExportDType } from './share/dtype.ts';
 
@@ -48,6 +52,18 @@ export interface EngineApi {
   loadDemoModel(seed?: number): Promise<ModelInfo>;
   /** A checkpoint folder the user picked: file name → File. */
   loadModelFiles(files: Map<string, Blob>, opts: { id: string; quantize: boolean }): Promise<ModelInfo>;
+  /** A Hugging Face Hub model by repo id: downloaded into this browser's cache (resumable, verified) or opened from it, then loaded. */
+  loadHubModel(repo: string, opts: { revision?: string; quantize: boolean }, onProgress: (p: HubProgress) => void): Promise<ModelInfo>;
+  /** Cancels the Hub download in progress; what arrived is kept and the next download resumes from there. */
+  cancelHubDownload(): Promise<void>;
+  /** The Hub models kept in this browser, complete or partial. */
+  cachedModels(): Promise<CachedModel[]>;
+  deleteCachedModel(repo: string, commit: string): Promise<void>;
+  /** Saves the Hugging Face access token in this browser (null forgets it); it is sent only to the Hub. */
+  setHubToken(token: string | null): Promise<void>;
+  hasHubToken(): Promise<boolean>;
+  /** The last training run (or opts.config) as a zip: XTuner config, transformers+PEFT script, dataset JSONL, README. */
+  exportRecipe(samples: RecipeSample[], opts: RecipeRunOptions): Promise<Uint8Array>;
   /** The loaded model's tokenizer files, for the data pipeline (null before a model is loaded). */
   tokenizerSource(): Promise<TokenizerSource | null>;
   /** Trains a new adapter; onProgress is a comlink proxy called once per optimizer step. */

@@ -16,6 +16,7 @@ import { Generator } from './generate/generator.ts';
 import { ChatSession, chatStopTokenIds, decodeTokensPerSecond, defaultSystemPrompt } from './generate/chat.ts';
 import type { FinishReason, GenerationSettings } from './generate/settings.ts';
 import { exportAdapterZip, type AdapterBundle } from './share/adapter-zip.ts';
+import { recipeZip, type RecipeRunOptions, type RecipeSample } from './share/recipe.ts';
 import { ggufExport, installAdapter, mergedExport, ollamaExport, type AdapterFiles, type ExportFile, type ImportedAdapterSummary, type InstalledAdapter } from './share/adapter-exports.ts';
 import type { ExportDType } from './share/dtype.ts';
 import type { MergeResult } from './share/merge-export.ts';
@@ -508,6 +509,13 @@ export class EngineSession {
     this.generator?.setLora(null);
     this.imported.release();
     this.imported = null;
+  }
+
+  /** The last run's hyper-parameters (or opts.config) on this model as a recipe zip for a GPU cluster (share/recipe.ts). */
+  exportRecipe(samples: readonly RecipeSample[], opts: RecipeRunOptions): Uint8Array {
+    const spec = this.requireSpec();
+    const config = { ...(this.trainer?.config ?? {}), ...opts.config };
+    return recipeZip({ modelId: this.modelId, family: spec.family, config, maxLength: opts.maxLength, pack: opts.pack, quantize: this.weights!.quantized, chatTemplate: this.tokenizerSrc?.chatTemplate ?? null, samples, ...(opts.evaluation ? { evaluation: opts.evaluation } : {}) });
   }
 
   private dropChats(): void {

@@ -39,6 +39,15 @@ export interface RecipeInput {
   dataPath?: string;
 }
 
+/** What the app passes besides the samples (the session knows the model, the template and the last run's config). */
+export interface RecipeRunOptions {
+  maxLength: number;
+  pack: boolean;
+  /** The hyper-parameters to export when no run has been trained yet (or to override the last run's). */
+  config?: Partial<TrainConfig>;
+  evaluation?: { prompts: string[]; every: number };
+}
+
 export class RecipeError extends Error {
   override name = 'RecipeError';
 }
