@@ -12,6 +12,7 @@ import { EngineSession } from '../src/engine/session.ts';
 import { opfsSinks } from '../src/engine/share/sinks.ts';
 import { OpfsBlobStore, type BlobStore } from '../src/engine/share/checkpoint.ts';
 import { HubService } from '../src/hub/service.ts';
+import { checkRepoId } from '../src/hub/client.ts';
 import { OpfsResumableStore } from '../src/hub/store-opfs.ts';
 import { idbTokenStore } from '../src/hub/token.ts';
 
@@ -103,7 +104,7 @@ const api: EngineApi = {
   },
   async loadHubModel(repo, opts, onProgress) {
     const files = await hub.fetchModel(repo, opts.revision, (p) => void onProgress(p));
-    return (await engine()).loadModelFiles(files, { id: repo.trim(), quantize: opts.quantize });
+    return (await engine()).loadModelFiles(files, { id: checkRepoId(repo), quantize: opts.quantize });
   },
   async cancelHubDownload() {
     hub.cancel();
