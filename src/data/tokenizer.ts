@@ -145,7 +145,14 @@ export function loadTokenizer(source: TokenizerSource): LoadedTokenizer {
   }
   if (!json || typeof json !== 'object' || !json.model) throw new Error('tokenizer.json: no "model" field; is this a tokenizer.json file?');
   const config = (source.tokenizerConfig ?? {}) as Json;
-  const tok = new Tokenizer(json, config);
+  let tok: Tokenizer;
+  try {
+    tok = new Tokenizer(json, config);
+    tok.encode('Hello, wörld 123 \u4f60\u597d');
+  } catch (err) {
+    // A malformed file fails deep inside the library (TypeError on a missing field): say which file.
+    throw new Error(`tokenizer.json: malformed; the tokenizer cannot be built from it (${(err as Error).message})`);
+  }
 
   const all = new Map<string, number>();
   const addedIds = new Set<number>();

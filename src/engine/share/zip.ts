@@ -99,6 +99,7 @@ export async function readZipEntry(src: ByteSource, e: ZipEntry): Promise<Uint8A
   const fail = (msg: string): never => {
     throw new ZipError(`${src.name}: '${e.name}': ${msg}`);
   };
+  if (e.localOffset + 30 > src.size) fail('local header lies past the end of the archive: truncated or damaged');
   const lh = await src.read(e.localOffset, 30);
   const lv = new DataView(lh.buffer, lh.byteOffset, 30);
   if (lv.getUint32(0, true) !== 0x04034b50) fail('local header is damaged');
@@ -121,8 +122,13 @@ export async function readZipEntry(src: ByteSource, e: ZipEntry): Promise<Uint8A
     });
     // Feed in slices so a lying entry is stopped after at most one slice of output past its declaration.
     const step = 1 << 16;
-    for (let i = 0; i < packed.length; i += step) inf.push(packed.subarray(i, Math.min(packed.length, i + step)), i + step >= packed.length);
-    if (packed.length === 0) inf.push(new Uint8Array(0), true);
+    try {
+      for (let i = 0; i < packed.length; i += step) inf.push(packed.subarray(i, Math.min(packed.length, i + step)), i + step >= packed.length);
+      if (packed.length === 0) inf.push(new Uint8Array(0), true);
+    } catch (err) {
+      if (err instanceof ZipError) throw err;
+      fail(`the compressed data is damaged (${(err as Error).message})`);
+    }
     if (!ended || filled !== e.size) fail(`inflated to ${filled} bytes, but declares ${e.size}: damaged`);
   }
   if (crc32(out) !== e.crc) fail('CRC mismatch: the archive is damaged');

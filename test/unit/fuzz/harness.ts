@@ -123,12 +123,22 @@ export function mutatedBytes(seed: Uint8Array): fc.Arbitrary<Uint8Array> {
         case 'truncate':
           b = b.slice(0, at);
           break;
-        case 'insert':
-          b = new Uint8Array([...b.subarray(0, at), ...m.bytes, ...b.subarray(at)]);
+        case 'insert': {
+          const out = new Uint8Array(b.length + m.bytes.length);
+          out.set(b.subarray(0, at));
+          out.set(m.bytes, at);
+          out.set(b.subarray(at), at + m.bytes.length);
+          b = out;
           break;
-        case 'delete':
-          b = new Uint8Array([...b.subarray(0, at), ...b.subarray(at + m.n)]);
+        }
+        case 'delete': {
+          const cut = Math.min(m.n, b.length - at);
+          const out = new Uint8Array(b.length - cut);
+          out.set(b.subarray(0, at));
+          out.set(b.subarray(at + cut), at);
+          b = out;
           break;
+        }
         case 'u64':
           if (at + 8 <= b.length) new DataView(b.buffer, b.byteOffset).setBigUint64(at, m.value, true);
           break;
