@@ -76,27 +76,94 @@ export interface ChatReply {
 }
 
 /**
+ * The system prompt a chat template puts in when the conversation has none (Qwen2.5's "You are Qwen,
+ * created by Alibaba Cloud…"), found by rendering: the conversation [user] must equal the conversation
+ * [system: S, user] with S replaced by the default. '' for a template whose system block is always there
+ * (Llama 3.2), null when the template adds none (or rejects a system turn).
+ */
+export function defaultSystemPrompt(tok: Pick<ChatTokenizer, 'applyChatTemplate'>, extra?: Record<string, unknown>): string | null {
+  const SENTINEL = '\u0001webtune-system\u0001';
+  const user = { role: 'user', content: '\u0001webtune-user\u0001' };
+  const opts = { addGenerationPrompt: true, ...(extra ? { extra } : {}) };
+  let without: string;
+  let withSystem: string;
+  try {
+    without = tok.applyChatTemplate([user], opts);
+    withSystem = tok.applyChatTemplate([{ role: 'system', content: SENTINEL }, user], opts);
+  } catch {
+    return null;
+  }
+  const at = withSystem.indexOf(SENTINEL);
+  if (at < 0) return null;
+  const before = withSystem.slice(0, at);
+  const after = withSystem.slice(at + SENTINEL.length);
+  if (without.length < before.length + after.length || !without.startsWith(before) || !without.endsWith(after)) return null;
+  return without.slice(before.length, without.length - after.length);
+}
+
+/**
+ * The eos_token_id of a generation_config.json (a number or a list, as transformers allows); [] when absent.
+ * A malformed value is an error naming the file and field.
+ */
+export function generationConfigEosIds(text: string, file = 'generation_config.json'): number[] {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${file}: not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof json !== 'object' || json === null) throw new Error(`${file}: not a JSON object`);
+  const eos = (json as Record<string, unknown>).eos_token_id;
+  if (eos === undefined || eos === null) return [];
+  const list = Array.isArray(eos) ? eos : [eos];
+  for (const e of list) if (typeof e !== 'number' || !Number.isInteger(e) || e < 0) throw new Error(`${file}: 'eos_token_id' ${JSON.stringify(eos)} holds something that is not a token id`);
+  return list as number[];
+}
+
+/** Stop ids of a chat: the tokenizer's (eos and the template's end-of-turn tokens) plus every eos list given (config.json, generation_config.json). */
+export function chatStopTokenIds(tok: Pick<ChatTokenizer, 'eosTokenIds'>, ...eosLists: (readonly number[])[]): number[] {
+  return [...new Set([...tok.eosTokenIds, ...eosLists.flat()])];
+}
+
+/** Tokens per second of a reply's decoding (the tokens after the first, which the prefill produced). */
+export function decodeTokensPerSecond(r: Pick<GenerationResult, 'tokens' | 'decodeMs'>): number {
+  return r.tokens.length > 1 && r.decodeMs > 0 ? ((r.tokens.length - 1) / r.decodeMs) * 1000 : 0;
+}
+
+/**
  * A multi-turn conversation: an editable system prompt, the turns so far, and a generator whose KV cache
  * keeps the rendered conversation between turns (only the new part is prefilled).
  */
 export class ChatSession {
+  /**
+   * The system prompt. Equal to the template's default (or '' when it has none): no system turn is sent,
+   * so the prompt is exactly what the template renders for training rows without one. Anything else
+   * (including '' over a default) is sent as the system turn.
+   */
   system: string;
   readonly messages: ChatMessage[] = [];
+  /** The template's own default system prompt (defaultSystemPrompt), null if it has none. */
+  readonly templateDefaultSystem: string | null;
 
   constructor(
     readonly generator: Generator,
     readonly tokenizer: ChatTokenizer,
-    opts: { system?: string; templateExtra?: Record<string, unknown> } = {},
+    opts: { system?: string; templateExtra?: Record<string, unknown>; stopTokenIds?: readonly number[] } = {},
   ) {
-    this.system = opts.system ?? '';
     this.templateExtra = opts.templateExtra;
+    this.stopTokenIds = [...(opts.stopTokenIds ?? tokenizer.eosTokenIds)];
+    this.templateDefaultSystem = defaultSystemPrompt(tokenizer, opts.templateExtra);
+    this.system = opts.system ?? this.templateDefaultSystem ?? '';
   }
 
   private readonly templateExtra: Record<string, unknown> | undefined;
+  /** Ids that end a reply (default: the tokenizer's eosTokenIds; see chatStopTokenIds). */
+  readonly stopTokenIds: readonly number[];
 
-  /** The conversation as the template sees it (system first when set). */
+  /** The conversation as the template sees it (the system turn first unless the template's default applies). */
   conversation(): ChatMessage[] {
-    return [...(this.system ? [{ role: 'system', content: this.system }] : []), ...this.messages];
+    const implicit = this.system === (this.templateDefaultSystem ?? '');
+    return [...(implicit ? [] : [{ role: 'system', content: this.system }]), ...this.messages];
   }
 
   clear(): void {
@@ -105,14 +172,16 @@ export class ChatSession {
 
   /**
    * Adds a user turn, generates the reply streaming its text through onText, and adds it as the assistant
-   * turn. Stop ids default to the tokenizer's eosTokenIds (eos and the end-of-turn tokens).
+   * turn — also when stopped early (signal, stop string, max tokens): the partial reply stays in the
+   * conversation. Stop ids default to the tokenizer's eosTokenIds (eos and the end-of-turn tokens; the
+   * model's generation_config eos list is folded in by the caller when it has one).
    */
   async send(user: string, settings: Partial<GenerationSettings> = {}, onText?: (delta: string) => void, signal?: AbortSignal): Promise<ChatReply> {
     this.messages.push({ role: 'user', content: user });
     try {
       const prompt = encodeChatPrompt(this.tokenizer, this.conversation(), this.templateExtra);
       const stream = new TextStream((ids) => this.tokenizer.decode(ids, { skipSpecialTokens: true }), settings.stopStrings ?? []);
-      const result = await this.generator.generate(prompt, { stopTokenIds: this.tokenizer.eosTokenIds, ...settings }, (id) => {
+      const result = await this.generator.generate(prompt, { stopTokenIds: [...this.stopTokenIds], ...settings }, (id) => {
         const { delta, stopped } = stream.push(id);
         if (delta) onText?.(delta);
         return stopped;

@@ -1,0 +1,73 @@
+/**
+ * The chat layer's template-side rules, without a GPU: the default system prompt a chat template injects
+ * (found by rendering), which system turn a ChatSession sends, and the stop ids (eos lists of
+ * generation_config.json included).
+ */
+import { describe, expect, it } from 'vitest';
+import { ChatSession, chatStopTokenIds, defaultSystemPrompt, generationConfigEosIds } from '../../../src/engine/generate/chat.ts';
+import type { Generator } from '../../../src/engine/generate/generator.ts';
+import { builtinTemplate } from '../../../src/data/templates.ts';
+import { realTokenizer } from '../data/helpers.ts';
+
+/** Qwen2.5-Instruct's template without its tools branch (tokenizer_config.json on the Hub). */
+const QWEN25 =
+  "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}" +
+  "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}{%- endif %}" +
+  "{%- for message in messages %}{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or (message.role == 'assistant') %}" +
+  "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}{%- endif %}{%- endfor %}" +
+  "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
+/** Llama 3.1/3.2-Instruct's shape: the system block is always there, the user's text after the dates. */
+const LLAMA32 =
+  "{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}{%- set messages = messages[1:] %}" +
+  "{%- else %}{%- set system_message = '' %}{%- endif %}" +
+  "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}{{- 'Cutting Knowledge Date: December 2023\\n' }}{{- 'Today Date: 26 Jul 2024\\n\\n' }}" +
+  "{{- system_message }}{{- '<|eot_id|>' }}{%- for message in messages %}" +
+  "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}{%- endfor %}" +
+  "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}";
+
+const noGenerator = null as unknown as Generator; // conversation() never touches the generator
+
+describe('chat templates and the system prompt', () => {
+  it('finds the default system prompt a template injects, and none where it injects none', () => {
+    const qwen3 = realTokenizer('qwen3');
+    expect(defaultSystemPrompt(qwen3.withChatTemplate(QWEN25))).toBe('You are Qwen, created by Alibaba Cloud. You are a helpful assistant.');
+    expect(defaultSystemPrompt(realTokenizer('llama3', LLAMA32))).toBe('');
+    expect(defaultSystemPrompt(qwen3)).toBeNull();
+    expect(defaultSystemPrompt(realTokenizer('llama3'))).toBeNull();
+    expect(defaultSystemPrompt(qwen3.withChatTemplate(builtinTemplate('chatml')))).toBeNull();
+    expect(defaultSystemPrompt(realTokenizer('llama3', builtinTemplate('llama2')))).toBeNull();
+    // A template that rejects a system turn (Gemma-style): no default, no crash.
+    expect(defaultSystemPrompt(qwen3.withChatTemplate("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"))).toBeNull();
+  }, 60_000); // loading two real tokenizers
+
+  it('sends no system turn for the default (the prompt training rendered), and the edited text otherwise', () => {
+    const tok = realTokenizer('qwen3').withChatTemplate(QWEN25);
+    const chat = new ChatSession(noGenerator, tok);
+    chat.messages.push({ role: 'user', content: 'Hi' });
+    expect(chat.system).toBe('You are Qwen, created by Alibaba Cloud. You are a helpful assistant.');
+    expect(chat.conversation()).toEqual([{ role: 'user', content: 'Hi' }]);
+    chat.system = 'You are terse.';
+    expect(chat.conversation()[0]).toEqual({ role: 'system', content: 'You are terse.' });
+    expect(tok.applyChatTemplate(chat.conversation(), { addGenerationPrompt: true })).toBe('<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n');
+    chat.system = ''; // over a default: an explicit empty system turn, so the default is really gone
+    expect(tok.applyChatTemplate(chat.conversation(), { addGenerationPrompt: true })).toBe('<|im_start|>system\n<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n');
+    const plain = new ChatSession(noGenerator, realTokenizer('qwen3'));
+    plain.messages.push({ role: 'user', content: 'Hi' });
+    expect(plain.system).toBe('');
+    expect(plain.conversation()).toEqual([{ role: 'user', content: 'Hi' }]);
+  }, 60_000);
+
+  it('stop ids: the tokenizer\'s end-of-turn tokens plus eos lists of config.json and generation_config.json', () => {
+    const tok = realTokenizer('llama3');
+    expect(generationConfigEosIds('{"eos_token_id": [128001, 128008, 128009], "do_sample": true}')).toEqual([128001, 128008, 128009]);
+    expect(generationConfigEosIds('{"eos_token_id": 2}')).toEqual([2]);
+    expect(generationConfigEosIds('{"temperature": 0.6}')).toEqual([]);
+    expect(() => generationConfigEosIds('{"eos_token_id": ["</s>"]}', 'm/generation_config.json')).toThrow(/m\/generation_config.json: 'eos_token_id'/);
+    expect(() => generationConfigEosIds('{oops', 'm/generation_config.json')).toThrow(/m\/generation_config.json: not valid JSON/);
+    const ids = chatStopTokenIds(tok, [128001], generationConfigEosIds('{"eos_token_id": [128001, 128008, 128009]}'));
+    for (const id of [...tok.eosTokenIds, 128001, 128008, 128009]) expect(ids).toContain(id);
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(new ChatSession(noGenerator, tok, { stopTokenIds: ids }).stopTokenIds).toEqual(ids);
+  }, 60_000);
+});
