@@ -3,10 +3,15 @@ import { customElement, property, state } from 'lit/decorators.js';
 import * as Comlink from 'comlink';
 import uPlot from 'uplot';
 import uplotCss from 'uplot/dist/uPlot.min.css?inline';
-import type { EvalAnswers, ModelInfo, TrainConfig, TrainProgress, TrainRow } from '../../engine/api.ts';
+import type { MemoryPlan, ModelInfo, RunEvent, TrainConfig, TrainProgress, TrainResult, TrainRow } from '../../engine/api.ts';
 import { formatBytes } from '../../engine/gpu/errors.ts';
 import { getEngine } from '../engine-client.ts';
 import { theme } from '../theme.ts';
+import { settingsStore, DEFAULT_TRAIN_SETTINGS, type TrainSettings } from '../store/settings.ts';
+import { RunHistory, applyRunEvent, isResumable, newRunId, newRunRecord, type RunRecord } from '../store/runs.ts';
+import '../runs/wt-memory-plan.ts';
+import '../runs/wt-runs-list.ts';
+import type { RunAction } from '../runs/wt-runs-list.ts';
 
 /** Presets in the spirit of XTuner's configs. */
 const PRESETS: Record<string, { label: string; config: Partial<TrainConfig> }> = {
@@ -26,7 +31,15 @@ const FIELDS: { key: keyof TrainConfig; label: string; help: string; step?: stri
   { key: 'warmupRatio', label: 'Warmup', help: 'fraction of steps with a rising learning rate', step: '0.01' },
 ];
 
-/** Training: presets and hyper-parameters, start/stop, live loss curve, tokens/s, ETA and GPU memory. */
+/** What the Start/Pause/Resume/Stop buttons can do right now. */
+type Phase = 'idle' | 'training' | 'pausing' | 'stopping';
+
+/**
+ * Training: presets and hyper-parameters (remembered across reloads), the memory plan against the budget,
+ * start / pause / resume / stop, live loss curve, tokens/s, ETA, GPU memory, evaluation answers, the
+ * run's checkpoints, and the runs history (re-open, resume, chat, export, delete). Each run is stored:
+ * its tensors and rows by the engine worker in OPFS, its record here in IndexedDB.
+ */
 @customElement('wt-train-section')
 export class WtTrainSection extends LitElement {
   static override styles = [
@@ -41,113 +54,316 @@ export class WtTrainSection extends LitElement {
       button { font: inherit; padding: 0.35rem 0.9rem; border-radius: var(--wt-radius); border: 1px solid var(--wt-accent); background: var(--wt-accent); color: var(--wt-accent-text); cursor: pointer; margin-right: 0.5rem; }
       button.secondary { background: transparent; color: var(--wt-accent); }
       button[disabled] { opacity: 0.5; cursor: not-allowed; }
+      .controls { display: flex; align-items: center; flex-wrap: wrap; gap: 0.4rem 0; min-height: 2.4rem; }
+      .phase { color: var(--wt-muted); font-size: 0.9rem; }
       .stats { display: flex; gap: 1.5rem; flex-wrap: wrap; font-variant-numeric: tabular-nums; margin: 0.6rem 0; min-height: 1.5rem; }
-      progress { width: 100%; }
-      .chart { min-height: 240px; }
+      progress { width: 100%; height: 0.9rem; }
+      .chart { height: 240px; }
       .error { color: var(--wt-error); white-space: pre-wrap; }
       .answers { display: grid; gap: 0.5rem; max-height: 20rem; overflow: auto; }
       .qa { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0.2rem 0 0.4rem 0.8rem; }
       textarea { font: inherit; }
       .muted { color: var(--wt-muted); }
+      .box { border: 1px solid var(--wt-border); border-radius: var(--wt-radius); padding: 0.6rem 0.9rem; margin: 0.8rem 0; }
+      .banner { border: 1px solid var(--wt-warn); border-radius: var(--wt-radius); padding: 0.5rem 0.9rem; margin: 0.6rem 0; }
+      h3 { margin: 0.2rem 0 0.5rem; font-size: 1rem; }
+      ul.ckpts { margin: 0; padding-left: 1.2rem; font-size: 0.88rem; font-variant-numeric: tabular-nums; }
     `,
   ];
 
   @property({ attribute: false }) model: ModelInfo | null = null;
   @property({ attribute: false }) rows: TrainRow[] | null = null;
-  @state() private config: Partial<TrainConfig> = { ...PRESETS.quick!.config };
-  @state() private running = false;
+  @state() private settings: TrainSettings = { ...DEFAULT_TRAIN_SETTINGS, config: { ...PRESETS.quick!.config } };
+  @state() private phase: Phase = 'idle';
+  /** The run shown: the one training, or one re-opened from the history. */
+  @state() private run: RunRecord | null = null;
+  @state() private runs: RunRecord[] = [];
   @state() private last: TrainProgress | null = null;
   @state() private error = '';
   @state() private done = '';
-  @state() private evalPrompts = 'Who are you?';
-  @state() private evalEvery = 4;
-  @state() private answers: EvalAnswers[] = [];
-  private losses: [number[], number[]] = [[], []];
+  @state() private plan: MemoryPlan | null = null;
+  @state() private planNote = '';
+  private readonly history = new RunHistory();
   private plot: uPlot | null = null;
+  private planTimer: ReturnType<typeof setTimeout> | undefined;
+  private saving: Promise<void> = Promise.resolve();
+
+  override connectedCallback(): void {
+    super.connectedCallback();
+    void this.restore();
+  }
+
+  /** The last form settings, and the runs history (a run still marked training was cut off by a closed tab). */
+  private async restore(): Promise<void> {
+    try {
+      const s = await settingsStore().load();
+      const preset = PRESETS[s.train.preset] ? s.train.preset : 'quick';
+      this.settings = { ...s.train, preset, config: { ...PRESETS[preset]!.config, ...s.train.config } };
+      this.runs = await this.history.markInterrupted();
+      const unfinished = this.runs.find(isResumable);
+      if (unfinished && !this.run) this.show(unfinished);
+    } catch (e) {
+      this.error = `could not read the saved settings or runs: ${e instanceof Error ? e.message : String(e)}`;
+    }
+  }
+
+  private saveSettings(patch: Partial<TrainSettings>): void {
+    this.settings = { ...this.settings, ...patch };
+    void settingsStore().save({ train: patch }).catch(() => undefined);
+    this.schedulePlan();
+  }
 
   private field(key: keyof TrainConfig, value: string): void {
-    this.config = { ...this.config, [key]: Number(value) };
+    this.saveSettings({ config: { ...this.settings.config, [key]: Number(value) } });
   }
+
+  // ---- memory plan
+
+  override updated(changed: Map<string, unknown>): void {
+    if (changed.has('model') || changed.has('rows')) this.schedulePlan();
+  }
+
+  private schedulePlan(): void {
+    clearTimeout(this.planTimer);
+    this.planTimer = setTimeout(() => void this.computePlan(), 150);
+  }
+
+  private async computePlan(): Promise<void> {
+    if (!this.model || !this.rows?.length) {
+      this.plan = null;
+      this.planNote = '';
+      return;
+    }
+    const seqLen = Math.max(...this.rows.map((r) => r.inputIds.length));
+    try {
+      this.plan = await getEngine().planTraining(this.settings.config, seqLen, this.settings.budgetGiB * 2 ** 30);
+      this.planNote = '';
+    } catch (e) {
+      this.plan = null;
+      this.planNote = `No memory plan: ${e instanceof Error ? e.message : String(e)}`;
+    }
+  }
+
+  // ---- the chart
 
   private chart(): void {
     const host = this.renderRoot.querySelector<HTMLElement>('.chart');
     if (!host) return;
+    const c = this.run?.curve ?? { step: [], loss: [] };
+    const data: uPlot.AlignedData = [c.step, c.loss];
+    host.dataset.steps = c.step.join(',');
     if (!this.plot) {
-      this.plot = new uPlot({ width: Math.max(320, host.clientWidth || 640), height: 220, scales: { x: { time: false } }, series: [{ label: 'step' }, { label: 'loss', stroke: '#3158d4', width: 2 }], axes: [{}, {}] }, this.losses, host);
-    } else this.plot.setData(this.losses);
+      this.plot = new uPlot({ width: Math.max(320, host.clientWidth || 640), height: 220, scales: { x: { time: false } }, series: [{ label: 'step' }, { label: 'loss', stroke: '#3158d4', width: 2 }], axes: [{}, {}] }, data, host);
+    } else this.plot.setData(data);
+  }
+
+  private show(r: RunRecord | null): void {
+    this.run = r;
+    this.last = null;
+    this.done = '';
+    void this.updateComplete.then(() => this.chart());
+  }
+
+  // ---- run lifecycle
+
+  /** Records an event of the run in training: the shown record, the list, IndexedDB (in order). */
+  private onEvent(e: RunEvent): void {
+    if (!this.run) return;
+    this.run = applyRunEvent(this.run, e);
+    if (e.type === 'progress') this.last = e.progress;
+    this.persist(this.run);
+    this.chart();
+  }
+
+  private persist(r: RunRecord): void {
+    this.runs = [r, ...this.runs.filter((x) => x.id !== r.id)].sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+    this.saving = this.saving.then(() => this.history.put(r)).catch((e: unknown) => {
+      this.error = `could not save the run's record: ${e instanceof Error ? e.message : String(e)}`;
+    });
+  }
+
+  private evaluation() {
+    return { prompts: this.settings.evalPrompts.split('\n').map((l) => l.trim()).filter(Boolean), every: this.settings.evalEvery };
   }
 
   private async start(): Promise<void> {
-    if (!this.rows) return;
-    this.running = true;
-    this.error = '';
-    this.done = '';
-    this.losses = [[], []];
-    this.answers = [];
+    if (!this.rows || !this.model) return;
+    const run = newRunRecord({
+      id: newRunId(),
+      modelId: this.model.id,
+      config: { ...this.settings.config },
+      evaluation: this.evaluation(),
+      checkpointPolicy: { everySteps: this.settings.checkpointEverySteps, everyMinutes: this.settings.checkpointEveryMinutes },
+    });
     this.plot?.destroy();
     this.plot = null;
+    this.show(run);
+    this.persist(run);
+    await this.drive(run, (onEvent) => getEngine().trainRun(this.rows!, run.config, { runId: run.id, evaluation: run.evaluation, checkpoint: run.checkpointPolicy }, onEvent));
+  }
+
+  private async resume(id: string): Promise<void> {
+    const run = this.runs.find((r) => r.id === id) ?? (await this.history.get(id));
+    if (!run) return;
+    this.plot?.destroy();
+    this.plot = null;
+    this.show(run);
+    await this.drive(run, (onEvent) => getEngine().resumeRun({ runId: run.id, evaluation: run.evaluation, checkpoint: run.checkpointPolicy }, onEvent));
+  }
+
+  private async drive(run: RunRecord, call: (onEvent: (e: RunEvent) => void) => Promise<TrainResult>): Promise<void> {
+    this.phase = 'training';
+    this.error = '';
+    this.done = '';
     try {
-      const result = await getEngine().train(
-        this.rows,
-        this.config,
-        Comlink.proxy((p: TrainProgress) => {
-          this.last = p;
-          this.losses[0].push(p.step);
-          this.losses[1].push(p.loss);
-          this.chart();
-        }),
-        { prompts: this.evalPrompts.split('\n').map((l) => l.trim()).filter(Boolean), every: this.evalEvery },
-        Comlink.proxy((a: EvalAnswers) => (this.answers = [...this.answers, a])),
-      );
-      this.done = `${result.stopped ? 'Stopped' : 'Finished'} after ${result.steps} steps; final loss ${result.finalLoss.toFixed(4)}. Try it in Chat, or export it in Share.`;
+      const result = await call(Comlink.proxy((e: RunEvent) => this.onEvent(e)));
+      const status = result.paused ? 'paused' : result.stopped ? 'stopped' : 'finished';
+      this.run = { ...this.run!, status, finalLoss: Number.isFinite(result.finalLoss) ? result.finalLoss : null, updatedAt: new Date().toISOString() };
+      this.persist(this.run);
+      this.done = result.paused
+        ? `Paused at step ${result.steps}: checkpoint saved. Resume any time, also after closing the tab.`
+        : `${result.stopped ? 'Stopped' : 'Finished'} after ${result.steps} steps; final loss ${result.finalLoss.toFixed(4)}. Try it in Chat, or export it in Share.`;
       this.dispatchEvent(new CustomEvent('adapter-trained', { detail: result, bubbles: true, composed: true }));
     } catch (e) {
       this.error = e instanceof Error ? e.message : String(e);
+      if (this.run?.id === run.id) {
+        this.run = { ...this.run, status: 'failed', error: this.error, updatedAt: new Date().toISOString() };
+        this.persist(this.run);
+      }
     } finally {
-      this.running = false;
+      this.phase = 'idle';
     }
+  }
+
+  private async action(action: RunAction, id: string): Promise<void> {
+    const r = this.runs.find((x) => x.id === id);
+    if (!r) return;
+    this.error = '';
+    try {
+      switch (action) {
+        case 'open':
+          this.plot?.destroy();
+          this.plot = null;
+          this.show(r);
+          break;
+        case 'resume':
+          await this.resume(id);
+          break;
+        case 'chat': {
+          const at = await getEngine().openRun(id);
+          this.dispatchEvent(new CustomEvent('adapter-trained', { detail: { steps: at.step, runId: id }, bubbles: true, composed: true }));
+          location.hash = '#/chat';
+          break;
+        }
+        case 'export': {
+          const zip = await getEngine().exportRunAdapter(id);
+          const a = document.createElement('a');
+          a.href = URL.createObjectURL(new Blob([zip as Uint8Array<ArrayBuffer>], { type: 'application/zip' }));
+          a.download = `${id}-lora-adapter.zip`;
+          a.click();
+          setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+          break;
+        }
+        case 'delete':
+          if (!confirm(`Delete run ${id} with its checkpoints and adapter? This cannot be undone.`)) return;
+          await getEngine().deleteRun(id);
+          await this.history.delete(id);
+          this.runs = this.runs.filter((x) => x.id !== id);
+          if (this.run?.id === id) this.show(null);
+          break;
+      }
+    } catch (e) {
+      this.error = e instanceof Error ? e.message : String(e);
+    }
+  }
+
+  private pause(): void {
+    this.phase = 'pausing';
+    void getEngine().pauseTraining();
+  }
+
+  private stop(): void {
+    this.phase = 'stopping';
+    void getEngine().stopTraining();
+  }
+
+  // ---- view
+
+  private renderControls() {
+    const ready = !!this.model && !!this.rows?.length;
+    const busy = this.phase !== 'idle';
+    const resumable = this.run && !busy && isResumable(this.run) ? this.run : null;
+    const phaseText = { idle: '', training: 'training…', pausing: 'pausing after this step (saving a checkpoint)…', stopping: 'stopping after this step…' }[this.phase];
+    return html`<div class="controls">
+      <button data-testid="train-start" ?disabled=${!ready || busy} @click=${() => void this.start()}>Start training</button>
+      <button class="secondary" data-testid="train-pause" ?disabled=${this.phase !== 'training'} @click=${() => this.pause()}>Pause</button>
+      <button class="secondary" data-testid="train-resume" ?disabled=${!resumable} @click=${() => resumable && void this.resume(resumable.id)}>Resume</button>
+      <button class="secondary" data-testid="train-stop" ?disabled=${this.phase !== 'training' && this.phase !== 'pausing'} @click=${() => this.stop()}>Stop</button>
+      <span class="phase" data-testid="train-phase">${phaseText}</span>
+    </div>`;
   }
 
   override render() {
     const p = this.last;
-    const ready = !!this.model && !!this.rows?.length;
+    const run = this.run;
+    const busy = this.phase !== 'idle';
+    const s = this.settings;
+    const resumable = !busy ? this.runs.filter(isResumable) : [];
     return html`
+      ${resumable.length && !(run && run.id === resumable[0]!.id && this.done)
+        ? html`<div class="banner" data-testid="resume-banner">Run ${resumable[0]!.id} stopped at step ${resumable[0]!.step}/${resumable[0]!.totalSteps} (${resumable[0]!.status}).
+            <button data-testid="banner-resume" @click=${() => void this.resume(resumable[0]!.id)}>Resume</button></div>`
+        : nothing}
       ${!this.model ? html`<p class="muted">Load a model in the Model section first.</p>` : nothing}
-      ${this.model && !this.rows?.length ? html`<p class="muted">Prepare a dataset in the Data section first.</p>` : nothing}
+      ${this.model && !this.rows?.length ? html`<p class="muted">Prepare a dataset in the Data section first (or resume a stored run below).</p>` : nothing}
       ${this.rows?.length ? html`<p data-testid="train-rows">${this.rows.length} rows of training data.</p>` : nothing}
       <label>Preset
-        <select @change=${(e: Event) => (this.config = { ...PRESETS[(e.target as HTMLSelectElement).value]!.config })} ?disabled=${this.running}>
-          ${Object.entries(PRESETS).map(([id, pr]) => html`<option value=${id}>${pr.label}</option>`)}
+        <select .value=${s.preset} ?disabled=${busy} @change=${(e: Event) => {
+          const preset = (e.target as HTMLSelectElement).value;
+          this.saveSettings({ preset, config: { ...PRESETS[preset]!.config } });
+        }}>
+          ${Object.entries(PRESETS).map(([id, pr]) => html`<option value=${id} ?selected=${id === s.preset}>${pr.label}</option>`)}
         </select>
       </label>
       <div class="grid">
         ${FIELDS.map(
-          (f) => html`<label>${f.label}<input type="number" step=${f.step ?? '1'} .value=${String(this.config[f.key] ?? '')} ?disabled=${this.running}
-              @change=${(e: Event) => this.field(f.key, (e.target as HTMLInputElement).value)} /><small>${f.help}</small></label>`,
+          (f) => html`<label>${f.label}<input type="number" step=${f.step ?? '1'} .value=${String(s.config[f.key] ?? '')} ?disabled=${busy}
+              data-testid="field-${f.key}" @change=${(e: Event) => this.field(f.key, (e.target as HTMLInputElement).value)} /><small>${f.help}</small></label>`,
         )}
       </div>
       <div class="grid">
-        <label>Evaluation prompts<textarea rows="2" .value=${this.evalPrompts} ?disabled=${this.running} @change=${(e: Event) => (this.evalPrompts = (e.target as HTMLTextAreaElement).value)}></textarea>
+        <label>Evaluation prompts<textarea rows="2" data-testid="eval-prompts" .value=${s.evalPrompts} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ evalPrompts: (e.target as HTMLTextAreaElement).value })}></textarea>
           <small>one per line; answered by the model in training (XTuner's evaluation_inputs)</small></label>
-        <label>Every N steps<input type="number" min="1" .value=${String(this.evalEvery)} ?disabled=${this.running} @change=${(e: Event) => (this.evalEvery = Number((e.target as HTMLInputElement).value))} /><small>and at the last step</small></label>
+        <label>Every N steps<input type="number" min="1" .value=${String(s.evalEvery)} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ evalEvery: Math.max(1, Number((e.target as HTMLInputElement).value)) })} /><small>and at the last step</small></label>
+        <label>Checkpoint every N steps<input type="number" min="0" data-testid="ckpt-steps" .value=${String(s.checkpointEverySteps)} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ checkpointEverySteps: Math.max(0, Number((e.target as HTMLInputElement).value)) })} /><small>to the browser's storage; also on pause, stop and at the end (0: only then)</small></label>
+        <label>…or every N minutes<input type="number" min="0" step="any" .value=${String(s.checkpointEveryMinutes)} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ checkpointEveryMinutes: Math.max(0, Number((e.target as HTMLInputElement).value)) })} /><small>whichever comes first</small></label>
+        <label>GPU memory budget (GiB)<input type="number" min="0.25" step="0.25" data-testid="budget" .value=${String(s.budgetGiB)} @change=${(e: Event) => this.saveSettings({ budgetGiB: Math.max(0.25, Number((e.target as HTMLInputElement).value)) })} /><small>what the memory plan is checked against</small></label>
       </div>
-      <button data-testid="train-start" ?disabled=${!ready || this.running} @click=${() => void this.start()}>Start training</button>
-      <button class="secondary" data-testid="train-stop" ?disabled=${!this.running} @click=${() => void getEngine().stopTraining()}>Stop</button>
-      ${p ? html`<progress max=${p.totalSteps} .value=${p.step}></progress>` : nothing}
+      <div class="box"><wt-memory-plan .plan=${this.plan} .note=${this.planNote}></wt-memory-plan></div>
+      ${this.renderControls()}
+      <progress max=${run?.totalSteps || 1} .value=${run?.step ?? 0}></progress>
       <div class="stats" data-testid="train-stats">
+        ${run ? html`<span data-testid="train-step">step ${run.step}/${run.totalSteps || '?'}</span>` : nothing}
+        ${run && run.curve.loss.length ? html`<span>loss <strong data-testid="train-loss">${run.curve.loss[run.curve.loss.length - 1]!.toFixed(4)}</strong></span>` : nothing}
         ${p
-          ? html`<span>step ${p.step}/${p.totalSteps}</span><span>loss <strong data-testid="train-loss">${p.loss.toFixed(4)}</strong></span><span>lr ${p.lr.toExponential(2)}</span>
-              <span>${p.tokensPerSecond.toFixed(0)} tokens/s</span><span>ETA ${Math.round(p.etaSeconds)} s</span><span>GPU ${formatBytes(p.liveBytes)}</span>`
+          ? html`<span>lr ${p.lr.toExponential(2)}</span><span>${p.tokensPerSecond.toFixed(0)} tokens/s</span><span>ETA ${Math.round(p.etaSeconds)} s</span><span>GPU ${formatBytes(p.liveBytes)}</span>`
           : nothing}
       </div>
-      <div class="chart"></div>
-      ${this.answers.length
-        ? html`<h3>Evaluation answers</h3><div class="answers" data-testid="eval-answers">${this.answers.map(
+      <div class="chart" data-testid="train-chart"></div>
+      ${run?.checkpoints.length
+        ? html`<div class="box"><h3>Checkpoints</h3><ul class="ckpts" data-testid="checkpoints">${run.checkpoints.map(
+            (c, i) => html`<li>step ${c.step} · ${new Date(c.savedAt).toLocaleTimeString()} · ${formatBytes(c.bytes)} ${i === run.checkpoints.length - 1 ? html`<strong>(current)</strong>` : html`<span class="muted">(replaced)</span>`}</li>`,
+          )}</ul></div>`
+        : nothing}
+      ${run?.answers.length
+        ? html`<h3>Evaluation answers</h3><div class="answers" data-testid="eval-answers">${run.answers.map(
             (a) => html`<div><strong>step ${a.step}</strong>${a.answers.map((x) => html`<div class="qa"><span class="muted">› ${x.prompt}</span><br />${x.answer}</div>`)}</div>`,
           )}</div>`
         : nothing}
       ${this.done ? html`<p data-testid="train-done">${this.done}</p>` : nothing}
-      ${this.error ? html`<p class="error">${this.error}</p>` : nothing}
+      ${this.error ? html`<p class="error" data-testid="train-error">${this.error}</p>` : nothing}
+      ${run?.error && run.status !== 'failed' ? html`<p class="error">${run.error}</p>` : nothing}
+      <div class="box"><h3>Runs</h3><wt-runs-list .runs=${this.runs} ?busy=${busy} .selected=${run?.id ?? ''} @run-action=${(e: CustomEvent<{ action: RunAction; id: string }>) => void this.action(e.detail.action, e.detail.id)}></wt-runs-list></div>
     `;
   }
 }
