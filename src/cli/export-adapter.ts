@@ -8,6 +8,7 @@ import { loraToGguf, ollamaModelfile } from '../engine/share/gguf.ts';
 import { loadTokenizer } from '../data/tokenizer.ts';
 import { tokenizerSourceFromFiles } from '../data/tokenizer-files.ts';
 import { readTokenizerDir } from './prepare.ts';
+import { defaultSystemPrompt } from '../engine/generate/chat.ts';
 
 export const exportAdapterCommand: CliCommand = {
   summary: 'package a PEFT adapter as a shareable zip, a GGUF LoRA (llama.cpp) or an Ollama Modelfile',
@@ -38,7 +39,7 @@ ollama: adapter.gguf plus a Modelfile (FROM <base gguf>, ADAPTER, TEMPLATE, stop
         await writeFile(join(values.out, 'adapter.gguf'), loraToGguf(spec, adapter.config, adapter.tensors));
         console.log(`wrote ${join(values.out, 'adapter.gguf')}`);
         if (values.format === 'ollama') {
-          await writeFile(join(values.out, 'Modelfile'), ollamaModelfile({ from: values.from!, adapter: './adapter.gguf', chatTemplate: tokenizerSrc.chatTemplate ?? null, family: spec.family, stopStrings }));
+          await writeFile(join(values.out, 'Modelfile'), ollamaModelfile({ from: values.from!, adapter: './adapter.gguf', chatTemplate: tok.chatTemplate, family: spec.family, stopStrings, defaultSystem: defaultSystemPrompt(tok) }));
           console.log(`wrote ${join(values.out, 'Modelfile')}`);
         }
         return 0;

@@ -358,7 +358,7 @@ export function loraToGguf(spec: ModelSpec, config: PeftLoraConfig, tensors: Rea
 
 export type TemplateKind = 'chatml' | 'llama3';
 
-/** Which Go template matches a Jinja chat template (by its turn markers). */
+/** Which Go template matches a Jinja chat template (by its turn markers; no template: the family's usual one). */
 export function templateKind(chatTemplate: string | null, family: ModelFamily): TemplateKind | null {
   if (chatTemplate?.includes('<|start_header_id|>')) return 'llama3';
   if (chatTemplate?.includes('<|im_start|>')) return 'chatml';
@@ -366,34 +366,83 @@ export function templateKind(chatTemplate: string | null, family: ModelFamily): 
   return null;
 }
 
-const GO_TEMPLATES: Record<TemplateKind, { template: string; stops: string[] }> = {
-  chatml: {
-    template:
-      '{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}' +
-      '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n',
-    stops: ['<|im_end|>', '<|im_start|>'],
-  },
-  llama3: {
-    template:
-      '{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}' +
-      '{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n',
-    stops: ['<|eot_id|>', '<|start_header_id|>', '<|end_header_id|>'],
-  },
+/**
+ * Ollama's Go templates (text/template over .System, .Messages with .Role/.Content) rendering what the Jinja
+ * templates render with add_generation_prompt: Ollama keeps system turns inside .Messages as well as in
+ * .System, so the range skips them; the generation prompt follows a last user turn, and a last assistant
+ * turn stays open (Ollama's continuation). The bos token is not written: llama.cpp adds it from the GGUF.
+ */
+function goTemplate(kind: TemplateKind, chatTemplate: string | null): string {
+  if (kind === 'chatml') {
+    return [
+      '{{- if .System }}<|im_start|>system',
+      '{{ .System }}<|im_end|>',
+      '{{ end }}',
+      '{{- range $i, $_ := .Messages }}',
+      '{{- $last := eq (len (slice $.Messages $i)) 1 }}',
+      '{{- if eq .Role "user" }}<|im_start|>user',
+      '{{ .Content }}<|im_end|>',
+      '{{ if $last }}<|im_start|>assistant',
+      '{{ end }}',
+      '{{- else if eq .Role "assistant" }}<|im_start|>assistant',
+      '{{ .Content }}{{ if not $last }}<|im_end|>',
+      '{{ end }}',
+      '{{- end }}',
+      '{{- end }}',
+    ].join('\n');
+  }
+  // Llama 3.1 / 3.2 always open with a system block carrying the knowledge-cutoff lines (the date is the
+  // template's own fallback when strftime_now is absent); Llama 3.0 writes one only for a system prompt.
+  const dated = chatTemplate?.includes('Cutting Knowledge Date') ?? false;
+  const system = dated
+    ? ['<|start_header_id|>system<|end_header_id|>', '', 'Cutting Knowledge Date: December 2023', 'Today Date: 26 Jul 2024', '', '{{ if .System }}{{ .System }}{{ end }}<|eot_id|>']
+    : ['{{- if .System }}<|start_header_id|>system<|end_header_id|>', '', '{{ .System }}<|eot_id|>', '{{- end }}'];
+  return [
+    ...system,
+    '{{- range $i, $_ := .Messages }}',
+    '{{- $last := eq (len (slice $.Messages $i)) 1 }}',
+    '{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>',
+    '',
+    '{{ .Content }}<|eot_id|>{{ if $last }}<|start_header_id|>assistant<|end_header_id|>',
+    '',
+    '{{ end }}',
+    '{{- else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>',
+    '',
+    '{{ .Content }}{{ if not $last }}<|eot_id|>{{ end }}',
+    '{{- end }}',
+    '{{- end }}',
+  ].join('\n');
+}
+
+const GO_STOPS: Record<TemplateKind, string[]> = {
+  chatml: ['<|im_end|>', '<|im_start|>'],
+  llama3: ['<|eot_id|>', '<|start_header_id|>', '<|end_header_id|>'],
 };
 
-/** FROM the base (an Ollama model name or a GGUF path), ADAPTER the GGUF LoRA, TEMPLATE and stop parameters of the training template. */
-export function ollamaModelfile(o: { from: string; adapter: string; chatTemplate: string | null; family: ModelFamily; stopStrings?: readonly string[]; system?: string }): string {
+/** A Modelfile string argument: """…""" unless the text holds """ itself (then a JSON-style quoted string). */
+function modelfileString(s: string): string {
+  return s.includes('"""') ? JSON.stringify(s) : `"""${s}"""`;
+}
+
+/**
+ * FROM the base (an Ollama model name or a GGUF path), ADAPTER the GGUF LoRA, TEMPLATE (Go) and stop
+ * parameters matching the training chat template, and SYSTEM: `system` if given, else the template's own
+ * default system prompt (`defaultSystem`, e.g. Qwen2.5's) so that Ollama renders what training rendered.
+ * Chat templates other than ChatML and Llama 3 get a comment asking for a hand-written TEMPLATE.
+ */
+export function ollamaModelfile(o: { from: string; adapter: string; chatTemplate: string | null; family: ModelFamily; stopStrings?: readonly string[]; system?: string; defaultSystem?: string | null }): string {
   const kind = templateKind(o.chatTemplate, o.family);
   const lines = [`FROM ${o.from}`, `ADAPTER ${o.adapter}`];
   const stops = new Set<string>();
   if (kind) {
-    lines.push(`TEMPLATE """${GO_TEMPLATES[kind].template}"""`);
-    for (const s of GO_TEMPLATES[kind].stops) stops.add(s);
+    lines.push(`TEMPLATE ${modelfileString(goTemplate(kind, o.chatTemplate))}`);
+    for (const s of GO_STOPS[kind]) stops.add(s);
   } else {
-    lines.push('# The training chat template has no built-in Go equivalent here: write TEMPLATE by hand from chat_template.jinja.');
+    lines.push('# The training chat template is neither ChatML nor Llama 3: write TEMPLATE by hand from chat_template.jinja.');
   }
-  for (const s of o.stopStrings ?? []) stops.add(s);
-  if (o.system) lines.push(`SYSTEM """${o.system}"""`);
+  for (const s of o.stopStrings ?? []) if (s) stops.add(s);
+  const system = o.system ?? o.defaultSystem ?? '';
+  if (system) lines.push(`SYSTEM ${modelfileString(system)}`);
   for (const s of stops) lines.push(`PARAMETER stop ${JSON.stringify(s)}`);
   return lines.join('\n') + '\n';
 }

@@ -4,7 +4,7 @@ import { fileSource } from '../../../src/node/files.ts';
 import { parseModelConfig, type ModelSpec } from '../../../src/engine/model/config.ts';
 import { expectedLoraTensors, loraModules, peftKey, readPeftAdapter, type PeftLoraConfig, type PeftTensor } from '../../../src/engine/model/peft.ts';
 import { unpackWqkv } from '../../../src/engine/model/weights.ts';
-import { GgmlType, GgufValueType, ggufPermuteRows, loraToGguf, ollamaModelfile, readGguf, writeGguf } from '../../../src/engine/share/gguf.ts';
+import { GgmlType, GgufValueType, ggufPermuteRows, loraToGguf, readGguf, writeGguf } from '../../../src/engine/share/gguf.ts';
 import { fixturesDir } from '../../helpers/fixtures.ts';
 import { freshSeed, randn, relError, rng } from '../../helpers/numeric.ts';
 
@@ -122,16 +122,5 @@ describe('GGUF', () => {
       const w2 = tensors.get(peftKey('internlm2', l, 'w2', 'B'))!;
       expect(g.tensors.get(`blk.${l}.ffn_down.weight.lora_b`)!.data).toEqual(w2.data);
     }
-  });
-
-  it('Ollama Modelfile: FROM, ADAPTER, Go TEMPLATE and stop parameters for ChatML and Llama 3', () => {
-    const chatml = ollamaModelfile({ from: 'qwen2.5:0.5b', adapter: './adapter.gguf', chatTemplate: '{% for m in messages %}<|im_start|>{{ m.role }}…', family: 'qwen2' });
-    expect(chatml).toContain('FROM qwen2.5:0.5b\nADAPTER ./adapter.gguf\nTEMPLATE """');
-    expect(chatml).toContain('{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n');
-    expect(chatml).toContain('PARAMETER stop "<|im_end|>"');
-    const l3 = ollamaModelfile({ from: 'llama3.2:1b', adapter: 'a.gguf', chatTemplate: '<|start_header_id|>…', family: 'llama', stopStrings: ['<|eot_id|>', '<|end_of_text|>'] });
-    expect(l3).toContain('<|start_header_id|>assistant<|end_header_id|>\n\n"""');
-    expect(l3.match(/PARAMETER stop "<\|eot_id\|>"/g)!.length).toBe(1);
-    expect(l3).toContain('PARAMETER stop "<|end_of_text|>"');
   });
 });
