@@ -17,7 +17,7 @@ import { CheckpointIndex } from '../engine/model/weights.ts';
 import { loadBaseWeights, releaseBaseWeights } from '../engine/model/base-weights.ts';
 import { formatBytes } from '../engine/gpu/errors.ts';
 import { Generator } from '../engine/generate/generator.ts';
-import { ChatSession } from '../engine/generate/chat.ts';
+import { ChatSession, chatStopTokenIds, decodeTokensPerSecond, generationConfigEosIds } from '../engine/generate/chat.ts';
 import { loadLoraAdapter } from '../engine/generate/adapter.ts';
 import { DEFAULT_SETTINGS, validateSettings, type GenerationSettings } from '../engine/generate/settings.ts';
 
@@ -25,13 +25,14 @@ const d = DEFAULT_SETTINGS;
 const usage = `Usage: npm run cli -- chat --model <dir> [--adapter <dir>] [--prompt "..."] [options]
 
 Chats with a model: interactive (one line per turn; /reset clears the conversation, /system <text> sets
-the system prompt, /quit or Ctrl-D ends) or one-shot with --prompt. Tokens stream to stdout.
+the system prompt, /quit or Ctrl-D ends) or one-shot with --prompt. Tokens stream to stdout. Ctrl-C stops
+the answer being generated (the partial answer stays in the conversation); at the prompt it ends.
 
   --model <dir>             Hugging Face checkpoint folder (config.json, model.safetensors or shards,
                             tokenizer.json or tokenizer.model, tokenizer_config.json, chat template)
   --adapter <dir>           PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)
   --prompt <text>           one-shot: answer this and exit
-  --system <text>           system prompt
+  --system <text>           system prompt (default: the chat template's own, if it has one)
   --f32                     keep the base in f32 instead of 4-bit
   --temperature <x>         0 = greedy (default ${d.temperature})
   --top-p <x>               (default ${d.topP})
@@ -39,7 +40,8 @@ the system prompt, /quit or Ctrl-D ends) or one-shot with --prompt. Tokens strea
   --repetition-penalty <x>  (default ${d.repetitionPenalty})
   --seed <n>                sampling seed (default ${d.seed})
   --max-new-tokens <n>      (default ${d.maxNewTokens})
-  --stop <text>             stop string (repeatable); the template's end-of-turn tokens always stop
+  --stop <text>             stop string (repeatable); the template's end-of-turn tokens and the eos ids of
+                            config.json / generation_config.json always stop
   --max-tokens <n>          KV-cache size: conversation tokens kept on the GPU (default 4096)
   --no-thinking             pass enable_thinking=false to the template (Qwen3)`;
 
@@ -100,20 +102,30 @@ export const chatCommand: CliCommand = {
     }
     const gen = await Generator.create(ctx, weights, { maxTokens, lora: adapter?.lora ?? null });
     const info = `${spec.architecture}, ${spec.layers} layers; base ${values.f32 ? 'f32' : '4-bit'}${adapter ? ` + LoRA r=${adapter.lora.layout.rank}` : ''}; ${formatBytes(ctx.pool.liveBytes)} on ${ctx.adapter.vendor || 'the GPU'} ${ctx.adapter.device}`.trim();
-    const chat = new ChatSession(gen, tok, { ...(values.system ? { system: values.system } : {}), ...(values['no-thinking'] ? { templateExtra: { enable_thinking: false } } : {}) });
+    const genConfig = join(values.model, 'generation_config.json');
+    const stopTokenIds = chatStopTokenIds(tok, spec.eosTokenIds, existsSync(genConfig) ? generationConfigEosIds(readFileSync(genConfig, 'utf8'), genConfig) : []);
+    const chat = new ChatSession(gen, tok, { stopTokenIds, ...(values.system !== undefined ? { system: values.system } : {}), ...(values['no-thinking'] ? { templateExtra: { enable_thinking: false } } : {}) });
+    // Ctrl-C: stops the answer being generated; otherwise ends the program. In a terminal readline reads
+    // Ctrl-C itself (raw mode) and emits 'SIGINT' on the interface, not on the process: both are handled.
+    let answering: AbortController | null = null;
+    let rl: ReturnType<typeof createInterface> | null = null;
+    const onInterrupt = () => {
+      if (answering) answering.abort();
+      else if (rl) rl.close();
+      else process.exit(130);
+    };
+    process.on('SIGINT', onInterrupt);
     const say = async (text: string) => {
       const ac = new AbortController();
-      const onSigint = () => ac.abort();
-      process.once('SIGINT', onSigint);
+      answering = ac;
       try {
         const { result } = await chat.send(text, settings, (delta) => process.stdout.write(delta), ac.signal);
-        const tps = result.tokens.length > 1 ? ((result.tokens.length - 1) / result.decodeMs) * 1000 : 0;
         process.stdout.write('\n');
         console.error(
-          `[${result.tokens.length} tokens, ${result.finishReason}; prompt ${result.promptTokens} (${result.reusedTokens} cached) in ${result.prefillMs.toFixed(0)} ms; ${tps.toFixed(1)} tokens/s]`,
+          `[${result.tokens.length} tokens, ${result.finishReason === 'abort' ? 'stopped' : result.finishReason}; prompt ${result.promptTokens} (${result.reusedTokens} cached) in ${result.prefillMs.toFixed(0)} ms; ${decodeTokensPerSecond(result).toFixed(1)} tokens/s]`,
         );
       } finally {
-        process.off('SIGINT', onSigint);
+        answering = null;
       }
     };
     try {
@@ -122,7 +134,8 @@ export const chatCommand: CliCommand = {
         return 0;
       }
       console.error(`${info}\n/reset clears the conversation, /system <text> sets the system prompt, /quit ends; Ctrl-C stops a reply.`);
-      const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY ?? false, prompt: '> ' });
+      rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY ?? false, prompt: '> ' });
+      rl.on('SIGINT', onInterrupt);
       try {
         rl.prompt();
         // The line iterator buffers input typed (or piped) while a reply is being generated.
@@ -141,6 +154,7 @@ export const chatCommand: CliCommand = {
       }
       return 0;
     } finally {
+      process.off('SIGINT', onInterrupt);
       gen.release();
       adapter?.release();
       releaseBaseWeights(ctx, weights);
