@@ -13,6 +13,7 @@ import './sections/wt-share-section.ts';
 import type { ModelInfo, TokenizerSource, TrainRow } from '../engine/api.ts';
 import type { DatasetReadyDetail } from './data/wt-data-section.ts';
 import { getEngine } from './engine-client.ts';
+import { settingsStore } from './store/settings.ts';
 
 export const SECTIONS = [
   { id: 'model', title: 'Model', needsGpu: true, intro: 'Pick a 1.8B-class chat model from the Hugging Face Hub, a local folder, or the offline demo model. Weights are quantized to 4 bits as they load.' },
@@ -54,6 +55,8 @@ export class WtApp extends LitElement {
   @state() private tokenizer: TokenizerSource | null = null;
   @state() private rows: TrainRow[] | null = null;
   @state() private tuned = false;
+  /** Runs that can be resumed (the Train section reports them): the Train tab shows a mark. */
+  @state() private resumableRuns = 0;
 
   /** The offline demo model is the default: ready as soon as the GPU is, unless a model was chosen. */
   private onGpu(status: GpuStatus): void {
@@ -73,11 +76,23 @@ export class WtApp extends LitElement {
     this.tokenizer = await getEngine().tokenizerSource();
   }
 
-  private onHash = () => (this.section = sectionFromHash());
+  private onHash = () => {
+    this.section = sectionFromHash();
+    void settingsStore().save({ section: this.section }).catch(() => undefined);
+  };
 
   override connectedCallback(): void {
     super.connectedCallback();
     window.addEventListener('hashchange', this.onHash);
+    // Without a #/section in the address, open the section the user was in last time.
+    if (!location.hash) {
+      void settingsStore()
+        .load()
+        .then((s) => {
+          if (!location.hash && s.section && SECTIONS.some((x) => x.id === s.section)) location.hash = `#/${s.section}`;
+        })
+        .catch(() => undefined);
+    }
   }
 
   override disconnectedCallback(): void {
@@ -92,7 +107,7 @@ export class WtApp extends LitElement {
       case 'data':
         return html`<wt-data-section .tokenizerSource=${this.tokenizer} @dataset-ready=${(e: CustomEvent<DatasetReadyDetail>) => (this.rows = e.detail.train)}></wt-data-section>`;
       case 'train':
-        return html`<wt-train-section .model=${this.model} .rows=${this.rows} @adapter-trained=${() => (this.tuned = true)}></wt-train-section>`;
+        return html`<wt-train-section .model=${this.model} .rows=${this.rows} @adapter-trained=${() => (this.tuned = true)} @runs-changed=${(e: CustomEvent<{ resumable: number }>) => (this.resumableRuns = e.detail.resumable)}></wt-train-section>`;
       case 'chat':
         return html`<wt-chat-section .model=${this.model} ?tuned=${this.tuned}></wt-chat-section>`;
       case 'share':
@@ -109,7 +124,7 @@ export class WtApp extends LitElement {
       <header>
         <h1>WebTune<span>fine-tune on your own GPU</span></h1>
         <nav aria-label="Sections">
-          ${SECTIONS.map((s) => html`<a href="#/${s.id}" data-testid="tab-${s.id}" aria-current=${s.id === this.section ? 'page' : 'false'}>${s.title}</a>`)}
+          ${SECTIONS.map((s) => html`<a href="#/${s.id}" data-testid="tab-${s.id}" aria-current=${s.id === this.section ? 'page' : 'false'}>${s.title}${s.id === 'train' && this.resumableRuns ? html` <span title="an unfinished training run can be resumed" aria-label="(a run can be resumed)">●</span>` : nothing}</a>`)}
         </nav>
         <wt-gpu-badge @gpu-status=${(e: CustomEvent<GpuStatus>) => this.onGpu(e.detail)}></wt-gpu-badge>
       </header>

@@ -78,6 +78,8 @@ export class WtTrainSection extends LitElement {
   /** The run shown: the one training, or one re-opened from the history. */
   @state() private run: RunRecord | null = null;
   @state() private runs: RunRecord[] = [];
+  /** The record of the run training now (it may not be the one shown: any run can be re-opened meanwhile). */
+  private active: RunRecord | null = null;
   @state() private last: TrainProgress | null = null;
   @state() private error = '';
   @state() private done = '';
@@ -121,6 +123,10 @@ export class WtTrainSection extends LitElement {
 
   override updated(changed: Map<string, unknown>): void {
     if (changed.has('model') || changed.has('rows')) this.schedulePlan();
+    if (changed.has('runs') || changed.has('phase')) {
+      const resumable = this.phase === 'idle' ? this.runs.filter(isResumable).length : 0;
+      this.dispatchEvent(new CustomEvent('runs-changed', { detail: { resumable }, bubbles: true, composed: true }));
+    }
   }
 
   private schedulePlan(): void {
@@ -168,11 +174,23 @@ export class WtTrainSection extends LitElement {
 
   /** Records an event of the run in training: the shown record, the list, IndexedDB (in order). */
   private onEvent(e: RunEvent): void {
-    if (!this.run) return;
-    this.run = applyRunEvent(this.run, e);
+    if (!this.active) return;
+    const shown = this.run?.id === this.active.id;
+    this.active = applyRunEvent(this.active, e);
+    this.persist(this.active);
+    if (!shown) return;
+    this.run = this.active;
     if (e.type === 'progress') this.last = e.progress;
-    this.persist(this.run);
     this.chart();
+  }
+
+  /** Ends the active run's record with a status, showing it if it is the run on screen. */
+  private settle(patch: Partial<RunRecord>): void {
+    if (!this.active) return;
+    this.active = { ...this.active, ...patch, updatedAt: new Date().toISOString() };
+    this.persist(this.active);
+    if (this.run?.id === this.active.id) this.run = this.active;
+    this.active = null;
   }
 
   private persist(r: RunRecord): void {
@@ -215,21 +233,17 @@ export class WtTrainSection extends LitElement {
     this.phase = 'training';
     this.error = '';
     this.done = '';
+    this.active = run;
     try {
       const result = await call(Comlink.proxy((e: RunEvent) => this.onEvent(e)));
-      const status = result.paused ? 'paused' : result.stopped ? 'stopped' : 'finished';
-      this.run = { ...this.run!, status, finalLoss: Number.isFinite(result.finalLoss) ? result.finalLoss : null, updatedAt: new Date().toISOString() };
-      this.persist(this.run);
+      this.settle({ status: result.paused ? 'paused' : result.stopped ? 'stopped' : 'finished', finalLoss: Number.isFinite(result.finalLoss) ? result.finalLoss : null });
       this.done = result.paused
         ? `Paused at step ${result.steps}: checkpoint saved. Resume any time, also after closing the tab.`
         : `${result.stopped ? 'Stopped' : 'Finished'} after ${result.steps} steps; final loss ${result.finalLoss.toFixed(4)}. Try it in Chat, or export it in Share.`;
       this.dispatchEvent(new CustomEvent('adapter-trained', { detail: result, bubbles: true, composed: true }));
     } catch (e) {
       this.error = e instanceof Error ? e.message : String(e);
-      if (this.run?.id === run.id) {
-        this.run = { ...this.run, status: 'failed', error: this.error, updatedAt: new Date().toISOString() };
-        this.persist(this.run);
-      }
+      this.settle({ status: 'failed', error: this.error });
     } finally {
       this.phase = 'idle';
     }
