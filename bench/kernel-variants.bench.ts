@@ -60,7 +60,7 @@ async function matmulVariants(ctx: GpuContext): Promise<BenchRow[]> {
     ['pref tk16', { prefetch: true, tileK: 16 }],
     ['pref tk8 kc', { prefetch: true, tileK: 8, kcontig: true }],
     ['pref tk16 kc', { prefetch: true, tileK: 16, kcontig: true }],
-    ['narrow pref tk32 kc', { prefetch: true, tileK: 32, kcontig: true, tile: 'narrow' }],
+    ['pref tk32 kc', { prefetch: true, tileK: 32, kcontig: true }],
   ];
   for (const [name, M, N, K, transA, transB] of shapes) {
     const A = ctx.tensor('A', transA ? [K, M] : [M, K]);

@@ -71,16 +71,18 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       const dY = tensor('dY', [T, N], 0.01);
       const dX = tensor('dX', [T, K], 0);
       const f32Fwd = await time([await prepareMatmul(ctx, X, wf, Y, { M: T, N, K }, { transB: true })]);
-      const q4Fwd = await time(await prepareQ4Matmul(ctx, X, W, Y, T));
+      const q4Fwd = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: false }));
       rows.push({ name: `${tag} f32 fwd X·Wᵀ`, ms: f32Fwd, flops, bytes: N * K * 4 });
       rows.push({ name: `${tag} q4 fwd X·Wᵀ`, ms: q4Fwd, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4Fwd, f32Fwd)}` });
       // k-contiguous tiles (no transposes on load): candidates for the default.
-      const f32FwdKc = await time([await prepareMatmul(ctx, X, wf, Y, { M: T, N, K }, { transB: true, kcontig: true })]);
+      const f32FwdKc = await time([await prepareMatmul(ctx, X, wf, Y, { M: T, N, K }, { transB: true, kcontig: true, tileK: 16 })]);
       const q4FwdKc = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: true }));
       rows.push({ name: `${tag} f32 fwd X·Wᵀ kc`, ms: f32FwdKc, flops, bytes: N * K * 4, note: `vs f32 ${pct(f32FwdKc, f32Fwd)}` });
       rows.push({ name: `${tag} q4 fwd X·Wᵀ kc`, ms: q4FwdKc, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4FwdKc, f32Fwd)}, vs f32 kc ${pct(q4FwdKc, f32FwdKc)}` });
       const f32Dx = await time([await prepareMatmul(ctx, dY, wf, dX, { M: T, N: K, K: N })]);
       const q4Dx = await time(await prepareQ4MatmulDx(ctx, dY, W, dX, T));
+      const q4DxOld = await time(await prepareQ4MatmulDx(ctx, dY, W, dX, T, false, { prefetch: false }));
+      rows.push({ name: `${tag} q4 dX = dY·W (no prefetch)`, ms: q4DxOld, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4DxOld, f32Dx)}` });
       rows.push({ name: `${tag} f32 dX = dY·W`, ms: f32Dx, flops, bytes: N * K * 4 });
       rows.push({ name: `${tag} q4 dX = dY·W`, ms: q4Dx, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4Dx, f32Dx)}` });
       if (!isHead) {

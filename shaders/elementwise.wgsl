@@ -111,11 +111,22 @@ fn bias_backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
   }
 }
 
-@compute @workgroup_size(WG)
+// The same (column, lane) layout over the chunks: lane l sums chunks l, l + LANES, ... in order, then the
+// lanes are combined in order (a fixed summation order: deterministic), so no thread walks all chunks.
+@compute @workgroup_size(COLS * LANES)
 fn bias_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let c = wg.x * WG + lid;
-  if (c >= params.dim) { return; }
-  var t = V(0.0);
-  for (var k = 0u; k < params.chunks; k++) { t += partial_in[k * params.dim + c]; }
-  dbias[c] = dbias[c] + t;
+  let c_local = lid % COLS;
+  let lane = lid / COLS;
+  let c = wg.x * COLS + c_local;
+  var s = V(0.0);
+  if (c < params.dim) {
+    for (var k = lane; k < params.chunks; k += LANES) { s += partial_in[k * params.dim + c]; }
+  }
+  lane_sums[lane * COLS + c_local] = s;
+  workgroupBarrier();
+  if (lane == 0u && c < params.dim) {
+    var t = lane_sums[c_local];
+    for (var l = 1u; l < LANES; l++) { t += lane_sums[l * COLS + c_local]; }
+    dbias[c] = dbias[c] + t;
+  }
 }

@@ -70,6 +70,11 @@ fn embedding_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 var<workgroup> scan: array<u32, WG>;
 var<workgroup> match_token: array<u32, WG>;
 var<workgroup> match_row: array<u32, WG>;
+// "Some token of this chunk hits this group's rows": most chunks hit nothing (a group owns a few dozen of
+// ~100k rows), and they skip the prefix sum's barriers. Three slots used round-robin so that a slot is
+// reset (chunk i resets slot (i+1) % 3) only after every thread has read it (at chunk i-2, before the
+// barriers of chunk i-1).
+var<workgroup> chunk_hit: array<u32, 3>;
 
 @compute @workgroup_size(WG)
 fn embedding_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -77,8 +82,14 @@ fn embedding_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
   let r0 = g * params.rows_per_group;
   let r1 = min(r0 + params.rows_per_group, params.row_count);
   let hu = params.hidden_units;
+  if (lid < 3u) { chunk_hit[lid] = 0u; }
+  workgroupBarrier();
+  var chunk = 0u;
   for (var base = 0u; base < params.tokens; base += WG) {
     let t = base + lid;
+    let slot = chunk % 3u;
+    if (lid == 0u) { chunk_hit[(chunk + 1u) % 3u] = 0u; }
+    chunk += 1u;
     var hit = 0u;
     var row = 0u;
     if (t < params.tokens && r0 < r1) {
@@ -88,7 +99,9 @@ fn embedding_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
         row = u32(local);
       }
     }
-    // Inclusive prefix sum of the hit flags (Hillis–Steele): slot = rank among this chunk's hits.
+    if (hit == 1u) { chunk_hit[slot] = 1u; }
+    if (workgroupUniformLoad(&chunk_hit[slot]) == 0u) { continue; }
+    // Inclusive prefix sum of the hit flags (Hillis–Steele): rank among this chunk's hits.
     scan[lid] = hit;
     workgroupBarrier();
     for (var off = 1u; off < WG; off = off * 2u) {
@@ -99,9 +112,9 @@ fn embedding_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
       workgroupBarrier();
     }
     if (hit == 1u) {
-      let slot = scan[lid] - 1u;
-      match_token[slot] = t;
-      match_row[slot] = row;
+      let rank = scan[lid] - 1u;
+      match_token[rank] = t;
+      match_row[rank] = row;
     }
     let count = workgroupUniformLoad(&scan[WG - 1u]);   // also a barrier: the matches are visible
     for (var m = 0u; m < count; m++) {

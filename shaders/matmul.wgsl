@@ -59,9 +59,15 @@ override TILE_K: u32 = 16u;
 // Tile layouts. k-major (the default): tile[k][m], one vec4 = 4 neighbouring rows at one k; an operand
 // stored k-contiguous in global memory must be transposed on its way in. KC_A / KC_B (with PREFETCH, for
 // operands stored k-contiguous: A [M, K], B [N, K]) keep the global layout instead: tile[row][k], one vec4
-// = 4 consecutive k of one row, no transpose, every load and store a whole vec4. A row is TILE_K floats
-// plus one vec4 of padding, so 8 consecutive rows read as vec4 land on 8 distinct bank quads.
-override KC_ROW: u32 = TILE_K / 4u + 1u;
+// = 4 consecutive k of one row, no transpose, every load and store a whole vec4. 8 consecutive rows read
+// as vec4 must land on 8 distinct bank quads: rows of 8 or 16 k get one vec4 of padding; rows of 32 k
+// (8 vec4, all 32 banks) are XOR-swizzled instead (vec4 q of row r at q ^ (r & 7)), which keeps two
+// 128×32 tiles within 32 KiB.
+override KC_ROW: u32 = TILE_K / 4u + select(1u, 0u, TILE_K >= 32u);
+fn kc_at(row: u32, kq: u32) -> u32 {
+  if (TILE_K >= 32u) { return row * KC_ROW + (kq ^ (row & 7u)); }
+  return row * KC_ROW + kq;
+}
 #if KC_A
 var<workgroup> tile_a: array<vec4<f32>, TILE_M * KC_ROW>;
 #else
@@ -284,7 +290,7 @@ fn fetch_kc(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, is_a: bool, base: u3
     (*reg)[u] = x;
   }
 }
-fn kc_index(slot: u32) -> u32 { return (slot / (TILE_K / 4u)) * KC_ROW + slot % (TILE_K / 4u); }
+fn kc_index(slot: u32) -> u32 { return kc_at(slot / (TILE_K / 4u), slot % (TILE_K / 4u)); }
 
 fn commit_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
 #if KC_A
@@ -409,10 +415,10 @@ fn matmul(
     // A k-contiguous: each vec4 read is 4 k of one row; 4 k-steps per round of reads.
     for (var kq = 0u; kq < TILE_K / 4u; kq++) {
       var ra: array<vec4<f32>, THREAD_M>;
-      for (var i = 0u; i < THREAD_M; i++) { ra[i] = tile_a[tile_row(i, lid.y) * KC_ROW + kq]; }
+      for (var i = 0u; i < THREAD_M; i++) { ra[i] = tile_a[kc_at(tile_row(i, lid.y), kq)]; }
 #if KC_B
       for (var j = 0u; j < THREAD_N; j++) {
-        let bv = tile_b[tile_col(j, lid.x) * KC_ROW + kq];
+        let bv = tile_b[kc_at(tile_col(j, lid.x), kq)];
         for (var i = 0u; i < THREAD_M; i++) {
           var s = acc[i][j];
           s = fma(ra[i].x, bv.x, s);

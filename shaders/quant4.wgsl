@@ -252,6 +252,69 @@ fn mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_M>>
   }
 }
 
+#if OP == dx && PREFETCH
+// Register-staged dX (VEC4 and WIDE): the next step's dY tile is fetched as 4×4 blocks (4 rows m × 4 n,
+// threads below DX_A_BLOCKS) and transposed in registers, so every store to the reduction-major tile is a
+// whole vec4 with neighbouring threads on neighbouring vec4s; the W tile as one vec4 of codes (32 k of
+// one row n) per thread below DX_W_SLOTS, dequantised into 8 vec4 stores, rows fastest across threads so
+// the padded row stride spreads them over distinct banks.
+const DX_A_BLOCKS: u32 = (TILE_M / 4u) * (TR / 4u);
+const DX_W_SLOTS: u32 = TR * (TILE_N / 32u);
+
+fn dx_fetch(pa: ptr<function, array<vec4<f32>, 4>>, pq: ptr<function, vec4<u32>>, ps: ptr<function, u32>, row0: u32, col0: u32, r0: u32, tid: u32) {
+  let N = params.N;
+  if (tid < DX_A_BLOCKS) {
+    let mq = tid % (TILE_M / 4u);
+    let n = r0 + (tid / (TILE_M / 4u)) * 4u;
+    for (var r = 0u; r < 4u; r++) {
+      let m = row0 + mq * 4u + r;
+      var v = vec4<f32>(0.0);
+      if (m < params.M && n < N) {
+        v = x[(m * params.ldy + params.off + n) / 4u];
+        v = select(v, vec4<f32>(0.0), vec4<u32>(n) + vec4<u32>(0u, 1u, 2u, 3u) >= vec4<u32>(N));
+      }
+      (*pa)[r] = v;
+    }
+  }
+  if (tid < DX_W_SLOTS) {
+    let n = r0 + tid % TR;
+    let k = col0 + 32u * (tid / TR);
+    *pq = vec4<u32>(0u);
+    *ps = 0u;
+    if (n < N && k < params.K) {
+      let at = n * params.K + k;
+      *pq = q[at / 32u];
+      *ps = sm[at / GROUP];
+    }
+  }
+}
+
+fn dx_commit(pa: ptr<function, array<vec4<f32>, 4>>, pq: vec4<u32>, ps: u32, tid: u32) {
+  if (tid < DX_A_BLOCKS) {
+    let mq = tid % (TILE_M / 4u);
+    let nq = tid / (TILE_M / 4u);
+    let b0 = (*pa)[0];
+    let b1 = (*pa)[1];
+    let b2 = (*pa)[2];
+    let b3 = (*pa)[3];
+    tile_a[((nq * 4u) * SA) / 4u + mq] = vec4<f32>(b0.x, b1.x, b2.x, b3.x);
+    tile_a[((nq * 4u + 1u) * SA) / 4u + mq] = vec4<f32>(b0.y, b1.y, b2.y, b3.y);
+    tile_a[((nq * 4u + 2u) * SA) / 4u + mq] = vec4<f32>(b0.z, b1.z, b2.z, b3.z);
+    tile_a[((nq * 4u + 3u) * SA) / 4u + mq] = vec4<f32>(b0.w, b1.w, b2.w, b3.w);
+  }
+  if (tid < DX_W_SLOTS) {
+    let nn = tid % TR;
+    let c0 = 32u * (tid / TR);
+    let sc = group_scale(ps);
+    for (var i = 0u; i < 4u; i++) {
+      let v = dequant8(pq[i], sc);
+      tile_b[(nn * SB + c0 + 8u * i) / 4u] = v[0];
+      tile_b[(nn * SB + c0 + 8u * i + 4u) / 4u] = v[1];
+    }
+  }
+}
+#endif
+
 @compute @workgroup_size(WG_X, WG_Y)
 #if OP == matmul
 fn q4_matmul(
@@ -322,6 +385,18 @@ fn q4_matmul_dx(
     workgroupBarrier();
   }
 #endif
+#elif PREFETCH
+  var pa: array<vec4<f32>, 4>;
+  var pq = vec4<u32>(0u);
+  var ps = 0u;
+  dx_fetch(&pa, &pq, &ps, row0, col0, 0u, tid);
+  for (var r0 = 0u; r0 < N; r0 += TR) {
+    dx_commit(&pa, pq, ps, tid);
+    workgroupBarrier();
+    if (r0 + TR < N) { dx_fetch(&pa, &pq, &ps, row0, col0, r0 + TR, tid); }
+    mac(lid, &acc);
+    workgroupBarrier();
+  }
 #else
   for (var r0 = 0u; r0 < N; r0 += TR) {
     // dY tile [TILE_M, TR n] of this block's columns.
@@ -390,25 +465,24 @@ fn q4_matmul_dx(
 
 #if OP == matmul && KC && WIDE
 // The forward with k-contiguous tiles (KC): X rows and W rows both stay k-contiguous in workgroup memory,
-// [row][32 k] as 8 vec4, so nothing is transposed on the way in: one vec4 of codes dequantises into 8
-// whole-vec4 stores. The 8 vec4 of a row are XOR-swizzled (vec4 q of row r at slot q ^ (r & 7)) so that
-// 8 neighbouring rows reading the same k quad hit 8 distinct bank quads without padding: the two 16 KiB
-// tiles fill the 32 KiB of workgroup memory exactly. Register-staged: the next step's 4 vec4 of X and
-// vec4 of codes per thread are fetched while the current step is multiplied (4-bit codes make that
-// prefetch cheap). Threads own rows i·16 + lid.y and columns j·16 + lid.x (neighbouring threads read
-// neighbouring rows).
-var<workgroup> kc_x: array<vec4<f32>, TILE_M * 8u>;
-var<workgroup> kc_w: array<vec4<f32>, TILE_N * 8u>;
-const KC_X_SLOTS: u32 = TILE_M * 8u / THREADS;
-
-fn kc_at(row: u32, kq: u32) -> u32 { return row * 8u + (kq ^ (row & 7u)); }
+// [row][16 k] as 4 vec4 plus one vec4 of padding (8 neighbouring rows reading the same k quad hit 8
+// distinct bank quads), so nothing is transposed on the way in: two code words dequantise into 4
+// whole-vec4 stores. Register-staged: the next step's 2 vec4 of X per thread and, for threads below
+// TILE_N, the two code words + scale word of one W row are fetched while the current step is multiplied.
+// Threads own rows i·16 + lid.y and columns j·16 + lid.x (neighbouring threads read neighbouring rows).
+// 16 k per step measured faster than 32 (swizzled, 32 KiB of tiles) on the H100, as for matmul.wgsl.
+const KC_DEPTH: u32 = 16u;
+const KC_ROW: u32 = KC_DEPTH / 4u + 1u;
+var<workgroup> kc_x: array<vec4<f32>, TILE_M * KC_ROW>;
+var<workgroup> kc_w: array<vec4<f32>, TILE_N * KC_ROW>;
+const KC_X_SLOTS: u32 = TILE_M * (KC_DEPTH / 4u) / THREADS;
 
 fn kc_mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_M>>) {
-  for (var kq = 0u; kq < 8u; kq++) {
+  for (var kq = 0u; kq < KC_DEPTH / 4u; kq++) {
     var ra: array<vec4<f32>, THREAD_M>;
-    for (var i = 0u; i < THREAD_M; i++) { ra[i] = kc_x[kc_at(i * WG_Y + lid.y, kq)]; }
+    for (var i = 0u; i < THREAD_M; i++) { ra[i] = kc_x[(i * WG_Y + lid.y) * KC_ROW + kq]; }
     for (var j = 0u; j < THREAD_N; j++) {
-      let bv = kc_w[kc_at(j * WG_X + lid.x, kq)];
+      let bv = kc_w[(j * WG_X + lid.x) * KC_ROW + kq];
       for (var i = 0u; i < THREAD_M; i++) {
         var s = (*acc)[i][j];
         s = fma(ra[i].x, bv.x, s);
@@ -418,6 +492,26 @@ fn kc_mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_
         (*acc)[i][j] = s;
       }
     }
+  }
+}
+
+// Stages step k0: X slot u of this thread is (row (u·THREADS + tid) / 4, k quad % 4); threads below TILE_N
+// also take the two code words of W row col0 + tid covering [k0, k0 + 16) and its group's scale word (rows
+// past N keep zero codes and a zero scale word, which dequantise to zeros).
+fn kc_fetch(px: ptr<function, array<vec4<f32>, KC_X_SLOTS>>, pq: ptr<function, vec2<u32>>, ps: ptr<function, u32>, row0: u32, col0: u32, k0: u32, tid: u32) {
+  let K = params.K;
+  for (var u = 0u; u < KC_X_SLOTS; u++) {
+    let slot = u * THREADS + tid;
+    let m = row0 + slot / 4u;
+    var v = vec4<f32>(0.0);
+    if (m < params.M) { v = x[(m * K + k0) / 4u + slot % 4u]; }
+    (*px)[u] = v;
+  }
+  if (tid < TILE_N && col0 + tid < params.N) {
+    let at = (col0 + tid) * K + k0;
+    let codes = q[at / 32u];
+    *pq = select(codes.zw, codes.xy, (k0 & 16u) == 0u);
+    *ps = sm[at / GROUP];
   }
 }
 
@@ -436,75 +530,49 @@ fn q4_matmul_kc(
   for (var i = 0u; i < THREAD_M; i++) {
     for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = 0.0; }
   }
-  // Staged next step: X slot u of this thread is (row (u·THREADS + tid) / 8, k quad % 8); threads below
-  // TILE_N also hold the codes + scale word of W row col0 + tid (a zero scale word dequantises to zeros).
   var px: array<vec4<f32>, KC_X_SLOTS>;
-  var pq = vec4<u32>(0u);
+  var pq = vec2<u32>(0u);
   var ps = 0u;
-  for (var r0 = 0u; r0 < K; r0 += 32u) {
-    if (r0 == 0u) {
-      for (var u = 0u; u < KC_X_SLOTS; u++) {
-        let slot = u * THREADS + tid;
-        let m = row0 + slot / 8u;
-        px[u] = vec4<f32>(0.0);
-        if (m < M) { px[u] = x[(m * K) / 4u + slot % 8u]; }
-      }
-      if (tid < TILE_N && col0 + tid < N) {
-        let at = (col0 + tid) * K;
-        pq = q[at / 32u];
-        ps = sm[at / GROUP];
-      }
-    }
+  kc_fetch(&px, &pq, &ps, row0, col0, 0u, tid);
+  for (var k0 = 0u; k0 < K; k0 += KC_DEPTH) {
     for (var u = 0u; u < KC_X_SLOTS; u++) {
       let slot = u * THREADS + tid;
-      kc_x[kc_at(slot / 8u, slot % 8u)] = px[u];
+      kc_x[(slot / 4u) * KC_ROW + slot % 4u] = px[u];
     }
     if (tid < TILE_N) {
       let sc = group_scale(ps);
-      for (var c = 0u; c < 4u; c++) {
-        let v = dequant8(pq[c], sc);
-        kc_w[kc_at(tid, 2u * c)] = v[0];
-        kc_w[kc_at(tid, 2u * c + 1u)] = v[1];
-      }
+      let lo = dequant8(pq.x, sc);
+      let hi = dequant8(pq.y, sc);
+      kc_w[tid * KC_ROW] = lo[0];
+      kc_w[tid * KC_ROW + 1u] = lo[1];
+      kc_w[tid * KC_ROW + 2u] = hi[0];
+      kc_w[tid * KC_ROW + 3u] = hi[1];
     }
     workgroupBarrier();
-    let next = r0 + 32u;
-    if (next < K) {
-      for (var u = 0u; u < KC_X_SLOTS; u++) {
-        let slot = u * THREADS + tid;
-        let m = row0 + slot / 8u;
-        px[u] = vec4<f32>(0.0);
-        if (m < M) { px[u] = x[(m * K + next) / 4u + slot % 8u]; }
-      }
-      if (tid < TILE_N && col0 + tid < N) {
-        let at = (col0 + tid) * K + next;
-        pq = q[at / 32u];
-        ps = sm[at / GROUP];
-      }
-    }
+    if (k0 + KC_DEPTH < K) { kc_fetch(&px, &pq, &ps, row0, col0, k0 + KC_DEPTH, tid); }
     kc_mac(lid, &acc);
     workgroupBarrier();
   }
 #if LORA
   // The adapter term s·U·Bᵀ as R more reduction steps over [s·U | B] (both k-contiguous): Y is written once.
-  for (var r0 = 0u; r0 < params.R; r0 += 32u) {
-    for (var idx = tid; idx < TILE_M * 32u; idx += THREADS) {
-      let rr = idx % 32u;
-      let mm = idx / 32u;
+  for (var r0 = 0u; r0 < params.R; r0 += KC_DEPTH) {
+    for (var idx = tid; idx < TILE_M * KC_DEPTH; idx += THREADS) {
+      let rr = idx % KC_DEPTH;
+      let mm = idx / KC_DEPTH;
       let m = row0 + mm;
       let r = r0 + rr;
       var v = 0.0;
       if (m < M && r < params.R) { v = params.s * lu[m * params.R + r]; }
-      kc_x[kc_at(mm, rr / 4u)][rr % 4u] = v;
+      kc_x[mm * KC_ROW + rr / 4u][rr % 4u] = v;
     }
-    for (var idx = tid; idx < TILE_N * 32u; idx += THREADS) {
-      let rr = idx % 32u;
-      let nn = idx / 32u;
+    for (var idx = tid; idx < TILE_N * KC_DEPTH; idx += THREADS) {
+      let rr = idx % KC_DEPTH;
+      let nn = idx / KC_DEPTH;
       let n = col0 + nn;
       let r = r0 + rr;
       var v = 0.0;
       if (n < N && r < params.R) { v = lb[(params.b_row0 + n) * params.R + r]; }
-      kc_w[kc_at(nn, rr / 4u)][rr % 4u] = v;
+      kc_w[nn * KC_ROW + rr / 4u][rr % 4u] = v;
     }
     workgroupBarrier();
     kc_mac(lid, &acc);
@@ -523,7 +591,6 @@ fn q4_matmul_kc(
 }
 #endif
 
-// ------------------------------------------------------------------------------------------------
 #if OP == gemv
 
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;    // X [M, K], M ≤ 8

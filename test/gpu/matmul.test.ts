@@ -47,7 +47,7 @@ describe('matmul (tiled f32)', () => {
   // Register-staged loads and the k-contiguous tile layouts (both operands 16-byte loadable, ragged edges).
   for (const transB of [false, true])
     for (const [M, N, K] of [[36, 44, 52], [260, 132, 20], [130, 68, 252]] as const)
-      for (const [tile, tileK, kcontig] of [['wide', 8, false], ['wide', 8, true], ['narrow', 16, true], ['narrow', 32, true]] as const)
+      for (const [tile, tileK, kcontig] of [['wide', 8, false], ['wide', 8, true], ['narrow', 16, true], ['narrow', 32, true], ['wide', 32, true]] as const)
         it(`A·${transB ? 'Bᵀ' : 'B'} M=${M} N=${N} K=${K} ${tile} prefetch tk${tileK}${kcontig ? ' k-contiguous tiles' : ''}`, async () => {
           const ctx = await gpu();
           const seed = freshSeed();

@@ -263,6 +263,8 @@ describe('q4 matmul backward dX = dY·W (against float64 on the dequantized weig
     [130, 67, 192, 24], // first block writes, later blocks add
     [5, 200, 64, undefined],
     [131, 100, 192, 36, 'wide'], // K not a multiple of the 128 tile
+    [70, 100, 128, 50, 'wide'], // a 16-byte-loaded block of 50 rows: the last dY vec4 straddles the block's end
+    [200, 96, 256, undefined, 'wide'],
   ];
   for (const [M, N, K, rpb, tile] of CASES) {
     it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${tile ? ` ${tile}` : ''}`, async () => {

@@ -7,7 +7,7 @@ export const ELEMENTWISE_SHADER = { name: 'elementwise.wgsl', code: elementwiseW
 
 const WG = 256;
 /** bias_backward tiling: COLS columns (units) × LANES row lanes per workgroup, CHUNK_ROWS rows per partial. */
-const BIAS_BWD = { COLS: 64, LANES: 4 };
+const BIAS_BWD = { COLS: 32, LANES: 8 };
 const CHUNK_ROWS = 64;
 
 function check(op: string, what: string, t: Tensor, need: number): void {
@@ -113,12 +113,12 @@ export async function prepareBiasBackward(ctx: GpuContext, dy: Tensor, dbias: Te
   const defines = { VEC4: vec4 };
   const p = params(ctx, label, { n: 0, dim: units, rows, chunkRows: CHUNK_ROWS, chunks });
   const partial = await ctx.pipeline({ shader: ELEMENTWISE_SHADER, entryPoint: 'bias_backward_partial', defines, constants: BIAS_BWD });
-  const reduce = await ctx.pipeline({ shader: ELEMENTWISE_SHADER, entryPoint: 'bias_backward_reduce', defines, constants: { WG } });
+  const reduce = await ctx.pipeline({ shader: ELEMENTWISE_SHADER, entryPoint: 'bias_backward_reduce', defines, constants: BIAS_BWD });
   const colBlocks = Math.ceil(units / BIAS_BWD.COLS);
   if (colBlocks > ctx.limits.maxComputeWorkgroupsPerDimension || chunks > ctx.limits.maxComputeWorkgroupsPerDimension) throw new Error(`${label}: too many workgroups`);
   return [
     { label: `${label} partial`, pipeline: partial, bindGroup: ctx.bindGroup(`${label} partial`, partial, [p, dy, scratch]), workgroups: [colBlocks, chunks, 1] },
-    { label: `${label} reduce`, pipeline: reduce, bindGroup: ctx.bindGroup(`${label} reduce`, reduce, [p, scratch, dbias]), workgroups: [Math.ceil(units / WG), 1, 1] },
+    { label: `${label} reduce`, pipeline: reduce, bindGroup: ctx.bindGroup(`${label} reduce`, reduce, [p, scratch, dbias]), workgroups: [colBlocks, 1, 1] },
   ];
 }
 
