@@ -8,7 +8,7 @@ import type { EngineApi, GpuStatus, MatmulRequest, MatmulResult } from '../src/e
 import { GpuContext } from '../src/engine/gpu/context.ts';
 import { GpuUnavailableError } from '../src/engine/gpu/errors.ts';
 import { matmul } from '../src/engine/kernels/matmul.ts';
-import { EngineSession } from '../src/engine/session.ts';
+import { EngineSession, type DeviceLossReport } from '../src/engine/session.ts';
 import { opfsSinks } from '../src/engine/share/sinks.ts';
 import { OpfsBlobStore, type BlobStore } from '../src/engine/share/checkpoint.ts';
 import { HubService } from '../src/hub/service.ts';
@@ -20,9 +20,15 @@ import { idbTokenStore } from '../src/hub/token.ts';
 const hub = new HubService(() => OpfsResumableStore.open(), idbTokenStore);
 
 let session: EngineSession | null = null;
+let deviceLoss: DeviceLossReport | null = null;
 async function engine(): Promise<EngineSession> {
   const ctx = await context();
-  if (!session || session.ctx !== ctx) session = new EngineSession(ctx, await runsStore());
+  if (session && session.ctx !== ctx && session.ctx.isLost) {
+    // The old device is gone: a session on the new one, with the same model loaded again.
+    const recovered = await EngineSession.afterDeviceLoss(session, ctx);
+    session = recovered.session;
+    deviceLoss = recovered.report;
+  } else if (!session || session.ctx !== ctx) session = new EngineSession(ctx, await runsStore());
   return session;
 }
 
@@ -51,6 +57,8 @@ function context(): Promise<GpuContext> {
     // A lost device (driver reset, GPU taken) makes the next call acquire a fresh one.
     ctx.onLost(() => {
       ctxPromise = null;
+      // Recover at once (new device, model reloaded) rather than on the user's next click.
+      if (session?.ctx === ctx) void engine().catch(() => undefined);
     });
     return ctx;
   });
@@ -133,6 +141,11 @@ const api: EngineApi = {
   },
   async train(rows, config, onProgress, evaluation, onAnswers) {
     return (await engine()).train(rows, config, (p) => void onProgress(p), evaluation && onAnswers ? { ...evaluation, onAnswers: (a) => void onAnswers(a) } : undefined);
+  },
+  async deviceLoss() {
+    const report = deviceLoss;
+    deviceLoss = null;
+    return report;
   },
   async stopTraining() {
     session?.stop();

@@ -7,7 +7,7 @@ import type { EvalAnswers, EvalOptions, ModelInfo, TrainResult, RunOptions, RunE
 import type { MemoryPlan } from './model/memory-plan.ts';
 import type { TrainConfig, TrainProgress, TrainRow } from './train/trainer.ts';
 import type { GenerationSettings } from './generate/settings.ts';
-import type { ChatTurn } from './session.ts';
+import type { ChatTurn, DeviceLossReport } from './session.ts';
 import type { TokenizerSource } from '../data/tokenizer.ts';
 import type { CachedModel, HubProgress } from '../hub/service.ts';
 import type { RecipeRunOptions, RecipeSample } from './share/recipe.ts';
@@ -19,6 +19,7 @@ import type { ExportDType } from './share/dtype.ts';
 export type { EvalAnswers, EvalOptions, ModelInfo, TrainResult, TrainConfig, TrainProgress, TrainRow, GenerationSettings, TokenizerSource };
 export type { ExportFile, ImportedAdapterSummary, ExportDType };
 export type { RunOptions, RunEvent, CheckpointInfo, RunDataStats, RunModelSource, MemoryPlan };
+export type { DeviceLossReport };
 
 export type GpuStatus =
   | { ok: true; gpu: GpuSummary }
@@ -69,6 +70,12 @@ export interface EngineApi {
   /** Trains a new adapter; onProgress is a comlink proxy called once per optimizer step. */
   train(rows: TrainRow[], config: Partial<TrainConfig>, onProgress: (p: TrainProgress) => void, evaluation?: EvalOptions, onAnswers?: (a: EvalAnswers) => void): Promise<TrainResult>;
   stopTraining(): Promise<void>;
+  /**
+   * After the GPU device was lost (driver reset, another tab, sleep) the worker sets up a new one and loads
+   * the model again: the report says what happened and whether a run can be resumed from its checkpoint.
+   * Returned once (null when nothing was lost since the last call).
+   */
+  deviceLoss(): Promise<DeviceLossReport | null>;
   /** A new stored run (its rows and checkpoints kept in OPFS); onEvent (a proxy) gets started/progress/answers/checkpoint events. */
   trainRun(rows: TrainRow[], config: Partial<TrainConfig>, opts: RunOptions, onEvent: (e: RunEvent) => void): Promise<TrainResult>;
   /** Continues a stored run from its last checkpoint, in this (possibly fresh) page. */

@@ -29,6 +29,7 @@ import { DEFAULT_CE_WORKSPACE_BYTES } from './kernels/cross_entropy.ts';
 import { planMemory, type MemoryPlan } from './model/memory-plan.ts';
 import { RunCheckpointer, DEFAULT_CHECKPOINT_POLICY, type CheckpointPolicy } from './runs/checkpointer.ts';
 import * as runStore from './runs/run-store.ts';
+import { DeviceLostError } from './gpu/errors.ts';
 import type { CheckpointInfo, RunDataStats, RunModelSource } from './runs/run-store.ts';
 
 export interface ModelInfo {
@@ -61,6 +62,8 @@ export interface TrainResult {
   stopped: boolean;
   /** The run ended before its last step without a stop (pause(), or the trainer paused itself): resumable. */
   paused?: boolean;
+  /** Why the trainer paused itself (K non-finite steps in a row: what happened and what to change). */
+  pauseReason?: string;
   /** For runs (trainRun/resumeRun): the run and its latest checkpoint. */
   runId?: string;
   checkpoint?: CheckpointInfo | null;
@@ -100,6 +103,18 @@ export interface ChatTurn {
 
 export type ModelFiles = ReadonlyMap<string, Blob | Uint8Array | string>;
 
+/** What a lost GPU device cost and what came back (EngineSession.afterDeviceLoss). */
+export interface DeviceLossReport {
+  /** For the user: what happened, what was restored, what to do. */
+  message: string;
+  /** The model, loaded again on the new device (null when none was loaded or it could not be). */
+  model: ModelInfo | null;
+  /** The run that was training when the device was lost, and its last checkpoint (resume continues from it). */
+  runId: string | null;
+  checkpoint: CheckpointInfo | null;
+  wasTraining: boolean;
+}
+
 const TOKENIZER_NAMES = new Set(['tokenizer.json', 'tokenizer_config.json', 'chat_template.jinja', 'chat_template.json', 'tokenizer.model', 'special_tokens_map.json']);
 
 export class EngineSession {
@@ -127,6 +142,8 @@ export class EngineSession {
   private training = false;
   /** The stored run that is training now (trainRun / resumeRun), if any. */
   private activeRun: string | null = null;
+  /** Set when a lost device ended training (afterDeviceLoss reports the run). */
+  private interruptedByLoss: { runId: string | null } | null = null;
 
   /** `store`: where runs keep their rows and checkpoints (OPFS in the app's worker). */
   constructor(
@@ -247,15 +264,54 @@ export class EngineSession {
           await afterStep?.();
         },
       );
+    } catch (err) {
+      // A device lost mid-step surfaces as whatever GPU call failed first: name the real cause.
+      if (this.ctx.isLost) {
+        this.interruptedByLoss = { runId: this.activeRun };
+        const lost = await this.ctx.lost;
+        throw new DeviceLostError(lost.reason, `${lost.message.replace(/^the GPU device was lost \([^)]*\): /, '')} — training stopped after step ${trainer.step}; the run keeps its last checkpoint and can be resumed once the GPU is back`);
+      }
+      throw err;
     } finally {
       this.training = false;
     }
     const stopped = this.stopRequested;
-    return { steps: trainer.step, finalLoss: this.lastLoss, stopped, paused: !stopped && trainer.step < trainer.totalSteps };
+    return { steps: trainer.step, finalLoss: this.lastLoss, stopped, paused: !stopped && trainer.step < trainer.totalSteps, ...(trainer.pause ? { pauseReason: trainer.pause.message } : {}) };
   }
 
   stop(): void {
     this.stopRequested = true;
+  }
+
+  /**
+   * A session on a fresh GpuContext after this one's device was lost (driver reset, GPU taken, sleep):
+   * the same store (runs and their checkpoints live outside the GPU, untouched), and the same model
+   * loaded again from what it was loaded from. A run that was training is left paused at its last
+   * checkpoint, to be continued with resumeRun; nothing of the old device is reused.
+   */
+  static async afterDeviceLoss(lost: EngineSession, ctx: GpuContext): Promise<{ session: EngineSession; report: DeviceLossReport }> {
+    const session = new EngineSession(ctx, lost.store);
+    const interrupted = lost.interruptedByLoss ?? (lost.training ? { runId: lost.activeRun } : null);
+    const runId = interrupted?.runId ?? null;
+    const wasTraining = interrupted !== null;
+    const checkpoint = runId ? await runStore.runCheckpointInfo(lost.store, runId).catch(() => null) : null;
+    let model: ModelInfo | null = null;
+    let modelNote = 'no model was loaded';
+    const src = lost.modelSource;
+    try {
+      if (src?.kind === 'demo') model = await session.loadDemoModel(src.seed);
+      else if (src && lost.baseFiles) model = await session.loadModelFiles(lost.baseFiles, { id: lost.modelId, quantize: src.quantized });
+      if (model) modelNote = `${model.id} is loaded again`;
+    } catch (err) {
+      modelNote = `loading ${lost.modelId} again failed (${(err as Error).message}); load it in the Model section`;
+    }
+    const reason = (await Promise.race([lost.ctx.lost, Promise.resolve(null)]))?.message ?? 'the GPU device was lost';
+    const training = wasTraining
+      ? runId
+        ? ` The training run paused; ${checkpoint ? `its last checkpoint (step ${checkpoint.step}) is intact and it can be resumed from there` : 'it had no checkpoint yet, so it starts again from step 0 when resumed'}.`
+        : ' The training run that was going stopped; an adapter that was not saved must be trained again.'
+      : '';
+    return { session, report: { message: `${reason}. A new GPU device was set up and ${modelNote}.${training}`, model, runId, checkpoint, wasTraining } };
   }
 
   /** Ends the run after the current step and checkpoints it (trainRun/resumeRun), so it can be resumed. */
