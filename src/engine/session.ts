@@ -514,7 +514,8 @@ export class EngineSession {
       config,
       tensors: t.layout.unpackPeft(params),
       training: { dataset: { rows: t.rows.length }, hyperParameters: { lr: c.lr, epochs: c.epochs, rank: c.loraRank, alpha: c.loraAlpha, dropout: c.loraDropout, batch: c.microBatch, gradAccum: c.gradAccum }, steps: t.step, finalLoss: Number.isFinite(this.lastLoss) ? this.lastLoss : null },
-      chat: { chatTemplate: this.tokenizerSrc?.chatTemplate ?? null, stopTokenIds: tok.eosTokenIds, stopStrings: tok.eosTokenIds.map((id) => tok.decode([id], { skipSpecialTokens: false })) },
+      // The template in effect (a chat_template.jinja, or tokenizer_config.json's chat_template).
+      chat: { chatTemplate: tok.chatTemplate, stopTokenIds: tok.eosTokenIds, stopStrings: tok.eosTokenIds.map((id) => tok.decode([id], { skipSpecialTokens: false })) },
     };
   }
 
@@ -545,7 +546,7 @@ export class EngineSession {
   async importAdapter(input: Uint8Array | AdapterFiles, source = 'adapter.zip'): Promise<ImportedAdapterSummary> {
     const spec = this.requireSpec();
     if (this.training) throw new Error('a run is training: pause or stop it first');
-    const installed = await installAdapter(this.ctx, spec, input, { source, modelId: this.modelId, chatTemplate: this.tokenizerSrc?.chatTemplate ?? null });
+    const installed = await installAdapter(this.ctx, spec, input, { source, modelId: this.modelId, chatTemplate: this.tokenizer?.chatTemplate ?? null });
     this.dropImported();
     this.imported = installed;
     this.chats.delete('tuned');
