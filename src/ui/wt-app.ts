@@ -111,7 +111,7 @@ export class WtApp extends LitElement {
       case 'chat':
         return html`<wt-chat-section .model=${this.model} ?tuned=${this.tuned}></wt-chat-section>`;
       case 'share':
-        return html`<wt-share-section .model=${this.model} ?tuned=${this.tuned}></wt-share-section>`;
+        return html`<wt-share-section .model=${this.model} ?tuned=${this.tuned} @adapter-imported=${() => (this.tuned = true)}></wt-share-section>`;
       default:
         return nothing;
     }

@@ -1,20 +1,74 @@
 import { LitElement, css, html, nothing } from 'lit';
 import { customElement, property, state } from 'lit/decorators.js';
-import type { ModelInfo } from '../../engine/api.ts';
+import * as Comlink from 'comlink';
+import type { ExportDType, ExportFile, ImportedAdapterSummary, ModelInfo } from '../../engine/api.ts';
+import { formatBytes } from '../../engine/gpu/errors.ts';
 import { getEngine } from '../engine-client.ts';
 import { theme } from '../theme.ts';
 
-/** Export the trained adapter as a PEFT-compatible zip. */
+/** The File System Access API's folder picker (Chromium); absent elsewhere, then folders come from <input webkitdirectory>. */
+type DirectoryPicker = (o?: { mode?: 'read' | 'readwrite'; id?: string }) => Promise<FileSystemDirectoryHandle>;
+type AsyncDirectory = FileSystemDirectoryHandle & { entries(): AsyncIterableIterator<[string, FileSystemHandle]> };
+
+function directoryPicker(): DirectoryPicker | null {
+  const w = window as Window & { showDirectoryPicker?: DirectoryPicker };
+  return typeof w.showDirectoryPicker === 'function' ? w.showDirectoryPicker.bind(window) : null;
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** The user closed a picker: not an error worth showing. */
+function isCancel(e: unknown): boolean {
+  return e instanceof DOMException && e.name === 'AbortError';
+}
+
+function download(file: ExportFile, mime: string): void {
+  const url = URL.createObjectURL(new Blob([file.bytes as BlobPart], { type: mime }));
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = file.name;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+/** A picked folder's files by path relative to it (two levels deep: an adapter folder may sit in one sub-folder). */
+async function folderFiles(dir: FileSystemDirectoryHandle, prefix = '', depth = 0, out = new Map<string, Blob>()): Promise<Map<string, Blob>> {
+  for await (const [name, handle] of (dir as AsyncDirectory).entries()) {
+    if (handle.kind === 'file') out.set(prefix + name, await (handle as FileSystemFileHandle).getFile());
+    else if (depth < 1) await folderFiles(handle as FileSystemDirectoryHandle, `${prefix}${name}/`, depth + 1, out);
+  }
+  return out;
+}
+
+const BYTES: Record<ExportDType, number> = { f32: 4, f16: 2, bf16: 2 };
+
+/**
+ * Share: the adapter as a PEFT zip, a GGUF LoRA or an Ollama package; the base merged with it as a Hugging
+ * Face checkpoint (written into a folder the user picks, or zipped for small models); and the way back:
+ * an adapter .zip or folder from someone else, checked against the loaded base and installed for Chat.
+ */
 @customElement('wt-share-section')
 export class WtShareSection extends LitElement {
   static override styles = [
     theme,
     css`
       :host { display: block; }
-      button { font: inherit; padding: 0.35rem 0.9rem; border-radius: var(--wt-radius); border: 1px solid var(--wt-accent); background: var(--wt-accent); color: var(--wt-accent-text); cursor: pointer; }
-      button[disabled] { opacity: 0.5; }
-      .error { color: var(--wt-error); }
+      section { margin: 0 0 1.4rem; }
+      h3 { margin: 0 0 0.4rem; font-size: 1.05rem; }
+      .row { display: flex; flex-wrap: wrap; gap: 0.6rem; align-items: center; margin: 0.5rem 0; }
+      button, .file { font: inherit; padding: 0.35rem 0.9rem; border-radius: var(--wt-radius); border: 1px solid var(--wt-accent); background: var(--wt-accent); color: var(--wt-accent-text); cursor: pointer; }
+      button.secondary, .file { background: transparent; color: var(--wt-accent); }
+      button[disabled] { opacity: 0.5; cursor: not-allowed; }
+      .file input { display: none; }
+      select { font: inherit; padding: 0.2rem 0.4rem; }
+      progress { width: min(28rem, 100%); }
+      .error { color: var(--wt-error); white-space: pre-wrap; }
+      .warn { color: var(--wt-warn); }
+      .ok { color: var(--wt-ok); }
       .muted { color: var(--wt-muted); }
+      ul { margin: 0.3rem 0; padding-left: 1.2rem; }
     `,
   ];
 
@@ -22,32 +76,175 @@ export class WtShareSection extends LitElement {
   @property({ type: Boolean }) tuned = false;
   @state() private error = '';
   @state() private saved = '';
+  @state() private busy = '';
+  @state() private dtype: ExportDType = 'f16';
+  @state() private merge: { done: number; total: number; tensor: string } | null = null;
+  @state() private imported: ImportedAdapterSummary | null = null;
+  @state() private importError = '';
 
-  private async exportZip(): Promise<void> {
+  private modelSlug(): string {
+    return (this.model?.id ?? 'model').replace(/[^\w.-]+/g, '_');
+  }
+
+  /** Runs one export at a time, showing what it does and any error. */
+  private async run(what: string, work: () => Promise<string>): Promise<void> {
+    if (this.busy) return;
     this.error = '';
+    this.busy = what;
     try {
-      const zip = await getEngine().exportAdapter();
-      const name = `${(this.model?.id ?? 'model').replace(/[^\w.-]+/g, '_')}-lora-adapter.zip`;
-      const url = URL.createObjectURL(new Blob([zip as BlobPart], { type: 'application/zip' }));
-      const a = document.createElement('a');
-      a.href = url;
-      a.download = name;
-      a.click();
-      setTimeout(() => URL.revokeObjectURL(url), 10_000);
-      this.saved = `${name} (${(zip.byteLength / 1024).toFixed(0)} KiB): adapter_config.json + adapter_model.safetensors as PEFT writes them, a model card, the chat template and stop tokens.`;
+      this.saved = await work();
     } catch (e) {
-      this.error = e instanceof Error ? e.message : String(e);
+      if (!isCancel(e)) this.error = `${what}: ${errorText(e)}`;
+    } finally {
+      this.busy = '';
+      this.merge = null;
     }
   }
 
-  override render() {
+  private exportZip(): Promise<void> {
+    return this.run('PEFT adapter', async () => {
+      const zip = await getEngine().exportAdapter();
+      const name = `${this.modelSlug()}-lora-adapter.zip`;
+      download({ name, bytes: zip }, 'application/zip');
+      return `${name} (${formatBytes(zip.byteLength)}): adapter_config.json + adapter_model.safetensors as PEFT writes them, a model card, the chat template and stop tokens.`;
+    });
+  }
+
+  private exportAs(format: 'gguf' | 'ollama'): Promise<void> {
+    return this.run(format === 'gguf' ? 'GGUF LoRA' : 'Ollama package', async () => {
+      const file = await getEngine().exportAdapterAs(format);
+      download(file, format === 'gguf' ? 'application/octet-stream' : 'application/zip');
+      return format === 'gguf'
+        ? `${file.name} (${formatBytes(file.bytes.byteLength)}): load it over the base's GGUF with llama.cpp's --lora, or as ADAPTER in an Ollama Modelfile.`
+        : `${file.name} (${formatBytes(file.bytes.byteLength)}): adapter.gguf and a Modelfile; its README says what to run.`;
+    });
+  }
+
+  private progress() {
+    return Comlink.proxy((p: { tensor: string; done: number; total: number }) => (this.merge = p));
+  }
+
+  private exportMergedToFolder(): Promise<void> {
+    return this.run('Merged model', async () => {
+      const dir = await directoryPicker()!({ mode: 'readwrite', id: 'webtune-merged' });
+      const r = await getEngine().exportMerged(this.dtype, dir, this.progress());
+      return `${r.files.length} files (${formatBytes(r.totalBytes)} of weights in ${this.dtype}) written into the folder “${dir.name}”: load it with AutoModelForCausalLM.from_pretrained.`;
+    });
+  }
+
+  private exportMergedZip(): Promise<void> {
+    return this.run('Merged model', async () => {
+      const r = await getEngine().exportMerged(this.dtype, null, this.progress());
+      download(r.zip!, 'application/zip');
+      return `${r.zip!.name} (${formatBytes(r.zip!.bytes.byteLength)}): ${r.files.join(', ')}. Unzip it and load the folder with AutoModelForCausalLM.from_pretrained.`;
+    });
+  }
+
+  private async importFrom(input: Uint8Array | Map<string, Blob>, source: string): Promise<void> {
+    if (this.busy) return;
+    this.importError = '';
+    this.imported = null;
+    this.busy = 'Import';
+    try {
+      this.imported = await getEngine().importAdapter(input, source);
+      this.dispatchEvent(new CustomEvent('adapter-imported', { detail: this.imported, bubbles: true, composed: true }));
+    } catch (e) {
+      if (!isCancel(e)) this.importError = errorText(e);
+    } finally {
+      this.busy = '';
+    }
+  }
+
+  private async onZip(e: Event): Promise<void> {
+    const input = e.target as HTMLInputElement;
+    const file = input.files?.[0];
+    input.value = '';
+    if (!file) return;
+    await this.importFrom(new Uint8Array(await file.arrayBuffer()), file.name);
+  }
+
+  private async onFolderInput(e: Event): Promise<void> {
+    const input = e.target as HTMLInputElement;
+    const files = new Map<string, Blob>();
+    for (const f of input.files ?? []) files.set(f.webkitRelativePath || f.name, f);
+    input.value = '';
+    if (files.size === 0) return;
+    const top = [...files.keys()][0]!.split('/')[0]!;
+    await this.importFrom(files, top);
+  }
+
+  private async pickFolder(): Promise<void> {
+    try {
+      const dir = await directoryPicker()!({ mode: 'read', id: 'webtune-adapter' });
+      await this.importFrom(await folderFiles(dir), dir.name);
+    } catch (e) {
+      if (!isCancel(e)) this.importError = errorText(e);
+    }
+  }
+
+  private renderExport() {
+    const off = !this.tuned || !!this.busy;
+    const size = this.model ? this.model.parameters * BYTES[this.dtype] : 0;
+    const picker = directoryPicker();
     return html`
-      <p>The zip loads with <code>PeftModel.from_pretrained(base, folder)</code> in transformers/PEFT as it is.</p>
-      <button data-testid="export-adapter" ?disabled=${!this.tuned} @click=${() => void this.exportZip()}>Export adapter (.zip)</button>
-      ${!this.tuned ? html`<p class="muted">Train an adapter first.</p>` : nothing}
-      ${this.saved ? html`<p data-testid="export-done">Saved ${this.saved}</p>` : nothing}
-      ${this.error ? html`<p class="error">${this.error}</p>` : nothing}
+      <section>
+        <h3>Export the adapter</h3>
+        <p class="muted">The zip loads with <code>PeftModel.from_pretrained(base, folder)</code> in transformers/PEFT as it is.</p>
+        <div class="row">
+          <button data-testid="export-adapter" ?disabled=${off} @click=${() => void this.exportZip()}>PEFT adapter (.zip)</button>
+          <button class="secondary" data-testid="export-gguf" ?disabled=${off} @click=${() => void this.exportAs('gguf')}>GGUF LoRA (llama.cpp)</button>
+          <button class="secondary" data-testid="export-ollama" ?disabled=${off} @click=${() => void this.exportAs('ollama')}>Ollama (Modelfile + GGUF)</button>
+        </div>
+        ${!this.tuned ? html`<p class="muted">Train an adapter first (or import one below).</p>` : nothing}
+      </section>
+      <section>
+        <h3>Merged model</h3>
+        <p class="muted">The base with the adapter folded in, as a Hugging Face checkpoint (safetensors, config, tokenizer): no PEFT needed to use it.
+          ${this.model ? html`About ${formatBytes(size)} in ${this.dtype}.` : nothing}</p>
+        <div class="row">
+          <label>Weights <select .value=${this.dtype} ?disabled=${!!this.busy} @change=${(e: Event) => (this.dtype = (e.target as HTMLSelectElement).value as ExportDType)}>
+            <option value="f16">float16</option><option value="bf16">bfloat16</option><option value="f32">float32</option>
+          </select></label>
+          ${picker ? html`<button class="secondary" data-testid="export-merged-folder" ?disabled=${off} @click=${() => void this.exportMergedToFolder()}>Merge into a folder…</button>` : nothing}
+          <button class="secondary" data-testid="export-merged-zip" ?disabled=${off} @click=${() => void this.exportMergedZip()}>Merge and download (.zip)</button>
+        </div>
+        ${!picker ? html`<p class="muted">This browser cannot write into a folder; large models need Chrome or Edge (or <code>npm run cli -- merge</code>).</p>` : nothing}
+        ${this.merge ? html`<progress data-testid="merge-progress" max=${this.merge.total} .value=${this.merge.done}></progress> <span class="muted">${this.merge.done}/${this.merge.total} ${this.merge.tensor}</span>` : nothing}
+      </section>
+      ${this.busy && this.busy !== 'Import' ? html`<p class="muted">${this.busy}: working…</p>` : nothing}
+      ${this.saved ? html`<p data-testid="export-done" class="ok">Saved ${this.saved}</p>` : nothing}
+      ${this.error ? html`<p class="error" data-testid="export-error">${this.error}</p>` : nothing}
     `;
+  }
+
+  private renderImport() {
+    const off = !this.model || !!this.busy;
+    const i = this.imported;
+    return html`
+      <section>
+        <h3>Import an adapter</h3>
+        <p class="muted">A PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) for the loaded model, as a .zip or a folder. It is checked tensor by tensor against the base and becomes the tuned model in Chat.</p>
+        <div class="row">
+          <label class="file" ?disabled=${off}>Adapter .zip…<input data-testid="import-zip" type="file" accept=".zip,application/zip" ?disabled=${off} @change=${(e: Event) => void this.onZip(e)} /></label>
+          ${directoryPicker()
+            ? html`<button class="secondary" data-testid="import-folder" ?disabled=${off} @click=${() => void this.pickFolder()}>Adapter folder…</button>`
+            : html`<label class="file">Adapter folder…<input data-testid="import-folder-input" type="file" webkitdirectory ?disabled=${off} @change=${(e: Event) => void this.onFolderInput(e)} /></label>`}
+        </div>
+        ${!this.model ? html`<p class="muted">Load its base model in the Model section first.</p>` : nothing}
+        ${this.busy === 'Import' ? html`<p class="muted">Reading and checking the adapter…</p>` : nothing}
+        ${i
+          ? html`<div data-testid="import-done">
+              <p class="ok">Installed ${i.source} as the tuned model: LoRA r=${i.r}, alpha=${i.loraAlpha} on ${i.targetModules.join(', ')}${i.baseModel ? html`, trained on ${i.baseModel}` : nothing}. Try it in Chat.</p>
+              ${i.warnings.length ? html`<ul class="warn">${i.warnings.map((w) => html`<li>${w}</li>`)}</ul>` : nothing}
+            </div>`
+          : nothing}
+        ${this.importError ? html`<p class="error" data-testid="import-error">${this.importError}</p>` : nothing}
+      </section>
+    `;
+  }
+
+  override render() {
+    return html`${this.renderExport()}${this.renderImport()}`;
   }
 }
 
