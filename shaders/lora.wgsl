@@ -42,20 +42,7 @@ struct Params {
 #endif
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;   // XA: U; GB: G;  DX: dX; DB: dB; DA: dA (SPLIT: partials)
 
-fn lowbias32(v: u32) -> u32 {
-  var x = v;
-  x ^= x >> 16u;
-  x *= 0x7feb352du;
-  x ^= x >> 15u;
-  x *= 0x846ca68bu;
-  x ^= x >> 16u;
-  return x;
-}
-
-fn dropout_hash(seed: u32, i: u32) -> u32 {
-  let s = lowbias32(seed);
-  return lowbias32(lowbias32(i ^ s) + s);
-}
+#include "dropout.wgsl"
 
 // The factor dropout applies to X[m, k]: 0 or 1/(1-p) (always 1 without DROPOUT).
 fn keep(m: u32, k: u32) -> f32 {
@@ -174,6 +161,8 @@ fn lora_mm(
       let at = row * params.cols + col;
 #if SPLIT
       c[wg.z * params.rows * params.cols + at] = acc[i][j];
+#elif MODE == GB && ACCUMULATE
+      c[at] = c[at] + acc[i][j];   // G summed over the outputs that share one A (a packed qkv)
 #elif MODE == XA || MODE == GB
       c[at] = acc[i][j];
 #elif MODE == DX

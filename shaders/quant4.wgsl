@@ -32,9 +32,9 @@ struct Params {
   s: f32,        // LoRA scale alpha / r
   src_off: u32,  // quantize: first source element
   b_row0: u32,   // LoRA: first row of B belonging to this block
-  _p0: u32,
-  _p1: u32,
-  _p2: u32,
+  seed: u32,        // dx + LORA: the forward's dropout seed
+  threshold: u32,   // dx + LORA: dropped when dropout_hash < threshold
+  keep_scale: f32,  // dx + LORA: 1 / (1 - p)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -187,9 +187,21 @@ fn dequantize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 @group(0) @binding(2) var<storage, read> q: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> sm: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;    // matmul: Y [M, ldy]; dx: dX [M, K]
-#if LORA
+#if LORA && OP == matmul
 @group(0) @binding(5) var<storage, read> lu: array<f32>;         // U [M, R]
 @group(0) @binding(6) var<storage, read> lb: array<f32>;         // B [out, R]
+#elif LORA
+@group(0) @binding(5) var<storage, read> lg: array<f32>;         // G = dY·B [M, R]
+@group(0) @binding(6) var<storage, read> la: array<f32>;         // A [R, K]
+#include "dropout.wgsl"
+// The factor the forward's dropout applied to X[m, k]: 0 or 1/(1-p) (1 without DROPOUT).
+fn keep(m: u32, k: u32) -> f32 {
+#if DROPOUT
+  return select(params.keep_scale, 0.0, dropout_hash(params.seed, m * params.K + k) < params.threshold);
+#else
+  return 1.0;
+#endif
+}
 #endif
 
 // The layout of matmul.wgsl: 16×16 threads, each THREAD_M×THREAD_N outputs (8×8 with WIDE, else 4×4) in
@@ -386,6 +398,41 @@ fn q4_matmul_dx(
   }
 #endif
 #elif PREFETCH
+#if LORA
+  // The adapter's share of dX first, s·mask⊙(G·A), as R reduction steps over [G | A] (A [R, K] is laid out
+  // like W's rows), masked per output element; the base steps below then accumulate onto it, so dX is
+  // written once and the separate read-modify-write pass over dX disappears.
+  for (var r0 = 0u; r0 < params.R; r0 += TR) {
+    for (var idx = tid; idx < TILE_M * TR; idx += THREADS) {
+      let rr = idx % TR;
+      let mm = idx / TR;
+      let m = row0 + mm;
+      let r = r0 + rr;
+      var v = 0.0;
+      if (m < M && r < params.R) { v = lg[m * params.R + r]; }
+      store_a(rr, mm, v);
+    }
+    for (var idx = tid; idx < TR * TILE_N; idx += THREADS) {
+      let kk = idx % TILE_N;
+      let rr = idx / TILE_N;
+      let k = col0 + kk;
+      let r = r0 + rr;
+      var v = 0.0;
+      if (k < K && r < params.R) { v = la[r * K + k]; }
+      store_b(rr, kk, v);
+    }
+    workgroupBarrier();
+    mac(lid, &acc);
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < THREAD_M; i++) {
+    let m = row0 + ((i / 4u) * WG_Y + lid.y) * 4u + i % 4u;
+    for (var j = 0u; j < THREAD_N; j++) {
+      let k = col0 + ((j / 4u) * WG_X + lid.x) * 4u + j % 4u;
+      acc[i][j] *= params.s * keep(m, k);
+    }
+  }
+#endif
   var pa: array<vec4<f32>, 4>;
   var pq = vec4<u32>(0u);
   var ps = 0u;

@@ -160,6 +160,10 @@ const CASES: ['q4' | 'f32', number, number, number, number, number, number | und
   ['q4', 37, 53, 128, 8, 0, undefined],
   ['q4', 70, 67, 64, 64, 0.1, 24],
   ['q4', 3, 37, 128, 8, 0.2, undefined],
+  // out % 4 == 0: the adapter's dX term is fused into the q4 dX kernel (with row blocks: into the first)
+  ['q4', 130, 68, 192, 40, 0.15, undefined],
+  ['q4', 37, 100, 128, 8, 0.1, 36],
+  ['q4', 9, 64, 64, 16, 0, undefined],
   ['f32', 21, 45, 96, 8, 0.1, undefined],
   ['f32', 64, 64, 64, 64, 0, undefined],
   ['f32', 5, 70, 64, 64, 0.3, undefined],

@@ -22,11 +22,11 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-async function fixtureModel(ctx: GpuContext, family: string): Promise<BaseWeights> {
+async function fixtureModel(ctx: GpuContext, family: string, quantize = false): Promise<BaseWeights> {
   const io = directoryAccess(fixturesDir(family));
   const src = await io.open('config.json');
   const spec = parseModelConfig(new TextDecoder().decode(await src.read(0, src.size)));
-  return loadBaseWeights(ctx, await CheckpointIndex.open(spec, io.open), { quantize: false });
+  return loadBaseWeights(ctx, await CheckpointIndex.open(spec, io.open), { quantize });
 }
 
 /** Rows following a fixed next-token rule, so a model can learn them. */
@@ -44,9 +44,11 @@ function patternRows(n: number, len: number, vocab: number): TrainRow[] {
 }
 
 describe('training engine', () => {
-  it('with lora_dropout, gradients match finite differences of the loss under the same masks', async () => {
+  // The 4-bit base takes other kernels: the adapter's s·U·Bᵀ fused into the q4 matmul, G·A into the q4 dX.
+  for (const quantize of [false, true])
+  it(`with lora_dropout, gradients match finite differences of the loss under the same masks (${quantize ? '4-bit' : 'f32'} base)`, async () => {
     const ctx = await gpu();
-    const weights = await fixtureModel(ctx, 'llama');
+    const weights = await fixtureModel(ctx, 'llama', quantize);
     const spec = weights.spec;
     const layout = new LoraLayout(spec, { r: 4, loraAlpha: 8, targetModules: loraModules(spec.family) });
     const state = createOptimizerState(ctx, layout.optimizer);

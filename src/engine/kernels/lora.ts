@@ -3,7 +3,8 @@ import { tensorBinding } from '../gpu/context.ts';
 import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
 import { prepareMatmul } from './matmul.ts';
-import { prepareQ4Matmul, prepareQ4MatmulDx, type Q4Weight } from './quant4.ts';
+import { registerDropoutInclude } from './dropout.ts';
+import { prepareQ4Matmul, prepareQ4MatmulDx, prepareQ4MatmulDxPass, q4DxCanFuseLora, Q4_SEED_FIELD, type Q4Weight } from './quant4.ts';
 
 /**
  * A LoRA adapter on a linear layer: Y = X·Wᵀ + s·dropout(X)·Aᵀ·Bᵀ, s = alpha / rank, W frozen (4-bit or
@@ -126,7 +127,8 @@ function need(kernel: string, what: string, t: Tensor, elems: number): void {
 interface Prepared {
   dispatches: KernelDispatch[];
   /** Uniform buffers holding the dropout seed (field 6). */
-  seeded: { uniforms: GPUBuffer; fields: UniformField[] }[];
+  /** Uniforms holding a dropout seed, at fields[seedIndex ?? 6] (lora.wgsl's Params). */
+  seeded: { uniforms: GPUBuffer; fields: UniformField[]; seedIndex?: number }[];
 }
 
 interface SmallArgs {
@@ -142,10 +144,13 @@ interface SmallArgs {
   p: number;
   seed: number;
   scratch: () => Tensor;
+  /** GB only: G += dY·B (outputs sharing one A) instead of G = dY·B. */
+  accumulate?: boolean;
 }
 
 /** One rank-r product of lora.wgsl: a single tiled dispatch, or split-K slices plus an ordered reduce. */
 async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
+  registerDropoutInclude(ctx);
   const { rows, cols, red } = x.shape;
   const { slices, chunk } = x.mode === 'DX' ? { slices: 1, chunk: red } : splitOf(x.shape);
   const split = slices > 1;
@@ -164,7 +169,8 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
     ['u32', x.N],
     ['u32', extra.slices ?? 0],
   ];
-  const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_mm', defines: { MODE: x.mode, DROPOUT: dropout, SPLIT: split }, constants: { TILE, TILE_R } });
+  const gbAccumulate = x.mode === 'GB' && !!x.accumulate;
+  const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_mm', defines: { MODE: x.mode, DROPOUT: dropout, SPLIT: split, ACCUMULATE: gbAccumulate && !split }, constants: { TILE, TILE_R } });
   const label = `lora ${x.mode} ${rows}×${cols} (red ${red}${split ? ` in ${slices} slices` : ''})${dropout ? ` dropout ${x.p}` : ''}`;
   const f = fields();
   const uniforms = ctx.uniforms(`${label} params`, f);
@@ -174,10 +180,13 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   ];
   const seeded = dropout ? [{ uniforms, fields: f }] : [];
   if (split) {
-    const accumulate = x.mode === 'DA' || x.mode === 'DB';
+    const accumulate = x.mode === 'DA' || x.mode === 'DB' || gbAccumulate;
     const rp = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_reduce', defines: { MODE: 'REDUCE', ACCUMULATE: accumulate } });
     const rl = `lora reduce ${x.mode} ${rows}×${cols} (${slices} slices)`;
-    const ru = ctx.uniforms(`${rl} params`, fields({ slices }));
+    const rf = fields({ slices });
+    // The reduce's accumulate is c += s·Σ: G carries no scale.
+    if (gbAccumulate) rf[5] = ['f32', 1];
+    const ru = ctx.uniforms(`${rl} params`, rf);
     // lora_reduce binds 0, 1 and 3 (no B operand), so the bind group names its bindings.
     const bindGroup = ctx.device.createBindGroup({
       label: rl,
@@ -198,7 +207,7 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
 function seedSetter(ctx: GpuContext, seeded: Prepared['seeded']): (seed: number) => void {
   return (seed) => {
     for (const u of seeded) {
-      u.fields[6] = ['u32', seed >>> 0];
+      u.fields[u.seedIndex ?? 6] = ['u32', seed >>> 0];
       ctx.writeUniforms(u.uniforms, u.fields);
     }
   };
@@ -287,14 +296,21 @@ export async function prepareLoraBackward(
   const sh = loraShapes(M, inF, out, r);
   const common = { K: inF, N: out, R: r, scale: s, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)) };
   const dispatches: KernelDispatch[] = [];
-  if (base.kind === 'q4') dispatches.push(...(await prepareQ4MatmulDx(ctx, dY, base.W, dX, M)));
-  else dispatches.push(await prepareMatmul(ctx, dY, base.W, dX, { M, N: inF, K: out }));
-  const parts = [
-    await prepareSmall(ctx, { mode: 'GB', a: dY, b: ad.B, c: G, shape: sh.GB, ...common }),
-    await prepareSmall(ctx, { mode: 'DX', a: G, b: ad.A, c: dX, shape: { rows: M, cols: inF, red: r }, ...common }),
+  const gb = await prepareSmall(ctx, { mode: 'GB', a: dY, b: ad.B, c: G, shape: sh.GB, ...common });
+  const parts: Prepared[] = [];
+  if (base.kind === 'q4' && q4DxCanFuseLora(base.W)) {
+    // G first, then one q4 dX kernel that starts from s·mask⊙(G·A) and adds dY·W: dX is written once
+    // (the separate DX pass read and rewrote all of dX).
+    const fused = await prepareQ4MatmulDxPass(ctx, dY, base.W, dX, M, false, { lora: q4DxPrologue(G, ad.A, r, s, ad.dropout ?? 0, common.seed) });
+    parts.push(gb, { dispatches: fused.dispatches, seeded: fused.seeded ? [{ ...fused.seeded, seedIndex: Q4_SEED_FIELD }] : [] });
+  } else {
+    dispatches.push(...(base.kind === 'q4' ? await prepareQ4MatmulDx(ctx, dY, base.W, dX, M) : [await prepareMatmul(ctx, dY, base.W, dX, { M, N: inF, K: out })]));
+    parts.push(gb, await prepareSmall(ctx, { mode: 'DX', a: G, b: ad.A, c: dX, shape: { rows: M, cols: inF, red: r }, ...common }));
+  }
+  parts.push(
     await prepareSmall(ctx, { mode: 'DB', a: dY, b: U, c: grads.dB, shape: sh.DB, ...common }),
     await prepareSmall(ctx, { mode: 'DA', a: G, b: X, c: grads.dA, shape: sh.DA, ...common }),
-  ];
+  );
   for (const p of parts) dispatches.push(...p.dispatches);
   return { dispatches, setSeed: seedSetter(ctx, parts.flatMap((p) => p.seeded)) };
 }
@@ -330,14 +346,33 @@ export async function loraBackward(
  */
 export async function prepareLoraProduct(
   ctx: GpuContext,
-  mode: 'XA' | 'DX' | 'DA',
+  mode: 'XA' | 'DX' | 'DA' | 'GB',
   t: { a: Tensor; b: Tensor; c: Tensor },
-  d: { M: number; inF: number; rank: number; scale: number; dropout: number; seed?: number; scratch?: Tensor },
+  d: { M: number; inF: number; rank: number; scale: number; dropout: number; seed?: number; scratch?: Tensor; out?: number; accumulate?: boolean },
 ): Promise<LoraPass> {
   const kern = `lora ${mode}`;
-  const shapes = loraShapes(d.M, d.inF, 0, d.rank);
+  if (mode === 'GB' && !d.out) throw new Error(`${kern}: needs the out features (the reduction length of dY·B)`);
+  const shapes = loraShapes(d.M, d.inF, d.out ?? 0, d.rank);
   const shape = mode === 'DX' ? { rows: d.M, cols: d.inF, red: d.rank } : shapes[mode];
-  const common = { K: d.inF, N: 0, R: d.rank, scale: d.scale, p: d.dropout, seed: d.seed ?? 0, scratch: scratchFor(ctx, kern, d.scratch, splitOf(shape).slices > 1 ? splitOf(shape).slices * shape.rows * shape.cols : 0) };
-  const prepared = await prepareSmall(ctx, { mode, a: t.a, b: t.b, c: t.c, shape, ...common });
+  const common = { K: d.inF, N: d.out ?? 0, R: d.rank, scale: d.scale, p: d.dropout, seed: d.seed ?? 0, scratch: scratchFor(ctx, kern, d.scratch, splitOf(shape).slices > 1 ? splitOf(shape).slices * shape.rows * shape.cols : 0) };
+  const prepared = await prepareSmall(ctx, { mode, a: t.a, b: t.b, c: t.c, shape, ...common, accumulate: d.accumulate });
   return { dispatches: prepared.dispatches, setSeed: seedSetter(ctx, prepared.seeded) };
+}
+
+function q4DxPrologue(G: Tensor, A: Tensor, rank: number, scale: number, p: number, seed: number) {
+  return { G, A, rank, scale, dropout: p, seed, threshold: loraDropoutThreshold(p), keepScale: Math.fround(1 / (1 - p)) };
+}
+
+/**
+ * dX (=, or += with accumulate) = s·mask⊙(G·A) + dY·W for a 4-bit W in one kernel (q4DxCanFuseLora(W)):
+ * the adapter's DX product fused into the base dX, G = dY·B computed beforehand.
+ */
+export async function prepareLoraQ4Dx(
+  ctx: GpuContext,
+  W: Q4Weight,
+  t: { dY: Tensor; G: Tensor; A: Tensor; dX: Tensor },
+  d: { M: number; rank: number; scale: number; dropout: number; seed?: number; accumulate?: boolean },
+): Promise<LoraPass> {
+  const fused = await prepareQ4MatmulDxPass(ctx, t.dY, W, t.dX, d.M, !!d.accumulate, { lora: q4DxPrologue(t.G, t.A, d.rank, d.scale, d.dropout, d.seed ?? 0) });
+  return { dispatches: fused.dispatches, setSeed: seedSetter(ctx, fused.seeded ? [{ ...fused.seeded, seedIndex: Q4_SEED_FIELD }] : []) };
 }

@@ -19,8 +19,8 @@ import { countSupervised, prepareCrossEntropy, prepareLmHeadLogits, type Prepare
 import { prepareAdd, prepareBiasAdd } from '../kernels/elementwise.ts';
 import { prepareEmbeddingForward } from '../kernels/embedding.ts';
 import { prepareMatmul } from '../kernels/matmul.ts';
-import { loraScratchElems, prepareLoraProduct, type LoraPass } from '../kernels/lora.ts';
-import { prepareQ4Matmul, prepareQ4MatmulDx } from '../kernels/quant4.ts';
+import { loraScratchElems, prepareLoraProduct, prepareLoraQ4Dx, type LoraPass } from '../kernels/lora.ts';
+import { prepareQ4Matmul, prepareQ4MatmulDx, q4DxCanFuseLora } from '../kernels/quant4.ts';
 import { prepareRmsNormBackward, prepareRmsNormForward } from '../kernels/rmsnorm.ts';
 import { prepareRope, prepareRopeBackward, uploadInvFreq } from '../kernels/rope.ts';
 import { prepareSwigluBackward, prepareSwigluForward } from '../kernels/swiglu.ts';
@@ -435,8 +435,13 @@ export class StepPlan {
       this.registerSeed(lo.group, pass);
       out.push(...pass.dispatches);
     }
-    out.push(...(await projectionForward(ctx, p, x, y, M)));
-    if (lo) out.push(await prepareMatmul(ctx, this.uFor(lo.group), lo.B, y, { M, N: p.out, K: lo.rank }, { transB: true, accumulate: true, alpha: lo.scale }));
+    if (lo && p.kind === 'q4') {
+      // s·U·Bᵀ as more reduction steps of the 4-bit matmul: y is written once.
+      out.push(...(await prepareQ4Matmul(ctx, x, p.w, y, M, { lora: { U: this.uFor(lo.group), B: lo.B, rank: lo.rank, scale: lo.scale } })));
+    } else {
+      out.push(...(await projectionForward(ctx, p, x, y, M)));
+      if (lo) out.push(await prepareMatmul(ctx, this.uFor(lo.group), lo.B, y, { M, N: p.out, K: lo.rank }, { transB: true, accumulate: true, alpha: lo.scale }));
+    }
     const bias = layer.bias[kind];
     if (bias) out.push(...(await prepareBiasAdd(ctx, y, bias, { rows: M, dim: p.out })));
     return out;
@@ -448,16 +453,28 @@ export class StepPlan {
     const M = this.tokens;
     const p = this.model.weights.layers[l]!.proj[kind];
     const out: KernelDispatch[] = [];
-    out.push(...(await projectionBackward(ctx, p, dy, dx, M, accumulate)));
     const lo = this.loraFor(l, kind);
-    if (!lo) return out;
+    if (!lo) return projectionBackward(ctx, p, dy, dx, M, accumulate);
     const U = this.uFor(lo.group);
     const G = this.bwd!.G.get(lo.group.module)!;
-    out.push(await prepareMatmul(ctx, dy, lo.B, G, { M, N: lo.rank, K: p.out }, { accumulate: !lo.first }));
+    const dims = this.loraDims(M, p.in, lo);
+    // G (+)= dy·B first (split-K: a rank-wide output over a long reduction), so that the last output of
+    // the group can fold the adapter's dX term into its base dX kernel.
+    out.push(...(await prepareLoraProduct(ctx, 'GB', { a: dy, b: lo.B, c: G }, { ...dims, out: p.out, accumulate: !lo.first })).dispatches);
     out.push(await prepareMatmul(ctx, dy, U, lo.dB, { M: p.out, N: lo.rank, K: M }, { transA: true, accumulate: true, alpha: lo.scale }));
+    const fuseDx = lo.last && p.kind === 'q4' && q4DxCanFuseLora(p.w);
+    if (fuseDx && p.kind === 'q4') {
+      const pass = await prepareLoraQ4Dx(ctx, p.w, { dY: dy, G, A: lo.A, dX: dx }, { ...dims, accumulate });
+      this.registerSeed(lo.group, pass);
+      out.push(...pass.dispatches);
+    } else {
+      out.push(...(await projectionBackward(ctx, p, dy, dx, M, accumulate)));
+    }
     if (lo.last) {
-      for (const [mode, t] of [['DX', { a: G, b: lo.A, c: dx }], ['DA', { a: G, b: x, c: lo.dA }]] as const) {
-        const pass = await prepareLoraProduct(ctx, mode, t, this.loraDims(M, p.in, lo));
+      const modes = fuseDx ? (['DA'] as const) : (['DX', 'DA'] as const);
+      for (const mode of modes) {
+        const t = mode === 'DX' ? { a: G, b: lo.A, c: dx } : { a: G, b: x, c: lo.dA };
+        const pass = await prepareLoraProduct(ctx, mode, t, dims);
         this.registerSeed(lo.group, pass);
         out.push(...pass.dispatches);
       }
