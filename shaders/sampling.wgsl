@@ -507,11 +507,10 @@ fn count_key(lid: u32, key: u32) -> u32 {
 
 @compute @workgroup_size(WG)
 fn sample_general(@builtin(local_invocation_index) lid: u32) {
-  if (lid == 0u) {
-    g_pending = state[1];
-    glob = global_stats();
-  }
-  if (workgroupUniformLoad(&g_pending) == 0u) { return; }
+  if (lid == 0u) { g_pending = state[1]; }
+  if (workgroupUniformLoad(&g_pending) == 0u) { return; } // the fast path chose: one cheap dispatch
+  if (lid == 0u) { glob = global_stats(); }
+  workgroupBarrier();
   let gm = glob.x;
   // The kept set S = {key >= lo}: the top-k threshold, or everything.
   var lo = 0u;
