@@ -12,7 +12,7 @@ import type { GpuContext, KernelDispatch } from '../src/engine/gpu/context.ts';
 import type { Tensor } from '../src/engine/gpu/tensor.ts';
 import { loraScratchElems, prepareLoraBackward, prepareLoraForward, type LoraAdapter } from '../src/engine/kernels/lora.ts';
 import { prepareMatmul } from '../src/engine/kernels/matmul.ts';
-import { allocQ4Weight, prepareQ4Matmul, prepareQ4MatmulDx, prepareQuantizeQ4, releaseQ4Weight, type Q4Weight } from '../src/engine/kernels/quant4.ts';
+import { allocQ4Weight, prepareQ4Matmul, prepareQ4MatmulDx, prepareQ4MatmulDxPass, prepareQuantizeQ4, releaseQ4Weight, type Q4Weight } from '../src/engine/kernels/quant4.ts';
 import { timeDispatches, type BenchRow } from './harness.ts';
 
 const RANK = 64;
@@ -94,6 +94,12 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
         const fwd = await prepareLoraForward(ctx, { kind: 'q4', W }, ad, X, U, Y, T, { seed: 1, scratch });
         const bwd = await prepareLoraBackward(ctx, { kind: 'q4', W }, ad, X, U, dY, dX, { dA, dB }, G, T, { seed: 1, scratch });
         const loraFlops = 2 * T * RANK * (K + N);
+        // The fused dX alone (G given): the adapter's s·mask⊙(G·A) prologue over the bare q4 dX.
+        {
+          const fusedDx = await prepareQ4MatmulDxPass(ctx, dY, W, dX, T, false, { lora: { G, A, rank: RANK, scale: 0.25 } });
+          const ms = await time(fusedDx.dispatches);
+          rows.push({ name: `${tag} q4 dX + fused s·G·A prologue`, ms, flops: flops + 2 * T * RANK * K, note: `over bare q4 dX ${pct(ms, q4Dx)}` });
+        }
         const fwdMs = await time(fwd.dispatches);
         const bwdMs = await time(bwd.dispatches);
         rows.push({ name: `${tag} q4+LoRA r=${RANK} fwd`, ms: fwdMs, flops: flops + loraFlops, note: `over bare q4 fwd ${pct(fwdMs, q4Fwd)}; dropout 0.05` });

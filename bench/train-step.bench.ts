@@ -3,7 +3,8 @@
  * seven projections, AdamW, activation checkpointing) at (seq 512, batch 1), (512, 4), (2048, 1):
  * tokens/s, the buffer pool's peak against the memory planner's prediction, and dispatches per step.
  */
-import type { GpuContext } from '../src/engine/gpu/context.ts';
+import type { GpuContext, KernelDispatch } from '../src/engine/gpu/context.ts';
+import { PassTimer } from '../src/engine/gpu/timer.ts';
 import { formatBytes } from '../src/engine/gpu/errors.ts';
 import { AdamW, createOptimizerState, releaseOptimizerState } from '../src/engine/kernels/adamw.ts';
 import { modelSpecFromConfig, type ModelSpec } from '../src/engine/model/config.ts';
@@ -33,6 +34,38 @@ export const INTERNLM2_1_8B = {
 };
 
 const TINY = { ...INTERNLM2_1_8B, vocab_size: 512, hidden_size: 128, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 };
+
+/** A kernel's family for the breakdown: its label up to the first shape (digits). */
+function kernelFamily(label: string): string {
+  return label.replace(/\s[\d(].*$/, '').replace(/\s+$/, '') || label;
+}
+
+/**
+ * Where the time of one step goes: every dispatch in its own timed compute pass (timestamp queries),
+ * summed per kernel family. The sum is GPU time only; against the step's wall time it shows the gaps.
+ */
+async function stepBreakdown(ctx: GpuContext, dispatches: readonly KernelDispatch[], stepMs: number): Promise<string> {
+  if (!ctx.features.timestampQuery) return '(no timestamp-query on this adapter: no breakdown)';
+  const CHUNK = 1500; // query sets hold at most 4096 timestamps
+  const timer = new PassTimer(ctx, CHUNK);
+  const byFamily = new Map<string, { ms: number; count: number }>();
+  for (let i = 0; i < dispatches.length; i += CHUNK) {
+    const enc = ctx.device.createCommandEncoder();
+    for (const d of dispatches.slice(i, i + CHUNK)) ctx.encode(enc, [d], timer.pass(d.label));
+    timer.resolve(enc);
+    ctx.device.queue.submit([enc.finish()]);
+    for (const t of await timer.read()) {
+      const f = byFamily.get(kernelFamily(t.label)) ?? { ms: 0, count: 0 };
+      f.ms += t.ms;
+      f.count++;
+      byFamily.set(kernelFamily(t.label), f);
+    }
+  }
+  timer.destroy();
+  const total = [...byFamily.values()].reduce((a, f) => a + f.ms, 0);
+  const lines = [...byFamily.entries()].sort((a, b) => b[1].ms - a[1].ms).map(([name, f]) => `| ${name} | ${f.count} | ${f.ms.toFixed(2)} | ${((f.ms / total) * 100).toFixed(1)}% |`);
+  return [`GPU time in kernels ${total.toFixed(1)} ms of a ${stepMs.toFixed(1)} ms step (here each of the ${dispatches.length} dispatches in its own timed pass)`, '| kernel family | dispatches | ms | share |', '|---|---:|---:|---:|', ...lines].join('\n');
+}
 
 export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]> {
   const spec: ModelSpec = modelSpecFromConfig(quick ? TINY : INTERNLM2_1_8B, 'InternLM2-1.8B shape');
@@ -83,6 +116,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       note: `${((T / ms) * 1000).toFixed(0)} tok/s; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%); ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
     });
     console.log(rows[rows.length - 1]!.name, rows[rows.length - 1]!.note);
+    if (seq === settings[settings.length - 1]![0]) console.log(`\n### where the time goes: seq ${seq} batch ${batch}\n${await stepBreakdown(ctx, [...plan.dispatches, ...update], ms)}\n`);
     plan.release();
   }
   optimizer.release();

@@ -4,7 +4,7 @@ import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
 import { prepareMatmul } from './matmul.ts';
 import { registerDropoutInclude } from './dropout.ts';
-import { prepareQ4Matmul, prepareQ4MatmulDx, prepareQ4MatmulDxPass, q4DxCanFuseLora, Q4_SEED_FIELD, type Q4Weight } from './quant4.ts';
+import { prepareQ4Matmul, prepareQ4MatmulDx, prepareQ4MatmulDxPass, q4DxCanFuseLora, type Q4Weight } from './quant4.ts';
 
 /**
  * A LoRA adapter on a linear layer: Y = X·Wᵀ + s·dropout(X)·Aᵀ·Bᵀ, s = alpha / rank, W frozen (4-bit or
@@ -127,8 +127,7 @@ function need(kernel: string, what: string, t: Tensor, elems: number): void {
 interface Prepared {
   dispatches: KernelDispatch[];
   /** Uniform buffers holding the dropout seed (field 6). */
-  /** Uniforms holding a dropout seed, at fields[seedIndex ?? 6] (lora.wgsl's Params). */
-  seeded: { uniforms: GPUBuffer; fields: UniformField[]; seedIndex?: number }[];
+  seeded: { uniforms: GPUBuffer; fields: UniformField[] }[];
 }
 
 interface SmallArgs {
@@ -207,7 +206,7 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
 function seedSetter(ctx: GpuContext, seeded: Prepared['seeded']): (seed: number) => void {
   return (seed) => {
     for (const u of seeded) {
-      u.fields[u.seedIndex ?? 6] = ['u32', seed >>> 0];
+      u.fields[6] = ['u32', seed >>> 0];
       ctx.writeUniforms(u.uniforms, u.fields);
     }
   };
@@ -298,11 +297,12 @@ export async function prepareLoraBackward(
   const dispatches: KernelDispatch[] = [];
   const gb = await prepareSmall(ctx, { mode: 'GB', a: dY, b: ad.B, c: G, shape: sh.GB, ...common });
   const parts: Prepared[] = [];
-  if (base.kind === 'q4' && q4DxCanFuseLora(base.W)) {
+  // Without dropout only (see Transformer.linearBackward: the masked prologue measured slower than a separate pass).
+  if (base.kind === 'q4' && q4DxCanFuseLora(base.W) && !(ad.dropout ?? 0)) {
     // G first, then one q4 dX kernel that starts from s·mask⊙(G·A) and adds dY·W: dX is written once
     // (the separate DX pass read and rewrote all of dX).
-    const fused = await prepareQ4MatmulDxPass(ctx, dY, base.W, dX, M, false, { lora: q4DxPrologue(G, ad.A, r, s, ad.dropout ?? 0, common.seed) });
-    parts.push(gb, { dispatches: fused.dispatches, seeded: fused.seeded ? [{ ...fused.seeded, seedIndex: Q4_SEED_FIELD }] : [] });
+    const fused = await prepareQ4MatmulDxPass(ctx, dY, base.W, dX, M, false, { lora: { G, A: ad.A, rank: r, scale: s } });
+    parts.push(gb, { dispatches: fused.dispatches, seeded: [] });
   } else {
     dispatches.push(...(base.kind === 'q4' ? await prepareQ4MatmulDx(ctx, dY, base.W, dX, M) : [await prepareMatmul(ctx, dY, base.W, dX, { M, N: inF, K: out })]));
     parts.push(gb, await prepareSmall(ctx, { mode: 'DX', a: G, b: ad.A, c: dX, shape: { rows: M, cols: inF, red: r }, ...common }));
@@ -359,20 +359,15 @@ export async function prepareLoraProduct(
   return { dispatches: prepared.dispatches, setSeed: seedSetter(ctx, prepared.seeded) };
 }
 
-function q4DxPrologue(G: Tensor, A: Tensor, rank: number, scale: number, p: number, seed: number) {
-  return { G, A, rank, scale, dropout: p, seed, threshold: loraDropoutThreshold(p), keepScale: Math.fround(1 / (1 - p)) };
-}
-
 /**
- * dX (=, or += with accumulate) = s·mask⊙(G·A) + dY·W for a 4-bit W in one kernel (q4DxCanFuseLora(W)):
- * the adapter's DX product fused into the base dX, G = dY·B computed beforehand.
+ * dX (=, or += with accumulate) = s·(G·A) + dY·W for a 4-bit W in one kernel (q4DxCanFuseLora(W), no
+ * lora_dropout): the adapter's DX product fused into the base dX, G = dY·B computed beforehand.
  */
 export async function prepareLoraQ4Dx(
   ctx: GpuContext,
   W: Q4Weight,
   t: { dY: Tensor; G: Tensor; A: Tensor; dX: Tensor },
-  d: { M: number; rank: number; scale: number; dropout: number; seed?: number; accumulate?: boolean },
-): Promise<LoraPass> {
-  const fused = await prepareQ4MatmulDxPass(ctx, t.dY, W, t.dX, d.M, !!d.accumulate, { lora: q4DxPrologue(t.G, t.A, d.rank, d.scale, d.dropout, d.seed ?? 0) });
-  return { dispatches: fused.dispatches, setSeed: seedSetter(ctx, fused.seeded ? [{ ...fused.seeded, seedIndex: Q4_SEED_FIELD }] : []) };
+  d: { M: number; rank: number; scale: number; accumulate?: boolean },
+): Promise<KernelDispatch[]> {
+  return (await prepareQ4MatmulDxPass(ctx, t.dY, W, t.dX, d.M, !!d.accumulate, { lora: { G: t.G, A: t.A, rank: d.rank, scale: d.scale } })).dispatches;
 }

@@ -1,7 +1,6 @@
 import quant4Wgsl from '../../../shaders/quant4.wgsl';
 import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
-import { registerDropoutInclude } from './dropout.ts';
 
 /**
  * 4-bit frozen base weights ("q4a64", docs/quant4.md): asymmetric int4, groups of 64 along `in`, one u32
@@ -242,9 +241,6 @@ interface Q4Uniforms {
   s?: number;
   srcOff?: number;
   bRow0?: number;
-  seed?: number;
-  threshold?: number;
-  keepScale?: number;
 }
 
 function uniformFields(u: Q4Uniforms): UniformField[] {
@@ -258,13 +254,11 @@ function uniformFields(u: Q4Uniforms): UniformField[] {
     ['f32', u.s ?? 0],
     ['u32', u.srcOff ?? 0],
     ['u32', u.bRow0 ?? 0],
-    ['u32', u.seed ?? 0],
-    ['u32', u.threshold ?? 0],
-    ['f32', u.keepScale ?? 1],
+    ['u32', 0],
+    ['u32', 0],
+    ['u32', 0],
   ];
 }
-/** Index of the dropout seed in uniformFields (rewritten by setSeed between steps). */
-export const Q4_SEED_FIELD = 9;
 
 /** A 2-D grid of `total` workgroups (x ≤ the per-dimension limit). */
 function grid2d(ctx: GpuContext, total: number): [number, number, number] {
@@ -386,27 +380,18 @@ export async function q4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y: Tenso
 }
 
 /**
- * The adapter's share of dX fused into the q4 dX kernel (first row block): dX = s·mask⊙(G·A) + dY·W, with
- * G = dY·B already computed, A [rank, in], and the forward's dropout mask regenerated from its seed.
+ * The adapter's share of dX fused into the q4 dX kernel (first row block): dX = s·(G·A) + dY·W, with
+ * G = dY·B already computed and A [rank, in]. Without lora_dropout only (see quant4.wgsl).
  */
 export interface Q4DxLoraPrologue {
   G: Tensor;
   A: Tensor;
   rank: number;
   scale: number;
-  /** lora_dropout p; the mask is the forward's, from `seed`. */
-  dropout: number;
-  seed: number;
-  /** Elements with dropout_hash < threshold are dropped (loraDropoutThreshold(p)). */
-  threshold: number;
-  /** 1 / (1 - p) as the GPU's f32 (loraDropoutFactor's kept value). */
-  keepScale: number;
 }
 
 export interface Q4DxPass {
   dispatches: KernelDispatch[];
-  /** With a LoRA prologue: the uniforms holding its dropout seed (field Q4_SEED_FIELD). */
-  seeded?: { uniforms: GPUBuffer; fields: UniformField[] };
 }
 
 /** Whether prepareQ4MatmulDx can fuse a LoRA prologue for this weight (the register-staged path: 16-byte dY rows). */
@@ -450,11 +435,9 @@ export async function prepareQ4MatmulDxPass(
     if (!q4DxCanFuseLora(W)) throw new Error(`${kern}: the fused LoRA prologue needs out features divisible by 4 (got ${W.out})`);
     need(kern, 'G', lora.G, M * lora.rank * 4);
     need(kern, 'A', lora.A, lora.rank * K * 4);
-    registerDropoutInclude(ctx);
   }
   const { wide, edge } = tileEdge(M, K, opts.tile);
   const out: KernelDispatch[] = [];
-  let seeded: Q4DxPass['seeded'];
   for (const [i, b] of W.blocks.entries()) {
     const acc = accumulate || i > 0;
     // 16-byte loads of dY when its rows and this block's first column are 16-byte aligned.
@@ -462,19 +445,15 @@ export async function prepareQ4MatmulDxPass(
     // Register-staged loads (dY as whole 4×4 blocks) need the 16-byte dY loads.
     const withLora = !!lora && i === 0;
     const prefetch = ((opts.prefetch ?? true) && vec4) || withLora;
-    const defines = { OP: 'dx', ACCUMULATE: acc, WIDE: wide, VEC4: vec4, PREFETCH: prefetch, LORA: withLora, DROPOUT: withLora && lora.dropout > 0 };
+    const defines = { OP: 'dx', ACCUMULATE: acc, WIDE: wide, VEC4: vec4, PREFETCH: prefetch, LORA: withLora };
     const pipeline = await ctx.pipeline({ shader: QUANT4_SHADER, entryPoint: 'q4_matmul_dx', defines });
     const label = `q4 dX${wide ? ' wide' : ''}${prefetch ? ' pref' : ''}${withLora ? '+lora' : ''} ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
-    const fields = uniformFields({
-      M, N: b.rows, K, ldy: W.out, off: b.row0,
-      ...(withLora ? { R: lora.rank, s: lora.scale, seed: lora.seed >>> 0, threshold: lora.threshold, keepScale: lora.keepScale } : {}),
-    });
+    const fields = uniformFields({ M, N: b.rows, K, ldy: W.out, off: b.row0, ...(withLora ? { R: lora.rank, s: lora.scale } : {}) });
     const uniforms = ctx.uniforms(`${label} params`, fields);
-    if (withLora && lora.dropout > 0) seeded = { uniforms, fields };
     const res = [uniforms, dY, b.q, b.sm, dX, ...(withLora ? [lora.G, lora.A] : [])];
     out.push({ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, res), workgroups: [Math.ceil(K / edge), Math.ceil(M / edge), 1] });
   }
-  return { dispatches: out, seeded };
+  return { dispatches: out };
 }
 
 export async function q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4Weight, dX: Tensor, M: number, accumulate = false, opts: { tile?: 'wide' | 'narrow'; prefetch?: boolean } = {}): Promise<void> {
