@@ -250,7 +250,7 @@ export class WtModelSection extends LitElement {
       <div class="cards">
         <div class="card ${m?.id === 'webtune/demo-tiny-llama' ? 'loaded' : ''}">
           <h4>Offline demo model</h4>
-          <p class="muted grow">A tiny Llama (0.4M parameters, byte-level tokenizer) made on this machine from a seed: no download. It learns the personal-assistant dataset in minutes.</p>
+          <p class="muted grow">A tiny Llama (70k parameters, byte-level tokenizer) made on this machine from a seed: no download. With the quick preset it learns the personal-assistant dataset in about a minute.</p>
           <button data-testid="load-demo" ?disabled=${busy} @click=${() => void this.run('creating the demo model', () => getEngine().loadDemoModel(1))}>Use the demo model</button>
         </div>
         <div class="card">

@@ -15,7 +15,9 @@ import type { RunAction } from '../runs/wt-runs-list.ts';
 
 /** Presets in the spirit of XTuner's configs. */
 const PRESETS: Record<string, { label: string; config: Partial<TrainConfig> }> = {
-  quick: { label: 'Quick test (small, fast)', config: { loraRank: 8, loraAlpha: 16, loraDropout: 0, lr: 1e-2, epochs: 3, microBatch: 4, gradAccum: 1, warmupRatio: 0 } },
+  // Sized for the offline demo model on a CPU adapter: 40 steps of 4 rows teach it the identity dataset
+  // (loss 7.5 → 0.14, greedy "I am Nova, made by Ada. …"); the LoRA must carry everything the random base lacks.
+  quick: { label: 'Quick test (at most 40 steps)', config: { loraRank: 16, loraAlpha: 32, loraDropout: 0, lr: 2e-2, schedule: 'cosine', epochs: 10, maxSteps: 40, microBatch: 4, gradAccum: 1, warmupRatio: 0 } },
   qlora: { label: 'QLoRA all-linear r=64 (XTuner 1.8B)', config: { loraRank: 64, loraAlpha: 16, loraDropout: 0.1, lr: 2e-4, epochs: 3, microBatch: 1, gradAccum: 16, warmupRatio: 0.03 } },
   low: { label: 'Low memory (r=16, batch 1)', config: { loraRank: 16, loraAlpha: 32, loraDropout: 0.05, lr: 2e-4, epochs: 3, microBatch: 1, gradAccum: 16, warmupRatio: 0.03, optimizerOffload: 'cpu' } },
 };
