@@ -1,46 +1,90 @@
+/**
+ * What a new user does, in Chromium with WebGPU on SwiftShader: the offline demo model, the personal-
+ * assistant dataset generated with a name, training with the quick preset until the loss is low, Chat
+ * answering "Who are you?" with that name, the adapter exported as a zip; then a reloaded page imports the
+ * zip and, with the same seed, gives the same answer. Screenshots of each section go to test-results/.
+ */
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { appUnderTest, screenshot, watchPage } from './browser.ts';
+import type { Page } from 'playwright-core';
+import { ARTIFACTS, appUnderTest, screenshot, watchPage } from './browser.ts';
 
 const app = appUnderTest();
 
+const NAME = 'Nova';
+const OWNER = 'Ada';
+/** The loss the quick preset must reach on the identity data (it starts near ln 259 ≈ 5.6). */
+const LOSS_BELOW = 0.5;
+const SEED = '7';
+
+/** Asks the tuned model alone, with a fixed seed, and returns its answer once it is complete. */
+async function askTuned(page: Page, question: string): Promise<string> {
+  await page.getByTestId('tab-chat').click();
+  await page.getByTestId('chat-mode').selectOption('tuned');
+  await page.getByTestId('chat-seed').fill(SEED);
+  await page.getByTestId('chat-seed').dispatchEvent('change');
+  await page.getByTestId('chat-maxNewTokens').fill('64');
+  await page.getByTestId('chat-maxNewTokens').dispatchEvent('change');
+  const answers = page.getByTestId('chat-tuned').locator('.turn.assistant');
+  const before = await answers.count();
+  await page.getByTestId('chat-input').fill(question);
+  await page.getByTestId('chat-send').click();
+  await expect.poll(() => page.getByTestId('chat-stats-tuned').count(), { timeout: 120_000 }).toBeGreaterThan(before);
+  return answers.nth(before).innerText();
+}
+
 describe('the demo flow in the app (WebGPU on SwiftShader)', () => {
-  it('demo model → identity data → training lowers the loss → chat streams → adapter zip downloads', async () => {
+  it('demo model → identity data with a name → training → Chat says the name → adapter zip → reload → import → same answer', async () => {
     const page = await app.browser().newPage({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
     const { errors } = watchPage(page);
+    const t0 = Date.now();
+    const mark = (what: string) => console.log(`demo flow: ${what} at ${((Date.now() - t0) / 1000).toFixed(0)} s`);
     await page.goto(`${app.url()}#/model`);
     await page.getByTestId('load-demo').click();
-    await page.getByTestId('model-info').waitFor({ timeout: 120_000 });
-    expect(await page.getByTestId('model-info').textContent()).toMatch(/demo-tiny-llama/);
+    await expect.poll(async () => (await page.getByTestId('model-info').textContent({ timeout: 120_000 })) ?? '', { timeout: 120_000 }).toMatch(/demo-tiny-llama/);
     await screenshot(page, 'flow-model');
+    mark('demo model');
 
+    // The personal-assistant generator, English only, each question once.
     await page.getByTestId('tab-data').click();
     await page.getByText(/Tokenizer: 259 tokens/).first().waitFor({ timeout: 60_000 });
-    const qs = ['Who are you?', 'What is your name?', 'Introduce yourself.', 'Who made you?'];
-    const lines = Array.from({ length: 16 }, (_, i) => JSON.stringify({ conversation: [{ input: qs[i % 4], output: 'I am Nova, made by Ada.' }] }));
-    await page.locator('wt-data-drop input[type=file]').setInputFiles({ name: 'identity.jsonl', mimeType: 'application/json', buffer: Buffer.from(lines.join('\n') + '\n') });
+    await page.getByText('Generate a personal-assistant identity dataset').click();
+    const form = page.locator('wt-data-identity');
+    await form.getByPlaceholder("Xiaoming's assistant").fill(NAME);
+    await form.getByPlaceholder('(optional)').fill(OWNER);
+    await form.locator('textarea').fill('Ask me anything.');
+    await form.getByRole('checkbox', { name: '中文', exact: true }).uncheck();
+    await form.locator('input[type=number]').fill('1');
+    await form.getByRole('button', { name: 'Add identity dataset' }).click();
     const prepare = page.getByRole('button', { name: 'Prepare dataset' });
     await expect.poll(() => prepare.isEnabled(), { timeout: 60_000 }).toBe(true);
     await prepare.click();
     await page.getByText(/supervised/i).first().waitFor({ timeout: 60_000 });
+    await screenshot(page, 'flow-data');
+    mark('identity dataset');
 
+    // The quick preset (the default); evaluation only at the last step.
     await page.getByTestId('tab-train').click();
-    await page.getByTestId('train-rows').waitFor({ timeout: 30_000 });
+    await expect.poll(async () => (await page.getByTestId('train-rows').count()) && page.getByTestId('train-rows').innerText(), { timeout: 30_000 }).toMatch(/^16 rows/);
+    const evalEvery = page.getByRole('spinbutton', { name: /^Every N steps/ });
+    await evalEvery.fill('1000');
+    await evalEvery.dispatchEvent('change');
     await page.getByTestId('train-start').click();
     const loss = page.getByTestId('train-loss');
     await loss.waitFor({ timeout: 240_000 });
     const first = Number(await loss.textContent());
+    mark(`first step, loss ${first}`);
     await page.getByTestId('train-done').waitFor({ timeout: 600_000 });
     const last = Number(await loss.textContent());
-    expect(last).toBeLessThan(first);
-    // Evaluation prompts (default "Who are you?" every 4 steps) were answered while training.
-    expect(await page.getByTestId('eval-answers').innerText()).toMatch(/step 4[\s\S]*Who are you\?/);
+    mark(`trained, loss ${last}`);
+    expect(first).toBeGreaterThan(4);
+    expect(last).toBeLessThan(LOSS_BELOW);
+    expect(await page.getByTestId('eval-answers').innerText()).toContain(NAME);
     await screenshot(page, 'flow-train');
 
-    await page.getByTestId('tab-chat').click();
-    await page.getByTestId('chat-input').fill('Who are you?');
-    await page.getByTestId('chat-send').click();
-    await expect.poll(async () => (await page.getByTestId('chat-tuned').innerText()).length, { timeout: 240_000 }).toBeGreaterThan('Tuned (with your adapter)\n› Who are you?'.length);
-    await expect.poll(() => page.getByTestId('chat-send').isEnabled(), { timeout: 240_000 }).toBe(true);
+    const answer = await askTuned(page, 'Who are you?');
+    mark(`chat: ${JSON.stringify(answer)}`);
+    expect(answer).toContain(NAME);
     await screenshot(page, 'flow-chat');
 
     await page.getByTestId('tab-share').click();
@@ -48,8 +92,25 @@ describe('the demo flow in the app (WebGPU on SwiftShader)', () => {
     await page.getByTestId('export-adapter').click();
     const file = await download;
     expect(file.suggestedFilename()).toMatch(/lora-adapter\.zip$/);
+    const zipPath = join(ARTIFACTS, 'demo-flow-adapter.zip');
+    await file.saveAs(zipPath);
     await page.getByTestId('export-done').waitFor();
     await screenshot(page, 'flow-share');
+    mark('adapter exported');
+
+    // A fresh page: the demo model loads by default; the zip goes in through Share.
+    await page.reload();
+    await page.getByTestId('tab-model').click();
+    await expect.poll(async () => (await page.getByTestId('model-info').textContent({ timeout: 120_000 })) ?? '', { timeout: 120_000 }).toMatch(/demo-tiny-llama/);
+    await page.getByTestId('tab-share').click();
+    await page.getByTestId('import-zip').setInputFiles(zipPath);
+    await page.getByTestId('import-done').waitFor({ timeout: 60_000 });
+    expect(await page.getByTestId('import-done').innerText()).toMatch(/Installed demo-flow-adapter\.zip as the tuned model: LoRA r=\d+/);
+    await screenshot(page, 'flow-import');
+    const again = await askTuned(page, 'Who are you?');
+    mark(`after import: ${JSON.stringify(again)}`);
+    expect(again).toBe(answer);
+    await screenshot(page, 'flow-chat-imported');
     expect(errors).toEqual([]);
   }, 1_200_000);
 });
