@@ -15,6 +15,7 @@ import { releaseBaseWeights } from '../src/engine/model/base-weights.ts';
 import { initLoraParams } from '../src/engine/train/trainer.ts';
 import { Generator } from '../src/engine/generate/generator.ts';
 import { DEFAULT_SETTINGS } from '../src/engine/generate/settings.ts';
+import { prepareSampler } from '../src/engine/kernels/sampling.ts';
 import { INTERNLM2_1_8B } from './train-step.bench.ts';
 import type { BenchRow } from './harness.ts';
 
@@ -23,6 +24,28 @@ const TINY = { ...INTERNLM2_1_8B, vocab_size: 1024, hidden_size: 128, intermedia
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
+}
+
+/** The sampler alone over a 92544-logit row: time per token and which path (fast or general) it took. */
+async function samplerRows(ctx: GpuContext, vocab: number): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  let s = 12345;
+  const logits = Float32Array.from({ length: vocab }, () => (((s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32) - 0.5) * 8);
+  const t = ctx.upload('bench logits', [vocab], logits);
+  for (const [name, over] of [['XTuner (t 0.1, top-p 0.75, top-k 40)', {}], ['greedy', { temperature: 0 }], ['top-k off, top-p off (general path)', { topK: 0, topP: 1 }]] as const) {
+    const sampler = await prepareSampler(ctx, t, vocab);
+    sampler.setParams({ ...DEFAULT_SETTINGS, seed: 3, ...over });
+    sampler.reset([], 0);
+    const reps = 20;
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) await ctx.run(sampler.dispatches);
+    const ms = (performance.now() - t0) / reps;
+    const st = await ctx.read(sampler.state, 'u32');
+    rows.push({ name: `sampling ${vocab} logits: ${name}`, ms, note: `${st[2]} of ${st[0]} tokens by the general path (wall time per token incl. submit + wait)` });
+    sampler.release();
+  }
+  ctx.release(t);
+  return rows;
 }
 
 export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]> {
@@ -35,7 +58,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
   console.log(`weights ${formatBytes(weightBytes)}; KV cache + generator ${formatBytes(ctx.pool.liveBytes - weightBytes)}`);
   const ids = (n: number, salt: number) => Array.from({ length: n }, (_, i) => (i * 7919 + salt * 104729) % spec.vocabSize);
   const settings = { ...DEFAULT_SETTINGS, stopTokenIds: [], seed: 7 };
-  const rows: BenchRow[] = [];
+  const rows: BenchRow[] = [...(await samplerRows(ctx, spec.vocabSize))];
 
   const prefill = async (n: number) => {
     const times: number[] = [];
