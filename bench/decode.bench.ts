@@ -85,11 +85,12 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       last = res;
     }
     const ms = median(per);
+    const paths = await gen.samplingPathCounts();
     rows.push({
       name: `decode at context ${context}${label}`,
       ms,
       bytes: weightBytes,
-      note: `${(1000 / ms).toFixed(1)} tokens/s over ${newTokens - 1} tokens (XTuner sampling on the GPU; first token after ${last!.prefillMs.toFixed(1)} ms)`,
+      note: `${(1000 / ms).toFixed(1)} tokens/s over ${newTokens - 1} tokens (XTuner sampling on the GPU; first token after ${last!.prefillMs.toFixed(1)} ms; last run: ${paths.general} of ${paths.tokens} tokens by the exact general sampling path)`,
     });
     console.log(rows[rows.length - 1]!.name, rows[rows.length - 1]!.note);
   };

@@ -186,6 +186,12 @@ export class Generator {
     return this.ctx.read(this.logitsT);
   }
 
+  /** Tokens sampled since the last reset, and how many of them took the exact general path (benchmarks). */
+  async samplingPathCounts(): Promise<{ tokens: number; general: number }> {
+    const st = await this.ctx.read(this.sampler.state, 'u32');
+    return { tokens: st[0]!, general: st[2]! };
+  }
+
   /** The sampler's id buffer: the id the next decode step embeds (tests and tools write it). */
   get nextIdTensor(): Tensor {
     return this.sampler.outId;

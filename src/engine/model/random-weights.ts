@@ -25,7 +25,10 @@ export interface RandomWeightsOptions {
 
 export async function randomBaseWeights(ctx: GpuContext, spec: ModelSpec, o: RandomWeightsOptions): Promise<BaseWeights> {
   const std = o.std ?? 0.02;
-  const pool = o.poolValues ? seededGaussian(o.poolValues, o.seed, std) : null;
+  // An odd pool length, so the tiling never lines up with rows: a row-aligned pool (2^22 = 2048 rows of
+  // 2048) made whole lm_head rows repeat, every logit tied with another, and sampling then took its exact
+  // tie path on every token — the decode benchmark measured that instead of the common case.
+  const pool = o.poolValues ? seededGaussian(o.poolValues | 1, o.seed, std) : null;
   let seed = o.seed;
   const values = (n: number): Float32Array => {
     seed = (seed * 1664525 + 1013904223) >>> 0;
