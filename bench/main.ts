@@ -14,10 +14,11 @@ import { bench as quant4Lora } from './quant4-lora.bench.ts';
 import { bench as trainStep } from './train-step.bench.ts';
 import { bench as denseOps } from './dense-ops.bench.ts';
 import { bench as decode } from './decode.bench.ts';
+import { bench as offload } from './offload.bench.ts';
 
 export type Suite = (ctx: GpuContext, quick: boolean) => Promise<BenchRow[]>;
 
-export const SUITES: Record<string, Suite> = { copy, matmul, 'dense-ops': denseOps, attention, 'ce-adamw': ceAdamw, 'quant4-lora': quant4Lora, 'train-step': trainStep, decode };
+export const SUITES: Record<string, Suite> = { copy, matmul, 'dense-ops': denseOps, attention, 'ce-adamw': ceAdamw, 'quant4-lora': quant4Lora, 'train-step': trainStep, decode, offload };
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
