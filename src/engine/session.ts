@@ -26,10 +26,12 @@ import { loraModules, type PeftLoraConfig } from './model/peft.ts';
 import { MemoryBlobStore, type BlobStore } from './share/checkpoint.ts';
 import { DEFAULT_TRAIN_CONFIG } from './train/trainer.ts';
 import { DEFAULT_CE_WORKSPACE_BYTES } from './kernels/cross_entropy.ts';
-import { planMemory, type MemoryPlan } from './model/memory-plan.ts';
+import { formatBytes, planMemory, type MemoryPlan } from './model/memory-plan.ts';
 import { RunCheckpointer, DEFAULT_CHECKPOINT_POLICY, type CheckpointPolicy } from './runs/checkpointer.ts';
 import * as runStore from './runs/run-store.ts';
-import { DeviceLostError } from './gpu/errors.ts';
+import { DeviceLostError, GpuOutOfMemoryError } from './gpu/errors.ts';
+import { availableBytes, describePlan, ExplainedOutOfMemoryError, explainTrainingOutOfMemory } from './train/out-of-memory.ts';
+import type { TrainingMemoryConfig } from './model/memory-plan.ts';
 import type { CheckpointInfo, RunDataStats, RunModelSource } from './runs/run-store.ts';
 
 export interface ModelInfo {
@@ -189,7 +191,11 @@ export class EngineSession {
     const tokenizer = loadTokenizer(tokenizerSrc);
     const index = await CheckpointIndex.open(spec, source, [...files.keys()]);
     this.unload();
-    this.weights = await loadBaseWeights(this.ctx, index, { quantize: opts.quantize });
+    try {
+      this.weights = await this.ctx.allocating(`the weights of ${opts.id}`, () => loadBaseWeights(this.ctx, index, { quantize: opts.quantize }));
+    } catch (err) {
+      throw this.explainLoadOutOfMemory(err, spec, opts);
+    }
     this.spec = spec;
     this.modelId = opts.id;
     this.modelSource = origin ?? { kind: 'files', id: opts.id, quantized: this.weights.quantized };
@@ -237,8 +243,52 @@ export class EngineSession {
     this.dropImported();
     this.trainer?.release();
     this.trainer = null;
-    this.trainer = new Trainer(this.ctx, this.weights!, rows, config, this.modelId);
+    // The adapter and optimizer state: on failure half-way, what was allocated goes back to the pool.
+    const scope = this.ctx.pool.openScope();
+    try {
+      this.trainer = new Trainer(this.ctx, this.weights!, rows, config, this.modelId);
+      scope.commit();
+    } catch (err) {
+      scope.rollback();
+      throw this.explainOutOfMemory(err, config, Math.max(0, ...rows.map((r) => r.inputIds.length)), 'Nothing was trained yet; no checkpoint was touched.');
+    }
     return this.trainer;
+  }
+
+  /** A GpuOutOfMemoryError from training, explained with the memory plan of `config` (other errors pass through). */
+  private explainOutOfMemory(err: unknown, config: Partial<TrainConfig>, seqLen: number, runNote: string): unknown {
+    if (!(err instanceof GpuOutOfMemoryError) || err instanceof ExplainedOutOfMemoryError || !this.spec || !this.weights) return err;
+    const mc = this.memoryConfig(this.spec, config, Math.max(1, seqLen));
+    let plan: MemoryPlan | null = null;
+    try {
+      plan = planMemory(this.spec, mc, { budgetBytes: availableBytes(err) });
+    } catch {
+      // Settings the planner rejects: the advice then comes from the settings alone.
+    }
+    return explainTrainingOutOfMemory(err, plan, mc, runNote);
+  }
+
+  /** A model that does not fit: its weights' size from the plan and what to load instead. */
+  private explainLoadOutOfMemory(err: unknown, spec: ModelSpec, opts: { id: string; quantize: boolean }): unknown {
+    if (!(err instanceof GpuOutOfMemoryError)) return err;
+    let plan: MemoryPlan | null = null;
+    try {
+      plan = planMemory(spec, this.memoryConfig(spec, {}, 512, opts.quantize), { budgetBytes: availableBytes(err) });
+    } catch {
+      // No plan for this spec: the message goes without the sizes.
+    }
+    const suggestions = [
+      ...(opts.quantize ? [] : ['Load it in 4 bits (QLoRA): about 1/7 of the f32 weights']),
+      'Choose a smaller model',
+      'Close other tabs or programs that use the GPU, then load again',
+    ];
+    const lines = [
+      `Loading ${opts.id} ran out of GPU memory: ${err.message}. No model is loaded now; nothing stored was changed.`,
+      ...(plan ? [`Its ${opts.quantize ? '4-bit' : 'f32'} weights need about ${formatBytes(plan.weights.bytes)} on the GPU (${formatBytes(plan.loadingPeakBytes)} while loading); training at 512 tokens: ${describePlan(plan)}.`] : []),
+      'What to change:',
+      ...suggestions.map((x) => `  • ${x}`),
+    ];
+    return new ExplainedOutOfMemoryError(err, plan, suggestions, lines.join('\n'));
   }
 
   /** Trains until done, stop() or pause(); `afterStep` (checkpoints) runs after each step's evaluation. */
@@ -266,6 +316,16 @@ export class EngineSession {
       );
     } catch (err) {
       // A device lost mid-step surfaces as whatever GPU call failed first: name the real cause.
+      if (!this.ctx.isLost && err instanceof GpuOutOfMemoryError) {
+        const runId = this.activeRun;
+        const ckpt = runId ? await runStore.runCheckpointInfo(this.store, runId).catch(() => null) : null;
+        const note = runId
+          ? ckpt
+            ? `Nothing was lost: run ${runId} keeps its last checkpoint (step ${ckpt.step}), intact; resume it once memory is free, or start a new run with the changes.`
+            : `Run ${runId} had no checkpoint yet: start a new run with the changes.`
+          : `The adapter trained so far (step ${trainer.step}) stays loaded.`;
+        throw this.explainOutOfMemory(err, trainer.config, trainer.seq, note);
+      }
       if (this.ctx.isLost) {
         this.interruptedByLoss = { runId: this.activeRun };
         const lost = await this.ctx.lost;
@@ -418,23 +478,24 @@ export class EngineSession {
    */
   planTraining(config: Partial<TrainConfig>, seqLen: number, budgetBytes?: number): MemoryPlan {
     const spec = this.requireSpec();
+    return planMemory(spec, this.memoryConfig(spec, config, seqLen), budgetBytes === undefined ? {} : { budgetBytes });
+  }
+
+  /** The planner's view of a training config on the loaded model (or, while loading, one `quantized` or not). */
+  private memoryConfig(spec: ModelSpec, config: Partial<TrainConfig>, seqLen: number, quantized = this.weights?.quantized ?? false): TrainingMemoryConfig {
     const c = { ...DEFAULT_TRAIN_CONFIG, ...config };
     const ceBytes = Math.min(DEFAULT_CE_WORKSPACE_BYTES, this.ctx.limits.maxStorageBufferBindingSize, this.ctx.limits.maxBufferSize);
-    return planMemory(
-      spec,
-      {
-        seqLen,
-        microBatch: c.microBatch,
-        loraRank: c.loraRank,
-        ...(c.targets ? { targets: c.targets } : {}),
-        quantBits: this.weights!.quantized ? 4 : 32,
-        groupSize: 64,
-        optimizerOffload: c.optimizerOffload ?? 'gpu',
-        activationCheckpointing: true,
-        ceChunkTokens: Math.max(1, Math.min(seqLen * c.microBatch, Math.floor(ceBytes / (spec.vocabSize * 4)))),
-      },
-      budgetBytes === undefined ? {} : { budgetBytes },
-    );
+    return {
+      seqLen,
+      microBatch: c.microBatch,
+      loraRank: c.loraRank,
+      ...(c.targets ? { targets: c.targets } : {}),
+      quantBits: quantized ? 4 : 32,
+      groupSize: 64,
+      optimizerOffload: c.optimizerOffload ?? 'gpu',
+      activationCheckpointing: true,
+      ceChunkTokens: Math.max(1, Math.min(seqLen * c.microBatch, Math.floor(ceBytes / (spec.vocabSize * 4)))),
+    };
   }
 
   /** One chat turn with the base model or the tuned one (each keeps its own conversation and cache). */

@@ -339,6 +339,33 @@ export class GpuContext {
     this.assertAlive();
   }
 
+  /**
+   * Runs `fn`, which allocates (a model load, a training step plan), under an 'out-of-memory' error scope:
+   * a device that refuses a buffer, or the pool's budget, ends it with a GpuOutOfMemoryError naming `what`.
+   * When it fails for any reason, the pool buffers it allocated are released again.
+   */
+  async allocating<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    this.assertAlive();
+    const scope = this.pool.openScope();
+    this.device.pushErrorScope('out-of-memory');
+    let failure: { error: unknown } | null = null;
+    let result: T | undefined;
+    try {
+      result = await fn();
+    } catch (error) {
+      failure = { error };
+    }
+    // A lost device resolves the pop with null; a mismatched stack (someone popped ours) is not ours to report.
+    const oom = await this.device.popErrorScope().catch(() => null);
+    if (!failure && !oom) {
+      scope.commit();
+      return result as T;
+    }
+    scope.rollback();
+    if (failure?.error instanceof GpuOutOfMemoryError || !oom) throw failure!.error;
+    throw new GpuOutOfMemoryError(`${what} (${oom.message || 'the device refused a buffer'})`, 0, this.pool.liveBytes, this.pool.budgetBytes);
+  }
+
   destroy(): void {
     this.pool.trim();
     this.device.destroy();

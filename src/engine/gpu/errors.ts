@@ -19,10 +19,12 @@ export class GpuOutOfMemoryError extends Error {
     readonly what: string,
     readonly requestedBytes: number,
     readonly liveBytes: number,
+    /** The pool's byte budget when one was set (BufferPool.budgetBytes), else null: the device itself refused. */
+    readonly budgetBytes: number | null = null,
   ) {
-    super(
-      `out of GPU memory allocating ${what} (${formatBytes(requestedBytes)}; ${formatBytes(liveBytes)} already in use)`,
-    );
+    const asked = requestedBytes > 0 ? `${formatBytes(requestedBytes)}; ` : '';
+    const budget = budgetBytes === null ? '' : ` of a ${formatBytes(budgetBytes)} budget`;
+    super(`out of GPU memory allocating ${what} (${asked}${formatBytes(liveBytes)} already in use${budget})`);
   }
 }
 

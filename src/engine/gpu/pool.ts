@@ -13,6 +13,15 @@ export class BufferPool {
   private live = 0;
   private peak = 0;
   private cached = 0;
+  /** Open allocation scopes (openScope), innermost last: the buffers each handed out and still holds. */
+  private scopes: Set<GPUBuffer>[] = [];
+
+  /**
+   * Live bytes allowed at once (null: as many as the device grants). An allocation beyond it throws
+   * GpuOutOfMemoryError before touching the device: a smaller GPU simulated on a bigger one (tests), or a
+   * cap the user set so other tabs and the desktop keep their share.
+   */
+  budgetBytes: number | null = null;
 
   constructor(private readonly device: GPUDevice) {}
 
@@ -40,6 +49,7 @@ export class BufferPool {
 
   alloc(label: string, bytes: number): GPUBuffer {
     const size = BufferPool.roundSize(bytes);
+    if (this.budgetBytes !== null && this.live + size > this.budgetBytes) throw new GpuOutOfMemoryError(label, size, this.live, this.budgetBytes);
     const reuse = this.free.get(size)?.pop();
     let buffer: GPUBuffer;
     if (reuse) {
@@ -54,12 +64,39 @@ export class BufferPool {
     }
     this.live += size;
     this.peak = Math.max(this.peak, this.live);
+    this.scopes[this.scopes.length - 1]?.add(buffer);
     return buffer;
+  }
+
+  /**
+   * Starts recording the buffers handed out from now on. `rollback()` releases those still held (a model
+   * load or a step plan that failed half-way leaves nothing behind); `commit()` keeps them (an enclosing
+   * scope then owns them). Scopes nest and must be closed innermost first.
+   */
+  openScope(): { commit(): void; rollback(): void } {
+    const held = new Set<GPUBuffer>();
+    this.scopes.push(held);
+    const close = () => {
+      if (this.scopes[this.scopes.length - 1] !== held) throw new Error('BufferPool: allocation scopes closed out of order');
+      this.scopes.pop();
+    };
+    return {
+      commit: () => {
+        close();
+        const outer = this.scopes[this.scopes.length - 1];
+        if (outer) for (const b of held) outer.add(b);
+      },
+      rollback: () => {
+        close();
+        for (const b of held) this.release(b);
+      },
+    };
   }
 
   release(buffer: GPUBuffer): void {
     const size = this.sizes.get(buffer);
     if (size === undefined) throw new Error(`BufferPool.release: '${buffer.label}' was not allocated by this pool`);
+    for (const scope of this.scopes) scope.delete(buffer);
     this.live -= size;
     this.cached += size;
     let list = this.free.get(size);

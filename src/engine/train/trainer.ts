@@ -223,12 +223,24 @@ export class Trainer {
   private async prepare(): Promise<void> {
     if (this.plan) return;
     const c = this.config;
-    const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: c.loraDropout });
-    this.plan = await model.plan({ batch: c.microBatch, seq: this.seq }, 'train');
-    this.stepLosses = this.ctx.tensor('step losses', [c.gradAccum]);
-    // The AdamW kernel skips the update on the GPU when a loss or the grad norm is not finite.
-    this.optimizer = await AdamW.create(this.ctx, this.state, { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay, maxGradNorm: c.maxGradNorm }, { guard: this.stepLosses });
-    if (this.moments) await this.prepareOffload();
+    // Out of memory anywhere in here is a GpuOutOfMemoryError, and the half-built plan's buffers go back.
+    try {
+      await this.ctx.allocating(`the training step buffers (micro-batch ${c.microBatch} × ${this.seq} tokens)`, async () => {
+        const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: c.loraDropout });
+        this.plan = await model.plan({ batch: c.microBatch, seq: this.seq }, 'train');
+        this.stepLosses = this.ctx.tensor('step losses', [c.gradAccum]);
+        // The AdamW kernel skips the update on the GPU when a loss or the grad norm is not finite.
+        this.optimizer = await AdamW.create(this.ctx, this.state, { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay, maxGradNorm: c.maxGradNorm }, { guard: this.stepLosses });
+        if (this.moments) await this.prepareOffload();
+      });
+    } catch (err) {
+      // Their pool buffers were released by the scope: forget them so release() does not free them twice.
+      this.plan = null;
+      this.stepLosses = null;
+      this.optimizer = null;
+      this.offload = null;
+      throw err;
+    }
   }
 
   /** Splits the flat state into chunks at parameter boundaries and prepares each chunk's update. */

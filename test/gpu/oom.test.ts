@@ -1,0 +1,118 @@
+/**
+ * Out of GPU memory: a pool budget smaller than the step needs (a small GPU simulated on this one) makes
+ * training fail with an error that names the buffer, carries the memory plan of the settings and says what
+ * to change; half-built step buffers go back to the pool, a run's last checkpoint stays as it was, and the
+ * same session trains to the end once the memory is there.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { EngineSession, type RunEvent } from '../../src/engine/session.ts';
+import { formatBytes, GpuOutOfMemoryError } from '../../src/engine/gpu/errors.ts';
+import { ExplainedOutOfMemoryError } from '../../src/engine/train/out-of-memory.ts';
+import { loadTokenizer } from '../../src/data/tokenizer.ts';
+import { generateIdentityRecords } from '../../src/data/identity.ts';
+import { detectMapper, mapRecords } from '../../src/data/mappers.ts';
+import { prepareDataset } from '../../src/data/pipeline.ts';
+import { NodeDirBlobStore } from '../../src/engine/share/node.ts';
+import type { GpuContext } from '../../src/engine/gpu/context.ts';
+import type { TrainConfig, TrainRow } from '../../src/engine/train/trainer.ts';
+import { createNodeGpuContext } from '../../src/node/gpu.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'webtune-oom-'));
+let ctx: GpuContext;
+let session: EngineSession;
+let rows: TrainRow[];
+const config: Partial<TrainConfig> = { loraRank: 8, loraAlpha: 16, loraDropout: 0, lr: 1e-2, epochs: 1, microBatch: 2, gradAccum: 1, warmupRatio: 0, seed: 5 };
+
+beforeAll(async () => {
+  ctx = await createNodeGpuContext();
+  session = new EngineSession(ctx, new NodeDirBlobStore(dir));
+  await session.loadDemoModel(3);
+  const tok = loadTokenizer(session.tokenizerSource()!);
+  const records = generateIdentityRecords({ assistantName: 'Nova', owner: 'Ada', description: 'I am Nova.', languages: ['en'], repeat: 1 });
+  rows = prepareDataset(tok, mapRecords(records, detectMapper(records).choice!).samples, { maxLength: 64, pack: true, seed: 1, evalSplit: 0 }).train.slice(0, 8);
+}, 300_000);
+
+afterAll(() => {
+  session?.unload();
+  if (ctx && !ctx.isLost) ctx.destroy();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+it('the pool budget refuses an allocation by name and size; a scope that fails gives its buffers back', () => {
+  const live = ctx.pool.liveBytes;
+  ctx.pool.budgetBytes = live + 4096;
+  try {
+    const scope = ctx.pool.openScope();
+    ctx.tensor('fits', [512]);
+    expect(ctx.pool.liveBytes).toBe(live + 2048);
+    let err: unknown = null;
+    try {
+      ctx.tensor('too big', [1024]);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(GpuOutOfMemoryError);
+    expect((err as GpuOutOfMemoryError).message).toBe(`out of GPU memory allocating too big (4.00 KiB; ${formatBytes(live + 2048)} already in use of a ${formatBytes(live + 4096)} budget)`);
+    scope.rollback();
+    expect(ctx.pool.liveBytes).toBe(live);
+  } finally {
+    ctx.pool.budgetBytes = null;
+  }
+});
+
+it('training beyond the budget: a clear error with the plan and what to change, no leak, and the session trains afterwards', async () => {
+  let atStart = 0;
+  const err = await session
+    .trainRun(rows, config, { runId: 'tight', checkpoint: { everySteps: 2, everyMinutes: 0 } }, (e: RunEvent) => {
+      // The adapter and its optimizer state are allocated by now; the step buffers are not.
+      if (e.type === 'started') {
+        atStart = ctx.pool.liveBytes;
+        ctx.pool.budgetBytes = atStart + 1024;
+      }
+    })
+    .then(() => null, (e: unknown) => e);
+  ctx.pool.budgetBytes = null;
+  expect(err).toBeInstanceOf(ExplainedOutOfMemoryError);
+  const e = err as ExplainedOutOfMemoryError;
+  expect(e.name).toBe('GpuOutOfMemoryError');
+  const msg = e.message;
+  expect(msg).toMatch(/^Training ran out of GPU memory: out of GPU memory allocating \S.* \(\d.*already in use of a .* budget\)\./);
+  expect(msg).toMatch(/Memory plan for these settings \(maximum length \d+, micro-batch 2, LoRA rank 8, f32 base, optimizer state on the GPU\)/);
+  expect(msg).toMatch(/base weights [\d.]+ [KM]iB · LoRA params \+ grads [\d.]+ [KM]iB · optimizer moments .* at the training peak/);
+  expect(msg).toMatch(/What to change:\n {2}• /);
+  expect(e.plan).not.toBeNull();
+  expect(e.plan!.fits).toBe(false);
+  // Concrete changes for these settings, each with its predicted peak (the planner's advice).
+  expect(e.suggestions.some((s) => /optimizer|micro-batch|rank|maximum length/i.test(s))).toBe(true);
+  expect(msg).toMatch(/Run tight had no checkpoint yet/);
+  // The half-built step plan went back to the pool: only the adapter's state is still held.
+  expect(ctx.pool.liveBytes).toBe(atStart);
+
+  const ok = await session.trainRun(rows, config, { runId: 'roomy', checkpoint: { everySteps: 2, everyMinutes: 0 } }, () => undefined);
+  expect(ok).toMatchObject({ steps: 4, stopped: false, paused: false });
+  expect(Number.isFinite(ok.finalLoss)).toBe(true);
+}, 600_000);
+
+it('a run that runs out of memory on resume keeps its checkpoint and resumes to the end later', async () => {
+  const paused = await session.trainRun(rows, config, { runId: 'kept', checkpoint: { everySteps: 0, everyMinutes: 0 } }, (e) => {
+    if (e.type === 'progress' && e.progress.step === 2) session.pause();
+  });
+  expect(paused).toMatchObject({ steps: 2, paused: true, checkpoint: { step: 2 } });
+  const before = await session.runCheckpoint('kept');
+
+  const err = await session
+    .resumeRun({ runId: 'kept' }, (e) => {
+      if (e.type === 'started') ctx.pool.budgetBytes = ctx.pool.liveBytes + 1024;
+    })
+    .then(() => null, (e: unknown) => e);
+  ctx.pool.budgetBytes = null;
+  expect(err).toBeInstanceOf(ExplainedOutOfMemoryError);
+  expect((err as Error).message).toMatch(/Nothing was lost: run kept keeps its last checkpoint \(step 2\), intact/);
+  expect(await session.runCheckpoint('kept')).toEqual(before);
+
+  const done = await session.resumeRun({ runId: 'kept' }, () => undefined);
+  expect(done).toMatchObject({ steps: 4, stopped: false, paused: false });
+}, 600_000);
