@@ -11,6 +11,8 @@ import { settingsStore, DEFAULT_TRAIN_SETTINGS, type TrainSettings } from '../st
 import { RunHistory, applyRunEvent, isResumable, newRunId, newRunRecord, type RunRecord } from '../store/runs.ts';
 import '../runs/wt-memory-plan.ts';
 import '../runs/wt-runs-list.ts';
+import '../runs/wt-run-fault.ts';
+import { faultOfDeviceLoss, faultOfError, type RunFault } from '../runs/wt-run-fault.ts';
 import type { RunAction } from '../runs/wt-runs-list.ts';
 
 /** Presets in the spirit of XTuner's configs. */
@@ -87,6 +89,8 @@ export class WtTrainSection extends LitElement {
   @state() private done = '';
   @state() private plan: MemoryPlan | null = null;
   @state() private planNote = '';
+  /** Why the last run stopped by itself (GPU lost, out of memory, non-finite steps), shown as a banner. */
+  @state() private fault: RunFault | null = null;
   private readonly history = new RunHistory();
   private plot: uPlot | null = null;
   private planTimer: ReturnType<typeof setTimeout> | undefined;
@@ -158,7 +162,8 @@ export class WtTrainSection extends LitElement {
     const host = this.renderRoot.querySelector<HTMLElement>('.chart');
     if (!host) return;
     const c = this.run?.curve ?? { step: [], loss: [] };
-    const data: uPlot.AlignedData = [c.step, c.loss];
+    // A skipped step's loss is NaN or ±∞: a gap in the curve, not a broken scale.
+    const data: uPlot.AlignedData = [c.step, c.loss.map((v) => (Number.isFinite(v) ? v : null))];
     host.dataset.steps = c.step.join(',');
     if (!this.plot) {
       this.plot = new uPlot({ width: Math.max(320, host.clientWidth || 640), height: 220, scales: { x: { time: false } }, series: [{ label: 'step' }, { label: 'loss', stroke: '#3158d4', width: 2 }], axes: [{}, {}] }, data, host);
@@ -235,20 +240,45 @@ export class WtTrainSection extends LitElement {
     this.phase = 'training';
     this.error = '';
     this.done = '';
+    this.fault = null;
     this.active = run;
     try {
       const result = await call(Comlink.proxy((e: RunEvent) => this.onEvent(e)));
-      this.settle({ status: result.paused ? 'paused' : result.stopped ? 'stopped' : 'finished', finalLoss: Number.isFinite(result.finalLoss) ? result.finalLoss : null });
+      this.settle({ status: result.paused ? 'paused' : result.stopped ? 'stopped' : 'finished', finalLoss: Number.isFinite(result.finalLoss) ? result.finalLoss : null, ...(result.pauseReason ? { error: result.pauseReason } : {}) });
+      if (result.pauseReason) this.fault = { kind: 'paused', message: result.pauseReason, resumeRunId: run.id };
       this.done = result.paused
         ? `Paused at step ${result.steps}: checkpoint saved. Resume any time, also after closing the tab.`
         : `${result.stopped ? 'Stopped' : 'Finished'} after ${result.steps} steps; final loss ${result.finalLoss.toFixed(4)}. Try it in Chat, or export it in Share.`;
       this.dispatchEvent(new CustomEvent('adapter-trained', { detail: result, bubbles: true, composed: true }));
     } catch (e) {
-      this.error = e instanceof Error ? e.message : String(e);
-      this.settle({ status: 'failed', error: this.error });
+      const message = e instanceof Error ? e.message : String(e);
+      const fault = faultOfError(e, run.id, (this.active ?? run).checkpoints.length > 0);
+      if (fault) this.fault = fault;
+      else this.error = message;
+      // A lost GPU interrupts the run (resumable from its checkpoint); other errors fail it (its checkpoint stays).
+      const stoppedAt = (this.active ?? run).step;
+      this.settle({ status: fault?.kind === 'device-lost' ? 'interrupted' : 'failed', error: message });
+      if (fault?.kind === 'device-lost') void this.awaitRecovery(stoppedAt);
     } finally {
       this.phase = 'idle';
     }
+  }
+
+  /**
+   * After a lost GPU the worker sets up a new device and reloads the model on its own; its report (once)
+   * says what came back. Polled for up to a minute: it lands shortly after the training call failed.
+   */
+  private async awaitRecovery(stoppedAt: number): Promise<void> {
+    for (let i = 0; i < 120; i++) {
+      const report = await getEngine().deviceLoss().catch(() => null);
+      if (report) {
+        this.fault = faultOfDeviceLoss(report, stoppedAt);
+        return;
+      }
+      if (this.fault?.kind !== 'device-lost') return; // dismissed, or a new run started
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    if (this.fault?.kind === 'device-lost') this.fault = { ...this.fault, recovering: false, message: `${this.fault.message.replace(/\nSetting up the GPU again…$/, '')}\nThe GPU did not come back within a minute: reload the page; the run can be resumed from its last checkpoint.` };
   }
 
   private async action(action: RunAction, id: string): Promise<void> {
@@ -325,8 +355,11 @@ export class WtTrainSection extends LitElement {
     const busy = this.phase !== 'idle';
     const s = this.settings;
     const resumable = !busy ? this.runs.filter(isResumable) : [];
+    const lastLoss = run?.curve.loss.findLast((v) => Number.isFinite(v));
+    const skipped = p?.skippedSteps ?? run?.curve.loss.filter((v) => !Number.isFinite(v)).length ?? 0;
     return html`
-      ${resumable.length && !(run && run.id === resumable[0]!.id && this.done)
+      <wt-run-fault .fault=${this.fault} ?busy=${busy} @fault-dismiss=${() => (this.fault = null)} @fault-resume=${(e: CustomEvent<{ runId: string }>) => void this.resume(e.detail.runId)}></wt-run-fault>
+      ${resumable.length && !(run && run.id === resumable[0]!.id && this.done) && this.fault?.resumeRunId !== resumable[0]!.id
         ? html`<div class="banner" data-testid="resume-banner">Run ${resumable[0]!.id} stopped at step ${resumable[0]!.step}/${resumable[0]!.totalSteps} (${resumable[0]!.status}).
             <button data-testid="banner-resume" @click=${() => void this.resume(resumable[0]!.id)}>Resume</button></div>`
         : nothing}
@@ -360,7 +393,8 @@ export class WtTrainSection extends LitElement {
       <progress max=${run?.totalSteps || 1} .value=${run?.step ?? 0}></progress>
       <div class="stats" data-testid="train-stats">
         ${run ? html`<span data-testid="train-step">step ${run.step}/${run.totalSteps || '?'}</span>` : nothing}
-        ${run && run.curve.loss.length ? html`<span>loss <strong data-testid="train-loss">${run.curve.loss[run.curve.loss.length - 1]!.toFixed(4)}</strong></span>` : nothing}
+        ${run && lastLoss !== undefined ? html`<span>loss <strong data-testid="train-loss">${lastLoss.toFixed(4)}</strong></span>` : nothing}
+        ${skipped > 0 ? html`<span data-testid="train-skipped" title="steps whose loss or gradient was NaN/∞: their updates were skipped">skipped ${skipped}</span>` : nothing}
         ${p
           ? html`<span>lr ${p.lr.toExponential(2)}</span><span>${p.tokensPerSecond.toFixed(0)} tokens/s</span><span>ETA ${Math.round(p.etaSeconds)} s</span><span>GPU ${formatBytes(p.liveBytes)}</span>`
           : nothing}
@@ -378,7 +412,7 @@ export class WtTrainSection extends LitElement {
         : nothing}
       ${this.done ? html`<p data-testid="train-done">${this.done}</p>` : nothing}
       ${this.error ? html`<p class="error" data-testid="train-error">${this.error}</p>` : nothing}
-      ${run?.error && run.status !== 'failed' ? html`<p class="error">${run.error}</p>` : nothing}
+      ${run?.error && run.status !== 'failed' && !this.fault ? html`<p class="error">${run.error}</p>` : nothing}
       <div class="box"><h3>Runs</h3><wt-runs-list .runs=${this.runs} ?busy=${busy} .selected=${run?.id ?? ''} @run-action=${(e: CustomEvent<{ action: RunAction; id: string }>) => void this.action(e.detail.action, e.detail.id)}></wt-runs-list></div>
     `;
   }
