@@ -48,12 +48,12 @@ export class WtRunsList extends LitElement {
       <thead><tr><th>Run</th><th>Model</th><th>Status</th><th>Step</th><th>Loss</th><th>Updated</th><th></th></tr></thead>
       <tbody>
         ${this.runs.map((r) => {
-          const last = r.curve.loss[r.curve.loss.length - 1];
+          const last = r.curve.loss.findLast((v) => Number.isFinite(v)); // skipped steps' losses are NaN/∞
           const hasAdapter = r.checkpoints.length > 0;
           return html`<tr data-testid="run-${r.id}" aria-current=${r.id === this.selected ? 'true' : 'false'}>
             <td>${r.id}</td>
             <td>${r.modelId}</td>
-            <td class="status-${r.status}" data-testid="run-status">${STATUS[r.status]}${r.error && r.status === 'failed' ? html`<br /><span class="muted">${r.error}</span>` : nothing}</td>
+            <td class="status-${r.status}" data-testid="run-status">${STATUS[r.status]}${r.error && r.status === 'failed' ? html`<br /><span class="muted" title=${r.error}>${r.error.split('\n')[0]}</span>` : nothing}</td>
             <td>${r.step}/${r.totalSteps || '?'}</td>
             <td>${last === undefined ? '—' : last.toFixed(4)}</td>
             <td>${new Date(r.updatedAt).toLocaleString()}</td>
