@@ -139,10 +139,17 @@ const MANIFEST = 'checkpoint.json';
 const enc = new TextEncoder();
 const bytesOf = (a: Float32Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
-function describeFailure(e: unknown): string {
+/** What went wrong writing `file` (of a checkpoint of `total` bytes); a full quota says how much was needed and, where the browser tells, how much is free. */
+async function describeFailure(e: unknown, file: string, fileBytes: number, total: number): Promise<string> {
   const name = (e as { name?: string })?.name;
-  if (name === 'QuotaExceededError') return 'the browser storage quota is exhausted (free space in the cache manager, or delete old runs)';
-  return e instanceof Error ? e.message : String(e);
+  if (name !== 'QuotaExceededError') return e instanceof Error ? e.message : String(e);
+  const estimate = await (globalThis.navigator as Navigator | undefined)?.storage?.estimate?.().catch(() => null);
+  const free = estimate?.quota !== undefined && estimate.usage !== undefined ? `; ${formatSize(Math.max(0, estimate.quota - estimate.usage))} free of this site's ${formatSize(estimate.quota)}` : '';
+  return `the browser storage quota is exhausted writing ${file} (${formatSize(fileBytes)}; the checkpoint needs ${formatSize(total)} in all${free}): free space in the Model section's cache list, or delete old runs`;
+}
+
+function formatSize(n: number): string {
+  return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`;
 }
 
 async function readManifest(store: BlobStore, run: string): Promise<CheckpointManifest | null> {
@@ -172,17 +179,22 @@ export async function saveCheckpoint(store: BlobStore, run: string, s: TrainerSt
   ];
   const written: string[] = [];
   const manifest: CheckpointManifest = { format: 'webtune-checkpoint', version: 1, seq, step: s.step, savedAt: new Date().toISOString(), files: [] };
+  let writing: [string, number] = ['', 0];
   try {
     for (const [name, data] of blobs) {
       written.push(name);
+      writing = [name, data.length];
       await store.put(name, data);
       manifest.files.push({ name, size: data.length, sha256: sha256Hex(data) });
     }
-    await store.put(`${run}/${MANIFEST}`, enc.encode(JSON.stringify(manifest, null, 2)));
+    const switched = enc.encode(JSON.stringify(manifest, null, 2));
+    writing = [`${run}/${MANIFEST}`, switched.length];
+    await store.put(writing[0], switched);
   } catch (e) {
     for (const n of written) await store.delete(n).catch(() => {});
     const kept = prev ? `the last good checkpoint (step ${prev.step}) is kept` : 'there is no earlier checkpoint';
-    throw new CheckpointError(`could not save the checkpoint at step ${s.step}: ${describeFailure(e)}; ${kept}`);
+    const total = blobs.reduce((a, [, d]) => a + d.length, 0);
+    throw new CheckpointError(`could not save the checkpoint at step ${s.step}: ${await describeFailure(e, writing[0], writing[1], total)}; ${kept}`);
   }
   // The switch is done: drop blobs of older checkpoints.
   for (const b of await store.list(`${run}/ckpt-`)) if (!b.name.startsWith(`${dir}/`)) await store.delete(b.name).catch(() => {});
