@@ -242,6 +242,8 @@ export class WtTrainSection extends LitElement {
     this.done = '';
     this.fault = null;
     this.active = run;
+    // Hours of checkpoints in OPFS: ask the browser not to evict them under storage pressure (page-only API, not in the worker).
+    await navigator.storage?.persist?.().catch(() => false);
     try {
       const result = await call(Comlink.proxy((e: RunEvent) => this.onEvent(e)));
       this.settle({ status: result.paused ? 'paused' : result.stopped ? 'stopped' : 'finished', finalLoss: Number.isFinite(result.finalLoss) ? result.finalLoss : null, ...(result.pauseReason ? { error: result.pauseReason } : {}) });
