@@ -12,7 +12,7 @@ import { RunHistory, applyRunEvent, isResumable, newRunId, newRunRecord, type Ru
 import '../runs/wt-memory-plan.ts';
 import '../runs/wt-runs-list.ts';
 import '../runs/wt-run-fault.ts';
-import { faultOfDeviceLoss, faultOfError, type RunFault } from '../runs/wt-run-fault.ts';
+import { faultOfDeviceLoss, faultOfError, type RunFault } from '../runs/run-fault.ts';
 import type { RunAction } from '../runs/wt-runs-list.ts';
 
 /** Presets in the spirit of XTuner's configs. */
