@@ -283,7 +283,7 @@ export class EngineSession {
       'Close other tabs or programs that use the GPU, then load again',
     ];
     const lines = [
-      `Loading ${opts.id} ran out of GPU memory: ${err.message}. No model is loaded now; nothing stored was changed.`,
+      `Loading ${opts.id} ran out of GPU memory ${err.message.replace(/^out of GPU memory /, '')}. No model is loaded now; nothing stored was changed.`,
       ...(plan ? [`Its ${opts.quantize ? '4-bit' : 'f32'} weights need about ${formatBytes(plan.weights.bytes)} on the GPU (${formatBytes(plan.loadingPeakBytes)} while loading); training at 512 tokens: ${describePlan(plan)}.`] : []),
       'What to change:',
       ...suggestions.map((x) => `  • ${x}`),

@@ -19,6 +19,7 @@ import { NodeDirBlobStore } from '../../src/engine/share/node.ts';
 import type { GpuContext } from '../../src/engine/gpu/context.ts';
 import type { TrainConfig, TrainRow } from '../../src/engine/train/trainer.ts';
 import { createNodeGpuContext } from '../../src/node/gpu.ts';
+import { DEMO_MODEL_ID } from '../../src/engine/demo/demo-model.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'webtune-oom-'));
 let ctx: GpuContext;
@@ -79,7 +80,7 @@ it('training beyond the budget: a clear error with the plan and what to change, 
   const e = err as ExplainedOutOfMemoryError;
   expect(e.name).toBe('GpuOutOfMemoryError');
   const msg = e.message;
-  expect(msg).toMatch(/^Training ran out of GPU memory: out of GPU memory allocating \S.* \(\d.*already in use of a .* budget\)\./);
+  expect(msg).toMatch(/^Training ran out of GPU memory allocating \S.* \(\d.*already in use of a .* budget\)\.\n/);
   expect(msg).toMatch(/Memory plan for these settings \(maximum length \d+, micro-batch 2, LoRA rank 8, f32 base, optimizer state on the GPU\)/);
   expect(msg).toMatch(/base weights [\d.]+ [KM]iB · LoRA params \+ grads [\d.]+ [KM]iB · optimizer moments .* at the training peak/);
   expect(msg).toMatch(/What to change:\n {2}• /);
@@ -116,3 +117,17 @@ it('a run that runs out of memory on resume keeps its checkpoint and resumes to 
   const done = await session.resumeRun({ runId: 'kept' }, () => undefined);
   expect(done).toMatchObject({ steps: 4, stopped: false, paused: false });
 }, 600_000);
+
+it('a model that does not fit: the load names the model and its size, leaves nothing allocated, and loads once there is room', async () => {
+  session.unload();
+  const base = ctx.pool.liveBytes;
+  ctx.pool.budgetBytes = base + 64 * 1024;
+  const err = await session.loadDemoModel(3).then(() => null, (e: unknown) => e);
+  ctx.pool.budgetBytes = null;
+  expect(err).toBeInstanceOf(ExplainedOutOfMemoryError);
+  const msg = (err as Error).message;
+  expect(msg).toMatch(new RegExp(`^Loading ${DEMO_MODEL_ID} ran out of GPU memory allocating .* budget\\)\\. No model is loaded now; nothing stored was changed\\.\\nIts f32 weights need about [\\d.]+ KiB on the GPU`));
+  expect(msg).toMatch(/What to change:\n {2}• Load it in 4 bits \(QLoRA\)/);
+  expect(ctx.pool.liveBytes).toBe(base);
+  expect((await session.loadDemoModel(3)).id).toBe(DEMO_MODEL_ID);
+}, 300_000);

@@ -71,19 +71,20 @@ export class BufferPool {
   /**
    * Starts recording the buffers handed out from now on. `rollback()` releases those still held (a model
    * load or a step plan that failed half-way leaves nothing behind); `commit()` keeps them (an enclosing
-   * scope then owns them). Scopes nest and must be closed innermost first.
+   * scope then owns them). Scopes nest; an allocation belongs to the innermost open one, so only work that
+   * is not interleaved with other allocating work should use them (model loads and step plans are serialized).
    */
   openScope(): { commit(): void; rollback(): void } {
     const held = new Set<GPUBuffer>();
     this.scopes.push(held);
-    const close = () => {
-      if (this.scopes[this.scopes.length - 1] !== held) throw new Error('BufferPool: allocation scopes closed out of order');
-      this.scopes.pop();
+    const close = (): Set<GPUBuffer> | undefined => {
+      const at = this.scopes.indexOf(held);
+      if (at >= 0) this.scopes.splice(at, 1);
+      return at > 0 ? this.scopes[at - 1] : undefined;
     };
     return {
       commit: () => {
-        close();
-        const outer = this.scopes[this.scopes.length - 1];
+        const outer = close();
         if (outer) for (const b of held) outer.add(b);
       },
       rollback: () => {

@@ -66,7 +66,7 @@ export function explainTrainingOutOfMemory(err: GpuOutOfMemoryError, plan: Memor
   const suggestions = outOfMemorySuggestions(plan, c);
   const settings = `maximum length ${c.seqLen}, micro-batch ${c.microBatch}, LoRA rank ${c.loraRank}, ${c.quantBits === 4 ? '4-bit' : 'f32'} base, optimizer state on ${c.optimizerOffload === 'gpu' ? 'the GPU' : c.optimizerOffload === 'cpu' ? 'the CPU' : 'disk'}`;
   const lines = [
-    `Training ran out of GPU memory: ${err.message}.`,
+    `Training ran out of GPU memory ${err.message.replace(/^out of GPU memory /, '')}.`,
     `Memory plan for these settings (${settings}), against about ${formatBytes(availableBytes(err))} available:`,
     `  ${plan ? describePlan(plan) : 'not available'}`,
     'What to change:',
