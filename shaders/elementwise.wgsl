@@ -88,45 +88,20 @@ fn bias_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
   if (i < params.n) { acc[i] = acc[i] + bias[i % params.dim]; }
 }
 
-var<workgroup> lane_sums: array<V, COLS * LANES>;
+// dbias = Σ_t dy[t, :] as colsum.wgsl's two passes.
+fn colsum_term(r: u32, c: u32) -> V { return dy[r * params.dim + c]; }
+fn colsum_write_partial(chunk: u32, c: u32, v: V) { partial[chunk * params.dim + c] = v; }
+fn colsum_read_partial(chunk: u32, c: u32) -> V { return partial_in[chunk * params.dim + c]; }
+fn colsum_finish(c: u32, v: V) { dbias[c] = dbias[c] + v; }
+#include "colsum.wgsl"
 
 // workgroup (x = column block, y = row chunk); thread = (column in block, row lane).
 @compute @workgroup_size(COLS * LANES)
 fn bias_backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let c_local = lid % COLS;
-  let lane = lid / COLS;
-  let c = wg.x * COLS + c_local;
-  let r0 = wg.y * params.chunk_rows;
-  let r1 = min(r0 + params.chunk_rows, params.rows);
-  var s = V(0.0);
-  if (c < params.dim) {
-    for (var r = r0 + lane; r < r1; r += LANES) { s += dy[r * params.dim + c]; }
-  }
-  lane_sums[lane * COLS + c_local] = s;
-  workgroupBarrier();
-  if (lane == 0u && c < params.dim) {
-    var t = lane_sums[c_local];
-    for (var l = 1u; l < LANES; l++) { t += lane_sums[l * COLS + c_local]; }
-    partial[wg.y * params.dim + c] = t;
-  }
+  colsum_partial(wg, lid, params.rows, params.dim, params.chunk_rows);
 }
 
-// The same (column, lane) layout over the chunks: lane l sums chunks l, l + LANES, ... in order, then the
-// lanes are combined in order (a fixed summation order: deterministic), so no thread walks all chunks.
 @compute @workgroup_size(COLS * LANES)
 fn bias_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let c_local = lid % COLS;
-  let lane = lid / COLS;
-  let c = wg.x * COLS + c_local;
-  var s = V(0.0);
-  if (c < params.dim) {
-    for (var k = lane; k < params.chunks; k += LANES) { s += partial_in[k * params.dim + c]; }
-  }
-  lane_sums[lane * COLS + c_local] = s;
-  workgroupBarrier();
-  if (lane == 0u && c < params.dim) {
-    var t = lane_sums[c_local];
-    for (var l = 1u; l < LANES; l++) { t += lane_sums[l * COLS + c_local]; }
-    dbias[c] = dbias[c] + t;
-  }
+  colsum_reduce(wg, lid, params.dim, params.chunks);
 }

@@ -149,34 +149,20 @@ fn rmsnorm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
   }
 }
 
-var<workgroup> lane_sums: array<V, COLS * LANES>;
+// dw = Σ_rows dy·x·rstd as colsum.wgsl's two passes (the same code as the bias gradient's).
+fn colsum_term(r: u32, c: u32) -> V { return bdy[r * params.units + c] * bx[r * params.units + c] * brstd[r]; }
+fn colsum_write_partial(chunk: u32, c: u32, v: V) { partial[chunk * params.units + c] = v; }
+fn colsum_read_partial(chunk: u32, c: u32) -> V { return partial_in[chunk * params.units + c]; }
+fn colsum_finish(c: u32, v: V) { dw[c] = dw[c] + v; }
+#include "colsum.wgsl"
 
 // workgroup (x = column block, y = row chunk); thread = (column in block, row lane).
 @compute @workgroup_size(COLS * LANES)
 fn rmsnorm_dw_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let c_local = lid % COLS;
-  let lane = lid / COLS;
-  let c = wg.x * COLS + c_local;
-  let r0 = wg.y * params.chunk_rows;
-  let r1 = min(r0 + params.chunk_rows, params.rows);
-  var s = V(0.0);
-  if (c < params.units) {
-    for (var r = r0 + lane; r < r1; r += LANES) { s += bdy[r * params.units + c] * bx[r * params.units + c] * brstd[r]; }
-  }
-  lane_sums[lane * COLS + c_local] = s;
-  workgroupBarrier();
-  if (lane == 0u && c < params.units) {
-    var t = lane_sums[c_local];
-    for (var l = 1u; l < LANES; l++) { t += lane_sums[l * COLS + c_local]; }
-    partial[wg.y * params.units + c] = t;
-  }
+  colsum_partial(wg, lid, params.rows, params.units, params.chunk_rows);
 }
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(COLS * LANES)
 fn rmsnorm_dw_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let c = wg.x * WG + lid;
-  if (c >= params.units) { return; }
-  var t = V(0.0);
-  for (var k = 0u; k < params.chunks; k++) { t += partial_in[k * params.units + c]; }
-  dw[c] = dw[c] + t;
+  colsum_reduce(wg, lid, params.units, params.chunks);
 }

@@ -1,9 +1,16 @@
 import elementwiseWgsl from '../../../shaders/elementwise.wgsl';
 import type { GpuContext, KernelDispatch } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
+import { registerColsumInclude } from './colsum.ts';
 import { grid1d } from './grid.ts';
 
 export const ELEMENTWISE_SHADER = { name: 'elementwise.wgsl', code: elementwiseWgsl };
+
+/** The file `#include`s colsum.wgsl: every pipeline of it needs the include registered first. */
+function withColsum<T>(ctx: GpuContext, shader: T): T {
+  registerColsumInclude(ctx);
+  return shader;
+}
 
 const WG = 256;
 /** bias_backward tiling: COLS columns (units) × LANES row lanes per workgroup, CHUNK_ROWS rows per partial. */
@@ -39,13 +46,13 @@ async function prepareFlat(ctx: GpuContext, entry: Entry, label: string, n: numb
   const out: KernelDispatch[] = [];
   const n4 = Math.floor(n / 4);
   if (n4 > 0) {
-    const pipeline = await ctx.pipeline({ shader: ELEMENTWISE_SHADER, entryPoint: entry, defines: { VEC4: true }, constants: { WG } });
+    const pipeline = await ctx.pipeline({ shader: withColsum(ctx, ELEMENTWISE_SHADER), entryPoint: entry, defines: { VEC4: true }, constants: { WG } });
     const l = `${label} (vec4)`;
     out.push({ label: l, pipeline, bindGroup: ctx.bindGroup(l, pipeline, [params(ctx, l, { n: n4, scale }), ...tensors]), workgroups: grid1d(ctx, Math.ceil(n4 / WG), l) });
   }
   const tail = n - 4 * n4;
   if (tail > 0) {
-    const pipeline = await ctx.pipeline({ shader: ELEMENTWISE_SHADER, entryPoint: entry, defines: { VEC4: false }, constants: { WG } });
+    const pipeline = await ctx.pipeline({ shader: withColsum(ctx, ELEMENTWISE_SHADER), entryPoint: entry, defines: { VEC4: false }, constants: { WG } });
     const l = `${label} (tail)`;
     out.push({ label: l, pipeline, bindGroup: ctx.bindGroup(l, pipeline, [params(ctx, l, { n, start: 4 * n4, scale }), ...tensors]), workgroups: grid1d(ctx, Math.ceil(tail / WG), l) });
   }
@@ -91,7 +98,7 @@ export async function prepareBiasAdd(ctx: GpuContext, y: Tensor, bias: Tensor, {
   const w = vec4 ? 4 : 1;
   const n = (rows * dim) / w;
   const label = `bias_add ${rows}×${dim}`;
-  const pipeline = await ctx.pipeline({ shader: ELEMENTWISE_SHADER, entryPoint: 'bias_add', defines: { VEC4: vec4 }, constants: { WG } });
+  const pipeline = await ctx.pipeline({ shader: withColsum(ctx, ELEMENTWISE_SHADER), entryPoint: 'bias_add', defines: { VEC4: vec4 }, constants: { WG } });
   return [{ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [params(ctx, label, { n, dim: dim / w }), y, bias]), workgroups: grid1d(ctx, Math.ceil(n / WG), label) }];
 }
 
@@ -112,8 +119,8 @@ export async function prepareBiasBackward(ctx: GpuContext, dy: Tensor, dbias: Te
   const label = `bias_backward ${rows}×${dim}`;
   const defines = { VEC4: vec4 };
   const p = params(ctx, label, { n: 0, dim: units, rows, chunkRows: CHUNK_ROWS, chunks });
-  const partial = await ctx.pipeline({ shader: ELEMENTWISE_SHADER, entryPoint: 'bias_backward_partial', defines, constants: BIAS_BWD });
-  const reduce = await ctx.pipeline({ shader: ELEMENTWISE_SHADER, entryPoint: 'bias_backward_reduce', defines, constants: BIAS_BWD });
+  const partial = await ctx.pipeline({ shader: withColsum(ctx, ELEMENTWISE_SHADER), entryPoint: 'bias_backward_partial', defines, constants: BIAS_BWD });
+  const reduce = await ctx.pipeline({ shader: withColsum(ctx, ELEMENTWISE_SHADER), entryPoint: 'bias_backward_reduce', defines, constants: BIAS_BWD });
   const colBlocks = Math.ceil(units / BIAS_BWD.COLS);
   if (colBlocks > ctx.limits.maxComputeWorkgroupsPerDimension || chunks > ctx.limits.maxComputeWorkgroupsPerDimension) throw new Error(`${label}: too many workgroups`);
   return [

@@ -1,9 +1,16 @@
 import rmsnormWgsl from '../../../shaders/rmsnorm.wgsl';
 import type { GpuContext, KernelDispatch } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
+import { registerColsumInclude } from './colsum.ts';
 import { grid1d } from './grid.ts';
 
 export const RMSNORM_SHADER = { name: 'rmsnorm.wgsl', code: rmsnormWgsl };
+
+/** The file `#include`s colsum.wgsl: every pipeline of it needs the include registered first. */
+function withColsum<T>(ctx: GpuContext, shader: T): T {
+  registerColsumInclude(ctx);
+  return shader;
+}
 
 const WG = 256;
 const DW_TILE = { COLS: 64, LANES: 4 };
@@ -80,7 +87,7 @@ export async function prepareRmsNormForward(ctx: GpuContext, x: Tensor, w: Tenso
   const { vec4, units, T } = layout(dim);
   const label = `rmsnorm${hout ? '+residual→out' : delta ? '+residual' : ''} ${rows}×${dim}`;
   const defines = { VEC4: vec4, RESIDUAL: !!delta && !hout, RESIDUAL_OUT: !!hout };
-  const pipeline = await ctx.pipeline({ shader: RMSNORM_SHADER, entryPoint: op, defines, constants: { WG, T } });
+  const pipeline = await ctx.pipeline({ shader: withColsum(ctx, RMSNORM_SHADER), entryPoint: op, defines, constants: { WG, T } });
   const resources = [params(ctx, label, shape, units), x, w, y, rstd, ...(delta ? [delta] : []), ...(hout ? [hout] : [])];
   return [{ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, resources), workgroups: grid1d(ctx, Math.ceil(rows / (WG / T)), label) }];
 }
@@ -100,7 +107,7 @@ export async function prepareRmsNormBackward(ctx: GpuContext, dy: Tensor, x: Ten
   for (const [n, t, e] of [['dy', dy, rows * dim], ['x', x, rows * dim], ['w', w, dim], ['rstd', rstd, rows], ['dx', dx, rows * dim]] as const) check(op, n, t, e);
   const { vec4, units, T } = layout(dim);
   const label = `rmsnorm_backward${opts.accumulate ? ' (dx +=)' : ''} ${rows}×${dim}`;
-  const pipeline = await ctx.pipeline({ shader: RMSNORM_SHADER, entryPoint: op, defines: { VEC4: vec4, ACCUMULATE_DX: !!opts.accumulate }, constants: { WG, T } });
+  const pipeline = await ctx.pipeline({ shader: withColsum(ctx, RMSNORM_SHADER), entryPoint: op, defines: { VEC4: vec4, ACCUMULATE_DX: !!opts.accumulate }, constants: { WG, T } });
   const resources = [params(ctx, label, shape, units), dy, x, rstd, w, dx];
   return [{ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, resources), workgroups: grid1d(ctx, Math.ceil(rows / (WG / T)), label) }];
 }
@@ -119,13 +126,13 @@ export async function prepareRmsNormDw(ctx: GpuContext, dy: Tensor, x: Tensor, r
   const chunks = Math.max(1, Math.ceil(rows / CHUNK_ROWS));
   const label = `rmsnorm_dw ${rows}×${dim}`;
   const p = params(ctx, label, shape, units, chunks);
-  const partial = await ctx.pipeline({ shader: RMSNORM_SHADER, entryPoint: 'rmsnorm_dw_partial', defines: { VEC4: vec4 }, constants: DW_TILE });
-  const reduce = await ctx.pipeline({ shader: RMSNORM_SHADER, entryPoint: 'rmsnorm_dw_reduce', defines: { VEC4: vec4 }, constants: { WG } });
+  const partial = await ctx.pipeline({ shader: withColsum(ctx, RMSNORM_SHADER), entryPoint: 'rmsnorm_dw_partial', defines: { VEC4: vec4 }, constants: DW_TILE });
+  const reduce = await ctx.pipeline({ shader: withColsum(ctx, RMSNORM_SHADER), entryPoint: 'rmsnorm_dw_reduce', defines: { VEC4: vec4 }, constants: DW_TILE });
   const colBlocks = Math.ceil(units / DW_TILE.COLS);
   if (chunks > ctx.limits.maxComputeWorkgroupsPerDimension) throw new Error(`${label}: ${chunks} row chunks exceed the workgroup grid`);
   return [
     { label: `${label} partial`, pipeline: partial, bindGroup: ctx.bindGroup(`${label} partial`, partial, [p, dy, x, rstd, scratch]), workgroups: [colBlocks, chunks, 1] },
-    { label: `${label} reduce`, pipeline: reduce, bindGroup: ctx.bindGroup(`${label} reduce`, reduce, [p, scratch, dw]), workgroups: [Math.ceil(units / WG), 1, 1] },
+    { label: `${label} reduce`, pipeline: reduce, bindGroup: ctx.bindGroup(`${label} reduce`, reduce, [p, scratch, dw]), workgroups: [colBlocks, 1, 1] },
   ];
 }
 
