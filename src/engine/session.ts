@@ -96,7 +96,10 @@ export interface ChatTurn {
   tokens: number;
   finishReason: FinishReason;
   promptTokens: number;
+  /** Prompt tokens whose keys and values were already in this side's KV cache (not computed again). */
   reusedTokens: number;
+  /** Prompt tokens computed for this turn (promptTokens − reusedTokens): a follow-up turn's new part only. */
+  prefilledTokens: number;
   prefillMs: number;
   decodeMs: number;
   /** Decoding speed (tokens after the first per second of decoding). */
@@ -127,7 +130,17 @@ export class EngineSession {
   private tokenizer: LoadedTokenizer | null = null;
   private trainer: Trainer | null = null;
   private stopRequested = false;
-  private generator: Generator | null = null;
+  /**
+   * One generator (own KV cache) per side, so alternating base and tuned turns never discards the other
+   * side's cache; each keeps it across turns while its adapter's weights are unchanged (tunedVersion).
+   */
+  private generators = new Map<'base' | 'tuned', Generator>();
+  /**
+   * The tuned adapter's weights version: bumped wherever they change (a new or loaded trainer, every
+   * training step, an import or its removal); the tuned generator's cache remembers the version it was
+   * computed with and is emptied when it differs.
+   */
+  private tunedVersion = 0;
   private chats = new Map<'base' | 'tuned', ChatSession>();
   /** The chat's system prompt (both sides); null: the template's default. */
   private chatSystem: string | null = null;
@@ -243,6 +256,7 @@ export class EngineSession {
     this.dropImported();
     this.trainer?.release();
     this.trainer = null;
+    this.tunedVersion++;
     // The adapter and optimizer state: on failure half-way, what was allocated goes back to the pool.
     const scope = this.ctx.pool.openScope();
     try {
@@ -305,6 +319,7 @@ export class EngineSession {
     try {
       await trainer.train(
         (p) => {
+          this.tunedVersion++; // the step changed the adapter's weights
           this.lastLoss = p.loss;
           onProgress?.(p);
         },
@@ -334,6 +349,7 @@ export class EngineSession {
       throw err;
     } finally {
       this.training = false;
+      this.tunedVersion++; // also after a step that failed half-way through its update
     }
     const stopped = this.stopRequested;
     return { steps: trainer.step, finalLoss: this.lastLoss, stopped, paused: !stopped && trainer.step < trainer.totalSteps, ...(trainer.pause ? { pauseReason: trainer.pause.message } : {}) };
@@ -413,6 +429,7 @@ export class EngineSession {
     if (!state) throw new runStore.RunStoreError(`run '${runId}' has no checkpoint yet (it was closed before its first save): start it again`);
     const trainer = this.newTrainer(rows, manifest.config);
     trainer.loadState(state);
+    this.tunedVersion++;
     return { trainer, manifest, step: state.step };
   }
 
@@ -508,19 +525,19 @@ export class EngineSession {
     this.requireSpec();
     const tuned = this.tunedLora();
     if (which === 'tuned' && !tuned) throw new Error('no adapter yet: train one in the Train section (or import one in Share)');
+    const generator = await this.generatorFor(which);
     let session = this.chats.get(which);
     if (!session) {
-      this.generator ??= await Generator.create(this.ctx, this.weights!, { maxTokens: Math.min(1024, this.spec!.maxPositionEmbeddings) });
-      session = new ChatSession(this.generator, this.tokenizer!, { stopTokenIds: chatStopTokenIds(this.tokenizer!, this.spec!.eosTokenIds), ...(this.chatSystem !== null ? { system: this.chatSystem } : {}) });
+      session = new ChatSession(generator, this.tokenizer!, { stopTokenIds: chatStopTokenIds(this.tokenizer!, this.spec!.eosTokenIds), ...(this.chatSystem !== null ? { system: this.chatSystem } : {}) });
       this.chats.set(which, session);
     }
-    // One generator serves both: switching the adapter empties its KV cache, the conversation re-renders.
-    this.generator!.setLora(which === 'tuned' ? tuned : null);
+    // The side's cache stays when its adapter's weights are the ones it was computed with: only the new turn is prefilled.
+    generator.useAdapter(which === 'tuned' ? tuned : null, which === 'tuned' ? this.tunedVersion : 0);
     const abort = new AbortController();
     this.chatAborts.set(which, abort);
     try {
       const { text, result } = await session.send(user, settings, onText, abort.signal);
-      return { text, tokens: result.tokens.length, finishReason: result.finishReason, promptTokens: result.promptTokens, reusedTokens: result.reusedTokens, prefillMs: result.prefillMs, decodeMs: result.decodeMs, tokensPerSecond: decodeTokensPerSecond(result) };
+      return { text, tokens: result.tokens.length, finishReason: result.finishReason, promptTokens: result.promptTokens, reusedTokens: result.reusedTokens, prefilledTokens: result.promptTokens - result.reusedTokens, prefillMs: result.prefillMs, decodeMs: result.decodeMs, tokensPerSecond: decodeTokensPerSecond(result) };
     } finally {
       if (this.chatAborts.get(which) === abort) this.chatAborts.delete(which);
     }
@@ -531,6 +548,16 @@ export class EngineSession {
     for (const [side, abort] of this.chatAborts) if (which === undefined || which === side) abort.abort();
   }
 
+  /** The side's generator, created on first use (its KV cache holds that side's conversation). */
+  private async generatorFor(which: 'base' | 'tuned'): Promise<Generator> {
+    let g = this.generators.get(which);
+    if (!g) {
+      g = await Generator.create(this.ctx, this.weights!, { maxTokens: Math.min(1024, this.spec!.maxPositionEmbeddings) });
+      this.generators.set(which, g);
+    }
+    return g;
+  }
+
   /** The chat template's default system prompt (null when it has none), for the editor's initial text. */
   chatDefaultSystem(): string | null {
     return this.tokenizer ? defaultSystemPrompt(this.tokenizer) : null;
@@ -539,14 +566,15 @@ export class EngineSession {
   /** Each prompt as a fresh one-turn conversation with the current adapter (greedy unless settings say otherwise). */
   private async answer(prompts: readonly string[], settings: Partial<GenerationSettings>): Promise<{ prompt: string; answer: string }[]> {
     const t = this.trainer!;
-    this.generator ??= await Generator.create(this.ctx, this.weights!, { maxTokens: Math.min(1024, this.spec!.maxPositionEmbeddings) });
-    this.generator.setLora({ layout: t.layout, params: t.state.params, grads: t.state.grads });
+    // The tuned side's generator: its cache then holds an evaluation prompt, which the tuned conversation's
+    // next turn shares only a prefix with (generate reuses just that).
+    const generator = await this.generatorFor('tuned');
+    generator.useAdapter({ layout: t.layout, params: t.state.params, grads: t.state.grads }, this.tunedVersion);
     const out: { prompt: string; answer: string }[] = [];
     for (const prompt of prompts) {
-      const reply = await new ChatSession(this.generator, this.tokenizer!).send(prompt, { temperature: 0, maxNewTokens: 64, ...settings });
+      const reply = await new ChatSession(generator, this.tokenizer!).send(prompt, { temperature: 0, maxNewTokens: 64, ...settings });
       out.push({ prompt, answer: reply.text });
     }
-    this.chats.clear(); // the generator's cache now holds an evaluation prompt
     return out;
   }
 
@@ -610,6 +638,7 @@ export class EngineSession {
     const installed = await installAdapter(this.ctx, spec, input, { source, modelId: this.modelId, chatTemplate: this.tokenizer?.chatTemplate ?? null });
     this.dropImported();
     this.imported = installed;
+    this.tunedVersion++;
     this.chats.delete('tuned');
     return installed.summary;
   }
@@ -624,9 +653,10 @@ export class EngineSession {
   private dropImported(): void {
     if (!this.imported) return;
     this.chats.delete('tuned');
-    this.generator?.setLora(null);
+    this.generators.get('tuned')?.setLora(null); // its passes read the buffers released here
     this.imported.release();
     this.imported = null;
+    this.tunedVersion++;
   }
 
   /** The last run's hyper-parameters (or opts.config) on this model as a recipe zip for a GPU cluster (share/recipe.ts). */
@@ -638,8 +668,8 @@ export class EngineSession {
 
   private dropChats(): void {
     this.chats.clear();
-    this.generator?.release();
-    this.generator = null;
+    for (const g of this.generators.values()) g.release();
+    this.generators.clear();
   }
 
   unload(): void {

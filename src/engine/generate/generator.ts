@@ -90,6 +90,8 @@ export class Generator {
   private invFreq!: Tensor;
   /** Token ids whose K/V rows are in the cache, in order. */
   private cached: number[] = [];
+  /** The adapter weights' version the cache was computed with (useAdapter); null: not tracked (setLora). */
+  private cacheVersion: number | null = null;
   private prefillPasses = new Map<number, Pass>();
   private appendPass: Pass | null = null;
   private decodePass: Pass | null = null;
@@ -169,6 +171,27 @@ export class Generator {
     this.releasePasses();
     this.loraRt = lora;
     this.cached = [];
+    this.cacheVersion = null;
+  }
+
+  /**
+   * Makes `lora` at weights version `version` the adapter in effect, keeping the KV cache when it was
+   * computed with exactly these (the same parameter buffer and layout, the same version): a follow-up turn
+   * then prefills only its new tokens. Another adapter rebuilds the passes and empties the cache; the same
+   * adapter with new weights (a training step, a loaded checkpoint) keeps the passes — they read the
+   * parameter buffer on every use — and empties the cache. The caller bumps `version` whenever the
+   * adapter's weights change. Returns whether the cache was kept.
+   */
+  useAdapter(lora: LoraRuntime | null, version: number): boolean {
+    this.assertIdle();
+    const cur = this.loraRt;
+    const same = cur === lora || (cur !== null && lora !== null && cur.params === lora.params && cur.layout === lora.layout);
+    if (!same) this.setLora(lora);
+    else this.loraRt = lora;
+    const kept = same && this.cacheVersion === version;
+    if (!kept) this.cached = [];
+    this.cacheVersion = version;
+    return kept;
   }
 
   /** Tokens whose keys and values are in the cache. */
