@@ -21,6 +21,8 @@ const hub = new HubService(() => OpfsResumableStore.open(), idbTokenStore);
 
 let session: EngineSession | null = null;
 let deviceLoss: DeviceLossReport | null = null;
+/** The page's watchers of device losses (EngineApi.watchDeviceLoss); one that fails to answer is dropped. */
+const lossWatchers = new Set<(report: DeviceLossReport) => void>();
 async function engine(): Promise<EngineSession> {
   const ctx = await context();
   if (session && session.ctx !== ctx && session.ctx.isLost) {
@@ -28,6 +30,7 @@ async function engine(): Promise<EngineSession> {
     const recovered = await EngineSession.afterDeviceLoss(session, ctx);
     session = recovered.session;
     deviceLoss = recovered.report;
+    for (const watch of lossWatchers) void Promise.resolve(watch(recovered.report)).catch(() => lossWatchers.delete(watch));
   } else if (!session || session.ctx !== ctx) session = new EngineSession(ctx, await runsStore());
   return session;
 }
@@ -141,6 +144,9 @@ const api: EngineApi = {
   },
   async train(rows, config, onProgress, evaluation, onAnswers) {
     return (await engine()).train(rows, config, (p) => void onProgress(p), evaluation && onAnswers ? { ...evaluation, onAnswers: (a) => void onAnswers(a) } : undefined);
+  },
+  async watchDeviceLoss(listener) {
+    lossWatchers.add(listener);
   },
   async deviceLoss() {
     const report = deviceLoss;

@@ -76,6 +76,8 @@ export interface EngineApi {
    * Returned once (null when nothing was lost since the last call).
    */
   deviceLoss(): Promise<DeviceLossReport | null>;
+  /** `listener` (a Comlink.proxy) gets every device-loss report as soon as the worker has recovered (deviceLoss() still returns it once). */
+  watchDeviceLoss(listener: (report: DeviceLossReport) => void): Promise<void>;
   /** A new stored run (its rows and checkpoints kept in OPFS); onEvent (a proxy) gets started/progress/answers/checkpoint events. */
   trainRun(rows: TrainRow[], config: Partial<TrainConfig>, opts: RunOptions, onEvent: (e: RunEvent) => void): Promise<TrainResult>;
   /** Continues a stored run from its last checkpoint, in this (possibly fresh) page. */

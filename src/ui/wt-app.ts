@@ -1,6 +1,8 @@
 import { LitElement, css, html, nothing } from 'lit';
 import { customElement, state } from 'lit/decorators.js';
-import type { GpuStatus } from '../engine/api.ts';
+import * as Comlink from 'comlink';
+import type { DeviceLossReport, GpuStatus } from '../engine/api.ts';
+import './runs/wt-run-fault.ts';
 import { theme } from './theme.ts';
 import './shell/wt-gpu-badge.ts';
 import './shell/wt-no-webgpu.ts';
@@ -57,10 +59,17 @@ export class WtApp extends LitElement {
   @state() private tuned = false;
   /** Runs that can be resumed (the Train section reports them): the Train tab shows a mark. */
   @state() private resumableRuns = 0;
+  /** The last GPU device loss the worker recovered from (shown until dismissed). */
+  @state() private deviceLost: DeviceLossReport | null = null;
+  private watchingLoss = false;
 
   /** The offline demo model is the default: ready as soon as the GPU is, unless a model was chosen. */
   private onGpu(status: GpuStatus): void {
     this.gpu = status;
+    if (status.ok && !this.watchingLoss) {
+      this.watchingLoss = true;
+      void getEngine().watchDeviceLoss(Comlink.proxy((r: DeviceLossReport) => this.onDeviceLoss(r))).catch(() => (this.watchingLoss = false));
+    }
     if (status.ok && !this.model) {
       getEngine()
         .loadDemoModel(1)
@@ -74,6 +83,14 @@ export class WtApp extends LitElement {
     this.tuned = false;
     this.rows = null;
     this.tokenizer = await getEngine().tokenizerSource();
+  }
+
+  /** The worker set up a new GPU device: the model is loaded again, a trained adapter that was not stored is gone. */
+  private onDeviceLoss(r: DeviceLossReport): void {
+    this.deviceLost = r;
+    this.tuned = false;
+    if (r.model && r.model.id === this.model?.id) this.model = r.model;
+    else if (!r.model) this.model = null;
   }
 
   private onHash = () => {
@@ -129,6 +146,9 @@ export class WtApp extends LitElement {
         <wt-gpu-badge @gpu-status=${(e: CustomEvent<GpuStatus>) => this.onGpu(e.detail)}></wt-gpu-badge>
       </header>
       <main data-testid="section-${active.id}">
+        ${this.deviceLost && !(this.deviceLost.wasTraining && active.id === 'train') /* the Train section tells a run's loss, with Resume */
+          ? html`<wt-run-fault data-testid="device-lost-banner" .fault=${{ kind: 'device-lost', message: `${this.deviceLost.message}${this.deviceLost.runId && this.deviceLost.checkpoint ? ' Resume it in the Train section.' : ''}`, resumeRunId: null }} @fault-dismiss=${() => (this.deviceLost = null)}></wt-run-fault>`
+          : nothing}
         ${blocked && this.gpu && !this.gpu.ok ? html`<wt-no-webgpu .message=${this.gpu.message}></wt-no-webgpu>` : nothing}
         ${SECTIONS.map(
           (sec) => html`<section ?hidden=${sec.id !== active.id || !!blocked} aria-label=${sec.title}>
