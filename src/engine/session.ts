@@ -26,12 +26,11 @@ import { loraModules, type PeftLoraConfig } from './model/peft.ts';
 import { MemoryBlobStore, type BlobStore } from './share/checkpoint.ts';
 import { DEFAULT_TRAIN_CONFIG } from './train/trainer.ts';
 import { DEFAULT_CE_WORKSPACE_BYTES } from './kernels/cross_entropy.ts';
-import { formatBytes, planMemory, type MemoryPlan } from './model/memory-plan.ts';
+import { formatBytes, planMemory, type MemoryPlan, type TrainingMemoryConfig } from './model/memory-plan.ts';
 import { RunCheckpointer, DEFAULT_CHECKPOINT_POLICY, type CheckpointPolicy } from './runs/checkpointer.ts';
 import * as runStore from './runs/run-store.ts';
 import { DeviceLostError, GpuOutOfMemoryError } from './gpu/errors.ts';
 import { availableBytes, describePlan, ExplainedOutOfMemoryError, explainTrainingOutOfMemory } from './train/out-of-memory.ts';
-import type { TrainingMemoryConfig } from './model/memory-plan.ts';
 import type { CheckpointInfo, RunDataStats, RunModelSource } from './runs/run-store.ts';
 
 export interface ModelInfo {
@@ -331,7 +330,13 @@ export class EngineSession {
       );
     } catch (err) {
       // A device lost mid-step surfaces as whatever GPU call failed first: name the real cause.
-      if (!this.ctx.isLost && err instanceof GpuOutOfMemoryError) {
+      if (this.ctx.isLost) {
+        this.interruptedByLoss = { runId: this.activeRun };
+        const lost = await this.ctx.lost;
+        throw new DeviceLostError(lost.reason, `${lost.message.replace(/^the GPU device was lost \([^)]*\): /, '')} — training stopped after step ${trainer.step}; the run keeps its last checkpoint and can be resumed once the GPU is back`);
+      }
+      // Out of memory (the device, or the pool's budget): what ran out, the plan of these settings, what to change.
+      if (err instanceof GpuOutOfMemoryError) {
         const runId = this.activeRun;
         const ckpt = runId ? await runStore.runCheckpointInfo(this.store, runId).catch(() => null) : null;
         const note = runId
@@ -340,11 +345,6 @@ export class EngineSession {
             : `Run ${runId} had no checkpoint yet: start a new run with the changes.`
           : `The adapter trained so far (step ${trainer.step}) stays loaded.`;
         throw this.explainOutOfMemory(err, trainer.config, trainer.seq, note);
-      }
-      if (this.ctx.isLost) {
-        this.interruptedByLoss = { runId: this.activeRun };
-        const lost = await this.ctx.lost;
-        throw new DeviceLostError(lost.reason, `${lost.message.replace(/^the GPU device was lost \([^)]*\): /, '')} — training stopped after step ${trainer.step}; the run keeps its last checkpoint and can be resumed once the GPU is back`);
       }
       throw err;
     } finally {
