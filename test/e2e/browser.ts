@@ -22,7 +22,8 @@ export const WEBGPU_FLAGS = [
 ];
 
 export async function startServer(): Promise<{ server: ViteDevServer; url: string }> {
-  const server = await createServer({ root: REPO_ROOT, configFile: join(REPO_ROOT, 'vite.config.ts'), server: { port: 0, host: 'localhost', strictPort: false }, logLevel: 'warn', clearScreen: false });
+  // No hot reload and no file watching: an edit elsewhere in the tree must not reload the page mid-test.
+  const server = await createServer({ root: REPO_ROOT, configFile: join(REPO_ROOT, 'vite.config.ts'), server: { port: 0, host: 'localhost', strictPort: false, hmr: false, watch: null }, logLevel: 'warn', clearScreen: false });
   await server.listen();
   const address = server.httpServer!.address();
   const port = typeof address === 'object' && address ? address.port : 5173;
