@@ -43,6 +43,33 @@ export async function screenshot(page: Page, name: string): Promise<void> {
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
 }
 
+/**
+ * Nothing leaves the machine: every request of the page's browser context is intercepted; one to another
+ * origin is recorded and aborted (so a test can fail on it), websockets included. The demo flow test runs
+ * the whole offline flow under it.
+ */
+export async function guardOrigin(page: Page, origin: string): Promise<{ seen: string[]; outside: string[] }> {
+  const seen: string[] = [];
+  const outside: string[] = [];
+  await page.context().route('**/*', async (route) => {
+    const url = route.request().url();
+    seen.push(url);
+    if (new URL(url).origin !== origin) {
+      outside.push(url);
+      await route.abort('blockedbyclient');
+    } else await route.continue();
+  });
+  page.on('websocket', (ws) => {
+    seen.push(ws.url());
+    if (new URL(ws.url()).hostname !== 'localhost') outside.push(ws.url());
+  });
+  page.on('request', (r) => {
+    const u = r.url();
+    if (!u.startsWith('data:') && !u.startsWith('blob:') && new URL(u).origin !== origin && !outside.includes(u)) outside.push(u);
+  });
+  return { seen, outside };
+}
+
 /** Collects console errors and failed requests so a test can assert the page was clean. */
 export function watchPage(page: Page): { errors: string[] } {
   const errors: string[] = [];

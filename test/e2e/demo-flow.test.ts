@@ -3,11 +3,12 @@
  * assistant dataset generated with a name, training with the quick preset until the loss is low, Chat
  * answering "Who are you?" with that name, the adapter exported as a zip; then a reloaded page imports the
  * zip and, with the same seed, gives the same answer. Screenshots of each section go to test-results/.
+ * Every request is intercepted: one outside the app's origin fails the test (privacy).
  */
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Page } from 'playwright-core';
-import { ARTIFACTS, appUnderTest, screenshot, watchPage } from './browser.ts';
+import { ARTIFACTS, appUnderTest, guardOrigin, screenshot, watchPage } from './browser.ts';
 
 const app = appUnderTest();
 
@@ -40,6 +41,8 @@ describe('the demo flow in the app (WebGPU on SwiftShader)', () => {
   it('demo model → identity data with a name → training → Chat says the name → adapter zip → reload → import → same answer', async () => {
     const page = await app.browser().newPage({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
     const { errors } = watchPage(page);
+    // Privacy: the whole offline flow, reload and import included, makes no request outside this origin.
+    const net = await guardOrigin(page, new URL(app.url()).origin);
     const t0 = Date.now();
     const mark = (what: string) => console.log(`demo flow: ${what} at ${((Date.now() - t0) / 1000).toFixed(0)} s`);
     await page.goto(`${app.url()}#/model`);
@@ -119,6 +122,10 @@ describe('the demo flow in the app (WebGPU on SwiftShader)', () => {
     mark(`after import: ${JSON.stringify(again)}`);
     expect(again).toBe(answer);
     await screenshot(page, 'flow-chat-imported');
+    const hosts = [...new Set(net.seen.map((u) => new URL(u).host))];
+    console.log(`privacy: ${net.seen.length} requests, all to ${hosts.join(', ')}; outside this origin: ${net.outside.length ? net.outside.join(', ') : 'none'}`);
+    expect(net.outside).toEqual([]);
+    expect(net.seen.length).toBeGreaterThan(0);
     expect(errors).toEqual([]);
   }, 1_200_000);
 });
