@@ -93,6 +93,9 @@ export interface PreparedResult {
   lengthReports: LengthReport[];
 }
 
+/** A mapped sample without its source: a conversation or raw text (what a training recipe ships as JSONL). */
+export type PlainSample = { messages: ChatMessage[] } | { text: string };
+
 export interface DataWorkerApi {
   /** Loads a tokenizer (tokenizer.json text/object + config + optional template). */
   loadTokenizer(source: TokenizerSource): Promise<TokenizerInfo>;
@@ -112,4 +115,6 @@ export interface DataWorkerApi {
   renderSample(mapping: DatasetMapping, index: number, options: Pick<PrepareOptions, 'trainOnPrompt'>): Promise<RenderedSample>;
   /** The whole pipeline; the rows' buffers are transferred. */
   prepare(mapping: DatasetMapping, options: PrepareOptions, onProgress?: (p: PrepareProgress) => void): Promise<PreparedResult>;
+  /** Every mapped sample as a conversation ({messages}) or raw text ({text}): the dataset a training recipe ships as JSONL. */
+  mappedSamples(mapping: DatasetMapping): Promise<PlainSample[]>;
 }

@@ -2,7 +2,7 @@
  * The data worker's state and operations (implements DataWorkerApi). Pure TypeScript: the worker
  * exposes it with comlink, and tests drive it directly in Node.
  */
-import type { DatasetMapping, DataWorkerApi, ImportedFile, ImportSummary, MappingPreview, PreparedResult, PrepareProgress, RenderedSample, TokenizerInfo } from './api.ts';
+import type { DatasetMapping, DataWorkerApi, ImportedFile, ImportSummary, MappingPreview, PlainSample, PreparedResult, PrepareProgress, RenderedSample, TokenizerInfo } from './api.ts';
 import { generateIdentityRecords, type IdentityOptions } from './identity.ts';
 import { detectFormat, parseStream, type FileFormat, type ParseProgress } from './import.ts';
 import { detectMapper, mapRecords, type MapResult } from './mappers.ts';
@@ -155,6 +155,10 @@ export class DataSession implements DataWorkerApi {
     });
     onProgress?.({ status: 'done' });
     return r;
+  }
+
+  async mappedSamples(mapping: DatasetMapping): Promise<PlainSample[]> {
+    return this.map(mapping).samples.map((s) => (s.kind === 'chat' ? { messages: s.messages } : { text: s.text }));
   }
 }
 

@@ -13,7 +13,7 @@ import './sections/wt-train-section.ts';
 import './sections/wt-chat-section.ts';
 import './sections/wt-share-section.ts';
 import type { ModelInfo, TokenizerSource, TrainRow } from '../engine/api.ts';
-import type { DatasetReadyDetail } from './data/wt-data-section.ts';
+import type { DatasetReadyDetail, RecipeData } from './data/wt-data-section.ts';
 import { getEngine } from './engine-client.ts';
 import { settingsStore } from './store/settings.ts';
 
@@ -56,6 +56,7 @@ export class WtApp extends LitElement {
   @state() private model: ModelInfo | null = null;
   @state() private tokenizer: TokenizerSource | null = null;
   @state() private rows: TrainRow[] | null = null;
+  @state() private recipe: RecipeData | null = null;
   @state() private tuned = false;
   /** Runs that can be resumed (the Train section reports them): the Train tab shows a mark. */
   @state() private resumableRuns = 0;
@@ -82,6 +83,7 @@ export class WtApp extends LitElement {
     this.model = info;
     this.tuned = false;
     this.rows = null;
+    this.recipe = null;
     this.tokenizer = await getEngine().tokenizerSource();
   }
 
@@ -122,13 +124,16 @@ export class WtApp extends LitElement {
       case 'model':
         return html`<wt-model-section .model=${this.model} @model-loaded=${(e: CustomEvent<ModelInfo>) => void this.onModel(e.detail)}></wt-model-section>`;
       case 'data':
-        return html`<wt-data-section .tokenizerSource=${this.tokenizer} @dataset-ready=${(e: CustomEvent<DatasetReadyDetail>) => (this.rows = e.detail.train)}></wt-data-section>`;
+        return html`<wt-data-section .tokenizerSource=${this.tokenizer} @dataset-ready=${(e: CustomEvent<DatasetReadyDetail>) => {
+          this.rows = e.detail.train;
+          this.recipe = e.detail.recipe;
+        }}></wt-data-section>`;
       case 'train':
         return html`<wt-train-section .model=${this.model} .rows=${this.rows} @adapter-trained=${() => (this.tuned = true)} @runs-changed=${(e: CustomEvent<{ resumable: number }>) => (this.resumableRuns = e.detail.resumable)}></wt-train-section>`;
       case 'chat':
         return html`<wt-chat-section .model=${this.model} ?tuned=${this.tuned}></wt-chat-section>`;
       case 'share':
-        return html`<wt-share-section .model=${this.model} ?tuned=${this.tuned} @adapter-imported=${() => (this.tuned = true)}></wt-share-section>`;
+        return html`<wt-share-section .model=${this.model} ?tuned=${this.tuned} .recipe=${this.recipe} @adapter-imported=${() => (this.tuned = true)}></wt-share-section>`;
       default:
         return nothing;
     }

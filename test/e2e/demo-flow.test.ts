@@ -5,7 +5,9 @@
  * zip and, with the same seed, gives the same answer. Screenshots of each section go to test-results/.
  * Every request is intercepted: one outside the app's origin fails the test (privacy).
  */
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { unzipSync } from 'fflate';
 import { describe, expect, it } from 'vitest';
 import type { Page } from 'playwright-core';
 import { ARTIFACTS, appUnderTest, guardOrigin, screenshot, watchPage } from './browser.ts';
@@ -108,6 +110,16 @@ describe('the demo flow in the app (WebGPU on SwiftShader)', () => {
     await page.getByTestId('export-done').waitFor();
     await screenshot(page, 'flow-share');
     mark('adapter exported');
+    // The same run as a recipe for a cluster: XTuner config, PEFT script, the dataset as JSONL.
+    const recipeDownload = page.waitForEvent('download');
+    await page.getByTestId('export-recipe').click();
+    const recipe = await recipeDownload;
+    expect(recipe.suggestedFilename()).toMatch(/training-recipe\.zip$/);
+    const recipePath = join(ARTIFACTS, 'demo-flow-recipe.zip');
+    await recipe.saveAs(recipePath);
+    const files = unzipSync(new Uint8Array(readFileSync(recipePath)));
+    expect(Object.keys(files)).toEqual(expect.arrayContaining(['xtuner_config.py', 'train_peft.py', 'data/train.jsonl', 'README.md']));
+    expect(new TextDecoder().decode(files['data/train.jsonl'])).toContain(NAME);
 
     // A fresh page: the demo model loads by default; the zip goes in through Share.
     await page.reload();

@@ -1,7 +1,7 @@
 import * as Comlink from 'comlink';
 import { LitElement, css, html, nothing, type PropertyValues } from 'lit';
 import { customElement, property, state } from 'lit/decorators.js';
-import type { DatasetMapping, ImportSummary, MappingPreview, PreparedResult, PrepareProgress, RenderedSample, TokenizerInfo } from '../../data/api.ts';
+import type { DatasetMapping, ImportSummary, MappingPreview, PlainSample, PreparedResult, PrepareProgress, RenderedSample, TokenizerInfo } from '../../data/api.ts';
 import { fallbackTokenizerSource } from '../../data/fallback-tokenizer.ts';
 import type { IdentityOptions } from '../../data/identity.ts';
 import type { ParseProgress } from '../../data/import.ts';
@@ -20,9 +20,17 @@ import './wt-data-sample-viewer.ts';
 import './wt-data-stats.ts';
 
 /** Detail of the `dataset-ready` event. */
+/** What a training recipe exports: the mapped samples and how the rows were built from them. */
+export interface RecipeData {
+  samples: PlainSample[];
+  maxLength: number;
+  pack: boolean;
+}
+
 export interface DatasetReadyDetail extends PreparedResult {
   train: TokenRow[];
   eval: TokenRow[];
+  recipe: RecipeData;
 }
 
 /**
@@ -224,7 +232,9 @@ export class WtDataSection extends LitElement {
     );
     if (!r) return;
     this.result = r;
-    this.dispatchEvent(new CustomEvent<DatasetReadyDetail>('dataset-ready', { detail: r, bubbles: true, composed: true }));
+    const samples = await this.api.mappedSamples(choice);
+    const recipe = { samples, maxLength: this.options.maxLength ?? Math.max(1, ...r.train.map((row) => row.inputIds.length)), pack: this.options.pack };
+    this.dispatchEvent(new CustomEvent<DatasetReadyDetail>('dataset-ready', { detail: { ...r, recipe }, bubbles: true, composed: true }));
   }
 
   override render() {

@@ -5,6 +5,7 @@ import type { ExportDType, ExportFile, ImportedAdapterSummary, ModelInfo } from 
 import { formatBytes } from '../../engine/gpu/errors.ts';
 import { getEngine } from '../engine-client.ts';
 import { theme } from '../theme.ts';
+import type { RecipeData } from '../data/wt-data-section.ts';
 
 /** The File System Access API's folder picker (Chromium); absent elsewhere, then folders come from <input webkitdirectory>. */
 type DirectoryPicker = (o?: { mode?: 'read' | 'readwrite'; id?: string }) => Promise<FileSystemDirectoryHandle>;
@@ -74,6 +75,8 @@ export class WtShareSection extends LitElement {
 
   @property({ attribute: false }) model: ModelInfo | null = null;
   @property({ type: Boolean }) tuned = false;
+  /** The prepared dataset (Data section), for the training recipe. */
+  @property({ attribute: false }) recipe: RecipeData | null = null;
   @state() private error = '';
   @state() private saved = '';
   @state() private busy = '';
@@ -117,6 +120,16 @@ export class WtShareSection extends LitElement {
       return format === 'gguf'
         ? `${file.name} (${formatBytes(file.bytes.byteLength)}): load it over the base's GGUF with llama.cpp's --lora, or as ADAPTER in an Ollama Modelfile.`
         : `${file.name} (${formatBytes(file.bytes.byteLength)}): adapter.gguf and a Modelfile; its README says what to run.`;
+    });
+  }
+
+  private exportRecipe(): Promise<void> {
+    return this.run('Training recipe', async () => {
+      const r = this.recipe!;
+      const zip = await getEngine().exportRecipe(r.samples, { maxLength: r.maxLength, pack: r.pack });
+      const name = `${this.modelSlug()}-training-recipe.zip`;
+      download({ name, bytes: zip }, 'application/zip');
+      return `${name} (${formatBytes(zip.byteLength)}): an XTuner config, a transformers + PEFT script and the dataset as JSONL (${r.samples.length} samples); its README says how to run them and bring the adapter back.`;
     });
   }
 
@@ -210,6 +223,14 @@ export class WtShareSection extends LitElement {
         </div>
         ${!picker ? html`<p class="muted">This browser cannot write into a folder; large models need Chrome or Edge (or <code>npm run cli -- merge</code>).</p>` : nothing}
         ${this.merge ? html`<progress data-testid="merge-progress" max=${this.merge.total} .value=${this.merge.done}></progress> <span class="muted">${this.merge.done}/${this.merge.total} ${this.merge.tensor}</span>` : nothing}
+      </section>
+      <section>
+        <h3>Training recipe</h3>
+        <p class="muted">The same run for a cluster: a ready-to-run XTuner config and a plain transformers + PEFT script with the prepared dataset as JSONL; an adapter trained there imports back below.</p>
+        <div class="row">
+          <button class="secondary" data-testid="export-recipe" ?disabled=${!this.model || !this.recipe || !!this.busy} @click=${() => void this.exportRecipe()}>Training recipe (.zip)</button>
+        </div>
+        ${!this.recipe ? html`<p class="muted">Prepare a dataset in the Data section first.</p>` : nothing}
       </section>
       ${this.busy && this.busy !== 'Import' ? html`<p class="muted">${this.busy}: working…</p>` : nothing}
       ${this.saved ? html`<p data-testid="export-done" class="ok">Saved ${this.saved}</p>` : nothing}

@@ -70,6 +70,10 @@ describe('DataSession (what the worker exposes)', () => {
     expect(progress[0]).toEqual({ status: 'mapping' });
     expect(progress[progress.length - 1]).toEqual({ status: 'done' });
     expect(rowBuffers(prepared)).toHaveLength(4);
+    // The training recipe's dataset: the mapped conversations without their sources, rejected lines left out.
+    const plain = await s.mappedSamples(mapping);
+    expect(plain).toHaveLength(prev.samples);
+    expect(plain.every((x) => 'messages' in x && x.messages.some((m) => m.role === 'assistant'))).toBe(true);
   });
   it('each file keeps its own format; a file without one is reported, not silently dropped', async () => {
     const s = new DataSession();
