@@ -118,8 +118,9 @@ describe('the demo flow in the app (WebGPU on SwiftShader)', () => {
     const recipePath = join(ARTIFACTS, 'demo-flow-recipe.zip');
     await recipe.saveAs(recipePath);
     const files = unzipSync(new Uint8Array(readFileSync(recipePath)));
-    expect(Object.keys(files)).toEqual(expect.arrayContaining(['xtuner_config.py', 'train_peft.py', 'data/train.jsonl', 'README.md']));
-    expect(new TextDecoder().decode(files['data/train.jsonl'])).toContain(NAME);
+    const inRecipe = ['xtuner_config.py', 'train_peft.py', 'data/train.jsonl', 'README.md'].map((f) => `training-recipe/${f}`);
+    expect(Object.keys(files)).toEqual(expect.arrayContaining(inRecipe));
+    expect(new TextDecoder().decode(files['training-recipe/data/train.jsonl'])).toContain(NAME);
 
     // A fresh page: the demo model loads by default; the zip goes in through Share.
     await page.reload();
