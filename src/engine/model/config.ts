@@ -287,6 +287,9 @@ function readRope(c: Json, family: ModelFamily, defaultTheta: number, maxPos: nu
       params = rs as Json;
     }
   }
+  // inv_freq = theta^(-2i/d): a base at or below 1 makes the frequencies grow without bound (every real
+  // model uses 10^4..10^7); refuse it rather than produce infinite rotations.
+  if (!(theta > 1)) return fail(`'rope_theta' is ${theta}: the RoPE base must be greater than 1 (models use 10000 to 10^7)`);
   if (params === null) return { theta, scaling: { type: 'none' } };
   const p = params;
   const type = p.rope_type ?? p.type ?? 'default';
