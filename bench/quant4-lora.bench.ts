@@ -12,7 +12,7 @@ import type { GpuContext, KernelDispatch } from '../src/engine/gpu/context.ts';
 import type { Tensor } from '../src/engine/gpu/tensor.ts';
 import { loraScratchElems, prepareLoraBackward, prepareLoraForward, type LoraAdapter } from '../src/engine/kernels/lora.ts';
 import { prepareMatmul } from '../src/engine/kernels/matmul.ts';
-import { allocQ4Weight, prepareQ4Matmul, prepareQ4MatmulDx, prepareQ4MatmulDxPass, prepareQuantizeQ4, releaseQ4Weight, type Q4Weight } from '../src/engine/kernels/quant4.ts';
+import { allocQ4Weight, prepareQ4Matmul, prepareQ4MatmulDx, prepareQuantizeQ4, releaseQ4Weight, type Q4Weight } from '../src/engine/kernels/quant4.ts';
 import { timeDispatches, type BenchRow } from './harness.ts';
 
 const RANK = 64;
@@ -96,8 +96,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
         const loraFlops = 2 * T * RANK * (K + N);
         // The fused dX alone (G given): the adapter's s·mask⊙(G·A) prologue over the bare q4 dX.
         {
-          const fusedDx = await prepareQ4MatmulDxPass(ctx, dY, W, dX, T, false, { lora: { G, A, rank: RANK, scale: 0.25 } });
-          const ms = await time(fusedDx.dispatches);
+          const ms = await time(await prepareQ4MatmulDx(ctx, dY, W, dX, T, false, { lora: { G, A, rank: RANK, scale: 0.25 } }));
           rows.push({ name: `${tag} q4 dX + fused s·G·A prologue`, ms, flops: flops + 2 * T * RANK * K, note: `over bare q4 dX ${pct(ms, q4Dx)}` });
         }
         const fwdMs = await time(fwd.dispatches);

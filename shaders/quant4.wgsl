@@ -187,11 +187,13 @@ fn dequantize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 @group(0) @binding(2) var<storage, read> q: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> sm: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;    // matmul: Y [M, ldy]; dx: dX [M, K]
+#if LORA
+// The adapter's rank-R left operand: U [M, R] in the forward, G = dY·B [M, R] in dX.
+@group(0) @binding(5) var<storage, read> rank_rows: array<f32>;
+#endif
 #if LORA && OP == matmul
-@group(0) @binding(5) var<storage, read> lu: array<f32>;         // U [M, R]
 @group(0) @binding(6) var<storage, read> lb: array<f32>;         // B [out, R]
 #elif LORA
-@group(0) @binding(5) var<storage, read> lg: array<f32>;         // G = dY·B [M, R]
 @group(0) @binding(6) var<storage, read> la: array<f32>;         // A [R, K]
 #endif
 
@@ -254,6 +256,22 @@ fn mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_M>>
     }
   }
 }
+
+#if LORA
+// Stages s·rank_rows [row0, row0 + TILE_M) × [r0, r0 + TR) into tile_a: the left operand of the adapter's
+// R extra reduction steps (s·U·Bᵀ in the forward, s·G·A in dX), zero past M and R.
+fn stage_scaled_rank_rows(r0: u32, row0: u32, tid: u32) {
+  for (var idx = tid; idx < TILE_M * TR; idx += THREADS) {
+    let rr = idx % TR;
+    let mm = idx / TR;
+    let m = row0 + mm;
+    let r = r0 + rr;
+    var v = 0.0;
+    if (m < params.M && r < params.R) { v = params.s * rank_rows[m * params.R + r]; }
+    store_a(rr, mm, v);
+  }
+}
+#endif
 
 #if OP == dx && PREFETCH
 // Register-staged dX (VEC4 and WIDE): the next step's dY tile is fetched as 4×4 blocks (4 rows m × 4 n,
@@ -365,15 +383,7 @@ fn q4_matmul_dx(
 #if LORA
   // The adapter term s·U·Bᵀ as R more reduction steps over [s·U | B]: Y is written once.
   for (var r0 = 0u; r0 < params.R; r0 += TR) {
-    for (var idx = tid; idx < TILE_M * TR; idx += THREADS) {
-      let rr = idx % TR;
-      let mm = idx / TR;
-      let m = row0 + mm;
-      let r = r0 + rr;
-      var v = 0.0;
-      if (m < M && r < params.R) { v = params.s * lu[m * params.R + r]; }
-      store_a(rr, mm, v);
-    }
+    stage_scaled_rank_rows(r0, row0, tid);
     for (var idx = tid; idx < TILE_N * TR; idx += THREADS) {
       let rr = idx % TR;
       let nn = idx / TR;
@@ -390,21 +400,13 @@ fn q4_matmul_dx(
 #endif
 #elif PREFETCH
 #if LORA
-  // The adapter's share of dX first, s·(G·A), as R reduction steps over [G | A] (A [R, K] is laid out like
-  // W's rows), then scaled; the base steps below accumulate onto it, so dX is written once and the separate
+  // The adapter's share of dX first, s·G·A, as R reduction steps over [s·G | A] (A [R, K] is laid out like
+  // W's rows); the base steps below accumulate onto it, so dX is written once and the separate
   // read-modify-write pass over dX disappears. Without lora_dropout only: a per-element dropout mask here
   // (a hash per output) measured 37–54% slower on the H100 than the bare kernel — the mask loop is not
   // unrolled and the accumulators leave registers — so with dropout lora.wgsl's DX pass adds the term.
   for (var r0 = 0u; r0 < params.R; r0 += TR) {
-    for (var idx = tid; idx < TILE_M * TR; idx += THREADS) {
-      let rr = idx % TR;
-      let mm = idx / TR;
-      let m = row0 + mm;
-      let r = r0 + rr;
-      var v = 0.0;
-      if (m < M && r < params.R) { v = lg[m * params.R + r]; }
-      store_a(rr, mm, v);
-    }
+    stage_scaled_rank_rows(r0, row0, tid);
     for (var idx = tid; idx < TR * TILE_N; idx += THREADS) {
       let kk = idx % TILE_N;
       let rr = idx / TILE_N;
@@ -417,9 +419,6 @@ fn q4_matmul_dx(
     workgroupBarrier();
     mac(lid, &acc);
     workgroupBarrier();
-  }
-  for (var i = 0u; i < THREAD_M; i++) {
-    for (var j = 0u; j < THREAD_N; j++) { acc[i][j] *= params.s; }
   }
 #endif
   var pa: array<vec4<f32>, 4>;
@@ -598,7 +597,7 @@ fn q4_matmul_kc(
       let m = row0 + mm;
       let r = r0 + rr;
       var v = 0.0;
-      if (m < M && r < params.R) { v = params.s * lu[m * params.R + r]; }
+      if (m < M && r < params.R) { v = params.s * rank_rows[m * params.R + r]; }
       kc_x[mm * KC_ROW + rr / 4u][rr % 4u] = v;
     }
     for (var idx = tid; idx < TILE_N * KC_DEPTH; idx += THREADS) {

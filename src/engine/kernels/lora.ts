@@ -4,7 +4,7 @@ import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
 import { prepareMatmul } from './matmul.ts';
 import { registerDropoutInclude } from './dropout.ts';
-import { prepareQ4Matmul, prepareQ4MatmulDx, prepareQ4MatmulDxPass, q4DxCanFuseLora, type Q4Weight } from './quant4.ts';
+import { prepareQ4Matmul, prepareQ4MatmulDx, q4DxCanFuseLora, type Q4Weight } from './quant4.ts';
 
 /**
  * A LoRA adapter on a linear layer: Y = X·Wᵀ + s·dropout(X)·Aᵀ·Bᵀ, s = alpha / rank, W frozen (4-bit or
@@ -301,8 +301,7 @@ export async function prepareLoraBackward(
   if (base.kind === 'q4' && q4DxCanFuseLora(base.W) && !(ad.dropout ?? 0)) {
     // G first, then one q4 dX kernel that starts from s·mask⊙(G·A) and adds dY·W: dX is written once
     // (the separate DX pass read and rewrote all of dX).
-    const fused = await prepareQ4MatmulDxPass(ctx, dY, base.W, dX, M, false, { lora: { G, A: ad.A, rank: r, scale: s } });
-    parts.push(gb, { dispatches: fused.dispatches, seeded: [] });
+    parts.push(gb, { dispatches: await prepareLoraQ4Dx(ctx, base.W, { dY, G, A: ad.A, dX }, { M, rank: r, scale: s }), seeded: [] });
   } else {
     dispatches.push(...(base.kind === 'q4' ? await prepareQ4MatmulDx(ctx, dY, base.W, dX, M) : [await prepareMatmul(ctx, dY, base.W, dX, { M, N: inF, K: out })]));
     parts.push(gb, await prepareSmall(ctx, { mode: 'DX', a: G, b: ad.A, c: dX, shape: { rows: M, cols: inF, red: r }, ...common }));
@@ -369,5 +368,5 @@ export async function prepareLoraQ4Dx(
   t: { dY: Tensor; G: Tensor; A: Tensor; dX: Tensor },
   d: { M: number; rank: number; scale: number; accumulate?: boolean },
 ): Promise<KernelDispatch[]> {
-  return (await prepareQ4MatmulDxPass(ctx, t.dY, W, t.dX, d.M, !!d.accumulate, { lora: { G: t.G, A: t.A, rank: d.rank, scale: d.scale } })).dispatches;
+  return prepareQ4MatmulDx(ctx, t.dY, W, t.dX, d.M, !!d.accumulate, { lora: { G: t.G, A: t.A, rank: d.rank, scale: d.scale } });
 }

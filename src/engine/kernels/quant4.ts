@@ -390,10 +390,6 @@ export interface Q4DxLoraPrologue {
   scale: number;
 }
 
-export interface Q4DxPass {
-  dispatches: KernelDispatch[];
-}
-
 /** Whether prepareQ4MatmulDx can fuse a LoRA prologue for this weight (the register-staged path: 16-byte dY rows). */
 export function q4DxCanFuseLora(W: Q4Weight): boolean {
   return W.out % 4 === 0;
@@ -403,6 +399,7 @@ export function q4DxCanFuseLora(W: Q4Weight): boolean {
  * dX = dY·W (activation grad: written), dY [M, out], W 4-bit [out, in], dX [M, in]. With row blocks the
  * first block writes dX and later blocks add to it (in dispatch order, so deterministic).
  * `accumulate` makes the first block add as well (dX += dY·W, e.g. to add onto another path's gradient).
+ * `lora` folds the adapter's s·(G·A) into the first block (see Q4DxLoraPrologue).
  */
 export async function prepareQ4MatmulDx(
   ctx: GpuContext,
@@ -411,21 +408,8 @@ export async function prepareQ4MatmulDx(
   dX: Tensor,
   M: number,
   accumulate = false,
-  opts: { tile?: 'wide' | 'narrow'; prefetch?: boolean } = {},
-): Promise<KernelDispatch[]> {
-  return (await prepareQ4MatmulDxPass(ctx, dY, W, dX, M, accumulate, opts)).dispatches;
-}
-
-/** prepareQ4MatmulDx with an optional fused LoRA prologue (see Q4DxLoraPrologue). */
-export async function prepareQ4MatmulDxPass(
-  ctx: GpuContext,
-  dY: Tensor,
-  W: Q4Weight,
-  dX: Tensor,
-  M: number,
-  accumulate = false,
   opts: { tile?: 'wide' | 'narrow'; prefetch?: boolean; lora?: Q4DxLoraPrologue } = {},
-): Promise<Q4DxPass> {
+): Promise<KernelDispatch[]> {
   const K = W.in;
   const kern = `q4 dX ${W.label}`;
   need(kern, 'dY', dY, M * W.out * 4);
@@ -453,7 +437,7 @@ export async function prepareQ4MatmulDxPass(
     const res = [uniforms, dY, b.q, b.sm, dX, ...(withLora ? [lora.G, lora.A] : [])];
     out.push({ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, res), workgroups: [Math.ceil(K / edge), Math.ceil(M / edge), 1] });
   }
-  return { dispatches: out };
+  return out;
 }
 
 export async function q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4Weight, dX: Tensor, M: number, accumulate = false, opts: { tile?: 'wide' | 'narrow'; prefetch?: boolean } = {}): Promise<void> {

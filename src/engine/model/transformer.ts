@@ -465,14 +465,11 @@ export class StepPlan {
     // Fused only without dropout: with the per-element mask the kernel measured 37–54% slower than the bare
     // q4 dX on the H100 (the 64-element mask loop is not unrolled, so the accumulators leave registers),
     // against +1–5% without it; the separate DX pass is cheaper then.
-    const fuseDx = lo.last && p.kind === 'q4' && q4DxCanFuseLora(p.w) && dims.dropout === 0;
-    if (fuseDx && p.kind === 'q4') {
-      out.push(...(await prepareLoraQ4Dx(ctx, p.w, { dY: dy, G, A: lo.A, dX: dx }, { ...dims, accumulate })));
-    } else {
-      out.push(...(await projectionBackward(ctx, p, dy, dx, M, accumulate)));
-    }
+    const fusedW = lo.last && p.kind === 'q4' && q4DxCanFuseLora(p.w) && dims.dropout === 0 ? p.w : null;
+    if (fusedW) out.push(...(await prepareLoraQ4Dx(ctx, fusedW, { dY: dy, G, A: lo.A, dX: dx }, { ...dims, accumulate })));
+    else out.push(...(await projectionBackward(ctx, p, dy, dx, M, accumulate)));
     if (lo.last) {
-      const modes = fuseDx ? (['DA'] as const) : (['DX', 'DA'] as const);
+      const modes = fusedW ? (['DA'] as const) : (['DX', 'DA'] as const);
       for (const mode of modes) {
         const t = mode === 'DX' ? { a: G, b: lo.A, c: dx } : { a: G, b: x, c: lo.dA };
         const pass = await prepareLoraProduct(ctx, mode, t, dims);
