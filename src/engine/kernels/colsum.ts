@@ -8,3 +8,9 @@ export const COLSUM_SHADER = { name: 'colsum.wgsl', code: colsumWgsl };
 export function registerColsumInclude(ctx: GpuContext): void {
   ctx.pipelines.registerInclude(COLSUM_SHADER);
 }
+
+/** `shader` (a file that `#include`s colsum.wgsl) after registering the include: for every pipeline of such a file. */
+export function withColsum<T>(ctx: GpuContext, shader: T): T {
+  registerColsumInclude(ctx);
+  return shader;
+}

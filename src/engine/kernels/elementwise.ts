@@ -1,16 +1,10 @@
 import elementwiseWgsl from '../../../shaders/elementwise.wgsl';
 import type { GpuContext, KernelDispatch } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
-import { registerColsumInclude } from './colsum.ts';
+import { withColsum } from './colsum.ts';
 import { grid1d } from './grid.ts';
 
 export const ELEMENTWISE_SHADER = { name: 'elementwise.wgsl', code: elementwiseWgsl };
-
-/** The file `#include`s colsum.wgsl: every pipeline of it needs the include registered first. */
-function withColsum<T>(ctx: GpuContext, shader: T): T {
-  registerColsumInclude(ctx);
-  return shader;
-}
 
 const WG = 256;
 /** bias_backward tiling: COLS columns (units) × LANES row lanes per workgroup, CHUNK_ROWS rows per partial. */

@@ -1,16 +1,10 @@
 import rmsnormWgsl from '../../../shaders/rmsnorm.wgsl';
 import type { GpuContext, KernelDispatch } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
-import { registerColsumInclude } from './colsum.ts';
+import { withColsum } from './colsum.ts';
 import { grid1d } from './grid.ts';
 
 export const RMSNORM_SHADER = { name: 'rmsnorm.wgsl', code: rmsnormWgsl };
-
-/** The file `#include`s colsum.wgsl: every pipeline of it needs the include registered first. */
-function withColsum<T>(ctx: GpuContext, shader: T): T {
-  registerColsumInclude(ctx);
-  return shader;
-}
 
 const WG = 256;
 const DW_TILE = { COLS: 64, LANES: 4 };
