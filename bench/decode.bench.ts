@@ -16,10 +16,9 @@ import { initLoraParams } from '../src/engine/train/trainer.ts';
 import { Generator } from '../src/engine/generate/generator.ts';
 import { DEFAULT_SETTINGS } from '../src/engine/generate/settings.ts';
 import { prepareSampler } from '../src/engine/kernels/sampling.ts';
-import { INTERNLM2_1_8B } from './train-step.bench.ts';
+import { INTERNLM2_1_8B, INTERNLM2_TINY } from './train-step.bench.ts';
 import type { BenchRow } from './harness.ts';
 
-const TINY = { ...INTERNLM2_1_8B, vocab_size: 1024, hidden_size: 128, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 };
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -49,7 +48,7 @@ async function samplerRows(ctx: GpuContext, vocab: number): Promise<BenchRow[]> 
 }
 
 export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]> {
-  const spec = modelSpecFromConfig(quick ? TINY : INTERNLM2_1_8B, 'InternLM2-1.8B shape');
+  const spec = modelSpecFromConfig(quick ? INTERNLM2_TINY : INTERNLM2_1_8B, 'InternLM2-1.8B shape');
   const weights = await randomBaseWeights(ctx, spec, { seed: 1, quantize: true, poolValues: 1 << 22 });
   const weightBytes = ctx.pool.liveBytes;
   const longCtx = quick ? 64 : 1024;

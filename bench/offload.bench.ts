@@ -16,15 +16,14 @@ import { Trainer, type TrainRow } from '../src/engine/train/trainer.ts';
 import type { OptimizerOffload } from '../src/engine/train/moments.ts';
 import { fileMomentStore } from '../src/engine/train/moments.ts';
 import { nodeSyncFile } from '../src/node/sync-file.ts';
-import { INTERNLM2_1_8B } from './train-step.bench.ts';
+import { INTERNLM2_1_8B, INTERNLM2_TINY } from './train-step.bench.ts';
 import type { BenchRow } from './harness.ts';
 
-const TINY = { ...INTERNLM2_1_8B, vocab_size: 1024, hidden_size: 128, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 };
 
 const sign = (x: number) => `${x >= 0 ? '+' : ''}${x.toFixed(1)}`;
 
 export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]> {
-  const spec = modelSpecFromConfig(quick ? TINY : INTERNLM2_1_8B, 'InternLM2-1.8B shape');
+  const spec = modelSpecFromConfig(quick ? INTERNLM2_TINY : INTERNLM2_1_8B, 'InternLM2-1.8B shape');
   const weights = await randomBaseWeights(ctx, spec, { seed: 1, quantize: true, poolValues: 1 << 22 });
   const seq = quick ? 32 : 512;
   const steps = quick ? 2 : 4;

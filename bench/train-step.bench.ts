@@ -33,7 +33,9 @@ export const INTERNLM2_1_8B = {
   tie_word_embeddings: false,
 };
 
-const TINY = { ...INTERNLM2_1_8B, vocab_size: 512, hidden_size: 128, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 };
+/** The same architecture at toy size, for `--quick` (a smoke run that SwiftShader finishes). */
+export const INTERNLM2_TINY = { ...INTERNLM2_1_8B, vocab_size: 1024, hidden_size: 128, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 };
+const TINY = { ...INTERNLM2_TINY, vocab_size: 512 };
 
 /** A kernel's family for the breakdown: its label up to the first shape (digits). */
 function kernelFamily(label: string): string {

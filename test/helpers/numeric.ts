@@ -1,16 +1,8 @@
 import { expect } from 'vitest';
+import { seededRandom } from '../../src/engine/random.ts';
 
-/** A small seeded PRNG (mulberry32) so a failing case can be replayed from its printed seed. */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The engine's seeded PRNG (mulberry32), so a failing case can be replayed from its printed seed. */
+export const rng = seededRandom;
 
 /** A fresh seed per call (tests print it in their names/messages), so each run sees new inputs. */
 export function freshSeed(): number {
