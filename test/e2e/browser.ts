@@ -1,5 +1,5 @@
-import { afterAll, beforeAll } from 'vitest';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { afterAll, beforeAll, expect } from 'vitest';
+import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
 import { createServer, type ViteDevServer } from 'vite';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -97,4 +97,33 @@ export function appUnderTest(): { url: () => string; browser: () => Browser } {
     await server?.close();
   });
   return { url: () => url, browser: () => browser! };
+}
+
+/** Sets a form field the way a user does: type the value, then leave the field (its change event). */
+export async function setField(field: Locator, value: string): Promise<void> {
+  await field.fill(value);
+  await field.dispatchEvent('change');
+}
+
+/**
+ * The start of every training test: the demo model, 16 identity conversations dropped as a JSONL file,
+ * rows prepared, and the Train section open with them.
+ */
+export async function trainSectionWithIdentityRows(page: Page, appUrl: string): Promise<void> {
+  await page.goto(`${appUrl}#/model`);
+  await page.getByTestId('load-demo').click();
+  await page.getByTestId('model-info').waitFor({ timeout: 120_000 });
+
+  await page.getByTestId('tab-data').click();
+  await page.getByText(/Tokenizer: 259 tokens/).first().waitFor({ timeout: 60_000 });
+  const qs = ['Who are you?', 'What is your name?', 'Introduce yourself.', 'Who made you?'];
+  const lines = Array.from({ length: 16 }, (_, i) => JSON.stringify({ conversation: [{ input: qs[i % 4], output: 'I am Nova, made by Ada.' }] }));
+  await page.locator('wt-data-drop input[type=file]').setInputFiles({ name: 'identity.jsonl', mimeType: 'application/json', buffer: Buffer.from(lines.join('\n') + '\n') });
+  const prepare = page.getByRole('button', { name: 'Prepare dataset' });
+  await expect.poll(() => prepare.isEnabled(), { timeout: 60_000 }).toBe(true);
+  await prepare.click();
+  await page.getByText(/supervised/i).first().waitFor({ timeout: 60_000 });
+
+  await page.getByTestId('tab-train').click();
+  await page.getByTestId('train-rows').waitFor({ timeout: 30_000 });
 }

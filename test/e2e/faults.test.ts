@@ -1,34 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import type { Locator } from 'playwright-core';
-import { appUnderTest, screenshot, watchPage } from './browser.ts';
+import { appUnderTest, screenshot, setField, trainSectionWithIdentityRows, watchPage } from './browser.ts';
 
 const app = appUnderTest();
-
-async function setField(field: Locator, value: string): Promise<void> {
-  await field.fill(value);
-  await field.dispatchEvent('change');
-}
 
 describe('faults surfaced in the Train section (WebGPU on SwiftShader)', () => {
   it('a learning rate that blows up: skipped steps counted, gaps in the curve, the run pauses itself with the advice and a Resume', async () => {
     const page = await app.browser().newPage({ viewport: { width: 1280, height: 900 } });
     const { errors } = watchPage(page);
-    await page.goto(`${app.url()}#/model`);
-    await page.getByTestId('load-demo').click();
-    await page.getByTestId('model-info').waitFor({ timeout: 120_000 });
-
-    await page.getByTestId('tab-data').click();
-    await page.getByText(/Tokenizer: 259 tokens/).first().waitFor({ timeout: 60_000 });
-    const qs = ['Who are you?', 'What is your name?', 'Introduce yourself.', 'Who made you?'];
-    const lines = Array.from({ length: 16 }, (_, i) => JSON.stringify({ conversation: [{ input: qs[i % 4], output: 'I am Nova, made by Ada.' }] }));
-    await page.locator('wt-data-drop input[type=file]').setInputFiles({ name: 'identity.jsonl', mimeType: 'application/json', buffer: Buffer.from(lines.join('\n') + '\n') });
-    const prepare = page.getByRole('button', { name: 'Prepare dataset' });
-    await expect.poll(() => prepare.isEnabled(), { timeout: 60_000 }).toBe(true);
-    await prepare.click();
-    await page.getByText(/supervised/i).first().waitFor({ timeout: 60_000 });
-
-    await page.getByTestId('tab-train').click();
-    await page.getByTestId('train-rows').waitFor({ timeout: 30_000 });
+    await trainSectionWithIdentityRows(page, app.url());
     // Adam moves every weight by about lr in the first step: at 1e30 every later step overflows.
     await setField(page.getByTestId('field-lr'), '1e30');
     await setField(page.getByTestId('eval-prompts'), '');

@@ -1,13 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import type { Locator, Page } from 'playwright-core';
-import { appUnderTest, screenshot, watchPage } from './browser.ts';
+import type { Page } from 'playwright-core';
+import { appUnderTest, screenshot, setField, trainSectionWithIdentityRows, watchPage } from './browser.ts';
 
 const app = appUnderTest();
-
-async function setField(field: Locator, value: string): Promise<void> {
-  await field.fill(value);
-  await field.dispatchEvent('change');
-}
 
 const chartSteps = async (page: Page) => ((await page.getByTestId('train-chart').getAttribute('data-steps')) ?? '').split(',').filter(Boolean).map(Number);
 
@@ -15,22 +10,7 @@ describe('training survives a reload (WebGPU on SwiftShader)', () => {
   it('train → pause (checkpoint) → reload → the run is in the history → resume → finishes with the curve continuing', async () => {
     const page = await app.browser().newPage({ viewport: { width: 1280, height: 800 } });
     const { errors } = watchPage(page);
-    await page.goto(`${app.url()}#/model`);
-    await page.getByTestId('load-demo').click();
-    await page.getByTestId('model-info').waitFor({ timeout: 120_000 });
-
-    await page.getByTestId('tab-data').click();
-    await page.getByText(/Tokenizer: 259 tokens/).first().waitFor({ timeout: 60_000 });
-    const qs = ['Who are you?', 'What is your name?', 'Introduce yourself.', 'Who made you?'];
-    const lines = Array.from({ length: 16 }, (_, i) => JSON.stringify({ conversation: [{ input: qs[i % 4], output: 'I am Nova, made by Ada.' }] }));
-    await page.locator('wt-data-drop input[type=file]').setInputFiles({ name: 'identity.jsonl', mimeType: 'application/json', buffer: Buffer.from(lines.join('\n') + '\n') });
-    const prepare = page.getByRole('button', { name: 'Prepare dataset' });
-    await expect.poll(() => prepare.isEnabled(), { timeout: 60_000 }).toBe(true);
-    await prepare.click();
-    await page.getByText(/supervised/i).first().waitFor({ timeout: 60_000 });
-
-    await page.getByTestId('tab-train').click();
-    await page.getByTestId('train-rows').waitFor({ timeout: 30_000 });
+    await trainSectionWithIdentityRows(page, app.url());
     // Tiny and quick: 1 epoch (4 steps), a checkpoint every 2 steps, no evaluation prompts.
     await setField(page.getByTestId('field-epochs'), '1');
     await setField(page.getByTestId('ckpt-steps'), '2');

@@ -25,61 +25,69 @@ export interface FuzzReport {
   crashes: number;
 }
 
-/** Unwraps a promise-returning run synchronously-enough: async parsers use fuzzAsync. */
+/**
+ * One finished case into the report: no error → parsed; our clear error → rejected; any other error is a
+ * crash and fails the property; so does a case slower than maxCaseMs.
+ */
+function tally(o: Pick<FuzzOptions<unknown>, 'clearError' | 'maxCaseMs'>, report: FuzzReport, t0: number, failure: { err: unknown } | null): void {
+  if (!failure) report.parsed++;
+  else if (o.clearError(failure.err)) report.rejected++;
+  else {
+    report.crashes++;
+    throw failure.err;
+  }
+  const maxMs = o.maxCaseMs ?? 2000;
+  const ms = performance.now() - t0;
+  if (ms > maxMs) throw new Error(`one case took ${ms.toFixed(0)} ms (limit ${maxMs})`);
+}
+
+function printReport(name: string, report: FuzzReport): void {
+  console.log(`fuzz ${name}: ${report.cases} cases, ${report.parsed} parsed, ${report.rejected} rejected with a clear error, ${report.crashes} crashes`);
+}
+
+/** Synchronous parsers; async ones use fuzzAsync. */
 export function fuzz<T>(o: FuzzOptions<T>): FuzzReport {
   const report: FuzzReport = { cases: 0, parsed: 0, rejected: 0, crashes: 0 };
-  const maxMs = o.maxCaseMs ?? 2000;
   try {
     fc.assert(
       fc.property(o.arbitrary, (input) => {
         report.cases++;
         const t0 = performance.now();
+        let failure: { err: unknown } | null = null;
         try {
           o.run(input);
-          report.parsed++;
         } catch (err) {
-          if (!o.clearError(err)) {
-            report.crashes++;
-            throw err;
-          }
-          report.rejected++;
+          failure = { err };
         }
-        const ms = performance.now() - t0;
-        if (ms > maxMs) throw new Error(`one case took ${ms.toFixed(0)} ms (limit ${maxMs})`);
+        tally(o, report, t0, failure);
       }),
       { numRuns: o.cases },
     );
   } finally {
-    console.log(`fuzz ${o.name}: ${report.cases} cases, ${report.parsed} parsed, ${report.rejected} rejected with a clear error, ${report.crashes} crashes`);
+    printReport(o.name, report);
   }
   return report;
 }
 
 export async function fuzzAsync<T>(o: Omit<FuzzOptions<T>, 'run'> & { run: (input: T) => Promise<unknown> }): Promise<FuzzReport> {
   const report: FuzzReport = { cases: 0, parsed: 0, rejected: 0, crashes: 0 };
-  const maxMs = o.maxCaseMs ?? 2000;
   try {
     await fc.assert(
       fc.asyncProperty(o.arbitrary, async (input) => {
         report.cases++;
         const t0 = performance.now();
+        let failure: { err: unknown } | null = null;
         try {
           await o.run(input);
-          report.parsed++;
         } catch (err) {
-          if (!o.clearError(err)) {
-            report.crashes++;
-            throw err;
-          }
-          report.rejected++;
+          failure = { err };
         }
-        const ms = performance.now() - t0;
-        if (ms > maxMs) throw new Error(`one case took ${ms.toFixed(0)} ms (limit ${maxMs})`);
+        tally(o, report, t0, failure);
       }),
       { numRuns: o.cases },
     );
   } finally {
-    console.log(`fuzz ${o.name}: ${report.cases} cases, ${report.parsed} parsed, ${report.rejected} rejected with a clear error, ${report.crashes} crashes`);
+    printReport(o.name, report);
   }
   return report;
 }
