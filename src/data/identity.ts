@@ -4,7 +4,7 @@
  * repeated `repeat` times so a small LoRA run really learns them. Output: XTuner-format records
  * ({conversation: [{input, output}]}), so they go through the same mapper as a user's file.
  */
-import { mulberry32 } from './rng.ts';
+import { seededRandom } from '../engine/random.ts';
 import type { RawRecord } from './types.ts';
 
 export type IdentityLanguage = 'en' | 'zh';
@@ -70,7 +70,7 @@ export function validateIdentityOptions(o: IdentityOptions): string[] {
 export function generateIdentityRecords(o: IdentityOptions, file = 'identity.jsonl'): RawRecord[] {
   const errors = validateIdentityOptions(o);
   if (errors.length) throw new Error(`identity dataset: ${errors.join('; ')}`);
-  const rnd = mulberry32(o.seed ?? 0);
+  const rnd = seededRandom(o.seed ?? 0);
   const out: RawRecord[] = [];
   for (let r = 0; r < o.repeat; r++) {
     for (const lang of o.languages) {
