@@ -59,6 +59,14 @@ function pyNumber(n: number): string {
 }
 const pyList = (xs: readonly (string | number)[]) => `[${xs.map((x) => py(x)).join(', ')}]`;
 
+/** PEFT's LoraConfig keywords, one per line at `indent`: the XTuner config and the PEFT script must agree. */
+function loraKwargs(c: Pick<TrainConfig, 'loraRank' | 'loraAlpha' | 'loraDropout'>, targets: readonly string[], indent: number): string {
+  const pad = ' '.repeat(indent);
+  return [`r=${c.loraRank}`, `lora_alpha=${py(c.loraAlpha)}`, `lora_dropout=${py(c.loraDropout)}`, `target_modules=${pyList(targets)}`, 'bias="none"', 'task_type="CAUSAL_LM"']
+    .map((kw) => `${pad}${kw},`)
+    .join('\n');
+}
+
 /** XTuner's prompt template for the model's chat format (a built-in name, or a dict literal). */
 export function xtunerPromptTemplate(family: ModelFamily, chatTemplate: string | null | undefined): { expr: string; note: string } {
   const t = chatTemplate ?? '';
@@ -282,12 +290,7 @@ model = dict(
     ),
     lora=dict(
         type=LoraConfig,
-        r=${c.loraRank},
-        lora_alpha=${py(c.loraAlpha)},
-        lora_dropout=${py(c.loraDropout)},
-        target_modules=${pyList(targets)},
-        bias="none",
-        task_type="CAUSAL_LM",
+${loraKwargs(c, targets, 8)}
     ),
 )
 
@@ -495,12 +498,7 @@ def main():
     model = get_peft_model(
         model,
         LoraConfig(
-            r=${c.loraRank},
-            lora_alpha=${py(c.loraAlpha)},
-            lora_dropout=${py(c.loraDropout)},
-            target_modules=${pyList(targets)},
-            bias="none",
-            task_type="CAUSAL_LM",
+${loraKwargs(c, targets, 12)}
         ),
     )
     model.print_trainable_parameters()
