@@ -15,6 +15,7 @@ import { randomBaseWeights } from '../src/engine/model/random-weights.ts';
 import { releaseBaseWeights } from '../src/engine/model/base-weights.ts';
 import { Transformer } from '../src/engine/model/transformer.ts';
 import { initLoraParams } from '../src/engine/train/trainer.ts';
+import { int8MatmulSupport, type MatmulPrecision } from '../src/engine/kernels/quant4-mma.ts';
 import type { BenchRow } from './harness.ts';
 
 export const INTERNLM2_1_8B = {
@@ -82,9 +83,12 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
   ctx.write(state.params, initLoraParams(layout, 1));
   const optimizer = await AdamW.create(ctx, state, { lr: 2e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, maxGradNorm: 1 });
   const update = await optimizer.stepDispatches({ zeroGrad: true });
-  const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads });
   console.log(`weights on the GPU: ${formatBytes(weightBytes)}; LoRA params ${layout.optimizer.total}`);
-  for (const [seq, batch] of settings) {
+  // The f32 path everywhere; the int8 tensor-core path too where the GPU has it.
+  const precisions: MatmulPrecision[] = int8MatmulSupport(ctx.features).ok ? ['f32', 'int8'] : ['f32'];
+  const runs = precisions.flatMap((precision) => settings.map(([seq, batch]) => [precision, seq, batch] as const));
+  for (const [precision, seq, batch] of runs) {
+    const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: precision });
     ctx.pool.trim();
     ctx.pool.resetPeak();
     const ce = 1024;
@@ -113,7 +117,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     const predicted = planMemory(spec, { seqLen: seq, microBatch: batch, loraRank: rank, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens: Math.min(ce, T) }).totalBytes;
     const loss = (await ctx.read(plan.loss!))[0]!;
     rows.push({
-      name: `QLoRA step seq ${seq} batch ${batch}`,
+      name: `QLoRA step seq ${seq} batch ${batch}${precision === 'int8' ? ' int8 matmuls' : ''}`,
       ms,
       note: `${((T / ms) * 1000).toFixed(0)} tok/s; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%); ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
     });

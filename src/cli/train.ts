@@ -49,6 +49,8 @@ printing one line per optimizer step, and saves the adapter as PEFT writes it.
   --max-grad-norm <x>    global gradient-norm clip, 0 = off (default ${d.maxGradNorm})
   --dropout <p>          LoRA dropout (default ${d.loraDropout})
   --offload <where>      AdamW moments on the gpu (default), in cpu memory, or on disk (a file in --out)
+  --matmul-precision <p> f32 (default) or int8: the 4-bit base's matmuls on tensor cores where the GPU
+                         has integer subgroup matrices (falls back to f32 elsewhere)
   --seed <n>             LoRA init and shuffling seed (default ${d.seed})
   --budget-gib <x>       GPU memory budget for the plan check (default 8); --force trains past it`;
 
@@ -89,7 +91,7 @@ export const trainCommand: CliCommand = {
         model: { type: 'string' }, data: { type: 'string' }, out: { type: 'string', default: 'adapter' }, f32: { type: 'boolean', default: false },
         rank: { type: 'string' }, alpha: { type: 'string' }, targets: { type: 'string' }, lr: { type: 'string' }, schedule: { type: 'string' },
         'warmup-ratio': { type: 'string' }, epochs: { type: 'string' }, 'max-steps': { type: 'string' }, batch: { type: 'string' },
-        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' }, 'max-length': { type: 'string' }, 'budget-gib': { type: 'string' }, force: { type: 'boolean', default: false }, dropout: { type: 'string' }, offload: { type: 'string' },
+        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' }, 'max-length': { type: 'string' }, 'budget-gib': { type: 'string' }, force: { type: 'boolean', default: false }, dropout: { type: 'string' }, offload: { type: 'string' }, 'matmul-precision': { type: 'string' },
       },
     });
     if (!values.model || !values.data) throw new Error('needs --model <dir> and --data <rows.jsonl>; see --help');
@@ -97,6 +99,8 @@ export const trainCommand: CliCommand = {
     const schedule = values.schedule;
     if (schedule !== undefined && !['cosine', 'constant', 'linear'].includes(schedule)) throw new Error(`--schedule: '${schedule}' is not cosine, constant or linear`);
     if (values.offload !== undefined && !['gpu', 'cpu', 'disk'].includes(values.offload)) throw new Error(`--offload: '${values.offload}' is not gpu, cpu or disk`);
+    const precision = values['matmul-precision'];
+    if (precision !== undefined && precision !== 'f32' && precision !== 'int8') throw new Error(`--matmul-precision: '${precision}' is not f32 or int8`);
     const overrides: Partial<TrainConfig> = Object.fromEntries(
       Object.entries({
         loraRank: num(values.rank, '--rank'), loraAlpha: num(values.alpha, '--alpha'), lr: num(values.lr, '--lr'), schedule,
@@ -104,6 +108,7 @@ export const trainCommand: CliCommand = {
         microBatch: num(values.batch, '--batch'), gradAccum: num(values['grad-accum'], '--grad-accum'), weightDecay: num(values['weight-decay'], '--weight-decay'),
         maxGradNorm: num(values['max-grad-norm'], '--max-grad-norm'), seed: num(values.seed, '--seed'), loraDropout: num(values.dropout, '--dropout'),
         optimizerOffload: values.offload,
+        matmulPrecision: precision,
         targets: values.targets ? (values.targets.split(',').map((t) => t.trim()) as LoraModule[]) : undefined,
       }).filter(([, v]) => v !== undefined),
     );

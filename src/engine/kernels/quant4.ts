@@ -1,4 +1,5 @@
 import quant4Wgsl from '../../../shaders/quant4.wgsl';
+import q4FormatWgsl from '../../../shaders/q4_format.wgsl';
 import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
 
@@ -11,6 +12,18 @@ import { shapeString, type Tensor } from '../gpu/tensor.ts';
  * lm_head fits the storage-binding limit; the matmuls dispatch once per block.
  */
 export const QUANT4_SHADER = { name: 'quant4.wgsl', code: quant4Wgsl };
+/** The format's decoding helpers, `#include`d by quant4.wgsl and quant4_mma.wgsl. */
+export const Q4_FORMAT_SHADER = { name: 'q4_format.wgsl', code: q4FormatWgsl };
+
+/** Makes `#include "q4_format.wgsl"` resolvable in this context (idempotent). */
+export function registerQ4FormatInclude(ctx: GpuContext): void {
+  ctx.pipelines.registerInclude(Q4_FORMAT_SHADER);
+}
+
+function q4Shader(ctx: GpuContext): typeof QUANT4_SHADER {
+  registerQ4FormatInclude(ctx);
+  return QUANT4_SHADER;
+}
 export const Q4_GROUP = 64;
 /** Tokens up to which the decode GEMV is used instead of the tiled kernel. */
 export const Q4_GEMV_MAX_M = 8;
@@ -281,7 +294,7 @@ export async function prepareQuantizeQ4(ctx: GpuContext, src: Tensor, dst: Q4Wei
   const K = dst.in;
   if (row0 < 0 || rows < 1 || row0 + rows > dst.out) throw new Error(`quantize ${dst.label}: rows [${row0}, ${row0 + rows}) outside [0, ${dst.out})`);
   need(`quantize ${dst.label}`, 'source', src, rows * K * (source === 'f32' ? 4 : 2));
-  const pipeline = await ctx.pipeline({ shader: QUANT4_SHADER, entryPoint: 'quantize', defines: { OP: 'quantize', SRC: source } });
+  const pipeline = await ctx.pipeline({ shader: q4Shader(ctx), entryPoint: 'quantize', defines: { OP: 'quantize', SRC: source } });
   const out: KernelDispatch[] = [];
   for (const b of dst.blocks) {
     const lo = Math.max(row0, b.row0);
@@ -301,7 +314,7 @@ export async function quantizeQ4(ctx: GpuContext, src: Tensor, dst: Q4Weight, ro
 /** Dequantizes the whole weight into f32 `out` [out, in] (merging an adapter, tests). */
 export async function prepareDequantizeQ4(ctx: GpuContext, w: Q4Weight, out: Tensor): Promise<KernelDispatch[]> {
   need(`dequantize ${w.label}`, 'output', out, w.out * w.in * 4);
-  const pipeline = await ctx.pipeline({ shader: QUANT4_SHADER, entryPoint: 'dequantize', defines: { OP: 'dequantize' } });
+  const pipeline = await ctx.pipeline({ shader: q4Shader(ctx), entryPoint: 'dequantize', defines: { OP: 'dequantize' } });
   return w.blocks.map((b) => {
     const label = `dequantize4 ${b.q.label}`;
     const uniforms = ctx.uniforms(`${label} params`, uniformFields({ N: b.rows, K: w.in }));
@@ -363,8 +376,8 @@ export async function prepareQ4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y
   const kc = (opts.kcontig ?? true) && wide && !gemv;
   const pipeline = await ctx.pipeline(
     gemv
-      ? { shader: QUANT4_SHADER, entryPoint: 'q4_gemv', defines: { OP: 'gemv', LORA: !!lora }, constants: { GEMV_ROWS } }
-      : { shader: QUANT4_SHADER, entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc } },
+      ? { shader: q4Shader(ctx), entryPoint: 'q4_gemv', defines: { OP: 'gemv', LORA: !!lora }, constants: { GEMV_ROWS } }
+      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc } },
   );
   return W.blocks.map((b) => {
     const label = `${gemv ? 'q4 gemv' : `q4 matmul${wide ? ' wide' : ''}${kc ? ' kc' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
@@ -430,7 +443,7 @@ export async function prepareQ4MatmulDx(
     const withLora = !!lora && i === 0;
     const prefetch = ((opts.prefetch ?? true) && vec4) || withLora;
     const defines = { OP: 'dx', ACCUMULATE: acc, WIDE: wide, VEC4: vec4, PREFETCH: prefetch, LORA: withLora };
-    const pipeline = await ctx.pipeline({ shader: QUANT4_SHADER, entryPoint: 'q4_matmul_dx', defines });
+    const pipeline = await ctx.pipeline({ shader: q4Shader(ctx), entryPoint: 'q4_matmul_dx', defines });
     const label = `q4 dX${wide ? ' wide' : ''}${prefetch ? ' pref' : ''}${withLora ? '+lora' : ''} ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
     const fields = uniformFields({ M, N: b.rows, K, ldy: W.out, off: b.row0, ...(withLora ? { R: lora.rank, s: lora.scale } : {}) });
     const uniforms = ctx.uniforms(`${label} params`, fields);

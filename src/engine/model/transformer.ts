@@ -20,7 +20,19 @@ import { prepareAdd, prepareBiasAdd } from '../kernels/elementwise.ts';
 import { prepareEmbeddingForward } from '../kernels/embedding.ts';
 import { prepareMatmul } from '../kernels/matmul.ts';
 import { loraScratchElems, prepareLoraProduct, prepareLoraQ4Dx, type LoraPass } from '../kernels/lora.ts';
-import { prepareQ4Matmul, prepareQ4MatmulDx, q4DxCanFuseLora } from '../kernels/quant4.ts';
+import { prepareQ4Matmul, prepareQ4MatmulDx, q4DxCanFuseLora, type Q4Weight } from '../kernels/quant4.ts';
+import {
+  allocInt8Scratch,
+  int8MatmulSupport,
+  int8RowBytes,
+  prepareInt8Q4Matmul,
+  prepareInt8Q4MatmulDx,
+  prepareQuantizeRows,
+  releaseInt8Scratch,
+  type Int8Rows,
+  type Int8Scratch,
+  type MatmulPrecision,
+} from '../kernels/quant4-mma.ts';
 import { prepareRmsNormBackward, prepareRmsNormForward } from '../kernels/rmsnorm.ts';
 import { prepareRope, prepareRopeBackward, uploadInvFreq } from '../kernels/rope.ts';
 import { prepareSwigluBackward, prepareSwigluForward } from '../kernels/swiglu.ts';
@@ -122,14 +134,27 @@ class Allocator {
   }
 }
 
+export interface TransformerOptions {
+  /**
+   * How the 4-bit base projections are multiplied: 'f32' (exact dequant matmuls, every device) or 'int8'
+   * (tensor-core subgroup matrices, quant4_mma.wgsl). 'int8' falls back to 'f32' where the device lacks
+   * them (see `matmulPrecision` for what is in effect).
+   */
+  matmulPrecision?: MatmulPrecision;
+}
+
 export class Transformer {
   readonly spec: ModelSpec;
+  /** The precision in effect: the requested one where the device supports it, else 'f32'. */
+  readonly matmulPrecision: MatmulPrecision;
   constructor(
     readonly ctx: GpuContext,
     readonly weights: BaseWeights,
     readonly lora: LoraRuntime | null,
+    opts: TransformerOptions = {},
   ) {
     this.spec = weights.spec;
+    this.matmulPrecision = opts.matmulPrecision === 'int8' && int8MatmulSupport(ctx.features).ok ? 'int8' : 'f32';
   }
 
   /** Prepares everything one step of this shape needs. */
@@ -169,6 +194,9 @@ export class StepPlan {
   /** Dropout seed setters of the LoRA products, by `layer.module`: forward and recompute share a key. */
   private readonly dropoutSeeds = new Map<string, ((seed: number) => void)[]>();
   private invFreq!: Tensor;
+  /** The int8 path's activation scratch (null on the f32 path), and which input it holds quantized. */
+  private int8: Int8Scratch | null = null;
+  private int8Holds: { x: Tensor; layer: number } | null = null;
 
   constructor(
     readonly model: Transformer,
@@ -255,6 +283,7 @@ export class StepPlan {
 
   release(): void {
     for (const r of this.releasers) r();
+    if (this.int8) releaseInt8Scratch(this.ctx, this.int8);
     this.ce?.release();
     this.alloc.releaseAll();
     this.ctx.release(this.invFreq);
@@ -268,6 +297,11 @@ export class StepPlan {
     const H = spec.hidden;
     this.invFreq = uploadInvFreq(ctx, ropeInvFreq(spec, this.shape.seq));
     this.scratch = this.makeLayerScratch();
+    if (this.model.matmulPrecision === 'int8') {
+      let widest = 0;
+      for (const layer of this.model.weights.layers) for (const p of Object.values(layer.proj)) if (p.kind === 'q4') widest = Math.max(widest, p.in, p.out);
+      if (widest > 0) this.int8 = allocInt8Scratch(ctx, T, widest);
+    }
     const lora = this.model.lora;
     if (lora) {
       let elems = 0;
@@ -435,7 +469,10 @@ export class StepPlan {
       this.registerSeed(lo.group, pass);
       out.push(...pass.dispatches);
     }
-    if (lo && p.kind === 'q4') {
+    if (this.int8 && p.kind === 'q4') {
+      out.push(...(await this.int8Forward(l, p.w, x, y)));
+      if (lo) out.push(await prepareMatmul(ctx, this.uFor(lo.group), lo.B, y, { M, N: p.out, K: lo.rank }, { transB: true, accumulate: true, alpha: lo.scale }));
+    } else if (lo && p.kind === 'q4') {
       // s·U·Bᵀ as more reduction steps of the 4-bit matmul: y is written once.
       out.push(...(await prepareQ4Matmul(ctx, x, p.w, y, M, { lora: { U: this.uFor(lo.group), B: lo.B, rank: lo.rank, scale: lo.scale } })));
     } else {
@@ -447,6 +484,27 @@ export class StepPlan {
     return out;
   }
 
+  /** y = x·Wᵀ on the tensor cores; x is quantized once for the projections that share it (q/k/v, gate/up). */
+  private async int8Forward(l: number, w: Q4Weight, x: Tensor, y: Tensor): Promise<KernelDispatch[]> {
+    const scratch = this.int8!;
+    const out: KernelDispatch[] = [];
+    const M = this.tokens;
+    const rows: Int8Rows = { q: scratch.q, scale: scratch.scale, rows: M, cols: w.in, rowBytes: int8RowBytes(w.in) };
+    if (this.int8Holds?.x !== x || this.int8Holds.layer !== l) {
+      out.push((await prepareQuantizeRows(this.ctx, x, scratch, { rows: M, cols: w.in })).dispatch);
+      this.int8Holds = { x, layer: l };
+    }
+    out.push(...(await prepareInt8Q4Matmul(this.ctx, rows, w, y, scratch)));
+    return out;
+  }
+
+  /** dx (=, or +=) = dy·W: on the tensor cores when the plan has the int8 path, else the f32 kernels. */
+  private async projectionBackward(p: Projection, dy: Tensor, dx: Tensor, accumulate: boolean): Promise<KernelDispatch[]> {
+    if (!this.int8 || p.kind !== 'q4') return projectionBackward(this.ctx, p, dy, dx, this.tokens, accumulate);
+    this.int8Holds = null; // the scratch now holds dy
+    return prepareInt8Q4MatmulDx(this.ctx, dy, p.w, dx, this.tokens, this.int8, accumulate);
+  }
+
   /** dx (=, or += with accumulate) = dy·W (+ s·G·A); LoRA grads dB += s·dyᵀ·U, dA += s·Gᵀ·x. */
   private async linearBackward(l: number, kind: ProjectionKind, x: Tensor, dy: Tensor, dx: Tensor, accumulate: boolean): Promise<KernelDispatch[]> {
     const ctx = this.ctx;
@@ -454,7 +512,7 @@ export class StepPlan {
     const p = this.model.weights.layers[l]!.proj[kind];
     const out: KernelDispatch[] = [];
     const lo = this.loraFor(l, kind);
-    if (!lo) return projectionBackward(ctx, p, dy, dx, M, accumulate);
+    if (!lo) return this.projectionBackward(p, dy, dx, accumulate);
     const U = this.uFor(lo.group);
     const G = this.bwd!.G.get(lo.group.module)!;
     const dims = this.loraDims(M, p.in, lo);
@@ -465,9 +523,9 @@ export class StepPlan {
     // Fused only without dropout: with the per-element mask the kernel measured 37–54% slower than the bare
     // q4 dX on the H100 (the 64-element mask loop is not unrolled, so the accumulators leave registers),
     // against +1–5% without it; the separate DX pass is cheaper then.
-    const fusedW = lo.last && p.kind === 'q4' && q4DxCanFuseLora(p.w) && dims.dropout === 0 ? p.w : null;
+    const fusedW = lo.last && p.kind === 'q4' && !this.int8 && q4DxCanFuseLora(p.w) && dims.dropout === 0 ? p.w : null;
     if (fusedW) out.push(...(await prepareLoraQ4Dx(ctx, fusedW, { dY: dy, G, A: lo.A, dX: dx }, { ...dims, accumulate })));
-    else out.push(...(await projectionBackward(ctx, p, dy, dx, M, accumulate)));
+    else out.push(...(await this.projectionBackward(p, dy, dx, accumulate)));
     if (lo.last) {
       const modes = fusedW ? (['DA'] as const) : (['DX', 'DA'] as const);
       for (const mode of modes) {

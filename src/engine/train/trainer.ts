@@ -4,6 +4,7 @@
  * A step is recorded as one submit per micro-batch plus one for the optimizer; the only readback is the
  * step's losses, after the step.
  */
+import type { MatmulPrecision } from '../kernels/quant4-mma.ts';
 import type { GpuContext } from '../gpu/context.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 import { AdamW, createOptimizerState, releaseOptimizerState, prepareZeroGrad, type OptimizerState } from '../kernels/adamw.ts';
@@ -49,6 +50,11 @@ export interface TrainConfig {
   seed: number;
   /** Where AdamW's moments live: on the GPU, in CPU memory, or on disk (streamed per chunk each step). */
   optimizerOffload?: OptimizerOffload;
+  /**
+   * The frozen 4-bit base's matmuls: exact f32 (default) or int8 tensor cores where the GPU has them
+   * (quant4_mma.wgsl; off by default until its accuracy gate holds on real runs).
+   */
+  matmulPrecision?: MatmulPrecision;
 }
 
 export interface TrainerOptions {
@@ -226,7 +232,7 @@ export class Trainer {
     // Out of memory anywhere in here is a GpuOutOfMemoryError, and the half-built plan's buffers go back.
     try {
       await this.ctx.allocating(`the training step buffers (micro-batch ${c.microBatch} × ${this.seq} tokens)`, async () => {
-        const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: c.loraDropout });
+        const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: c.loraDropout }, { matmulPrecision: c.matmulPrecision ?? 'f32' });
         this.plan = await model.plan({ batch: c.microBatch, seq: this.seq }, 'train');
         this.stepLosses = this.ctx.tensor('step losses', [c.gradAccum]);
         // The AdamW kernel skips the update on the GPU when a loss or the grad norm is not finite.

@@ -2,6 +2,7 @@ import { LitElement, css, html, nothing } from 'lit';
 import { customElement, state } from 'lit/decorators.js';
 import type { GpuStatus } from '../../engine/api.ts';
 import { formatBytes } from '../../engine/gpu/errors.ts';
+import { int8MatmulSupport } from '../../engine/gpu/features.ts';
 import { getEngine } from '../engine-client.ts';
 import { theme } from '../theme.ts';
 
@@ -86,13 +87,15 @@ export class WtGpuBadge extends LitElement {
 
   private renderOk(s: Extract<GpuStatus, { ok: true }>) {
     const { adapter, features, limits } = s.gpu;
+    const tensorCores = int8MatmulSupport(features);
     const matrices = features.subgroupMatrixConfigs.map((c) => `${c.componentType}→${c.resultComponentType} ${c.M}×${c.N}×${c.K}`).join(', ');
     return html`
       <dl>
         <dt>Adapter</dt><dd>${[adapter.vendor, adapter.architecture, adapter.device].filter(Boolean).join(' / ') || 'unknown'}</dd>
         <dt>shader-f16</dt><dd>${this.yesNo(features.shaderF16)}</dd>
         <dt>Subgroups</dt><dd>${this.yesNo(features.subgroups)}${features.subgroups && features.subgroupMaxSize ? ` (${features.subgroupMinSize}–${features.subgroupMaxSize})` : ''}</dd>
-        <dt>Subgroup matrices</dt><dd>${features.subgroupMatrix ? matrices || 'yes' : html`<span class="no">no</span> (tensor-core path off; Chrome: --enable-unsafe-webgpu)`}</dd>
+        <dt>Subgroup matrices</dt><dd>${features.subgroupMatrix ? matrices || 'yes' : html`<span class="no">no</span>`}</dd>
+        <dt>Tensor cores</dt><dd data-testid="gpu-tensor-cores">${tensorCores.ok ? html`available: int8 matmuls for the 4-bit base (Train › matmul precision)` : html`<span class="no">off</span>: ${tensorCores.why}`}</dd>
         <dt>Timestamps</dt><dd>${this.yesNo(features.timestampQuery)}</dd>
         <dt>Max buffer</dt><dd>${formatBytes(limits.maxBufferSize)}</dd>
         <dt>Max binding</dt><dd>${formatBytes(limits.maxStorageBufferBindingSize)}</dd>

@@ -1,0 +1,297 @@
+import quant4MmaWgsl from '../../../shaders/quant4_mma.wgsl';
+import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts';
+import { int8MatmulSupport } from '../gpu/features.ts';
+
+export { int8MatmulSupport };
+import type { Defines } from '../gpu/preprocess.ts';
+import { shapeString, type Tensor } from '../gpu/tensor.ts';
+import { f16BitsToF32, Q4_GROUP, registerQ4FormatInclude, type Q4Block, type Q4Weight } from './quant4.ts';
+
+/**
+ * The tensor-core path for the frozen 4-bit base (quant4_mma.wgsl): Y = X·Wᵀ and dX = dY·W as int8 × int8
+ * → int32 subgroup-matrix products, activations quantized per token, W re-quantized to int8 per row
+ * (forward) or per 64-column group (backward) as its tiles are staged. See the .wgsl header for the maths.
+ */
+export const QUANT4_MMA_SHADER = { name: 'quant4_mma.wgsl', code: quant4MmaWgsl };
+
+/** How matmuls against the frozen 4-bit base are computed: exact f32 dequant-matmuls, or int8 tensor cores. */
+export type MatmulPrecision = 'f32' | 'int8';
+
+const TILE = 128;
+const ROW_ALIGN = 64; // bytes: one reduction stage
+/** |Σ| ≤ 127² · depth must stay below 2³¹. */
+export const INT8_MAX_REDUCTION = 131072;
+
+/** Bytes per row of a quantized activation with `cols` columns (zero-padded to whole 64-deep stages). */
+export function int8RowBytes(cols: number): number {
+  return Math.ceil(cols / ROW_ALIGN) * ROW_ALIGN;
+}
+
+/** A quantized activation: int8 rows (4 per u32 word, rowBytes each) and one f32 scale per row. */
+export interface Int8Rows {
+  q: Tensor;
+  scale: Tensor;
+  rows: number;
+  cols: number;
+  rowBytes: number;
+}
+
+/** Scratch for the int8 path, sized for activations up to [rows, maxCols] and weights up to maxIn features. */
+export interface Int8Scratch {
+  q: Tensor;
+  scale: Tensor;
+  /** The weights' int8 grid bounds: per row of W (forward) or per 64-column group (backward). */
+  wbound: Tensor;
+  rows: number;
+  maxCols: number;
+}
+
+export function allocInt8Scratch(ctx: GpuContext, rows: number, maxCols: number): Int8Scratch {
+  const rowBytes = int8RowBytes(maxCols);
+  return {
+    q: ctx.rawTensor('int8 activations', [rows, rowBytes], 'u32', rows * rowBytes),
+    scale: ctx.tensor('int8 activation scales', [rows]),
+    wbound: ctx.tensor('int8 weight grid bounds', [maxCols]),
+    rows,
+    maxCols,
+  };
+}
+
+export function releaseInt8Scratch(ctx: GpuContext, s: Int8Scratch): void {
+  ctx.release(s.q);
+  ctx.release(s.scale);
+  ctx.release(s.wbound);
+}
+
+/** Bytes allocInt8Scratch takes (for memory plans). */
+export function int8ScratchBytes(rows: number, maxCols: number): number {
+  return rows * int8RowBytes(maxCols) + rows * 4 + maxCols * 4;
+}
+
+interface Uniforms {
+  M: number;
+  N?: number;
+  K?: number;
+  ld?: number;
+  off?: number;
+  lda?: number;
+  cols?: number;
+}
+
+function fields(u: Uniforms): UniformField[] {
+  return [
+    ['u32', u.M],
+    ['u32', u.N ?? 0],
+    ['u32', u.K ?? 0],
+    ['u32', u.ld ?? 0],
+    ['u32', u.off ?? 0],
+    ['u32', u.lda ?? 0],
+    ['u32', u.cols ?? 0],
+    ['u32', 0],
+  ];
+}
+
+function shader(ctx: GpuContext): typeof QUANT4_MMA_SHADER {
+  registerQ4FormatInclude(ctx);
+  return QUANT4_MMA_SHADER;
+}
+
+function need(kernel: string, what: string, t: Tensor, bytes: number): void {
+  if (t.byteSize < bytes) throw new Error(`${kernel}: ${what} '${t.label}' ${shapeString(t.shape)} has ${t.byteSize} bytes, needs ${bytes}`);
+}
+
+/**
+ * Quantizes rows of `src` (columns [off, off + cols) of rows with stride `ld`) to int8 with one absmax
+ * scale per row, into the scratch. Runs on every device (SwiftShader included).
+ */
+export async function prepareQuantizeRows(
+  ctx: GpuContext,
+  src: Tensor,
+  scratch: Int8Scratch,
+  d: { rows: number; cols: number; ld?: number; off?: number },
+): Promise<{ dispatch: KernelDispatch; rows: Int8Rows }> {
+  const ld = d.ld ?? d.cols;
+  const off = d.off ?? 0;
+  const rowBytes = int8RowBytes(d.cols);
+  const kern = 'quantize rows int8';
+  if (d.rows > scratch.rows || d.cols > scratch.maxCols) throw new Error(`${kern}: [${d.rows}, ${d.cols}] exceeds the scratch [${scratch.rows}, ${scratch.maxCols}]`);
+  need(kern, 'source', src, ((d.rows - 1) * ld + off + d.cols) * 4);
+  const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'quantize_rows', defines: { OP: 'quantize_rows' } });
+  const label = `quantize rows int8 ${d.rows}×${d.cols} of ${src.label}`;
+  const uniforms = ctx.uniforms(`${label} params`, fields({ M: d.rows, ld, off, lda: rowBytes, cols: d.cols }));
+  const max = ctx.limits.maxComputeWorkgroupsPerDimension;
+  const x = Math.min(d.rows, max);
+  return {
+    dispatch: { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, src, scratch.q, scratch.scale]), workgroups: [x, Math.ceil(d.rows / x), 1] },
+    rows: { q: scratch.q, scale: scratch.scale, rows: d.rows, cols: d.cols, rowBytes },
+  };
+}
+
+/**
+ * Y[:, block columns] = Xq·Wᵀ with X already quantized (prepareQuantizeRows over its K columns), one
+ * dispatch per row block of W. Y [M, W.out] is written.
+ */
+export async function prepareInt8Q4Matmul(ctx: GpuContext, X: Int8Rows, W: Q4Weight, Y: Tensor, scratch: Int8Scratch, opts: { variant?: Defines } = {}): Promise<KernelDispatch[]> {
+  const kern = `int8 q4 matmul ${W.label}`;
+  const M = X.rows;
+  if (X.cols !== W.in) throw new Error(`${kern}: X has ${X.cols} columns, W has ${W.in} in features`);
+  if (W.in > INT8_MAX_REDUCTION) throw new Error(`${kern}: reduction ${W.in} exceeds ${INT8_MAX_REDUCTION} (int32 sums could overflow)`);
+  need(kern, 'Y', Y, M * W.out * 4);
+  const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_fwd', defines: { OP: 'fwd', ...opts.variant } });
+  const out: KernelDispatch[] = [];
+  for (const b of W.blocks) {
+    out.push(await prepareQ4RowAbsmax(ctx, b, W.in, scratch.wbound));
+    const label = `int8 q4 matmul ${M}×${W.in}·${b.q.label}ᵀ`;
+    const uniforms = ctx.uniforms(`${label} params`, fields({ M, N: b.rows, K: W.in, ld: W.out, off: b.row0, lda: X.rowBytes }));
+    out.push({
+      label,
+      pipeline,
+      bindGroup: ctx.bindGroup(label, pipeline, [uniforms, X.q, X.scale, b.q, b.sm, Y, scratch.wbound]),
+      workgroups: [Math.ceil(b.rows / TILE), Math.ceil(M / TILE), 1],
+    });
+  }
+  return out;
+}
+
+/** rowmax[n] = the largest |w| any code of row n can take (the forward's int8 grid), for one block. */
+export async function prepareQ4RowAbsmax(ctx: GpuContext, b: Q4Block, inFeatures: number, rowmax: Tensor): Promise<KernelDispatch> {
+  need('q4 row absmax', 'output', rowmax, b.rows * 4);
+  const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_row_absmax', defines: { OP: 'row_absmax' } });
+  const label = `q4 row absmax ${b.q.label}`;
+  const uniforms = ctx.uniforms(`${label} params`, fields({ M: 0, N: b.rows, K: inFeatures }));
+  return { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, b.sm, rowmax]), workgroups: [Math.ceil(b.rows / 64), 1, 1] };
+}
+
+/** colmax[g] = the largest |w| any code of column group g can take in this block (the backward's int8 grid). */
+export async function prepareQ4ColAbsmax(ctx: GpuContext, b: Q4Block, inFeatures: number, colmax: Tensor): Promise<KernelDispatch> {
+  const G = inFeatures / Q4_GROUP;
+  need('q4 column absmax', 'output', colmax, G * 4);
+  const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_col_absmax', defines: { OP: 'col_absmax' } });
+  const label = `q4 column absmax ${b.q.label}`;
+  const uniforms = ctx.uniforms(`${label} params`, fields({ M: 0, N: b.rows, K: inFeatures }));
+  return { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, b.sm, colmax]), workgroups: [G, 1, 1] };
+}
+
+/**
+ * dX (=, or += with accumulate) = dY·W through the tensor cores: per row block of W, quantize dY's
+ * columns of that block, bound the block's column groups, multiply (later blocks add).
+ */
+export async function prepareInt8Q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4Weight, dX: Tensor, M: number, scratch: Int8Scratch, accumulate = false): Promise<KernelDispatch[]> {
+  const kern = `int8 q4 dX ${W.label}`;
+  need(kern, 'dY', dY, M * W.out * 4);
+  need(kern, 'dX', dX, M * W.in * 4);
+  const G = W.in / Q4_GROUP;
+  const out: KernelDispatch[] = [];
+  for (const [i, b] of W.blocks.entries()) {
+    if (b.rows > INT8_MAX_REDUCTION) throw new Error(`${kern}: reduction ${b.rows} exceeds ${INT8_MAX_REDUCTION} (int32 sums could overflow)`);
+    const acc = accumulate || i > 0;
+    const quant = await prepareQuantizeRows(ctx, dY, scratch, { rows: M, cols: b.rows, ld: W.out, off: b.row0 });
+    out.push(quant.dispatch);
+    out.push(await prepareQ4ColAbsmax(ctx, b, W.in, scratch.wbound));
+    const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_dx', defines: { OP: 'dx', ACCUMULATE: acc } });
+    const label = `int8 q4 dX ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
+    const uniforms = ctx.uniforms(`${label} params`, fields({ M, N: b.rows, K: W.in, ld: W.out, off: b.row0, lda: quant.rows.rowBytes }));
+    out.push({
+      label,
+      pipeline,
+      bindGroup: ctx.bindGroup(label, pipeline, [uniforms, quant.rows.q, quant.rows.scale, b.q, b.sm, dX, scratch.wbound]),
+      workgroups: [Math.ceil(W.in / TILE), Math.ceil(M / TILE), 1],
+    });
+  }
+  return out;
+}
+
+// ---- CPU references (tests, the device bench) ------------------------------------------------------
+
+/** Round half to even, as WGSL's round(). */
+export function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** quantize_rows on the CPU in f32 arithmetic: codes [rows, cols] and scales. */
+export function quantizeRowsCpu(src: ArrayLike<number>, rows: number, cols: number, ld = cols, off = 0): { codes: Int8Array; scale: Float32Array } {
+  const codes = new Int8Array(rows * cols);
+  const scale = new Float32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let mx = 0;
+    for (let c = 0; c < cols; c++) mx = Math.max(mx, Math.abs(src[r * ld + off + c]!));
+    mx = Math.fround(mx);
+    const inv = mx > 0 ? Math.fround(127 / mx) : 0;
+    scale[r] = Math.fround(mx * Math.fround(1 / 127));
+    for (let c = 0; c < cols; c++) codes[r * cols + c] = Math.max(-127, Math.min(127, roundHalfEven(Math.fround(src[r * ld + off + c]! * inv))));
+  }
+  return { codes, scale };
+}
+
+/** Unpacks scratch words (rowBytes per row) into int8 codes [rows, cols]. */
+export function unpackInt8Rows(words: Uint32Array, rows: number, cols: number, rowBytes: number): Int8Array {
+  const bytes = new Int8Array(words.buffer, words.byteOffset, rows * rowBytes);
+  const out = new Int8Array(rows * cols);
+  for (let r = 0; r < rows; r++) out.set(bytes.subarray(r * rowBytes, r * rowBytes + cols), r * cols);
+  return out;
+}
+
+/**
+ * The int8 grid the kernels put W on, computed on the CPU from the 4-bit host form: per row (`'row'`, the
+ * forward) or per 64-column group over all rows (`'colgroup'`, the backward). Returns codes [rows, cols]
+ * and the dequantizing scale of each row / group (bound / 127).
+ */
+export function requantizeQ4Cpu(host: { q: Uint32Array; sm: Uint32Array }, rows: number, cols: number, axis: 'row' | 'colgroup'): { codes: Int8Array; scale: Float32Array } {
+  const G = cols / Q4_GROUP;
+  const bound = (word: number) => {
+    const step = f16BitsToF32(word & 0xffff);
+    const mn = f16BitsToF32(word >>> 16);
+    return Math.max(Math.abs(mn), Math.abs(Math.fround(mn + Math.fround(15 * step))));
+  };
+  const nScales = axis === 'row' ? rows : G;
+  const mx = new Float32Array(nScales);
+  for (let r = 0; r < rows; r++)
+    for (let g = 0; g < G; g++) {
+      const i = axis === 'row' ? r : g;
+      mx[i] = Math.max(mx[i]!, bound(host.sm[r * G + g]!));
+    }
+  const scale = new Float32Array(nScales);
+  const inv = new Float32Array(nScales);
+  for (let i = 0; i < nScales; i++) {
+    scale[i] = Math.fround(mx[i]! * Math.fround(1 / 127));
+    inv[i] = mx[i]! > 0 ? Math.fround(127 / mx[i]!) : 0;
+  }
+  const codes = new Int8Array(rows * cols);
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++) {
+      const word = host.sm[r * G + ((c / Q4_GROUP) | 0)]!;
+      const s = inv[axis === 'row' ? r : (c / Q4_GROUP) | 0]!;
+      const a = Math.fround(f16BitsToF32(word & 0xffff) * s);
+      const b = Math.fround(f16BitsToF32(word >>> 16) * s);
+      const i = r * cols + c;
+      const code = (host.q[i >>> 3]! >>> (4 * (i & 7))) & 15;
+      codes[i] = roundHalfEven(Math.fround(code * a + b)); // the kernel's fma: one rounding
+    }
+  return { codes, scale };
+}
+
+/** Y [M, N] = (a ⊗ c) ∘ (Aq · Wqᵀ) in float64: the forward as the kernel defines it (Aq [M, K], Wq [N, K]). */
+export function int8MatmulCpu(aq: Int8Array, aScale: Float32Array, wq: Int8Array, wScale: Float32Array, M: number, N: number, K: number): Float64Array {
+  const y = new Float64Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += aq[m * K + k]! * wq[n * K + k]!;
+      y[m * N + n] = s * aScale[m]! * wScale[n]!;
+    }
+  return y;
+}
+
+/** dX [M, K] = a[m] · c[g(k)] · Σ_n dYq[m, n] · Wq[n, k] in float64 (dYq [M, N], Wq [N, K] on the column-group grid). */
+export function int8MatmulDxCpu(dq: Int8Array, dScale: Float32Array, wq: Int8Array, gScale: Float32Array, M: number, N: number, K: number): Float64Array {
+  const x = new Float64Array(M * K);
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      const d = dq[m * N + n]!;
+      if (d === 0) continue;
+      for (let k = 0; k < K; k++) x[m * K + k] = x[m * K + k]! + d * wq[n * K + k]!;
+    }
+  for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) x[m * K + k] = x[m * K + k]! * dScale[m]! * gScale[(k / Q4_GROUP) | 0]!;
+  return x;
+}

@@ -1,0 +1,178 @@
+// The int8 tensor-core path's device-independent parts: the activation quantization pass and the weights'
+// column-group bound run on every adapter (SwiftShader here) and are checked against their CPU
+// definitions; the scheme's accuracy against the exact f32 dequant matmul is measured on the CPU
+// reference (the subgroup-matrix kernels themselves need a GPU with them: bench/int8-matmul.bench.ts
+// checks them against the same references on the lent H100).
+import { describe, expect, it } from 'vitest';
+import { allocQ4Weight, dequantizeQ4Cpu, quantizeQ4Cpu, releaseQ4Weight, writeQ4Rows } from '../../src/engine/kernels/quant4.ts';
+import {
+  allocInt8Scratch,
+  int8MatmulCpu,
+  int8MatmulDxCpu,
+  int8MatmulSupport,
+  int8RowBytes,
+  prepareQ4ColAbsmax,
+  prepareQuantizeRows,
+  quantizeRowsCpu,
+  releaseInt8Scratch,
+  requantizeQ4Cpu,
+  unpackInt8Rows,
+} from '../../src/engine/kernels/quant4-mma.ts';
+import type { GpuFeatures } from '../../src/engine/gpu/context.ts';
+import { gpu } from '../helpers/gpu.ts';
+import { modelSpecFromConfig } from '../../src/engine/model/config.ts';
+import { randomBaseWeights } from '../../src/engine/model/random-weights.ts';
+import { releaseBaseWeights } from '../../src/engine/model/base-weights.ts';
+import { Transformer } from '../../src/engine/model/transformer.ts';
+import { freshSeed, randn, relError, rng } from '../helpers/numeric.ts';
+
+function matmulF64(x: ArrayLike<number>, w: ArrayLike<number>, M: number, N: number, K: number, transW: boolean): Float64Array {
+  const y = new Float64Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let k = 0; k < K; k++) {
+      const xv = x[m * K + k]!;
+      for (let n = 0; n < N; n++) y[m * N + n] = y[m * N + n]! + xv * w[transW ? n * K + k : k * N + n]!;
+    }
+  return y;
+}
+
+describe('int8 activation quantization (quantize_rows)', () => {
+  for (const [rows, cols, ld, off] of [
+    [5, 37, 37, 0],
+    [17, 200, 260, 60],
+    [3, 64, 64, 0],
+  ] as const) {
+    const seed = freshSeed();
+    it(`rows ${rows} × cols ${cols} (stride ${ld}, offset ${off}), seed ${seed}`, async () => {
+      const ctx = await gpu();
+      const r = rng(seed);
+      const src = randn(rows * ld, r, 3);
+      src.fill(0, 0, ld); // an all-zero row (first row's window included)
+      for (let i = 0; i < 4; i++) src[ld + off + Math.floor(r() * cols)] = 400 * (r() - 0.5); // outliers in row 1
+      const S = ctx.upload('src', [rows, ld], src);
+      const scratch = allocInt8Scratch(ctx, rows, cols + 64);
+      ctx.fill32(scratch.q, 0xdeadbeef, 'u32');
+      ctx.fill32(scratch.scale, Number.NaN);
+      const { dispatch, rows: q } = await prepareQuantizeRows(ctx, S, scratch, { rows, cols, ld, off });
+      await ctx.run([dispatch]);
+      expect(q.rowBytes).toBe(int8RowBytes(cols));
+      const words = await ctx.read(scratch.q, 'u32');
+      const codes = unpackInt8Rows(words, rows, cols, q.rowBytes);
+      const scale = (await ctx.read(scratch.scale)).subarray(0, rows);
+      const ref = quantizeRowsCpu(src, rows, cols, ld, off);
+      expect(Array.from(scale)).toEqual(Array.from(ref.scale));
+      // 127/absmax is a division (WGSL allows 2.5 ulp), so a code exactly at a .5 boundary may differ by one.
+      let off1 = 0;
+      for (let i = 0; i < codes.length; i++) {
+        const d = Math.abs(codes[i]! - ref.codes[i]!);
+        expect(d, `code ${i}`).toBeLessThanOrEqual(1);
+        off1 += d;
+      }
+      expect(off1).toBeLessThanOrEqual(2);
+      // Zero padding up to the row's 64-byte multiple.
+      const bytes = new Uint8Array(words.buffer, 0, rows * q.rowBytes);
+      for (let m = 0; m < rows; m++) for (let c = cols; c < q.rowBytes; c++) expect(bytes[m * q.rowBytes + c], `pad ${m},${c}`).toBe(0);
+      // Reconstruction bound: |code·scale − x| ≤ scale/2 (+ rounding).
+      for (let m = 0; m < rows; m++)
+        for (let c = 0; c < cols; c++) {
+          const x = src[m * ld + off + c]!;
+          expect(Math.abs(codes[m * cols + c]! * scale[m]! - x)).toBeLessThanOrEqual(scale[m]! * 0.5001 + 1e-30);
+        }
+      releaseInt8Scratch(ctx, scratch);
+      ctx.release(S);
+    });
+  }
+});
+
+describe('int8 weight grid of the backward (q4_col_absmax)', () => {
+  const seed = freshSeed();
+  it(`matches the CPU bound per 64-column group, seed ${seed}`, async () => {
+    const ctx = await gpu();
+    const r = rng(seed);
+    const N = 77;
+    const K = 320;
+    const w = randn(N * K, r, 0.02);
+    w[5 * K + 130] = -0.9; // one large weight decides its group's bound
+    const host = quantizeQ4Cpu(w, N, K);
+    const W = allocQ4Weight(ctx, 'W', N, K);
+    writeQ4Rows(ctx, W, 0, host);
+    const colmax = ctx.tensor('colmax', [K / 64]);
+    ctx.fill32(colmax, Number.NaN);
+    await ctx.run([await prepareQ4ColAbsmax(ctx, W.blocks[0]!, K, colmax)]);
+    const got = await ctx.read(colmax);
+    const ref = requantizeQ4Cpu(host, N, K, 'colgroup').scale;
+    for (let g = 0; g < K / 64; g++) expect(Math.fround(got[g]! * Math.fround(1 / 127)), `group ${g}`).toBe(ref[g]);
+    expect(got[2]).toBeGreaterThan(0.85);
+    releaseQ4Weight(ctx, W);
+    ctx.release(colmax);
+  });
+});
+
+describe('int8 scheme accuracy (CPU reference of the kernels) against the exact f32 dequant matmul', () => {
+  const seed = freshSeed();
+  it(`forward and dX stay within a few percent, with and without outlier columns, seed ${seed}`, () => {
+    const r = rng(seed);
+    const M = 24;
+    const K = 256;
+    const N = 96;
+    const host = quantizeQ4Cpu(randn(N * K, r, 0.02), N, K);
+    const wDeq = dequantizeQ4Cpu(host, N, K);
+    const fwdGrid = requantizeQ4Cpu(host, N, K, 'row');
+    const bwdGrid = requantizeQ4Cpu(host, N, K, 'colgroup');
+    for (const outliers of [0, 5]) {
+      const x = randn(M * K, r);
+      for (let j = 0; j < outliers; j++) {
+        const c = Math.floor(r() * K);
+        for (let m = 0; m < M; m++) x[m * K + c] = x[m * K + c]! * 50;
+      }
+      const xq = quantizeRowsCpu(x, M, K);
+      const fwdErr = relError(int8MatmulCpu(xq.codes, xq.scale, fwdGrid.codes, fwdGrid.scale, M, N, K), matmulF64(x, wDeq, M, N, K, true));
+      const dy = randn(M * N, r, 1e-3);
+      const dq = quantizeRowsCpu(dy, M, N);
+      const dxErr = relError(int8MatmulDxCpu(dq.codes, dq.scale, bwdGrid.codes, bwdGrid.scale, M, N, K), matmulF64(dy, wDeq, M, K, N, false));
+      console.log(`int8 scheme (CPU), ${outliers} outlier columns: forward rel. error ${fwdErr.toExponential(2)}, dX ${dxErr.toExponential(2)}`);
+      expect(fwdErr).toBeGreaterThan(0);
+      expect(fwdErr).toBeLessThan(0.03);
+      expect(dxErr).toBeLessThan(0.03);
+    }
+  });
+});
+
+describe('int8 path detection', () => {
+  const base: GpuFeatures = { shaderF16: false, subgroups: true, timestampQuery: true, subgroupMatrix: true, subgroupMatrixConfigs: [], subgroupMinSize: 32, subgroupMaxSize: 32, software: false };
+  it('needs subgroup matrices with an i8→i32 16×16×32 configuration and subgroups of exactly 32', async () => {
+    expect(int8MatmulSupport({ ...base, subgroupMatrix: false }).ok).toBe(false);
+    expect(int8MatmulSupport({ ...base, subgroupMatrixConfigs: [{ componentType: 'f16', resultComponentType: 'f32', M: 8, N: 8, K: 8 }] }).why).toMatch(/f16→f32 8×8×8/);
+    const cfg = [{ componentType: 'i8', resultComponentType: 'i32', M: 16, N: 16, K: 32 }];
+    expect(int8MatmulSupport({ ...base, subgroupMatrixConfigs: cfg }).ok).toBe(true);
+    expect(int8MatmulSupport({ ...base, subgroupMatrixConfigs: cfg, subgroupMinSize: 16 }).ok).toBe(false);
+    // This machine's adapter (SwiftShader on CI) has none: the f32 path runs.
+    const ctx = await gpu();
+    if (ctx.features.software) expect(int8MatmulSupport(ctx.features).ok).toBe(false);
+  });
+});
+
+describe('matmulPrecision int8 where the device has no subgroup matrices', () => {
+  it('falls back to the f32 kernels: the same logits as f32, bit for bit', async () => {
+    const ctx = await gpu();
+    if (int8MatmulSupport(ctx.features).ok) return; // a GPU with tensor cores: bench/int8-gate.bench.ts covers it
+    const spec = modelSpecFromConfig(
+      { architectures: ['LlamaForCausalLM'], model_type: 'llama', vocab_size: 256, hidden_size: 128, intermediate_size: 256, num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2, rms_norm_eps: 1e-5, rope_theta: 10000, max_position_embeddings: 64 },
+      'tiny',
+    );
+    const weights = await randomBaseWeights(ctx, spec, { seed: 3, quantize: true });
+    const logits = async (precision: 'f32' | 'int8') => {
+      const model = new Transformer(ctx, weights, null, { matmulPrecision: precision });
+      expect(model.matmulPrecision).toBe('f32');
+      const plan = await model.plan({ batch: 1, seq: 8 }, 'logits');
+      const ids = Int32Array.from({ length: 8 }, (_, i) => (i * 37) % 256);
+      plan.setBatch({ inputIds: ids, positionIds: Int32Array.from({ length: 8 }, (_, i) => i), documentIds: new Int32Array(8) });
+      await ctx.run(plan.dispatches);
+      const out = await ctx.read(plan.logits!);
+      plan.release();
+      return out;
+    };
+    expect(Array.from(await logits('int8'))).toEqual(Array.from(await logits('f32')));
+    releaseBaseWeights(ctx, weights);
+  });
+});
