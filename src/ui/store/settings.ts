@@ -42,6 +42,7 @@ function cleanConfig(raw: unknown): Partial<TrainConfig> {
   for (const k of NUMERIC_CONFIG_KEYS) if (typeof r[k] === 'number' && Number.isFinite(r[k])) out[k] = r[k];
   if (r.schedule === 'cosine' || r.schedule === 'constant' || r.schedule === 'linear') out.schedule = r.schedule;
   if (r.optimizerOffload === 'gpu' || r.optimizerOffload === 'cpu' || r.optimizerOffload === 'disk') out.optimizerOffload = r.optimizerOffload;
+  if (r.matmulPrecision === 'f32' || r.matmulPrecision === 'int8') out.matmulPrecision = r.matmulPrecision;
   if (Array.isArray(r.targets) && r.targets.every((t) => typeof t === 'string')) out.targets = r.targets;
   return out as Partial<TrainConfig>;
 }

@@ -90,9 +90,9 @@ describe('settings', () => {
   });
 
   it('malformed stored values fall back to defaults field by field', () => {
-    const s = cleanSettings({ section: 3, train: { preset: 'qlora', evalEvery: -1, budgetGiB: 'big', evalPrompts: 'a\nb', config: { lr: 'x', loraRank: 16, schedule: 'weird', optimizerOffload: 'cpu', epochs: Infinity } } });
+    const s = cleanSettings({ section: 3, train: { preset: 'qlora', evalEvery: -1, budgetGiB: 'big', evalPrompts: 'a\nb', config: { lr: 'x', loraRank: 16, schedule: 'weird', optimizerOffload: 'cpu', matmulPrecision: 'int8', epochs: Infinity } } });
     expect(s.section).toBeNull();
-    expect(s.train).toEqual({ ...DEFAULT_TRAIN_SETTINGS, preset: 'qlora', evalPrompts: 'a\nb', config: { loraRank: 16, optimizerOffload: 'cpu' } });
+    expect(s.train).toEqual({ ...DEFAULT_TRAIN_SETTINGS, preset: 'qlora', evalPrompts: 'a\nb', config: { loraRank: 16, optimizerOffload: 'cpu', matmulPrecision: 'int8' } });
     expect(cleanSettings(null)).toEqual({ section: null, train: DEFAULT_TRAIN_SETTINGS });
   });
 });
