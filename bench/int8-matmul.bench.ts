@@ -96,24 +96,27 @@ async function correctness(ctx: GpuContext, c: Case, seed: number): Promise<{ ro
   const rows: BenchRow[] = [];
   let ok = true;
   const poison = (t: Tensor) => ctx.write(t, new Float32Array(t.byteSize / 4).fill(NaN));
-  // Forward.
-  {
+  // Forward, with one activation level and with the residual level.
+  for (const residual of [false, true]) {
     const xs = randomMatrix(M, K, seed + 1, 1, c.outlierCols ?? 0);
     const X = ctx.upload('X', [M, K], xs);
     const Y = ctx.tensor('Y', [M, N]);
     poison(Y);
-    const quant = await prepareQuantizeRows(ctx, X, scratch, { rows: M, cols: K });
+    const quant = await prepareQuantizeRows(ctx, X, scratch, { rows: M, cols: K, residual });
     await ctx.run([quant.dispatch, ...(await prepareInt8Q4Matmul(ctx, quant.rows, W, Y, scratch))]);
     const y = await ctx.read(Y);
-    const aq = unpackInt8Rows(await ctx.read(scratch.q, 'u32'), M, K, quant.rows.rowBytes);
+    const words = await ctx.read(scratch.q, 'u32');
+    const levels = quant.rows.levels;
+    const aq = unpackInt8Rows(words, M, K, quant.rows.rowBytes, levels, 0);
+    const aLo = residual ? unpackInt8Rows(words, M, K, quant.rows.rowBytes, levels, 1) : undefined;
     const as = (await ctx.read(scratch.scale)).subarray(0, M);
     const wr = requantizeQ4Cpu(wHost, N, K, 'row');
-    const ref = int8MatmulCpu(aq, as, wr.codes, wr.scale, M, N, K);
+    const ref = int8MatmulCpu(aq, as, wr.codes, wr.scale, M, N, K, aLo);
     const err = relError(y, ref);
     const exact = relError(y, matmulF64(xs, wDeq, M, N, K, true));
     const pass = err < REF_TOL;
     ok &&= pass;
-    rows.push({ name: `check fwd ${c.name}`, ms: 0, note: `vs int8 reference ${err.toExponential(2)} ${pass ? 'ok' : 'FAIL'}; vs f32 dequant matmul ${exact.toExponential(2)}` });
+    rows.push({ name: `check fwd${residual ? ' ×2 levels' : ''} ${c.name}`, ms: 0, note: `vs int8 reference ${err.toExponential(2)} ${pass ? 'ok' : 'FAIL'}; vs f32 dequant matmul ${exact.toExponential(2)}` });
     ctx.release(X);
     ctx.release(Y);
   }
@@ -186,6 +189,8 @@ async function speed(ctx: GpuContext, quick: boolean): Promise<BenchRow[]> {
       const mma = await prepareInt8Q4Matmul(ctx, quant.rows, W, Y, scratch);
       // Ceiling: the codes staged as they are (no re-quantization; wrong results, timing only).
       const raw = await prepareInt8Q4Matmul(ctx, quant.rows, W, Y, scratch, { variant: { RAW_CODES: true } });
+      const quant2 = await prepareQuantizeRows(ctx, X, scratch, { rows: T, cols: K, residual: true });
+      const mma2 = await prepareInt8Q4Matmul(ctx, quant2.rows, W, Y, scratch);
       const tag = `T=${T} ${K}→${N} (${name})`;
       const f32Fwd = await time(await prepareQ4Matmul(ctx, X, W, Y, T));
       const q = await time([quant.dispatch]);
@@ -196,6 +201,8 @@ async function speed(ctx: GpuContext, quick: boolean): Promise<BenchRow[]> {
       rows.push({ name: `${tag} int8 mma fwd`, ms: m, flops });
       rows.push({ name: `${tag} int8 fwd (quantize + mma)`, ms: both, flops, note: pct(both, f32Fwd) });
       rows.push({ name: `${tag} int8 mma fwd, raw codes (ceiling)`, ms: await time(raw), flops });
+      const both2 = await time([quant2.dispatch, ...mma2]);
+      rows.push({ name: `${tag} int8×2 levels fwd (quantize + mma)`, ms: both2, flops, note: pct(both2, f32Fwd) });
       const f32Dx = await time(await prepareQ4MatmulDx(ctx, dY, W, dX, T));
       const int8Dx = await time(await prepareInt8Q4MatmulDx(ctx, dY, W, dX, T, scratch));
       rows.push({ name: `${tag} q4 f32 dX`, ms: f32Dx, flops });

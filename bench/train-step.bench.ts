@@ -114,7 +114,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     times.sort((a, b) => a - b);
     const ms = times[Math.floor(times.length / 2)]!;
     const peak = ctx.pool.peakBytes;
-    const predicted = planMemory(spec, { seqLen: seq, microBatch: batch, loraRank: rank, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens: Math.min(ce, T) }).totalBytes;
+    const predicted = planMemory(spec, { seqLen: seq, microBatch: batch, loraRank: rank, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens: Math.min(ce, T), int8Matmuls: model.matmulPrecision === 'int8' }).totalBytes;
     const loss = (await ctx.read(plan.loss!))[0]!;
     rows.push({
       name: `QLoRA step seq ${seq} batch ${batch}${precision === 'int8' ? ' int8 matmuls' : ''}`,

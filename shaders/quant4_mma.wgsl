@@ -4,6 +4,8 @@
 // Both operands become int8 with one f32 scale per row of the operand:
 //   activations (X forward, dY backward): per token (row), absmax / 127, by `quantize_rows` (a fused pass
 //     that writes the packed int8 rows and the scale; rows padded with zeros to a multiple of 64 bytes).
+//     RESIDUAL adds a second level, the rounding residual on a 254× finer grid (x ≈ (hi + lo/254)·scale):
+//     two products per output, one activation grid error 254× smaller (see docs/int8-matmul.md).
 //   weights: the 4-bit codes are re-quantized to int8 while a tile is staged in workgroup memory (never
 //     materialised): forward per output row n of W (bound = the largest |w| its group scales allow: max over
 //     groups of max(|min|, |min + 15·step|), by `q4_row_absmax`), backward per 64-column group of W (the same
@@ -41,7 +43,7 @@ struct Params {
   off: u32,    // first column of Y (forward) / of dY (backward, quantize_rows: of src) this block covers
   lda: u32,    // row stride of the int8 activation, in bytes (a multiple of 64)
   cols: u32,   // quantize_rows: columns to quantize
-  _p0: u32,
+  lo: u32,     // RESIDUAL: byte offset of the second (residual) level within each activation row
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -63,10 +65,6 @@ fn group_absmax(sw: u32) -> f32 {
 
 var<workgroup> red: array<f32, 64>;
 
-fn clamp_code(x: f32, inv: f32) -> u32 {
-  return u32(i32(clamp(round(x * inv), -127.0, 127.0))) & 0xffu;
-}
-
 // One workgroup per row: absmax (tree reduce), then 4 codes per word.
 @compute @workgroup_size(64)
 fn quantize_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -84,14 +82,31 @@ fn quantize_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
   let absmax = red[0];
   let inv = select(0.0, 127.0 / absmax, absmax > 0.0);
   if (lid == 0u) { scale[row] = absmax * (1.0 / 127.0); }
-  let words = params.lda / 4u;
-  for (var w = lid; w < words; w += 64u) {
+  let words = params.lda / 4u;   // per row (both levels)
+#if RESIDUAL
+  let level_words = params.lo / 4u;
+#else
+  let level_words = words;
+#endif
+  for (var w = lid; w < level_words; w += 64u) {
     var packed = 0u;
+    var packed_lo = 0u;
     for (var j = 0u; j < 4u; j++) {
       let c = 4u * w + j;
-      if (c < params.cols) { packed |= clamp_code(src[base + c], inv) << (8u * j); }
+      if (c < params.cols) {
+        let t = src[base + c] * inv;
+        let hi = clamp(round(t), -127.0, 127.0);
+        packed |= (u32(i32(hi)) & 0xffu) << (8u * j);
+#if RESIDUAL
+        // The residual on a 254× finer grid: x ≈ (hi + lo/254) · scale, 15 bits in all.
+        packed_lo |= (u32(i32(clamp(round((t - hi) * 254.0), -127.0, 127.0))) & 0xffu) << (8u * j);
+#endif
+      }
     }
     q[row * words + w] = packed;
+#if RESIDUAL
+    q[row * words + level_words + w] = packed_lo;
+#endif
   }
 }
 
@@ -154,7 +169,13 @@ fn q4_row_absmax(@builtin(global_invocation_id) gid: vec3<u32>) {
 #endif
 
 const SG: u32 = 32u;        // subgroup size this layout assumes
-const TILE: u32 = 128u;     // output tile edge
+const TILE: u32 = 128u;     // output columns per workgroup
+#if RESIDUAL
+// Activations in two levels (hi, residual): 64 activation rows per workgroup, staged as 128 rows (hi then lo).
+const TILE_M: u32 = 64u;
+#else
+const TILE_M: u32 = 128u;   // activation rows per workgroup
+#endif
 const DEPTH: u32 = 64u;     // reduction depth of one stage
 const A_ROW: u32 = 80u;     // bytes per staged activation row: 64 + 16 padding
 const A_WORDS: u32 = TILE * A_ROW / 4u;          // one stage of the activation tile, in words (2560)
@@ -207,11 +228,16 @@ fn load_stage(lid: u32, m0: u32, o0: u32, r0: u32) -> Staged {
   var st: Staged;
   let a_row_vec4 = params.lda / 16u;
   for (var i = 0u; i < 2u; i++) {
-    let idx = lid + 256u * i;       // 512 16-byte pieces: 128 rows × 4
-    let row = idx / 4u;
-    let m = m0 + row;
+    let idx = lid + 256u * i;       // 512 16-byte pieces: 128 staged rows × 4
+#if RESIDUAL
+    let m = m0 + lid / 4u;          // piece i of row m is level i (staged row 64·i + row)
+    let level = i * (params.lo / 16u);
+#else
+    let m = m0 + idx / 4u;
+    let level = 0u;
+#endif
     var v = vec4<u32>(0u);
-    if (m < params.M) { v = aq[m * a_row_vec4 + r0 / 16u + idx % 4u]; }
+    if (m < params.M) { v = aq[m * a_row_vec4 + level + r0 / 16u + idx % 4u]; }
     if (i == 0u) { st.a0 = v; } else { st.a1 = v; }
   }
   let G = params.K / GROUP;
@@ -271,8 +297,14 @@ fn store_stage(lid: u32, st: Staged, buf: u32) {
 
 // Where the subgroup's matrices of stage buffer `buf`, reduction step `ks` start (in int8 elements of smem):
 // left tile i (16 activation rows), right tile j (16 output columns).
+// With RESIDUAL, tiles 0, 1 are the hi level of the subgroup's 32 rows and 2, 3 their residual level.
 fn left_at(buf: u32, sg_m: u32, i: u32, ks: u32) -> u32 {
-  return 4u * (buf * STAGE_WORDS + (sg_m * 64u + 16u * i) * (A_ROW / 4u)) + ks;
+#if RESIDUAL
+  let row = (i / 2u) * 64u + sg_m * 32u + 16u * (i % 2u);
+#else
+  let row = sg_m * 64u + 16u * i;
+#endif
+  return 4u * (buf * STAGE_WORDS + row * (A_ROW / 4u)) + ks;
 }
 
 fn right_at(buf: u32, sg_o: u32, j: u32, ks: u32) -> u32 {
@@ -295,7 +327,7 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
   let o0 = wid.x * TILE;   // first output column (input feature of W)
   let depth_total = params.N;
 #endif
-  let m0 = wid.y * TILE;
+  let m0 = wid.y * TILE_M;
   let sg = lid / SG;
   let lane = lid % SG;
   let sg_m = sg / 4u;
@@ -321,8 +353,8 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 #endif
   workgroupBarrier();
 
-  // The subgroup's 4×2 tiles of 16×16, as named variables: arrays of matrices indexed in loops were kept
-  // in addressable (local) memory by the driver.
+  // The subgroup's 4×2 tiles of 16×16 (RESIDUAL: 2×2 tiles × 2 levels), as named variables: arrays of
+  // matrices indexed in loops were kept in addressable (local) memory by the driver.
   var acc0 = Acc(); var acc1 = Acc(); var acc2 = Acc(); var acc3 = Acc();
   var acc4 = Acc(); var acc5 = Acc(); var acc6 = Acc(); var acc7 = Acc();
 
@@ -357,6 +389,27 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
   // Epilogue: the opaque tiles go through workgroup memory (4 at a time per subgroup) to be scaled.
   let region = sg * 1024u;
   for (var half = 0u; half < 2u; half++) {
+#if RESIDUAL
+    // Half h: row tile h, both column tiles, both levels (tiles 0, 1 hi; 2, 3 residual).
+    if (half == 0u) {
+      subgroupMatrixStore(&smem, region, acc0, false, 16u);
+      subgroupMatrixStore(&smem, region + 256u, acc1, false, 16u);
+      subgroupMatrixStore(&smem, region + 512u, acc4, false, 16u);
+      subgroupMatrixStore(&smem, region + 768u, acc5, false, 16u);
+    } else {
+      subgroupMatrixStore(&smem, region, acc2, false, 16u);
+      subgroupMatrixStore(&smem, region + 256u, acc3, false, 16u);
+      subgroupMatrixStore(&smem, region + 512u, acc6, false, 16u);
+      subgroupMatrixStore(&smem, region + 768u, acc7, false, 16u);
+    }
+    workgroupBarrier();
+    for (var t = 0u; t < 2u; t++) {
+      let ti = half;
+      let tj = t;
+      for (var e = lane; e < 256u; e += SG) {
+        let m = m0 + sg_m * 32u + 16u * ti + e / 16u;
+        let sum = f32(smem[region + 256u * t + e]) + f32(smem[region + 256u * (t + 2u) + e]) * (1.0 / 254.0);
+#else
     if (half == 0u) {
       subgroupMatrixStore(&smem, region, acc0, false, 16u);
       subgroupMatrixStore(&smem, region + 256u, acc1, false, 16u);
@@ -375,15 +428,17 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
       let tj = tile % 2u;
       for (var e = lane; e < 256u; e += SG) {
         let m = m0 + sg_m * 64u + 16u * ti + e / 16u;
+        let sum = f32(smem[region + 256u * t + e]);
+#endif
         let col = sg_o * 32u + 16u * tj + e % 16u;   // within the output tile
         let o = o0 + col;
 #if OP == fwd
         if (m < params.M && o < params.N) {
-          let v = f32(smem[region + 256u * t + e]) * ascale[m] * wscale[col];
+          let v = sum * ascale[m] * wscale[col];
           let at = m * params.ld + params.off + o;
 #else
         if (m < params.M && o < params.K) {
-          let v = f32(smem[region + 256u * t + e]) * ascale[m] * wscale[col / GROUP];
+          let v = sum * ascale[m] * wscale[col / GROUP];
           let at = m * params.K + o;
 #endif
 #if ACCUMULATE

@@ -49,8 +49,8 @@ printing one line per optimizer step, and saves the adapter as PEFT writes it.
   --max-grad-norm <x>    global gradient-norm clip, 0 = off (default ${d.maxGradNorm})
   --dropout <p>          LoRA dropout (default ${d.loraDropout})
   --offload <where>      AdamW moments on the gpu (default), in cpu memory, or on disk (a file in --out)
-  --matmul-precision <p> f32 (default) or int8: the 4-bit base's matmuls on tensor cores where the GPU
-                         has integer subgroup matrices (falls back to f32 elsewhere)
+  --matmul-precision <p> int8 (default): the 4-bit base's matmuls on tensor cores where the GPU has
+                         integer subgroup matrices (f32 elsewhere); f32: always the exact kernels
   --seed <n>             LoRA init and shuffling seed (default ${d.seed})
   --budget-gib <x>       GPU memory budget for the plan check (default 8); --force trains past it`;
 

@@ -3,6 +3,7 @@
  * in Node too: load a model (the offline demo, or a folder's files), train an adapter on prepared rows
  * with progress events, chat with the base or the tuned model, and export the adapter.
  */
+import { int8MatmulSupport } from './gpu/features.ts';
 import type { GpuContext } from './gpu/context.ts';
 import { bytesSource, blobSource, type ByteSource } from '../formats/bytes.ts';
 import { loadTokenizer, type LoadedTokenizer, type TokenizerSource } from '../data/tokenizer.ts';
@@ -512,6 +513,7 @@ export class EngineSession {
       optimizerOffload: c.optimizerOffload ?? 'gpu',
       activationCheckpointing: true,
       ceChunkTokens: Math.max(1, Math.min(seqLen * c.microBatch, Math.floor(ceBytes / (spec.vocabSize * 4)))),
+      int8Matmuls: (c.matmulPrecision ?? 'int8') === 'int8' && int8MatmulSupport(this.ctx.features).ok,
     };
   }
 

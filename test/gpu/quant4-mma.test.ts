@@ -78,6 +78,23 @@ describe('int8 activation quantization (quantize_rows)', () => {
           const x = src[m * ld + off + c]!;
           expect(Math.abs(codes[m * cols + c]! * scale[m]! - x)).toBeLessThanOrEqual(scale[m]! * 0.5001 + 1e-30);
         }
+      // The residual level: x ≈ (hi + lo/254)·scale to a 254× finer grid.
+      const two = await prepareQuantizeRows(ctx, S, scratch, { rows, cols, ld, off, residual: true });
+      await ctx.run([two.dispatch]);
+      expect(two.rows.levels).toBe(2);
+      const words2 = await ctx.read(scratch.q, 'u32');
+      const hi = unpackInt8Rows(words2, rows, cols, two.rows.rowBytes, 2, 0);
+      const lo = unpackInt8Rows(words2, rows, cols, two.rows.rowBytes, 2, 1);
+      for (let i = 0; i < codes.length; i++) expect(Math.abs(hi[i]! - ref.codes[i]!), `hi code ${i}`).toBeLessThanOrEqual(1);
+      let worst = 0;
+      for (let m = 0; m < rows; m++)
+        for (let c = 0; c < cols; c++) {
+          const x = src[m * ld + off + c]!;
+          const i = m * cols + c;
+          worst = Math.max(worst, Math.abs((hi[i]! + lo[i]! / 254) * scale[m]! - x) / (scale[m]! || 1));
+          if (hi[i] === ref.codes[i]) expect(Math.abs(lo[i]! - ref.lo[i]!), `lo code ${i}`).toBeLessThanOrEqual(1);
+        }
+      expect(worst).toBeLessThan(0.5 / 254 + 1e-4);
       releaseInt8Scratch(ctx, scratch);
       ctx.release(S);
     });

@@ -14,7 +14,10 @@ import { f16BitsToF32, Q4_GROUP, registerQ4FormatInclude, type Q4Block, type Q4W
  */
 export const QUANT4_MMA_SHADER = { name: 'quant4_mma.wgsl', code: quant4MmaWgsl };
 
-/** How matmuls against the frozen 4-bit base are computed: exact f32 dequant-matmuls, or int8 tensor cores. */
+/**
+ * How matmuls against the frozen 4-bit base are computed: exact f32 dequant-matmuls, or int8 tensor cores
+ * (training's default where supported; the engine-level Transformer defaults to f32).
+ */
 export type MatmulPrecision = 'f32' | 'int8';
 
 const TILE = 128;
@@ -27,13 +30,17 @@ export function int8RowBytes(cols: number): number {
   return Math.ceil(cols / ROW_ALIGN) * ROW_ALIGN;
 }
 
-/** A quantized activation: int8 rows (4 per u32 word, rowBytes each) and one f32 scale per row. */
+/**
+ * A quantized activation: int8 rows (4 per u32 word) and one f32 scale per row. Each row holds `levels`
+ * blocks of rowBytes: the codes, and with 2 levels the rounding residual on a 254× finer grid after them.
+ */
 export interface Int8Rows {
   q: Tensor;
   scale: Tensor;
   rows: number;
   cols: number;
   rowBytes: number;
+  levels: 1 | 2;
 }
 
 /** Scratch for the int8 path, sized for activations up to [rows, maxCols] and weights up to maxIn features. */
@@ -49,7 +56,7 @@ export interface Int8Scratch {
 export function allocInt8Scratch(ctx: GpuContext, rows: number, maxCols: number): Int8Scratch {
   const rowBytes = int8RowBytes(maxCols);
   return {
-    q: ctx.rawTensor('int8 activations', [rows, rowBytes], 'u32', rows * rowBytes),
+    q: ctx.rawTensor('int8 activations', [rows, 2 * rowBytes], 'u32', 2 * rows * rowBytes),
     scale: ctx.tensor('int8 activation scales', [rows]),
     wbound: ctx.tensor('int8 weight grid bounds', [maxCols]),
     rows,
@@ -65,7 +72,7 @@ export function releaseInt8Scratch(ctx: GpuContext, s: Int8Scratch): void {
 
 /** Bytes allocInt8Scratch takes (for memory plans). */
 export function int8ScratchBytes(rows: number, maxCols: number): number {
-  return rows * int8RowBytes(maxCols) + rows * 4 + maxCols * 4;
+  return 2 * rows * int8RowBytes(maxCols) + rows * 4 + maxCols * 4;
 }
 
 interface Uniforms {
@@ -76,6 +83,7 @@ interface Uniforms {
   off?: number;
   lda?: number;
   cols?: number;
+  lo?: number;
 }
 
 function fields(u: Uniforms): UniformField[] {
@@ -87,7 +95,7 @@ function fields(u: Uniforms): UniformField[] {
     ['u32', u.off ?? 0],
     ['u32', u.lda ?? 0],
     ['u32', u.cols ?? 0],
-    ['u32', 0],
+    ['u32', u.lo ?? 0],
   ];
 }
 
@@ -108,7 +116,7 @@ export async function prepareQuantizeRows(
   ctx: GpuContext,
   src: Tensor,
   scratch: Int8Scratch,
-  d: { rows: number; cols: number; ld?: number; off?: number },
+  d: { rows: number; cols: number; ld?: number; off?: number; residual?: boolean },
 ): Promise<{ dispatch: KernelDispatch; rows: Int8Rows }> {
   const ld = d.ld ?? d.cols;
   const off = d.off ?? 0;
@@ -116,14 +124,15 @@ export async function prepareQuantizeRows(
   const kern = 'quantize rows int8';
   if (d.rows > scratch.rows || d.cols > scratch.maxCols) throw new Error(`${kern}: [${d.rows}, ${d.cols}] exceeds the scratch [${scratch.rows}, ${scratch.maxCols}]`);
   need(kern, 'source', src, ((d.rows - 1) * ld + off + d.cols) * 4);
-  const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'quantize_rows', defines: { OP: 'quantize_rows' } });
-  const label = `quantize rows int8 ${d.rows}×${d.cols} of ${src.label}`;
-  const uniforms = ctx.uniforms(`${label} params`, fields({ M: d.rows, ld, off, lda: rowBytes, cols: d.cols }));
+  const levels = d.residual ? 2 : 1;
+  const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'quantize_rows', defines: { OP: 'quantize_rows', RESIDUAL: levels === 2 } });
+  const label = `quantize rows int8${levels === 2 ? '×2' : ''} ${d.rows}×${d.cols} of ${src.label}`;
+  const uniforms = ctx.uniforms(`${label} params`, fields({ M: d.rows, ld, off, lda: levels * rowBytes, cols: d.cols, lo: levels === 2 ? rowBytes : 0 }));
   const max = ctx.limits.maxComputeWorkgroupsPerDimension;
   const x = Math.min(d.rows, max);
   return {
     dispatch: { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, src, scratch.q, scratch.scale]), workgroups: [x, Math.ceil(d.rows / x), 1] },
-    rows: { q: scratch.q, scale: scratch.scale, rows: d.rows, cols: d.cols, rowBytes },
+    rows: { q: scratch.q, scale: scratch.scale, rows: d.rows, cols: d.cols, rowBytes, levels },
   };
 }
 
@@ -137,17 +146,18 @@ export async function prepareInt8Q4Matmul(ctx: GpuContext, X: Int8Rows, W: Q4Wei
   if (X.cols !== W.in) throw new Error(`${kern}: X has ${X.cols} columns, W has ${W.in} in features`);
   if (W.in > INT8_MAX_REDUCTION) throw new Error(`${kern}: reduction ${W.in} exceeds ${INT8_MAX_REDUCTION} (int32 sums could overflow)`);
   need(kern, 'Y', Y, M * W.out * 4);
-  const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_fwd', defines: { OP: 'fwd', ...opts.variant } });
+  const residual = X.levels === 2;
+  const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_fwd', defines: { OP: 'fwd', RESIDUAL: residual, ...opts.variant } });
   const out: KernelDispatch[] = [];
   for (const b of W.blocks) {
     out.push(await prepareQ4RowAbsmax(ctx, b, W.in, scratch.wbound));
-    const label = `int8 q4 matmul ${M}×${W.in}·${b.q.label}ᵀ`;
-    const uniforms = ctx.uniforms(`${label} params`, fields({ M, N: b.rows, K: W.in, ld: W.out, off: b.row0, lda: X.rowBytes }));
+    const label = `int8${residual ? '×2' : ''} q4 matmul ${M}×${W.in}·${b.q.label}ᵀ`;
+    const uniforms = ctx.uniforms(`${label} params`, fields({ M, N: b.rows, K: W.in, ld: W.out, off: b.row0, lda: X.levels * X.rowBytes, lo: residual ? X.rowBytes : 0 }));
     out.push({
       label,
       pipeline,
       bindGroup: ctx.bindGroup(label, pipeline, [uniforms, X.q, X.scale, b.q, b.sm, Y, scratch.wbound]),
-      workgroups: [Math.ceil(b.rows / TILE), Math.ceil(M / TILE), 1],
+      workgroups: [Math.ceil(b.rows / TILE), Math.ceil(M / (residual ? TILE / 2 : TILE)), 1],
     });
   }
   return out;
@@ -209,9 +219,10 @@ export function roundHalfEven(x: number): number {
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
-/** quantize_rows on the CPU in f32 arithmetic: codes [rows, cols] and scales. */
-export function quantizeRowsCpu(src: ArrayLike<number>, rows: number, cols: number, ld = cols, off = 0): { codes: Int8Array; scale: Float32Array } {
+/** quantize_rows on the CPU in f32 arithmetic: codes [rows, cols], the residual level's codes, and scales. */
+export function quantizeRowsCpu(src: ArrayLike<number>, rows: number, cols: number, ld = cols, off = 0): { codes: Int8Array; lo: Int8Array; scale: Float32Array } {
   const codes = new Int8Array(rows * cols);
+  const lo = new Int8Array(rows * cols);
   const scale = new Float32Array(rows);
   for (let r = 0; r < rows; r++) {
     let mx = 0;
@@ -219,16 +230,22 @@ export function quantizeRowsCpu(src: ArrayLike<number>, rows: number, cols: numb
     mx = Math.fround(mx);
     const inv = mx > 0 ? Math.fround(127 / mx) : 0;
     scale[r] = Math.fround(mx * Math.fround(1 / 127));
-    for (let c = 0; c < cols; c++) codes[r * cols + c] = Math.max(-127, Math.min(127, roundHalfEven(Math.fround(src[r * ld + off + c]! * inv))));
+    for (let c = 0; c < cols; c++) {
+      const t = Math.fround(src[r * ld + off + c]! * inv);
+      const hi = Math.max(-127, Math.min(127, roundHalfEven(t)));
+      codes[r * cols + c] = hi;
+      lo[r * cols + c] = Math.max(-127, Math.min(127, roundHalfEven(Math.fround(Math.fround(t - hi) * 254))));
+    }
   }
-  return { codes, scale };
+  return { codes, lo, scale };
 }
 
-/** Unpacks scratch words (rowBytes per row) into int8 codes [rows, cols]. */
-export function unpackInt8Rows(words: Uint32Array, rows: number, cols: number, rowBytes: number): Int8Array {
-  const bytes = new Int8Array(words.buffer, words.byteOffset, rows * rowBytes);
+/** Unpacks scratch words (rows of `levels` × rowBytes) into the int8 codes [rows, cols] of one level. */
+export function unpackInt8Rows(words: Uint32Array, rows: number, cols: number, rowBytes: number, levels = 1, level = 0): Int8Array {
+  const stride = levels * rowBytes;
+  const bytes = new Int8Array(words.buffer, words.byteOffset, rows * stride);
   const out = new Int8Array(rows * cols);
-  for (let r = 0; r < rows; r++) out.set(bytes.subarray(r * rowBytes, r * rowBytes + cols), r * cols);
+  for (let r = 0; r < rows; r++) out.set(bytes.subarray(r * stride + level * rowBytes, r * stride + level * rowBytes + cols), r * cols);
   return out;
 }
 
@@ -271,14 +288,21 @@ export function requantizeQ4Cpu(host: { q: Uint32Array; sm: Uint32Array }, rows:
   return { codes, scale };
 }
 
-/** Y [M, N] = (a ⊗ c) ∘ (Aq · Wqᵀ) in float64: the forward as the kernel defines it (Aq [M, K], Wq [N, K]). */
-export function int8MatmulCpu(aq: Int8Array, aScale: Float32Array, wq: Int8Array, wScale: Float32Array, M: number, N: number, K: number): Float64Array {
+/**
+ * Y [M, N] = (a ⊗ c) ∘ (Aq · Wqᵀ) in float64: the forward as the kernel defines it (Aq [M, K], Wq [N, K]);
+ * with `aLo` (the residual level) Aq · Wqᵀ + (aLo · Wqᵀ)/254.
+ */
+export function int8MatmulCpu(aq: Int8Array, aScale: Float32Array, wq: Int8Array, wScale: Float32Array, M: number, N: number, K: number, aLo?: Int8Array): Float64Array {
   const y = new Float64Array(M * N);
   for (let m = 0; m < M; m++)
     for (let n = 0; n < N; n++) {
       let s = 0;
-      for (let k = 0; k < K; k++) s += aq[m * K + k]! * wq[n * K + k]!;
-      y[m * N + n] = s * aScale[m]! * wScale[n]!;
+      let sLo = 0;
+      for (let k = 0; k < K; k++) {
+        s += aq[m * K + k]! * wq[n * K + k]!;
+        if (aLo) sLo += aLo[m * K + k]! * wq[n * K + k]!;
+      }
+      y[m * N + n] = (s + sLo / 254) * aScale[m]! * wScale[n]!;
     }
   return y;
 }

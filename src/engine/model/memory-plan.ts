@@ -49,6 +49,8 @@ export interface TrainingMemoryConfig {
   readonly activationCheckpointing: boolean;
   /** Tokens per cross-entropy chunk: the logits buffer is ceChunkTokens × vocab. */
   readonly ceChunkTokens: number;
+  /** The 4-bit base's matmuls run on int8 tensor cores (adds their activation scratch). */
+  readonly int8Matmuls?: boolean;
 }
 
 /** The engine-dependent constants; calibrate them against the pool's measured peak. */
@@ -230,6 +232,11 @@ function ceTerms(spec: ModelSpec, c: TrainingMemoryConfig): MemoryTerm[] {
 }
 
 /** Plans one configuration. Pure: same inputs, same plan. */
+/** quant4-mma.ts's allocInt8Scratch: two int8 levels per row (64-byte padded), a scale per row, a bound per column. */
+function int8ScratchTerm(tokens: number, widest: number): MemoryTerm {
+  return { name: 'int8 activation scratch', bytes: 2 * tokens * Math.ceil(widest / 64) * 64 + tokens * F32 + widest * F32, note: `2 levels × [B·T, ${widest}] int8 + scales (tensor-core matmuls)` };
+}
+
 export function planMemory(
   spec: ModelSpec,
   config: TrainingMemoryConfig,
@@ -289,6 +296,7 @@ export function planMemory(
     { name: 'input ids, positions, document ids, labels', bytes: 4 * bt * 4, note: 'int32 [B·T] × 4' },
     { name: 'rope inverse frequencies', bytes: (spec.headDim / 2) * F32, note: '[headDim/2]' },
     { name: 'fixed', bytes: a.fixedWorkspaceBytes, note: 'uniforms, reduction partials, grad norm, kernel scratch' },
+    ...(c.int8Matmuls && c.quantBits === 4 ? [int8ScratchTerm(bt, Math.max(...projs.flatMap((m) => [m.in, m.out])))] : []),
   ]);
 
   // ---- activations and loss

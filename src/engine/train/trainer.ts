@@ -51,8 +51,8 @@ export interface TrainConfig {
   /** Where AdamW's moments live: on the GPU, in CPU memory, or on disk (streamed per chunk each step). */
   optimizerOffload?: OptimizerOffload;
   /**
-   * The frozen 4-bit base's matmuls: exact f32 (default) or int8 tensor cores where the GPU has them
-   * (quant4_mma.wgsl; off by default until its accuracy gate holds on real runs).
+   * The frozen 4-bit base's matmuls: int8 tensor cores where the GPU has them (the default: quant4_mma.wgsl,
+   * its accuracy gate in docs/int8-matmul.md), else exact f32; 'f32' forces the exact kernels.
    */
   matmulPrecision?: MatmulPrecision;
 }
@@ -232,7 +232,7 @@ export class Trainer {
     // Out of memory anywhere in here is a GpuOutOfMemoryError, and the half-built plan's buffers go back.
     try {
       await this.ctx.allocating(`the training step buffers (micro-batch ${c.microBatch} × ${this.seq} tokens)`, async () => {
-        const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: c.loraDropout }, { matmulPrecision: c.matmulPrecision ?? 'f32' });
+        const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: c.loraDropout }, { matmulPrecision: c.matmulPrecision ?? 'int8' });
         this.plan = await model.plan({ batch: c.microBatch, seq: this.seq }, 'train');
         this.stepLosses = this.ctx.tensor('step losses', [c.gradAccum]);
         // The AdamW kernel skips the update on the GPU when a loss or the grad norm is not finite.
