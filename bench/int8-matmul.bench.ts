@@ -7,7 +7,8 @@
  *     real-like ones (2% of the columns 50× larger);
  *  3. speed at the InternLM2-1.8B shapes: effective TOPS (2·M·N·K over the time of quantize + matmul)
  *     next to the f32 4-bit kernels on the same shapes.
- * `node bench/build.mjs bench/int8-matmul.bench.ts`, then on the GPU `node dist-bench/int8-matmul.bench.mjs`.
+ * `node bench/build.mjs bench/int8-matmul.bench.ts`, then on the GPU `node dist-bench/int8-matmul.bench.mjs`
+ * (`probes`: one shape, with timing probes that leave out the staging or the matrix loads).
  */
 import type { GpuContext, KernelDispatch } from '../src/engine/gpu/context.ts';
 import type { Tensor } from '../src/engine/gpu/tensor.ts';
@@ -160,7 +161,7 @@ async function correctness(ctx: GpuContext, c: Case, seed: number): Promise<{ ro
   return { rows, ok };
 }
 
-async function speed(ctx: GpuContext, quick: boolean): Promise<BenchRow[]> {
+async function speed(ctx: GpuContext, quick: boolean, probes = false): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
   const shapes: [string, number, number][] = quick
     ? [['small', 256, 384]]
@@ -170,7 +171,8 @@ async function speed(ctx: GpuContext, quick: boolean): Promise<BenchRow[]> {
         ['w1/w3', 2048, 8192],
         ['w2', 8192, 2048],
       ];
-  const tokens = quick ? [128] : [512, 2048];
+  const tokens = quick ? [128] : probes ? [2048] : [512, 2048];
+  if (probes) shapes.splice(0, shapes.length, ['w1/w3', 2048, 8192]);
   const time = (d: readonly KernelDispatch[]) => timeDispatches(ctx, d, quick ? 1 : 10, quick ? 2 : 7);
   const pct = (a: number, b: number) => `${(b / a).toFixed(2)}× the f32 kernel`;
   for (const [name, K, N] of shapes) {
@@ -201,6 +203,12 @@ async function speed(ctx: GpuContext, quick: boolean): Promise<BenchRow[]> {
       rows.push({ name: `${tag} int8 mma fwd`, ms: m, flops });
       rows.push({ name: `${tag} int8 fwd (quantize + mma)`, ms: both, flops, note: pct(both, f32Fwd) });
       rows.push({ name: `${tag} int8 mma fwd, raw codes (ceiling)`, ms: await time(raw), flops });
+      if (probes) {
+        // Where a stage's time goes (wrong results, timing only): without the staging, without the matrix loads, without both.
+        for (const [what, variant] of [['no staging', { PROBE_NO_STAGE: true }], ['no matrix loads', { PROBE_HOIST: true }], ['MMAs + barriers only', { PROBE_NO_STAGE: true, PROBE_HOIST: true }]] as const) {
+          rows.push({ name: `${tag} probe: ${what}`, ms: await time(await prepareInt8Q4Matmul(ctx, quant.rows, W, Y, scratch, { variant })), flops });
+        }
+      }
       const both2 = await time([quant2.dispatch, ...mma2]);
       rows.push({ name: `${tag} int8×2 levels fwd (quantize + mma)`, ms: both2, flops, note: pct(both2, f32Fwd) });
       const f32Dx = await time(await prepareQ4MatmulDx(ctx, dY, W, dX, T));
@@ -243,7 +251,7 @@ async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  console.log(formatTable(await speed(ctx, quick)).replace(/TFLOP\/s/, 'TOPS (2·M·N·K)'));
+  console.log(formatTable(await speed(ctx, quick, process.argv.includes('probes'))).replace(/TFLOP\/s/, 'TOPS (2·M·N·K)'));
 }
 
 await main();

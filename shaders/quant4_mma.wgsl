@@ -23,6 +23,7 @@
 //   q4_col_absmax  colmax[g] = max over rows n of the group bound above                     (any device)
 //   q4_mma_fwd     Y[:, off:off+N] = X·Wᵀ (ACCUMULATE: +=), X as quantize_rows left it       (subgroup matrices)
 //   q4_mma_dx      dX (+)= dY[:, off:off+N]·W                                               (subgroup matrices)
+// PROBE_NO_STAGE / PROBE_HOIST / RAW_CODES are timing probes for bench/int8-matmul.bench.ts (wrong results).
 // Layout of the matrix kernels: 256 invocations = 8 subgroups of 32 (the TypeScript side only picks
 // this path where the subgroup size is fixed at 32), a 128×128 output tile per workgroup, each subgroup
 // 64×32 of it (4×2 accumulators of 16×16), 64-deep stages double-buffered in workgroup memory with rows
@@ -361,18 +362,33 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
   let stages = (depth_total + DEPTH - 1u) / DEPTH;
   store_stage(lid, load_stage(lid, m0, o0, 0u), 0u);
   workgroupBarrier();
+#if PROBE_HOIST
+  // Timing probe (wrong results): the operands of stage 0 reused by every stage.
+  let h0 = subgroupMatrixLoad<Left>(&smem, left_at(0u, sg_m, 0u, 0u), false, A_ROW);
+  let h1 = subgroupMatrixLoad<Left>(&smem, left_at(0u, sg_m, 1u, 0u), false, A_ROW);
+  let h2 = subgroupMatrixLoad<Left>(&smem, left_at(0u, sg_m, 2u, 0u), false, A_ROW);
+  let h3 = subgroupMatrixLoad<Left>(&smem, left_at(0u, sg_m, 3u, 0u), false, A_ROW);
+  let hr0 = subgroupMatrixLoad<Right>(&smem, right_at(0u, sg_o, 0u, 0u), RIGHT_COL_MAJOR, B_ROW);
+  let hr1 = subgroupMatrixLoad<Right>(&smem, right_at(0u, sg_o, 1u, 0u), RIGHT_COL_MAJOR, B_ROW);
+#endif
   for (var s = 0u; s < stages; s++) {
     let more = s + 1u < stages;
     var next: Staged;
+#if !PROBE_NO_STAGE
     if (more) { next = load_stage(lid, m0, o0, (s + 1u) * DEPTH); }
+#endif
     let buf = s % 2u;
     for (var ks = 0u; ks < DEPTH; ks += 32u) {
+#if PROBE_HOIST
+      let l0 = h0; let l1 = h1; let l2 = h2; let l3 = h3; let r0 = hr0; let r1 = hr1;
+#else
       let l0 = subgroupMatrixLoad<Left>(&smem, left_at(buf, sg_m, 0u, ks), false, A_ROW);
       let l1 = subgroupMatrixLoad<Left>(&smem, left_at(buf, sg_m, 1u, ks), false, A_ROW);
       let l2 = subgroupMatrixLoad<Left>(&smem, left_at(buf, sg_m, 2u, ks), false, A_ROW);
       let l3 = subgroupMatrixLoad<Left>(&smem, left_at(buf, sg_m, 3u, ks), false, A_ROW);
       let r0 = subgroupMatrixLoad<Right>(&smem, right_at(buf, sg_o, 0u, ks), RIGHT_COL_MAJOR, B_ROW);
       let r1 = subgroupMatrixLoad<Right>(&smem, right_at(buf, sg_o, 1u, ks), RIGHT_COL_MAJOR, B_ROW);
+#endif
       acc0 = subgroupMatrixMultiplyAccumulate(l0, r0, acc0);
       acc1 = subgroupMatrixMultiplyAccumulate(l0, r1, acc1);
       acc2 = subgroupMatrixMultiplyAccumulate(l1, r0, acc2);
@@ -382,7 +398,9 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
       acc6 = subgroupMatrixMultiplyAccumulate(l3, r0, acc6);
       acc7 = subgroupMatrixMultiplyAccumulate(l3, r1, acc7);
     }
+#if !PROBE_NO_STAGE
     if (more) { store_stage(lid, next, (s + 1u) % 2u); }
+#endif
     workgroupBarrier();
   }
 
