@@ -14,7 +14,7 @@ import { parameterCount, parseModelConfig, type ModelSpec } from './model/config
 import { CheckpointIndex } from './model/weights.ts';
 import { Trainer, type TrainConfig, type TrainProgress, type TrainRow } from './train/trainer.ts';
 import { Generator } from './generate/generator.ts';
-import { ChatSession, chatStopTokenIds, decodeTokensPerSecond, defaultSystemPrompt } from './generate/chat.ts';
+import { ChatSession, chatStopTokenIds, decodeTokensPerSecond, defaultSystemPrompt, generationConfigEosIds } from './generate/chat.ts';
 import type { FinishReason, GenerationSettings } from './generate/settings.ts';
 import { exportAdapterZip, type AdapterBundle } from './share/adapter-zip.ts';
 import { recipeZip, type RecipeRunOptions, type RecipeSample } from './share/recipe.ts';
@@ -128,6 +128,8 @@ export class EngineSession {
   private modelId = '';
   private tokenizerSrc: TokenizerSource | null = null;
   private tokenizer: LoadedTokenizer | null = null;
+  /** generation_config.json's eos_token_id list of the loaded model ([] without one). */
+  private generationEos: number[] = [];
   private trainer: Trainer | null = null;
   private stopRequested = false;
   /**
@@ -202,6 +204,9 @@ export class EngineSession {
     }
     const tokenizerSrc = tokenizerSourceFromFiles(tokFiles, opts.id);
     const tokenizer = loadTokenizer(tokenizerSrc);
+    // transformers stops generation on every id of generation_config's eos_token_id (a list for the chat
+    // models whose end-of-turn token differs from eos: Llama-3.2's <|eot_id|>, Qwen's <|im_end|>).
+    const generationEos = files.has('generation_config.json') ? generationConfigEosIds(await text('generation_config.json'), `${opts.id}/generation_config.json`) : [];
     const index = await CheckpointIndex.open(spec, source, [...files.keys()]);
     this.unload();
     try {
@@ -214,9 +219,15 @@ export class EngineSession {
     this.modelSource = origin ?? { kind: 'files', id: opts.id, quantized: this.weights.quantized };
     this.tokenizerSrc = tokenizerSrc;
     this.tokenizer = tokenizer;
+    this.generationEos = generationEos;
     this.baseFiles = files;
     this.baseIndex = index;
     return this.info();
+  }
+
+  /** Where a reply ends: the tokenizer's eos and end-of-turn tokens, config.json's and generation_config.json's eos ids. */
+  private stopTokenIds(): number[] {
+    return chatStopTokenIds(this.tokenizer!, this.spec!.eosTokenIds, this.generationEos);
   }
 
   info(): ModelInfo {
@@ -530,7 +541,7 @@ export class EngineSession {
     const generator = await this.generatorFor(which);
     let session = this.chats.get(which);
     if (!session) {
-      session = new ChatSession(generator, this.tokenizer!, { stopTokenIds: chatStopTokenIds(this.tokenizer!, this.spec!.eosTokenIds), ...(this.chatSystem !== null ? { system: this.chatSystem } : {}) });
+      session = new ChatSession(generator, this.tokenizer!, { stopTokenIds: this.stopTokenIds(), ...(this.chatSystem !== null ? { system: this.chatSystem } : {}) });
       this.chats.set(which, session);
     }
     // The side's cache stays when its adapter's weights are the ones it was computed with: only the new turn is prefilled.
@@ -574,7 +585,7 @@ export class EngineSession {
     generator.useAdapter({ layout: t.layout, params: t.state.params, grads: t.state.grads }, this.tunedVersion);
     const out: { prompt: string; answer: string }[] = [];
     for (const prompt of prompts) {
-      const reply = await new ChatSession(generator, this.tokenizer!).send(prompt, { temperature: 0, maxNewTokens: 64, ...settings });
+      const reply = await new ChatSession(generator, this.tokenizer!, { stopTokenIds: this.stopTokenIds() }).send(prompt, { temperature: 0, maxNewTokens: 64, ...settings });
       out.push({ prompt, answer: reply.text });
     }
     return out;
@@ -606,7 +617,7 @@ export class EngineSession {
       tensors: t.layout.unpackPeft(params),
       training: { dataset: { rows: t.rows.length }, hyperParameters: { lr: c.lr, epochs: c.epochs, rank: c.loraRank, alpha: c.loraAlpha, dropout: c.loraDropout, batch: c.microBatch, gradAccum: c.gradAccum }, steps: t.step, finalLoss: Number.isFinite(this.lastLoss) ? this.lastLoss : null },
       // The template in effect (a chat_template.jinja, or tokenizer_config.json's chat_template).
-      chat: { chatTemplate: tok.chatTemplate, stopTokenIds: tok.eosTokenIds, stopStrings: tok.eosTokenIds.map((id) => tok.decode([id], { skipSpecialTokens: false })) },
+      chat: { chatTemplate: tok.chatTemplate, stopTokenIds: this.stopTokenIds(), stopStrings: this.stopTokenIds().map((id) => tok.decode([id], { skipSpecialTokens: false })) },
     };
   }
 
