@@ -117,6 +117,10 @@ const api: EngineApi = {
     const files = await hub.fetchModel(repo, opts.revision, (p) => void onProgress(p));
     return (await engine()).loadModelFiles(files, { id: checkRepoId(repo), quantize: opts.quantize });
   },
+  async importHubAdapter(repo, opts, onProgress) {
+    const files = await hub.fetchAdapter(repo, opts.revision, (p) => void onProgress(p));
+    return (await engine()).importAdapter(files, `${checkRepoId(repo)}${opts.revision ? `@${opts.revision}` : ''}`);
+  },
   async cancelHubDownload() {
     hub.cancel();
   },

@@ -117,4 +117,6 @@ export interface EngineApi {
   exportMerged(dtype: ExportDType, dir: FileSystemDirectoryHandle | null, onProgress?: (p: { tensor: string; done: number; total: number }) => void): Promise<{ files: string[]; totalBytes: number; zip: ExportFile | null }>;
   /** A PEFT adapter (.zip bytes, or a folder's files by relative path), validated against the loaded base and installed as the tuned model. */
   importAdapter(input: Uint8Array | Map<string, Blob>, source: string): Promise<ImportedAdapterSummary>;
+  /** A PEFT adapter from a Hub repo id (downloaded into the cache like a model, cancellable with cancelHubDownload), then imported. */
+  importHubAdapter(repo: string, opts: { revision?: string }, onProgress: (p: HubProgress) => void): Promise<ImportedAdapterSummary>;
 }

@@ -97,6 +97,8 @@ export const CHECKPOINT_FILES: readonly string[] = [
   'chat_template.json',
 ];
 const INDEX = 'model.safetensors.index.json';
+const ADAPTER_CONFIG = 'adapter_config.json';
+const ADAPTER_WEIGHTS = 'adapter_model.safetensors';
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 const COMMIT = /^[0-9a-f]{40}$/;
@@ -136,6 +138,18 @@ export class HubCache {
    * revision resolved to is opened.
    */
   async fetchModel(repoId: string, opts: FetchOptions = {}): Promise<Map<string, Blob>> {
+    return this.fetchRepo(repoId, opts, 'model');
+  }
+
+  /**
+   * A PEFT LoRA adapter repo's adapter_config.json + adapter_model.safetensors (and its README.md model
+   * card when there is one), with the same resumable, verified, cached download as a model.
+   */
+  async fetchAdapter(repoId: string, opts: FetchOptions = {}): Promise<Map<string, Blob>> {
+    return this.fetchRepo(repoId, opts, 'adapter');
+  }
+
+  private async fetchRepo(repoId: string, opts: FetchOptions, kind: 'model' | 'adapter'): Promise<Map<string, Blob>> {
     const repo = checkRepoId(repoId);
     const revision = opts.revision?.trim() || 'main';
     const emit = opts.onProgress ?? (() => {});
@@ -165,15 +179,25 @@ export class HubCache {
     if (this.active.has(key)) throw new HubError('http', `${repo} is already being downloaded`);
     this.active.add(key);
     try {
-      return await this.download(info, opts.signal, emit);
+      return await this.download(info, opts.signal, emit, kind);
     } finally {
       this.active.delete(key);
     }
   }
 
-  private async download(info: HubRepoInfo, signal: AbortSignal | undefined, emit: (p: HubProgress) => void): Promise<Map<string, Blob>> {
+  private async download(info: HubRepoInfo, signal: AbortSignal | undefined, emit: (p: HubProgress) => void, kind: 'model' | 'adapter'): Promise<Map<string, Blob>> {
     const { repo, commit } = info;
     const byPath = new Map(info.files.map((f) => [f.path, f]));
+    if (kind === 'adapter') {
+      const cfg = byPath.get(ADAPTER_CONFIG);
+      const weights = byPath.get(ADAPTER_WEIGHTS);
+      if (!cfg || !weights) {
+        const bin = byPath.has('adapter_model.bin');
+        throw new HubError('unsupported', `${repo} is not a PEFT adapter WebTune can import: it needs ${ADAPTER_CONFIG} and ${ADAPTER_WEIGHTS}${bin ? ' (it has adapter_model.bin, a PyTorch pickle WebTune does not read)' : ''}`);
+      }
+      const files = [cfg, ...(byPath.has('README.md') ? [byPath.get('README.md')!] : []), weights];
+      return this.downloadPlanned(info, files, signal, emit);
+    }
     const config = byPath.get('config.json');
     if (!config) throw new HubError('unsupported', `${repo} has no config.json: it is not a transformers checkpoint WebTune can load`);
     const hasWeights = info.files.some((f) => f.path === 'model.safetensors' || f.path === INDEX);
@@ -183,27 +207,12 @@ export class HubCache {
     }
     // 1. config.json: is this a model WebTune trains? Decided before any weights are fetched.
     const small = (p: string) => byPath.get(p);
-    let loaded = 0;
-    let lastEmit = 0;
-    // Throttled: a chunk is ~64 KiB, a model is GBs; the UI needs a few updates a second.
-    const progress = (total: number) => (file: string, fileLoaded: number, fileTotal: number, delta: number) => {
-      loaded += delta;
-      const now = Date.now();
-      if (fileLoaded !== fileTotal && now - lastEmit < this.progressIntervalMs) return;
-      lastEmit = now;
-      emit({ status: 'downloading', repo, file, fileLoaded, fileTotal, loaded, total });
-    };
-    // A gated repo answers 401 to a request without a token: say what to do about it.
-    const gatedHint = <T>(p: Promise<T>): Promise<T> =>
-      p.catch((e: unknown) => {
-        if (info.gated && e instanceof HubError && e.code === 'unauthorized') throw new HubError('gated', `${repo} is gated: open ${this.client.endpoint}/${repo}, sign in and accept its licence, then save a Hugging Face access token (read access) here.`);
-        throw e;
-      });
+    const progress = this.progressCounter(repo, emit);
     emit({ status: 'checking', repo, file: 'config.json' });
     const partBytes = (await this.readPlan(repo, commit))?.partBytes ?? this.partBytes;
     const pre = [config, ...(small(INDEX) ? [small(INDEX)!] : [])];
     const preTotal = pre.reduce((a, f) => a + f.size, 0);
-    for (const f of pre) await gatedHint(this.downloadFile(repo, commit, f, partBytes, signal, progress(preTotal), emit));
+    for (const f of pre) await this.gatedHint(info, this.downloadFile(repo, commit, f, partBytes, signal, progress.of(preTotal), emit));
     const configText = await this.readText(repo, commit, config, partBytes);
     try {
       modelSpecFromConfig(JSON.parse(configText), `${repo}/config.json`);
@@ -223,6 +232,38 @@ export class HubCache {
       for (const w of weights) if (!byPath.has(w)) throw new HubError('unsupported', `${repo}/${INDEX} names ${w}, which the repo does not have`);
     } else weights = ['model.safetensors'];
     const files: PlannedFile[] = [...pre, ...CHECKPOINT_FILES.filter((p) => p !== 'config.json' && byPath.has(p)).map((p) => byPath.get(p)!), ...weights.map((w) => byPath.get(w)!)];
+    return this.downloadPlanned(info, files, signal, emit, partBytes);
+  }
+
+  /** A gated repo answers 401 to a request without a token: say what to do about it. */
+  private gatedHint<T>(info: HubRepoInfo, p: Promise<T>): Promise<T> {
+    return p.catch((e: unknown) => {
+      if (info.gated && e instanceof HubError && e.code === 'unauthorized') throw new HubError('gated', `${info.repo} is gated: open ${this.client.endpoint}/${info.repo}, sign in and accept its licence, then save a Hugging Face access token (read access) here.`);
+      throw e;
+    });
+  }
+
+  /** Bytes loaded so far over a download, reported throttled: a chunk is ~64 KiB, a model is GBs; the UI needs a few updates a second. */
+  private progressCounter(repo: string, emit: (p: HubProgress) => void) {
+    let lastEmit = 0;
+    const counter = {
+      loaded: 0,
+      of: (total: number) => (file: string, fileLoaded: number, fileTotal: number, delta: number) => {
+        counter.loaded += delta;
+        const now = Date.now();
+        if (fileLoaded !== fileTotal && now - lastEmit < this.progressIntervalMs) return;
+        lastEmit = now;
+        emit({ status: 'downloading', repo, file, fileLoaded, fileTotal, loaded: counter.loaded, total });
+      },
+    };
+    return counter;
+  }
+
+  /** Steps 3 and 4 for a list of files: room check, downloads (resumable, verified), manifest, ref. */
+  private async downloadPlanned(info: HubRepoInfo, files: PlannedFile[], signal: AbortSignal | undefined, emit: (p: HubProgress) => void, knownPartBytes?: number): Promise<Map<string, Blob>> {
+    const { repo, commit } = info;
+    const partBytes = knownPartBytes ?? (await this.readPlan(repo, commit))?.partBytes ?? this.partBytes;
+    const progress = this.progressCounter(repo, emit);
     const plan: Plan = { format: 'webtune-hub-plan', version: 1, repo, revision: info.revision, commit, partBytes, files, startedAt: new Date().toISOString() };
     await this.store.put(`${this.dir(repo, commit)}/plan.json`, enc.encode(JSON.stringify(plan, null, 2)));
 
@@ -242,9 +283,9 @@ export class HubCache {
 
     // 4. Everything else, small files first; then the manifest (the commit point) and the ref.
     const total = files.reduce((a, f) => a + f.size, 0);
-    loaded = [...have.values()].reduce((a, b) => a + b, 0);
+    progress.loaded = [...have.values()].reduce((a, b) => a + b, 0);
     const sums = new Map<string, string>();
-    for (const f of files) sums.set(f.path, await gatedHint(this.downloadFile(repo, commit, f, partBytes, signal, progress(total), emit)));
+    for (const f of files) sums.set(f.path, await this.gatedHint(info, this.downloadFile(repo, commit, f, partBytes, signal, progress.of(total), emit)));
     const manifest: Manifest = {
       format: 'webtune-hub-cache',
       version: 1,

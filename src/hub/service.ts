@@ -26,13 +26,24 @@ export class HubService {
     return this.cachePromise;
   }
 
-  /** The model's files, downloaded or from the cache; a second call cancels the first. */
-  async fetchModel(repo: string, revision: string | undefined, onProgress: (p: HubProgress) => void): Promise<Map<string, Blob>> {
+  /** The model's files, downloaded or from the cache; a second call (model or adapter) cancels the first. */
+  fetchModel(repo: string, revision: string | undefined, onProgress: (p: HubProgress) => void): Promise<Map<string, Blob>> {
+    return this.fetch('model', repo, revision, onProgress);
+  }
+
+  /** A PEFT adapter repo's files, downloaded or from the cache (cancellable like a model). */
+  fetchAdapter(repo: string, revision: string | undefined, onProgress: (p: HubProgress) => void): Promise<Map<string, Blob>> {
+    return this.fetch('adapter', repo, revision, onProgress);
+  }
+
+  private async fetch(kind: 'model' | 'adapter', repo: string, revision: string | undefined, onProgress: (p: HubProgress) => void): Promise<Map<string, Blob>> {
     this.download?.abort();
     const ac = new AbortController();
     this.download = ac;
     try {
-      return await (await this.cache()).fetchModel(repo, { ...(revision ? { revision } : {}), signal: ac.signal, onProgress });
+      const cache = await this.cache();
+      const opts = { ...(revision ? { revision } : {}), signal: ac.signal, onProgress };
+      return await (kind === 'model' ? cache.fetchModel(repo, opts) : cache.fetchAdapter(repo, opts));
     } finally {
       if (this.download === ac) this.download = null;
     }

@@ -15,6 +15,9 @@ import { readZip } from '../../src/engine/share/zip.ts';
 import { bytesSource } from '../../src/formats/bytes.ts';
 import { seededGaussian } from '../../src/engine/random.ts';
 import { gpu } from '../helpers/gpu.ts';
+import { HubService } from '../../src/hub/service.ts';
+import { MemoryResumableStore } from '../../src/hub/store.ts';
+import { FakeHub } from '../unit/hub/fake-hub.ts';
 
 const spec = parseModelConfig(JSON.stringify(DEMO_CONFIG), 'demo config.json');
 const greedy = { temperature: 0, maxNewTokens: 10, seed: 3 };
@@ -93,4 +96,25 @@ describe('adapter import and exports in the engine session', () => {
     expect(await s.chat('tuned', 'Hi', greedy)).toBe(before);
     s.unload();
   }, 600_000);
+
+  it('a Hub repo id: the adapter downloads into the cache and answers as the same zip imported directly', async () => {
+    const ctx = await gpu();
+    const zip = randomAdapter();
+    const files = new Map<string, Uint8Array>();
+    for (const [k, v] of await readZip(bytesSource(zip, 'nova.zip'))) files.set(k.replace(/^.*\//, ''), v);
+    const hub = new FakeHub({ 'someone/nova-lora': { files } });
+    const service = new HubService(async () => new MemoryResumableStore(), { get: async () => null, set: async () => {} }, hub.fetch);
+    const a = new EngineSession(ctx);
+    await a.loadDemoModel(1);
+    await a.importAdapter(zip, 'nova.zip');
+    const direct = await a.chat('tuned', 'Who are you?', greedy);
+    const b = new EngineSession(ctx);
+    await b.loadDemoModel(1);
+    const downloaded = await service.fetchAdapter('someone/nova-lora', undefined, () => {});
+    const summary = await b.importAdapter(downloaded, 'someone/nova-lora');
+    expect(summary).toMatchObject({ source: 'someone/nova-lora', r: 4, loraAlpha: 8 });
+    expect(await b.chat('tuned', 'Who are you?', greedy)).toBe(direct);
+    a.unload();
+    b.unload();
+  });
 });

@@ -1,7 +1,7 @@
 import { LitElement, css, html, nothing } from 'lit';
 import { customElement, property, state } from 'lit/decorators.js';
 import * as Comlink from 'comlink';
-import type { ExportDType, ExportFile, ImportedAdapterSummary, ModelInfo } from '../../engine/api.ts';
+import type { ExportDType, ExportFile, HubProgress, ImportedAdapterSummary, ModelInfo } from '../../engine/api.ts';
 import { formatBytes } from '../../engine/gpu/errors.ts';
 import { getEngine } from '../engine-client.ts';
 import { theme } from '../theme.ts';
@@ -84,6 +84,8 @@ export class WtShareSection extends LitElement {
   @state() private merge: { done: number; total: number; tensor: string } | null = null;
   @state() private imported: ImportedAdapterSummary | null = null;
   @state() private importError = '';
+  @state() private hubRepo = '';
+  @state() private hubProgress: HubProgress | null = null;
 
   private modelSlug(): string {
     return (this.model?.id ?? 'model').replace(/[^\w.-]+/g, '_');
@@ -153,13 +155,24 @@ export class WtShareSection extends LitElement {
     });
   }
 
-  private async importFrom(input: Uint8Array | Map<string, Blob>, source: string): Promise<void> {
+  private importFrom(input: Uint8Array | Map<string, Blob>, source: string): Promise<void> {
+    return this.importing(() => getEngine().importAdapter(input, source));
+  }
+
+  /** A PEFT adapter by Hub repo id ("user/name" or "user/name@revision"): downloaded into the cache, then imported. */
+  private importFromHub(): Promise<void> {
+    const [repo, revision] = this.hubRepo.trim().split('@') as [string, string | undefined];
+    this.hubProgress = null;
+    return this.importing(() => getEngine().importHubAdapter(repo, revision ? { revision } : {}, Comlink.proxy((p: HubProgress) => (this.hubProgress = p)))).finally(() => (this.hubProgress = null));
+  }
+
+  private async importing(run: () => Promise<ImportedAdapterSummary>): Promise<void> {
     if (this.busy) return;
     this.importError = '';
     this.imported = null;
     this.busy = 'Import';
     try {
-      this.imported = await getEngine().importAdapter(input, source);
+      this.imported = await run();
       this.dispatchEvent(new CustomEvent('adapter-imported', { detail: this.imported, bubbles: true, composed: true }));
     } catch (e) {
       if (!isCancel(e)) this.importError = errorText(e);
@@ -238,21 +251,36 @@ export class WtShareSection extends LitElement {
     `;
   }
 
+  private hubStatus() {
+    const p = this.hubProgress;
+    if (!p) return 'Reading and checking the adapter…';
+    const cancel = html` <button class="secondary" data-testid="import-hub-cancel" @click=${() => void getEngine().cancelHubDownload()}>Cancel</button>`;
+    if (p.status === 'downloading') return html`${p.file}: ${formatBytes(p.loaded)} of ${formatBytes(p.total)}${cancel}`;
+    if (p.status === 'retrying') return html`Connection dropped on ${p.file}; resuming (attempt ${p.attempt})…${cancel}`;
+    if (p.status === 'cached' || p.status === 'done') return 'Downloaded; checking the adapter against the base…';
+    return html`Contacting the Hub for ${this.hubRepo.trim()}…${cancel}`;
+  }
+
   private renderImport() {
     const off = !this.model || !!this.busy;
     const i = this.imported;
     return html`
       <section>
         <h3>Import an adapter</h3>
-        <p class="muted">A PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) for the loaded model, as a .zip or a folder. It is checked tensor by tensor against the base and becomes the tuned model in Chat.</p>
+        <p class="muted">A PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) for the loaded model, as a .zip, a folder or a Hugging Face Hub repo id. It is checked tensor by tensor against the base and becomes the tuned model in Chat.</p>
         <div class="row">
           <label class="file" ?disabled=${off}>Adapter .zip…<input data-testid="import-zip" type="file" accept=".zip,application/zip" ?disabled=${off} @change=${(e: Event) => void this.onZip(e)} /></label>
           ${directoryPicker()
             ? html`<button class="secondary" data-testid="import-folder" ?disabled=${off} @click=${() => void this.pickFolder()}>Adapter folder…</button>`
             : html`<label class="file">Adapter folder…<input data-testid="import-folder-input" type="file" webkitdirectory ?disabled=${off} @change=${(e: Event) => void this.onFolderInput(e)} /></label>`}
         </div>
+        <form class="row" @submit=${(e: Event) => { e.preventDefault(); void this.importFromHub(); }}>
+          <input data-testid="import-hub-repo" placeholder="user/adapter-repo (or …@revision)" aria-label="Hub repo id of a PEFT adapter" .value=${this.hubRepo}
+            ?disabled=${off} @input=${(e: Event) => (this.hubRepo = (e.target as HTMLInputElement).value)} />
+          <button type="submit" data-testid="import-hub" ?disabled=${off || !this.hubRepo.trim()}>Import from the Hub</button>
+        </form>
         ${!this.model ? html`<p class="muted">Load its base model in the Model section first.</p>` : nothing}
-        ${this.busy === 'Import' ? html`<p class="muted">Reading and checking the adapter…</p>` : nothing}
+        ${this.busy === 'Import' ? html`<p class="muted" role="status">${this.hubStatus()}</p>` : nothing}
         ${i
           ? html`<div data-testid="import-done">
               <p class="ok">Installed ${i.source} as the tuned model: LoRA r=${i.r}, alpha=${i.loraAlpha} on ${i.targetModules.join(', ')}${i.baseModel ? html`, trained on ${i.baseModel}` : nothing}. Try it in Chat.</p>

@@ -286,4 +286,25 @@ describe('Hub downloads', () => {
     await rejection(p);
     expect(String(await deleting)).toMatch(/being downloaded: cancel the download first/);
   });
+
+  it('an adapter repo: adapter_config.json, the weights and the model card, verified and cached; a non-adapter repo is refused', async () => {
+    const files = new Map<string, Uint8Array>([
+      ['adapter_config.json', enc.encode(JSON.stringify({ peft_type: 'LORA', r: 8, lora_alpha: 16, target_modules: ['q_proj'] }))],
+      ['adapter_model.safetensors', new Uint8Array(9000).map((_, i) => i % 251)],
+      ['README.md', enc.encode('# my adapter\n')],
+      ['training_args.bin', new Uint8Array(100)],
+    ]);
+    const { hub, cache } = setup({ 'user/adapter': { files }, 'user/pickle-adapter': { files: new Map([['adapter_config.json', files.get('adapter_config.json')!], ['adapter_model.bin', new Uint8Array(10)]]) }, 'webtune/demo': demoRepo() });
+    const got = await cache.fetchAdapter('user/adapter');
+    expect([...got.keys()].sort()).toEqual(['README.md', 'adapter_config.json', 'adapter_model.safetensors']);
+    expect(await bytesOf(got.get('adapter_model.safetensors')!)).toEqual(files.get('adapter_model.safetensors'));
+    // The next time it comes from the cache, offline included.
+    hub.offline = true;
+    expect([...(await cache.fetchAdapter('user/adapter')).keys()].sort()).toEqual(['README.md', 'adapter_config.json', 'adapter_model.safetensors']);
+    hub.offline = false;
+    const pickle = await rejection(cache.fetchAdapter('user/pickle-adapter'));
+    expect(pickle.code).toBe('unsupported');
+    expect(pickle.message).toMatch(/adapter_model\.bin, a PyTorch pickle/);
+    expect((await rejection(cache.fetchAdapter('webtune/demo'))).message).toMatch(/not a PEFT adapter.*adapter_config\.json and adapter_model\.safetensors/);
+  });
 });
