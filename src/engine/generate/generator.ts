@@ -301,7 +301,10 @@ export class Generator {
     for (let l = 0; l < spec.layers; l++) {
       const w = this.weights.layers[l]!;
       const pre: KernelDispatch[] = [];
-      pre.push(...(await prepareRmsNormForward(ctx, h, w.attnNorm, n1, rstd, { rows: M, dim: H, eps })));
+      // The previous layer's closing residual add (h = h2 + d) fused into this layer's first norm: decode is
+      // dispatch-bound, and each fused pair is one dispatch fewer per token.
+      const closing = l > 0 ? { residualDelta: d, residualOut: h } : {};
+      pre.push(...(await prepareRmsNormForward(ctx, l > 0 ? h2 : h, w.attnNorm, n1, rstd, { rows: M, dim: H, eps }, closing)));
       pre.push(...(await linear(l, 'q', n1, qRaw ?? q)));
       pre.push(...(await linear(l, 'k', n1, kRaw ?? k)));
       pre.push(...(await linear(l, 'v', n1, v)));
@@ -329,13 +332,12 @@ export class Generator {
         post.push(...dec.dispatches);
       }
       post.push(...(await linear(l, 'o', attnOut, ao)));
-      post.push(...(await prepareAdd(ctx, h, ao, h2)));
-      post.push(...(await prepareRmsNormForward(ctx, h2, w.mlpNorm, n2, rstd, { rows: M, dim: H, eps })));
+      post.push(...(await prepareRmsNormForward(ctx, h, w.mlpNorm, n2, rstd, { rows: M, dim: H, eps }, { residualDelta: ao, residualOut: h2 })));
       post.push(...(await linear(l, 'gate', n2, g)));
       post.push(...(await linear(l, 'up', n2, u)));
       post.push(...(await prepareSwigluForward(ctx, { gate: g, up: u }, m, { tokens: M, inter: I })));
       post.push(...(await linear(l, 'down', m, d)));
-      post.push(...(await prepareAdd(ctx, h2, d, h)));
+      if (l === spec.layers - 1) post.push(...(await prepareAdd(ctx, h2, d, h))); // (earlier layers: in the next layer's first norm)
       segments.push({ dispatches: post });
     }
     return { rows: M, kind, ids, positions, h, segments, attn, owned };

@@ -570,8 +570,8 @@ export class StepPlan {
     out.push(...(await prepareRope(ctx, s.k, this.positions, this.invFreq, { tokens: T, heads: spec.nKvHeads, headDim: spec.headDim })));
     out.push(await prepareAttentionForward(ctx, { q: s.q, k: s.k, v: s.v, o: s.attn, lse: s.lse, docIds: this.docIds }, this.attentionShape()));
     out.push(...(await this.linearForward(l, 'o', s.attn, s.a)));
-    out.push(...(await prepareAdd(ctx, h, s.a, s.h2)));
-    out.push(...(await prepareRmsNormForward(ctx, s.h2, w.mlpNorm, s.n2, s.rstd2, { rows: T, dim: H, eps })));
+    // h2 = h + attention out and its norm in one pass (h is kept: the backward reads it).
+    out.push(...(await prepareRmsNormForward(ctx, h, w.mlpNorm, s.n2, s.rstd2, { rows: T, dim: H, eps }, { residualDelta: s.a, residualOut: s.h2 })));
     out.push(...(await this.linearForward(l, 'gate', s.n2, s.g)));
     out.push(...(await this.linearForward(l, 'up', s.n2, s.u)));
     out.push(...(await prepareSwigluForward(ctx, { gate: s.g, up: s.u }, s.m, { tokens: T, inter: spec.intermediate })));
