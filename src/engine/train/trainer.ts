@@ -82,6 +82,17 @@ interface OffloadChunk {
   offset: number;
   length: number;
   update: KernelDispatch;
+  /** Which of the two GPU slots carries it (chunks alternate, so neighbours do not wait on each other). */
+  slot: number;
+  /** Its own readback buffers (mappable host memory, not GPU memory): every chunk is mapped at once. */
+  readM: GPUBuffer;
+  readV: GPUBuffer;
+}
+
+/** A chunk's GPU home while it is updated. */
+interface OffloadSlot {
+  m: Tensor;
+  v: Tensor;
 }
 
 /** XTuner's QLoRA recipe for 1.8B models (internlm2_chat_1_8b_qlora_*_e3). */
@@ -180,7 +191,7 @@ export class Trainer {
   private optimizer: AdamW | null = null;
   private stepLosses: Tensor | null = null;
   private moments: MomentStore | null = null;
-  private offload: { chunks: OffloadChunk[]; m: Tensor; v: Tensor; readM: GPUBuffer; readV: GPUBuffer } | null = null;
+  private offload: { chunks: OffloadChunk[]; slots: OffloadSlot[] } | null = null;
   readonly seq: number;
   step = 0;
   /** Optimizer steps whose update was skipped because the loss or a gradient was not finite. */
@@ -252,7 +263,8 @@ export class Trainer {
   /** Splits the flat state into chunks at parameter boundaries and prepares each chunk's update. */
   private async prepareOffload(): Promise<void> {
     const { ctx } = this;
-    const limit = this.options.offloadChunk ?? 8 << 20;
+    // Two slots of half the chunk: the same GPU memory as one, and the transfers of neighbouring chunks overlap.
+    const limit = Math.max(1, Math.floor((this.options.offloadChunk ?? 8 << 20) / 2));
     const spans: { offset: number; length: number }[] = [];
     const slots = this.layout.optimizer.slots;
     let start = 0;
@@ -265,12 +277,15 @@ export class Trainer {
     });
     spans.push({ offset: start, length: this.layout.optimizer.total - start });
     const most = Math.max(...spans.map((s) => s.length));
-    const m = ctx.tensor('adamw m chunk', [most]);
-    const v = ctx.tensor('adamw v chunk', [most]);
-    const read = (label: string) => ctx.device.createBuffer({ label, size: most * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const read = (label: string, elems: number) => ctx.device.createBuffer({ label, size: elems * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const staging: OffloadSlot[] = [0, 1].map((i) => ({ m: ctx.tensor(`adamw m chunk ${i}`, [most]), v: ctx.tensor(`adamw v chunk ${i}`, [most]) }));
     const chunks: OffloadChunk[] = [];
-    for (const span of spans) chunks.push({ ...span, update: await this.optimizer!.prepareUpdate({ ...span, moments: { m, v, stateOffset: 0 }, zeroGrad: true }) });
-    this.offload = { chunks, m, v, readM: read('adamw m readback'), readV: read('adamw v readback') };
+    for (const [i, span] of spans.entries()) {
+      const slot = staging[i % 2]!;
+      const update = await this.optimizer!.prepareUpdate({ ...span, moments: { m: slot.m, v: slot.v, stateOffset: 0 }, zeroGrad: true });
+      chunks.push({ ...span, slot: i % 2, update, readM: read(`adamw m readback ${span.offset}`, span.length), readV: read(`adamw v readback ${span.offset}`, span.length) });
+    }
+    this.offload = { chunks, slots: staging };
   }
 
   /**
@@ -285,26 +300,34 @@ export class Trainer {
       return;
     }
     await ctx.run(this.optimizer!.normDispatches, `grad norm ${this.step}`);
-    const { chunks, m, v, readM, readV } = this.offload;
-    const hostM = new Float32Array(m.shape[0]!);
-    const hostV = new Float32Array(v.shape[0]!);
+    const { chunks, slots } = this.offload;
+    const host = { m: new Float32Array(slots[0]!.m.shape[0]!), v: new Float32Array(slots[0]!.m.shape[0]!) };
+    // Every chunk goes up, is updated and copied to its readback without waiting (queue order keeps a
+    // slot's next upload behind its previous update); then all readbacks are mapped at once: one wait per
+    // step instead of one per chunk (a map's completion is noticed by polling, milliseconds each).
     for (const c of chunks) {
-      const hm = hostM.subarray(0, c.length);
-      const hv = hostV.subarray(0, c.length);
+      const slot = slots[c.slot]!;
+      const hm = host.m.subarray(0, c.length);
+      const hv = host.v.subarray(0, c.length);
       this.moments!.read(c.offset, c.length, hm, hv);
-      ctx.write(m, hm);
-      ctx.write(v, hv);
+      ctx.write(slot.m, hm);
+      ctx.write(slot.v, hv);
       const enc = ctx.device.createCommandEncoder({ label: `optimizer chunk [${c.offset}, ${c.offset + c.length})` });
       ctx.encode(enc, [c.update]);
-      enc.copyBufferToBuffer(m.buffer, 0, readM, 0, c.length * 4);
-      enc.copyBufferToBuffer(v.buffer, 0, readV, 0, c.length * 4);
+      enc.copyBufferToBuffer(slot.m.buffer, 0, c.readM, 0, c.length * 4);
+      enc.copyBufferToBuffer(slot.v.buffer, 0, c.readV, 0, c.length * 4);
       ctx.device.queue.submit([enc.finish()]);
-      await Promise.all([readM.mapAsync(GPUMapMode.READ, 0, c.length * 4), readV.mapAsync(GPUMapMode.READ, 0, c.length * 4)]);
-      hm.set(new Float32Array(readM.getMappedRange(0, c.length * 4)));
-      hv.set(new Float32Array(readV.getMappedRange(0, c.length * 4)));
-      readM.unmap();
-      readV.unmap();
-      this.moments!.write(c.offset, hm, hv);
+    }
+    const maps = await Promise.allSettled(chunks.flatMap((c) => [c.readM.mapAsync(GPUMapMode.READ), c.readV.mapAsync(GPUMapMode.READ)]));
+    try {
+      const failed = maps.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
+      for (const c of chunks) this.moments!.write(c.offset, new Float32Array(c.readM.getMappedRange()), new Float32Array(c.readV.getMappedRange()));
+    } finally {
+      for (const c of chunks) {
+        if (c.readM.mapState === 'mapped') c.readM.unmap();
+        if (c.readV.mapState === 'mapped') c.readV.unmap();
+      }
     }
   }
 
@@ -475,10 +498,14 @@ export class Trainer {
     this.optimizer?.release();
     if (this.stepLosses) this.ctx.release(this.stepLosses);
     if (this.offload) {
-      this.ctx.release(this.offload.m);
-      this.ctx.release(this.offload.v);
-      this.offload.readM.destroy();
-      this.offload.readV.destroy();
+      for (const slot of this.offload.slots) {
+        this.ctx.release(slot.m);
+        this.ctx.release(slot.v);
+      }
+      for (const c of this.offload.chunks) {
+        c.readM.destroy();
+        c.readV.destroy();
+      }
     }
     this.moments?.close();
     releaseOptimizerState(this.ctx, this.state);
