@@ -192,6 +192,13 @@ export class Trainer {
   private stepLosses: Tensor | null = null;
   private moments: MomentStore | null = null;
   private offload: { chunks: OffloadChunk[]; slots: OffloadSlot[] } | null = null;
+  /**
+   * The last offloaded optimizer step's readbacks into the store: prepared by the step, started once the
+   * next step's micro-batches are submitted (so its copies overlap that GPU work), awaited before the next
+   * optimizer step or any read of the moments.
+   */
+  private drain: Promise<void> | null = null;
+  private drainLater: (() => Promise<void>) | null = null;
   readonly seq: number;
   step = 0;
   /** Optimizer steps whose update was skipped because the loss or a gradient was not finite. */
@@ -301,34 +308,51 @@ export class Trainer {
     }
     await ctx.run(this.optimizer!.normDispatches, `grad norm ${this.step}`);
     const { chunks, slots } = this.offload;
+    await this.settleMoments(); // the previous step's moments are in the store and its readbacks unmapped
     const host = { m: new Float32Array(slots[0]!.m.shape[0]!), v: new Float32Array(slots[0]!.m.shape[0]!) };
-    // Every chunk goes up, is updated and copied to its readback without waiting (queue order keeps a
-    // slot's next upload behind its previous update); then all readbacks are mapped at once: one wait per
-    // step instead of one per chunk (a map's completion is noticed by polling, milliseconds each).
+    // Every chunk goes up, is updated and copied to its own readback without waiting (queue order keeps a
+    // slot's next upload behind its previous update). The readbacks then drain into the store while the
+    // next step's micro-batches run: that step needs the moments only at its own optimizer step.
     for (const c of chunks) {
       const slot = slots[c.slot]!;
-      const hm = host.m.subarray(0, c.length);
-      const hv = host.v.subarray(0, c.length);
-      this.moments!.read(c.offset, c.length, hm, hv);
-      ctx.write(slot.m, hm);
-      ctx.write(slot.v, hv);
+      const direct = this.moments!.views?.(c.offset, c.length);
+      const up = direct ?? { m: host.m.subarray(0, c.length), v: host.v.subarray(0, c.length) };
+      if (!direct) this.moments!.read(c.offset, c.length, up.m, up.v);
+      ctx.write(slot.m, up.m);
+      ctx.write(slot.v, up.v);
       const enc = ctx.device.createCommandEncoder({ label: `optimizer chunk [${c.offset}, ${c.offset + c.length})` });
       ctx.encode(enc, [c.update]);
       enc.copyBufferToBuffer(slot.m.buffer, 0, c.readM, 0, c.length * 4);
       enc.copyBufferToBuffer(slot.v.buffer, 0, c.readV, 0, c.length * 4);
       ctx.device.queue.submit([enc.finish()]);
     }
-    const maps = await Promise.allSettled(chunks.flatMap((c) => [c.readM.mapAsync(GPUMapMode.READ), c.readV.mapAsync(GPUMapMode.READ)]));
-    try {
-      const failed = maps.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      if (failed) throw failed.reason;
-      for (const c of chunks) this.moments!.write(c.offset, new Float32Array(c.readM.getMappedRange()), new Float32Array(c.readV.getMappedRange()));
-    } finally {
-      for (const c of chunks) {
-        if (c.readM.mapState === 'mapped') c.readM.unmap();
-        if (c.readV.mapState === 'mapped') c.readV.unmap();
+    this.drainLater = async () => {
+      const maps = await Promise.allSettled(chunks.flatMap((c) => [c.readM.mapAsync(GPUMapMode.READ), c.readV.mapAsync(GPUMapMode.READ)]));
+      try {
+        const failed = maps.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+        if (failed) throw failed.reason;
+        for (const c of chunks) this.moments!.write(c.offset, new Float32Array(c.readM.getMappedRange()), new Float32Array(c.readV.getMappedRange()));
+      } finally {
+        for (const c of chunks) {
+          if (c.readM.mapState === 'mapped') c.readM.unmap();
+          if (c.readV.mapState === 'mapped') c.readV.unmap();
+        }
       }
-    }
+    };
+  }
+
+  /** Starts the prepared drain (see `drain`). */
+  private startDrain(): void {
+    if (this.drainLater) this.drain = this.drainLater();
+    this.drainLater = null;
+  }
+
+  /** Waits for the last offloaded step's moments to reach the store (a no-op without offload). */
+  private async settleMoments(): Promise<void> {
+    this.startDrain();
+    const d = this.drain;
+    this.drain = null;
+    await d;
   }
 
   /** Row order of an epoch: a seeded shuffle, different each epoch, the same for the same seed. */
@@ -384,6 +408,7 @@ export class Trainer {
         enc.copyBufferToBuffer(plan.loss!.buffer, 0, this.stepLosses!.buffer, a * 4, 4);
         ctx.device.queue.submit([enc.finish()]);
       }
+      this.startDrain(); // the previous optimizer step's moments go into the store while these run
       this.step++;
       const lr = learningRate({ kind: c.schedule, lr: c.lr, totalSteps: total, warmupSteps }, this.step);
       // AdamW counts only the updates it applied (as torch's GradScaler skipping optimizer.step()).
@@ -430,6 +455,7 @@ export class Trainer {
         excluded += performance.now() - pause;
       }
     }
+    await this.settleMoments(); // a finished, paused or stopped run leaves its moments complete in the store
   }
 
   /** The adapter as PEFT saves it (adapter_config.json text + adapter_model.safetensors bytes). */
@@ -464,6 +490,7 @@ export class Trainer {
 
   /** Restores saveState()'s output into this trainer (same model, rows and config). */
   loadState(s: TrainerState): void {
+    if (this.drain || this.drainLater) throw new Error('loadState: an optimizer step is still writing its moments (await train() first)');
     const n = this.layout.optimizer.total;
     if (s.params.length !== n || s.m.length !== n || s.v.length !== n) throw new Error(`loadState: the checkpoint holds ${s.params.length} LoRA values; this run's layout has ${n} (different rank, targets or model)`);
     for (const k of Object.keys(this.config) as (keyof TrainConfig)[]) {
@@ -480,6 +507,7 @@ export class Trainer {
   /** AdamW's moments wherever they live (GPU, or the offload store between steps). */
   private async readMoments(): Promise<{ m: Float32Array; v: Float32Array }> {
     if (this.state.m && this.state.v) return { m: await this.ctx.read(this.state.m), v: await this.ctx.read(this.state.v) };
+    await this.settleMoments();
     const n = this.layout.optimizer.total;
     const moments = { m: new Float32Array(n), v: new Float32Array(n) };
     this.moments!.read(0, n, moments.m, moments.v);
@@ -494,6 +522,10 @@ export class Trainer {
   }
 
   release(): void {
+    // A step still draining (train() was not awaited) loses its readbacks with the buffers: nothing to report.
+    this.drain?.catch(() => {});
+    this.drain = null;
+    this.drainLater = null;
     this.plan?.release();
     this.optimizer?.release();
     if (this.stepLosses) this.ctx.release(this.stepLosses);
