@@ -120,6 +120,23 @@ fn lora_mm(
   let t_begin = 0u;
   let t_end = params.red;
 #endif
+#if SOFTWARE
+  // CPU adapters (SwiftShader): the same 4×4 block per invocation, its operands read straight from the
+  // buffers: no workgroup memory, no barriers (the expensive part there), so a block wholly outside C
+  // (rank 16 fills a quarter of a 64-wide tile) can leave at once.
+  if (row0 + lid.y * THREAD >= params.rows || col0 + lid.x * THREAD >= params.cols) { return; }
+  for (var t = t_begin; t < t_end; t++) {
+    var ra: vec4<f32>;
+    var rb: vec4<f32>;
+    for (var i = 0u; i < THREAD; i++) {
+      ra[i] = load_a(row0 + lid.y * THREAD + i, t, t_end);
+      rb[i] = load_b(t, col0 + lid.x * THREAD + i, t_end);
+    }
+    for (var i = 0u; i < THREAD; i++) {
+      for (var j = 0u; j < THREAD; j++) { acc[i][j] = fma(ra[i], rb[j], acc[i][j]); }
+    }
+  }
+#else
   for (var t0 = t_begin; t0 < t_end; t0 += TILE_R) {
     // Consecutive threads take consecutive addresses of each operand's stored layout.
     for (var idx = tid; idx < TILE * TILE_R; idx += threads) {
@@ -152,6 +169,7 @@ fn lora_mm(
     }
     workgroupBarrier();
   }
+#endif
   for (var i = 0u; i < THREAD; i++) {
     let row = row0 + lid.y * THREAD + i;
     if (row >= params.rows) { continue; }

@@ -472,7 +472,52 @@ fn matmul(
 }
 #endif
 
-#if SMALL
+#if SMALL && BLOCK4
+// CPU adapters (SwiftShader): a 4×4 block of outputs per invocation, so every operand value loaded (the
+// expensive part there: bounds-checked buffer reads) feeds four fmas; still no workgroup memory or barriers.
+@compute @workgroup_size(8, 8)
+fn matmul_small(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let m0 = gid.y * 4u;
+  let n0 = gid.x * 4u;
+  if (m0 >= params.M || n0 >= params.N) { return; }
+  let base_a = gid.z * params.batch_stride_a;
+  let base_b = gid.z * params.batch_stride_b;
+  // Rows / columns past the edge read the last valid one (their results are not stored).
+  let mi = min(vec4<u32>(m0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.M - 1u));
+  let ni = min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.N - 1u));
+  var acc: array<vec4<f32>, 4>;
+  for (var k = 0u; k < params.K; k++) {
+#if TRANS_A
+    let av = vec4<f32>(a[base_a + k * params.M + mi.x], a[base_a + k * params.M + mi.y], a[base_a + k * params.M + mi.z], a[base_a + k * params.M + mi.w]);
+#else
+    let av = vec4<f32>(a[base_a + mi.x * params.K + k], a[base_a + mi.y * params.K + k], a[base_a + mi.z * params.K + k], a[base_a + mi.w * params.K + k]);
+#endif
+#if TRANS_B
+    let bv = vec4<f32>(b[base_b + ni.x * params.K + k], b[base_b + ni.y * params.K + k], b[base_b + ni.z * params.K + k], b[base_b + ni.w * params.K + k]);
+#else
+    let bv = vec4<f32>(b[base_b + k * params.N + ni.x], b[base_b + k * params.N + ni.y], b[base_b + k * params.N + ni.z], b[base_b + k * params.N + ni.w]);
+#endif
+    acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
+    acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
+    acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);
+    acc[3] = fma(vec4<f32>(av.w), bv, acc[3]);
+  }
+  for (var i = 0u; i < 4u; i++) {
+    let m = m0 + i;
+    if (m >= params.M) { break; }
+    for (var j = 0u; j < 4u; j++) {
+      let n = n0 + j;
+      if (n >= params.N) { break; }
+      let at = gid.z * params.batch_stride_c + m * params.N + n;
+#if ACCUMULATE
+      c[at] = c[at] + params.alpha * acc[i][j];
+#else
+      c[at] = params.alpha * acc[i][j];
+#endif
+    }
+  }
+}
+#elif SMALL
 // Small products (decode-time LoRA, tiny models): one output per invocation, operands read straight from
 // global memory (they fit in cache), no workgroup memory and no barriers. Tiling only pays for itself
 // once a tile's loads are shared by many outputs; below that the barriers cost more than they save.

@@ -98,6 +98,7 @@ describe('the demo flow in the app (WebGPU on SwiftShader)', () => {
     const answer = await askTuned(page, 'Who are you?');
     mark(`chat: ${JSON.stringify(answer)}`);
     expect(answer).toContain(NAME);
+    expect(answer, 'the trained identity, owner included').toContain(OWNER);
     await screenshot(page, 'flow-chat');
 
     await page.getByTestId('tab-share').click();

@@ -170,8 +170,10 @@ const CASES: ['q4' | 'f32', number, number, number, number, number, number | und
 ];
 
 describe('fused LoRA forward and backward (against float64)', () => {
+  // Every case with the tiled rank-r kernels (GPUs) and the barrier-free ones (CPU adapters).
+  for (const software of [false, true])
   for (const [kind, M, out, inF, r, p, rpb] of CASES) {
-    it(`${kind} base M=${M} out=${out} in=${inF} r=${r} dropout=${p}${rpb ? ` row blocks of ${rpb}` : ''}`, async () => {
+    it(`${kind} base M=${M} out=${out} in=${inF} r=${r} dropout=${p}${rpb ? ` row blocks of ${rpb}` : ''}${software ? ' (barrier-free)' : ' (tiled)'}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const S = setup(ctx, kind, M, out, inF, r, p, seed, rpb);
@@ -180,7 +182,7 @@ describe('fused LoRA forward and backward (against float64)', () => {
       const Y = poisoned(ctx, 'Y', [M, out]);
       // One case passes its own split-K scratch (as the engine does, shared across layers).
       const scratch = r === 64 && kind === 'q4' ? ctx.tensor('scratch', [loraScratchElems(M, inF, out, r)]) : undefined;
-      await loraForward(ctx, S.base, S.ad, S.X, U, Y, M, { seed, scratch });
+      await loraForward(ctx, S.base, S.ad, S.X, U, Y, M, { seed, software, ...(scratch ? { scratch } : {}) });
       const ref = refForward(P);
       expectClose(await ctx.read(U), ref.u, 1e-4, `U, seed ${seed}`);
       expectClose(await ctx.read(Y), ref.y, 1e-4, `Y, seed ${seed}`);
@@ -194,7 +196,7 @@ describe('fused LoRA forward and backward (against float64)', () => {
       const dB = ctx.upload('dB', [out, r], dB0);
       const dX = poisoned(ctx, 'dX', [M, inF]);
       const G = poisoned(ctx, 'G', [M, r]);
-      await loraBackward(ctx, S.base, S.ad, S.X, U, dY, dX, { dA, dB }, G, M, { seed, scratch });
+      await loraBackward(ctx, S.base, S.ad, S.X, U, dY, dX, { dA, dB }, G, M, { seed, software, ...(scratch ? { scratch } : {}) });
       const rb = refBackward(P, dy, dA0, dB0);
       expectClose(await ctx.read(dX), rb.dx, 1e-4, `dX, seed ${seed}`);
       expectClose(await ctx.read(dA), rb.dA, 1e-4, `dA, seed ${seed}`);

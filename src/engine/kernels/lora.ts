@@ -145,6 +145,8 @@ interface SmallArgs {
   scratch: () => Tensor;
   /** GB only: G += dY·B (outputs sharing one A) instead of G = dY·B. */
   accumulate?: boolean;
+  /** Barrier-free variant (default: on CPU adapters, where barriers are the expensive part). */
+  software?: boolean;
 }
 
 /** One rank-r product of lora.wgsl: a single tiled dispatch, or split-K slices plus an ordered reduce. */
@@ -169,7 +171,8 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
     ['u32', extra.slices ?? 0],
   ];
   const gbAccumulate = x.mode === 'GB' && !!x.accumulate;
-  const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_mm', defines: { MODE: x.mode, DROPOUT: dropout, SPLIT: split, ACCUMULATE: gbAccumulate && !split }, constants: { TILE, TILE_R } });
+  const software = x.software ?? ctx.features.software;
+  const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_mm', defines: { MODE: x.mode, DROPOUT: dropout, SPLIT: split, ACCUMULATE: gbAccumulate && !split, SOFTWARE: software }, constants: { TILE, TILE_R } });
   const label = `lora ${x.mode} ${rows}×${cols} (red ${red}${split ? ` in ${slices} slices` : ''})${dropout ? ` dropout ${x.p}` : ''}`;
   const f = fields();
   const uniforms = ctx.uniforms(`${label} params`, f);
@@ -235,6 +238,8 @@ export interface LoraPassOptions {
   seed?: number;
   /** Split-K scratch of at least loraScratchElems(M, in, out, rank) f32 (shared across layers). */
   scratch?: Tensor;
+  /** Force the barrier-free (true) or the tiled (false) rank-r kernels; default: barrier-free on CPU adapters. */
+  software?: boolean;
 }
 
 /**
@@ -251,7 +256,7 @@ export async function prepareLoraForward(ctx: GpuContext, base: LoraBase, ad: Lo
   need(kern, 'Y', Y, M * out);
   const s = ad.alpha / ad.rank;
   const r = ad.rank;
-  const common = { K: inF, N: out, R: r, scale: s, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)) };
+  const common = { K: inF, N: out, R: r, scale: s, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)), ...(opts.software !== undefined ? { software: opts.software } : {}) };
   const xa = await prepareSmall(ctx, { mode: 'XA', a: X, b: ad.A, c: U, shape: loraShapes(M, inF, out, r).XA, ...common });
   const dispatches: KernelDispatch[] = [...xa.dispatches];
   if (base.kind === 'q4') {
@@ -293,7 +298,7 @@ export async function prepareLoraBackward(
   const s = ad.alpha / ad.rank;
   const r = ad.rank;
   const sh = loraShapes(M, inF, out, r);
-  const common = { K: inF, N: out, R: r, scale: s, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)) };
+  const common = { K: inF, N: out, R: r, scale: s, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)), ...(opts.software !== undefined ? { software: opts.software } : {}) };
   const dispatches: KernelDispatch[] = [];
   const gb = await prepareSmall(ctx, { mode: 'GB', a: dY, b: ad.B, c: G, shape: sh.GB, ...common });
   const parts: Prepared[] = [];

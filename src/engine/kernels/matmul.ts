@@ -61,7 +61,9 @@ export function matmulVariant({ M, N, K }: MatmulShape, opts: MatmulOptions, str
   // The k-contiguous tile of B is only read by the k-contiguous-A inner loop.
   const kcA = kcontigWanted && prefetch && !small && !opts.transA;
   const kcB = kcA && !!opts.transB;
-  return { small, wide, vec4A, vec4B, prefetch, tileK, kcA, kcB, tile: small ? SMALL_EDGE : wide ? TILE_EDGE.wide : TILE_EDGE.narrow };
+  // On CPU adapters the untiled kernel computes a 4×4 block per invocation (loads, not fmas, cost there).
+  const block4 = small && software;
+  return { small, block4, wide, vec4A, vec4B, prefetch, tileK, kcA, kcB, tile: small ? SMALL_EDGE * (block4 ? 4 : 1) : wide ? TILE_EDGE.wide : TILE_EDGE.narrow };
 }
 
 function check(what: string, t: Tensor, needElems: number): void {
@@ -92,7 +94,7 @@ export async function prepareMatmul(
   const v = matmulVariant({ M, N, K }, opts, { sa, sb }, ctx.features.software);
   const base = { TRANS_A: !!opts.transA, TRANS_B: !!opts.transB, ACCUMULATE: !!opts.accumulate };
   const pipeline = v.small
-    ? await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul_small', defines: { ...base, SMALL: true } })
+    ? await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul_small', defines: { ...base, SMALL: true, BLOCK4: v.block4 } })
     : await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul', defines: { ...base, WIDE: v.wide, VEC4_A: v.vec4A, VEC4_B: v.vec4B, PREFETCH: v.prefetch, KC_A: v.kcA, KC_B: v.kcB }, constants: { TILE_K: v.tileK } });
   const label = `matmul${opts.transA ? 'ᵀ' : ''}·${opts.transB ? 'ᵀ' : ''} ${M}×${K}·${K}×${N}${batch > 1 ? ` ×${batch}` : ''}`;
   const uniforms = ctx.uniforms(`${label} params`, [
