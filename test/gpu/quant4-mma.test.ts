@@ -170,7 +170,7 @@ describe('int8 path detection', () => {
 });
 
 describe('matmulPrecision int8 where the device has no subgroup matrices', () => {
-  it('falls back to the f32 kernels: the same logits as f32, bit for bit', async () => {
+  it('falls back to the f32 kernels (unsupported, or failing to build): the same logits as f32, bit for bit', async () => {
     const ctx = await gpu();
     if (int8MatmulSupport(ctx.features).ok) return; // a GPU with tensor cores: bench/int8-gate.bench.ts covers it
     const spec = modelSpecFromConfig(
@@ -190,6 +190,28 @@ describe('matmulPrecision int8 where the device has no subgroup matrices', () =>
       return out;
     };
     expect(Array.from(await logits('int8'))).toEqual(Array.from(await logits('f32')));
+
+    // A device that advertises subgroup matrices but cannot build the kernels (here: SwiftShader told it
+    // has them, and subgroups of 32): the plan falls back to the f32 kernels and says why; its logits are
+    // those of an f32 plan for the same device description.
+    const claims = Object.create(ctx, {
+      features: { value: { ...ctx.features, subgroupMatrix: true, subgroupMatrixConfigs: [{ componentType: 'i8', resultComponentType: 'i32', M: 16, N: 16, K: 32 }], subgroupMinSize: 32, subgroupMaxSize: 32 } },
+    }) as typeof ctx;
+    const model = new Transformer(claims, weights, null, { matmulPrecision: 'int8' });
+    expect(model.matmulPrecision).toBe('int8');
+    const plan = await model.plan({ batch: 1, seq: 8 }, 'logits');
+    expect(model.matmulPrecision).toBe('f32');
+    expect(model.int8Fallback).toMatch(/quant4_mma\.wgsl:q4_mma_fwd/);
+    const run = async (p: typeof plan) => {
+      const ids = Int32Array.from({ length: 8 }, (_, i) => (i * 37) % 256);
+      p.setBatch({ inputIds: ids, positionIds: Int32Array.from({ length: 8 }, (_, i) => i), documentIds: new Int32Array(8) });
+      await ctx.run(p.dispatches);
+      return Array.from(await ctx.read(p.logits!));
+    };
+    const f32Plan = await new Transformer(claims, weights, null, { matmulPrecision: 'f32' }).plan({ batch: 1, seq: 8 }, 'logits');
+    expect(await run(plan)).toEqual(await run(f32Plan));
+    f32Plan.release();
+    plan.release();
     releaseBaseWeights(ctx, weights);
   });
 });

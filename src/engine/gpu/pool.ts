@@ -9,6 +9,8 @@ const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x4 /* COPY_SRC */ | 0x8; /* COPY_DST
  */
 export class BufferPool {
   private free = new Map<number, GPUBuffer[]>();
+  /** Buffers in the free lists: a second release would hand one buffer to two owners. */
+  private idle = new Set<GPUBuffer>();
   private sizes = new WeakMap<GPUBuffer, number>();
   private live = 0;
   private peak = 0;
@@ -53,6 +55,7 @@ export class BufferPool {
     const reuse = this.free.get(size)?.pop();
     let buffer: GPUBuffer;
     if (reuse) {
+      this.idle.delete(reuse);
       this.cached -= size;
       buffer = reuse;
       buffer.label = label;
@@ -97,6 +100,8 @@ export class BufferPool {
   release(buffer: GPUBuffer): void {
     const size = this.sizes.get(buffer);
     if (size === undefined) throw new Error(`BufferPool.release: '${buffer.label}' was not allocated by this pool`);
+    if (this.idle.has(buffer)) throw new Error(`BufferPool.release: '${buffer.label}' released twice`);
+    this.idle.add(buffer);
     for (const scope of this.scopes) scope.delete(buffer);
     this.live -= size;
     this.cached += size;
@@ -109,6 +114,7 @@ export class BufferPool {
   trim(): void {
     for (const list of this.free.values()) for (const b of list) b.destroy();
     this.free.clear();
+    this.idle.clear();
     this.cached = 0;
   }
 }

@@ -30,8 +30,10 @@ import {
   releaseInt8Scratch,
   type Int8Rows,
   type Int8Scratch,
+  QUANT4_MMA_SHADER,
   type MatmulPrecision,
 } from '../kernels/quant4-mma.ts';
+import { KernelError } from '../gpu/errors.ts';
 import { prepareRmsNormBackward, prepareRmsNormForward } from '../kernels/rmsnorm.ts';
 import { prepareRope, prepareRopeBackward, uploadInvFreq } from '../kernels/rope.ts';
 import { prepareSwigluBackward, prepareSwigluForward } from '../kernels/swiglu.ts';
@@ -149,8 +151,9 @@ export interface TransformerOptions {
 
 export class Transformer {
   readonly spec: ModelSpec;
-  /** The precision in effect: the requested one where the device supports it, else 'f32'. */
-  readonly matmulPrecision: MatmulPrecision;
+  private precision: MatmulPrecision;
+  /** Why the int8 path was dropped after all (its kernels failed to build on this device), or null. */
+  int8Fallback: string | null = null;
   constructor(
     readonly ctx: GpuContext,
     readonly weights: BaseWeights,
@@ -158,15 +161,35 @@ export class Transformer {
     opts: TransformerOptions = {},
   ) {
     this.spec = weights.spec;
-    this.matmulPrecision = opts.matmulPrecision === 'int8' && int8MatmulSupport(ctx.features).ok ? 'int8' : 'f32';
+    this.precision = opts.matmulPrecision === 'int8' && int8MatmulSupport(ctx.features).ok ? 'int8' : 'f32';
     this.int8Residual = opts.int8Residual ?? true;
   }
   readonly int8Residual: boolean;
 
-  /** Prepares everything one step of this shape needs. */
+  /** The precision in effect: the requested one where the device supports it (and its kernels build), else 'f32'. */
+  get matmulPrecision(): MatmulPrecision {
+    return this.precision;
+  }
+
+  /**
+   * Prepares everything one step of this shape needs. The int8 kernels are experimental in browsers: if
+   * they fail to build on a device that advertises them, the plan is rebuilt on the f32 kernels (same
+   * results within the int8 tolerance, slower) and int8Fallback says why.
+   */
   async plan(shape: BatchShape, mode: PlanMode, opts: { ceChunkTokens?: number } = {}): Promise<StepPlan> {
     const plan = new StepPlan(this, shape, mode);
-    await plan.build(opts);
+    try {
+      await plan.build(opts);
+    } catch (e) {
+      // (Other errors propagate as they were: an out-of-memory scope releases the half-built plan itself.)
+      if (this.precision === 'int8' && e instanceof KernelError && e.kernel.startsWith(QUANT4_MMA_SHADER.name)) {
+        plan.release();
+        this.precision = 'f32';
+        this.int8Fallback = e.message;
+        return this.plan(shape, mode, opts);
+      }
+      throw e;
+    }
     return plan;
   }
 }
@@ -292,7 +315,7 @@ export class StepPlan {
     if (this.int8) releaseInt8Scratch(this.ctx, this.int8);
     this.ce?.release();
     this.alloc.releaseAll();
-    this.ctx.release(this.invFreq);
+    if (this.invFreq) this.ctx.release(this.invFreq);
   }
 
   // ---- building -------------------------------------------------------------------------------------
