@@ -70,11 +70,6 @@ export function releaseInt8Scratch(ctx: GpuContext, s: Int8Scratch): void {
   ctx.release(s.wbound);
 }
 
-/** Bytes allocInt8Scratch takes (for memory plans). */
-export function int8ScratchBytes(rows: number, maxCols: number): number {
-  return 2 * rows * int8RowBytes(maxCols) + rows * 4 + maxCols * 4;
-}
-
 interface Uniforms {
   M: number;
   N?: number;
