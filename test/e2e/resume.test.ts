@@ -11,8 +11,10 @@ describe('training survives a reload (WebGPU on SwiftShader)', () => {
     const page = await app.browser().newPage({ viewport: { width: 1280, height: 800 } });
     const { errors } = watchPage(page);
     await trainSectionWithIdentityRows(page, app.url());
-    // Tiny and quick: 1 epoch (4 steps), a checkpoint every 2 steps, no evaluation prompts.
+    // Tiny and quick: 1 epoch of 4 steps (4 rows each, no accumulation), a checkpoint every 2 steps, no
+    // evaluation prompts.
     await setField(page.getByTestId('field-epochs'), '1');
+    await setField(page.getByTestId('field-gradAccum'), '1');
     await setField(page.getByTestId('ckpt-steps'), '2');
     await setField(page.getByTestId('eval-prompts'), '');
     // The memory plan of this config, against the 8 GiB default budget.
