@@ -231,12 +231,12 @@ function ceTerms(spec: ModelSpec, c: TrainingMemoryConfig): MemoryTerm[] {
   ];
 }
 
-/** Plans one configuration. Pure: same inputs, same plan. */
 /** quant4-mma.ts's allocInt8Scratch: two int8 levels per row (64-byte padded), a scale per row, a bound per column. */
 function int8ScratchTerm(tokens: number, widest: number): MemoryTerm {
   return { name: 'int8 activation scratch', bytes: 2 * tokens * Math.ceil(widest / 64) * 64 + tokens * F32 + widest * F32, note: `2 levels × [B·T, ${widest}] int8 + scales (tensor-core matmuls)` };
 }
 
+/** Plans one configuration. Pure: same inputs, same plan. */
 export function planMemory(
   spec: ModelSpec,
   config: TrainingMemoryConfig,
