@@ -83,7 +83,7 @@ interface OffloadChunk {
   length: number;
   update: KernelDispatch;
   /** Which of the two GPU slots carries it (chunks alternate, so neighbours do not wait on each other). */
-  slot: number;
+  slot: OffloadSlot;
   /** Its own readback buffers (mappable host memory, not GPU memory): every chunk is mapped at once. */
   readM: GPUBuffer;
   readV: GPUBuffer;
@@ -191,7 +191,12 @@ export class Trainer {
   private optimizer: AdamW | null = null;
   private stepLosses: Tensor | null = null;
   private moments: MomentStore | null = null;
-  private offload: { chunks: OffloadChunk[]; slots: OffloadSlot[] } | null = null;
+  private offload: {
+    chunks: OffloadChunk[];
+    slots: OffloadSlot[];
+    /** Host staging for stores that cannot lend their memory (a file): one chunk of m and v. */
+    host: { m: Float32Array; v: Float32Array } | null;
+  } | null = null;
   /**
    * The last offloaded optimizer step's readbacks into the store: prepared by the step, started once the
    * next step's micro-batches are submitted (so its copies overlap that GPU work), awaited before the next
@@ -290,9 +295,10 @@ export class Trainer {
     for (const [i, span] of spans.entries()) {
       const slot = staging[i % 2]!;
       const update = await this.optimizer!.prepareUpdate({ ...span, moments: { m: slot.m, v: slot.v, stateOffset: 0 }, zeroGrad: true });
-      chunks.push({ ...span, slot: i % 2, update, readM: read(`adamw m readback ${span.offset}`, span.length), readV: read(`adamw v readback ${span.offset}`, span.length) });
+      chunks.push({ ...span, slot, update, readM: read(`adamw m readback ${span.offset}`, span.length), readV: read(`adamw v readback ${span.offset}`, span.length) });
     }
-    this.offload = { chunks, slots: staging };
+    const host = this.moments!.views ? null : { m: new Float32Array(most), v: new Float32Array(most) };
+    this.offload = { chunks, slots: staging, host };
   }
 
   /**
@@ -307,17 +313,18 @@ export class Trainer {
       return;
     }
     await ctx.run(this.optimizer!.normDispatches, `grad norm ${this.step}`);
-    const { chunks, slots } = this.offload;
+    const { chunks, host } = this.offload;
     await this.settleMoments(); // the previous step's moments are in the store and its readbacks unmapped
-    const host = { m: new Float32Array(slots[0]!.m.shape[0]!), v: new Float32Array(slots[0]!.m.shape[0]!) };
     // Every chunk goes up, is updated and copied to its own readback without waiting (queue order keeps a
     // slot's next upload behind its previous update). The readbacks then drain into the store while the
     // next step's micro-batches run: that step needs the moments only at its own optimizer step.
     for (const c of chunks) {
-      const slot = slots[c.slot]!;
-      const direct = this.moments!.views?.(c.offset, c.length);
-      const up = direct ?? { m: host.m.subarray(0, c.length), v: host.v.subarray(0, c.length) };
-      if (!direct) this.moments!.read(c.offset, c.length, up.m, up.v);
+      const { slot } = c;
+      let up = this.moments!.views?.(c.offset, c.length);
+      if (!up) {
+        up = { m: host!.m.subarray(0, c.length), v: host!.v.subarray(0, c.length) };
+        this.moments!.read(c.offset, c.length, up.m, up.v);
+      }
       ctx.write(slot.m, up.m);
       ctx.write(slot.v, up.v);
       const enc = ctx.device.createCommandEncoder({ label: `optimizer chunk [${c.offset}, ${c.offset + c.length})` });
