@@ -25,7 +25,7 @@ import type { SinkFactory } from './share/sinks.ts';
 import type { LoraRuntime } from './model/transformer.ts';
 import { loraModules, type PeftLoraConfig } from './model/peft.ts';
 import { MemoryBlobStore, type BlobStore } from './share/checkpoint.ts';
-import { DEFAULT_TRAIN_CONFIG } from './train/trainer.ts';
+import { DEFAULT_MATMUL_PRECISION, DEFAULT_TRAIN_CONFIG } from './train/trainer.ts';
 import { DEFAULT_CE_WORKSPACE_BYTES } from './kernels/cross_entropy.ts';
 import { formatBytes, planMemory, type MemoryPlan, type TrainingMemoryConfig } from './model/memory-plan.ts';
 import { RunCheckpointer, DEFAULT_CHECKPOINT_POLICY, type CheckpointPolicy } from './runs/checkpointer.ts';
@@ -524,7 +524,7 @@ export class EngineSession {
       optimizerOffload: c.optimizerOffload ?? 'gpu',
       activationCheckpointing: true,
       ceChunkTokens: Math.max(1, Math.min(seqLen * c.microBatch, Math.floor(ceBytes / (spec.vocabSize * 4)))),
-      int8Matmuls: (c.matmulPrecision ?? 'int8') === 'int8' && int8MatmulSupport(this.ctx.features).ok,
+      int8Matmuls: (c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION) === 'int8' && int8MatmulSupport(this.ctx.features).ok,
     };
   }
 

@@ -95,6 +95,9 @@ interface OffloadSlot {
   v: Tensor;
 }
 
+/** TrainConfig.matmulPrecision when unset: the tensor cores where the GPU has them (the Transformer falls back to f32 elsewhere). */
+export const DEFAULT_MATMUL_PRECISION: MatmulPrecision = 'int8';
+
 /** XTuner's QLoRA recipe for 1.8B models (internlm2_chat_1_8b_qlora_*_e3). */
 export const DEFAULT_TRAIN_CONFIG: TrainConfig = {
   loraRank: 64,
@@ -255,7 +258,7 @@ export class Trainer {
     // Out of memory anywhere in here is a GpuOutOfMemoryError, and the half-built plan's buffers go back.
     try {
       await this.ctx.allocating(`the training step buffers (micro-batch ${c.microBatch} × ${this.seq} tokens)`, async () => {
-        const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: c.loraDropout }, { matmulPrecision: c.matmulPrecision ?? 'int8' });
+        const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: c.loraDropout }, { matmulPrecision: c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION });
         this.plan = await model.plan({ batch: c.microBatch, seq: this.seq }, 'train');
         this.stepLosses = this.ctx.tensor('step losses', [c.gradAccum]);
         // The AdamW kernel skips the update on the GPU when a loss or the grad norm is not finite.
