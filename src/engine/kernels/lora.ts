@@ -233,6 +233,12 @@ function scratchFor(ctx: GpuContext, kernel: string, given: Tensor | undefined, 
   return () => (t ??= ctx.tensor(`${kernel} split-K scratch`, [elems]));
 }
 
+/** What every rank-r product of one adapter pass shares (everything of SmallArgs but the operands and shape). */
+function passArgs(ctx: GpuContext, kern: string, ad: LoraAdapter, M: number, { out, inF }: { out: number; inF: number }, opts: LoraPassOptions) {
+  const r = ad.rank;
+  return { K: inF, N: out, R: r, scale: ad.alpha / r, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)), ...(opts.software !== undefined ? { software: opts.software } : {}) };
+}
+
 export interface LoraPassOptions {
   /** Dropout seed (the backward must use the forward's); can be changed later with setSeed. */
   seed?: number;
@@ -256,7 +262,7 @@ export async function prepareLoraForward(ctx: GpuContext, base: LoraBase, ad: Lo
   need(kern, 'Y', Y, M * out);
   const s = ad.alpha / ad.rank;
   const r = ad.rank;
-  const common = { K: inF, N: out, R: r, scale: s, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)), ...(opts.software !== undefined ? { software: opts.software } : {}) };
+  const common = passArgs(ctx, kern, ad, M, { out, inF }, opts);
   const xa = await prepareSmall(ctx, { mode: 'XA', a: X, b: ad.A, c: U, shape: loraShapes(M, inF, out, r).XA, ...common });
   const dispatches: KernelDispatch[] = [...xa.dispatches];
   if (base.kind === 'q4') {
@@ -298,7 +304,7 @@ export async function prepareLoraBackward(
   const s = ad.alpha / ad.rank;
   const r = ad.rank;
   const sh = loraShapes(M, inF, out, r);
-  const common = { K: inF, N: out, R: r, scale: s, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)), ...(opts.software !== undefined ? { software: opts.software } : {}) };
+  const common = passArgs(ctx, kern, ad, M, { out, inF }, opts);
   const dispatches: KernelDispatch[] = [];
   const gb = await prepareSmall(ctx, { mode: 'GB', a: dY, b: ad.B, c: G, shape: sh.GB, ...common });
   const parts: Prepared[] = [];
