@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { allocQ4Weight, dequantizeQ4Cpu, quantizeQ4Cpu, releaseQ4Weight, writeQ4Rows } from '../../src/engine/kernels/quant4.ts';
 import {
   allocInt8Scratch,
+  denseMatmulF64,
   int8MatmulCpu,
   int8MatmulDxCpu,
   int8MatmulSupport,
@@ -25,16 +26,6 @@ import { randomBaseWeights } from '../../src/engine/model/random-weights.ts';
 import { releaseBaseWeights } from '../../src/engine/model/base-weights.ts';
 import { Transformer } from '../../src/engine/model/transformer.ts';
 import { freshSeed, randn, relError, rng } from '../helpers/numeric.ts';
-
-function matmulF64(x: ArrayLike<number>, w: ArrayLike<number>, M: number, N: number, K: number, transW: boolean): Float64Array {
-  const y = new Float64Array(M * N);
-  for (let m = 0; m < M; m++)
-    for (let k = 0; k < K; k++) {
-      const xv = x[m * K + k]!;
-      for (let n = 0; n < N; n++) y[m * N + n] = y[m * N + n]! + xv * w[transW ? n * K + k : k * N + n]!;
-    }
-  return y;
-}
 
 describe('int8 activation quantization (quantize_rows)', () => {
   for (const [rows, cols, ld, off] of [
@@ -143,10 +134,10 @@ describe('int8 scheme accuracy (CPU reference of the kernels) against the exact 
         for (let m = 0; m < M; m++) x[m * K + c] = x[m * K + c]! * 50;
       }
       const xq = quantizeRowsCpu(x, M, K);
-      const fwdErr = relError(int8MatmulCpu(xq.codes, xq.scale, fwdGrid.codes, fwdGrid.scale, M, N, K), matmulF64(x, wDeq, M, N, K, true));
+      const fwdErr = relError(int8MatmulCpu(xq.codes, xq.scale, fwdGrid.codes, fwdGrid.scale, M, N, K), denseMatmulF64(x, wDeq, M, N, K, true));
       const dy = randn(M * N, r, 1e-3);
       const dq = quantizeRowsCpu(dy, M, N);
-      const dxErr = relError(int8MatmulDxCpu(dq.codes, dq.scale, bwdGrid.codes, bwdGrid.scale, M, N, K), matmulF64(dy, wDeq, M, K, N, false));
+      const dxErr = relError(int8MatmulDxCpu(dq.codes, dq.scale, bwdGrid.codes, bwdGrid.scale, M, N, K), denseMatmulF64(dy, wDeq, M, K, N, false));
       console.log(`int8 scheme (CPU), ${outliers} outlier columns: forward rel. error ${fwdErr.toExponential(2)}, dX ${dxErr.toExponential(2)}`);
       expect(fwdErr).toBeGreaterThan(0);
       expect(fwdErr).toBeLessThan(0.03);

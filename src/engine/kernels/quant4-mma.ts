@@ -4,8 +4,9 @@ import { int8MatmulSupport } from '../gpu/features.ts';
 
 export { int8MatmulSupport };
 import type { Defines } from '../gpu/preprocess.ts';
-import { shapeString, type Tensor } from '../gpu/tensor.ts';
-import { f16BitsToF32, Q4_GROUP, registerQ4FormatInclude, type Q4Block, type Q4Weight } from './quant4.ts';
+import type { Tensor } from '../gpu/tensor.ts';
+import { f16BitsToF32, need, Q4_GROUP, registerQ4FormatInclude, type Q4Block, type Q4Weight } from './quant4.ts';
+import { grid1d } from './grid.ts';
 
 /**
  * The tensor-core path for the frozen 4-bit base (quant4_mma.wgsl): Y = X·Wᵀ and dX = dY·W as int8 × int8
@@ -99,10 +100,6 @@ function shader(ctx: GpuContext): typeof QUANT4_MMA_SHADER {
   return QUANT4_MMA_SHADER;
 }
 
-function need(kernel: string, what: string, t: Tensor, bytes: number): void {
-  if (t.byteSize < bytes) throw new Error(`${kernel}: ${what} '${t.label}' ${shapeString(t.shape)} has ${t.byteSize} bytes, needs ${bytes}`);
-}
-
 /**
  * Quantizes rows of `src` (columns [off, off + cols) of rows with stride `ld`) to int8 with one absmax
  * scale per row, into the scratch. Runs on every device (SwiftShader included).
@@ -123,10 +120,8 @@ export async function prepareQuantizeRows(
   const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'quantize_rows', defines: { OP: 'quantize_rows', RESIDUAL: levels === 2 } });
   const label = `quantize rows int8${levels === 2 ? '×2' : ''} ${d.rows}×${d.cols} of ${src.label}`;
   const uniforms = ctx.uniforms(`${label} params`, fields({ M: d.rows, ld, off, lda: levels * rowBytes, cols: d.cols, lo: levels === 2 ? rowBytes : 0 }));
-  const max = ctx.limits.maxComputeWorkgroupsPerDimension;
-  const x = Math.min(d.rows, max);
   return {
-    dispatch: { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, src, scratch.q, scratch.scale]), workgroups: [x, Math.ceil(d.rows / x), 1] },
+    dispatch: { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, src, scratch.q, scratch.scale]), workgroups: grid1d(ctx, d.rows, label) },
     rows: { q: scratch.q, scale: scratch.scale, rows: d.rows, cols: d.cols, rowBytes, levels },
   };
 }
@@ -185,7 +180,6 @@ export async function prepareInt8Q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4We
   const kern = `int8 q4 dX ${W.label}`;
   need(kern, 'dY', dY, M * W.out * 4);
   need(kern, 'dX', dX, M * W.in * 4);
-  const G = W.in / Q4_GROUP;
   const out: KernelDispatch[] = [];
   for (const [i, b] of W.blocks.entries()) {
     if (b.rows > INT8_MAX_REDUCTION) throw new Error(`${kern}: reduction ${b.rows} exceeds ${INT8_MAX_REDUCTION} (int32 sums could overflow)`);
@@ -313,4 +307,16 @@ export function int8MatmulDxCpu(dq: Int8Array, dScale: Float32Array, wq: Int8Arr
     }
   for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) x[m * K + k] = x[m * K + k]! * dScale[m]! * gScale[(k / Q4_GROUP) | 0]!;
   return x;
+}
+
+/** The exact product the int8 scheme is measured against, in float64: X·Wᵀ (transW, W [N, K]) or X·W (W [K, N]). */
+export function denseMatmulF64(x: ArrayLike<number>, w: ArrayLike<number>, M: number, N: number, K: number, transW: boolean): Float64Array {
+  const y = new Float64Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let k = 0; k < K; k++) {
+      const xv = x[m * K + k]!;
+      if (xv === 0) continue;
+      for (let n = 0; n < N; n++) y[m * N + n] = y[m * N + n]! + xv * w[transW ? n * K + k : k * N + n]!;
+    }
+  return y;
 }

@@ -280,7 +280,8 @@ function grid2d(ctx: GpuContext, total: number): [number, number, number] {
   return [x, Math.max(1, Math.ceil(total / x)), 1];
 }
 
-function need(kernel: string, what: string, t: Tensor, bytes: number): void {
+/** Throws, naming kernel, operand, shape and both sizes, when `t` holds fewer than `bytes` bytes. */
+export function need(kernel: string, what: string, t: Tensor, bytes: number): void {
   if (t.byteSize < bytes) throw new Error(`${kernel}: ${what} '${t.label}' ${shapeString(t.shape)} has ${t.byteSize} bytes, needs ${bytes}`);
 }
 
