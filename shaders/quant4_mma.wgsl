@@ -298,10 +298,11 @@ fn store_stage(lid: u32, st: Staged, buf: u32) {
 
 // Where the subgroup's matrices of stage buffer `buf`, reduction step `ks` start (in int8 elements of smem):
 // left tile i (16 activation rows), right tile j (16 output columns).
-// With RESIDUAL, tiles 0, 1 are the hi level of the subgroup's 32 rows and 2, 3 their residual level.
+// With RESIDUAL, tile i is row tile i/2 of the subgroup's 32 rows, at level i%2 (0 hi, 1 residual): so the
+// accumulators of row tile h are acc[4h..4h+3] (hi j0, hi j1, residual j0, residual j1), as without it.
 fn left_at(buf: u32, sg_m: u32, i: u32, ks: u32) -> u32 {
 #if RESIDUAL
-  let row = (i / 2u) * 64u + sg_m * 32u + 16u * (i % 2u);
+  let row = (i % 2u) * 64u + sg_m * 32u + 16u * (i / 2u);
 #else
   let row = sg_m * 64u + 16u * i;
 #endif
@@ -407,27 +408,6 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
   // Epilogue: the opaque tiles go through workgroup memory (4 at a time per subgroup) to be scaled.
   let region = sg * 1024u;
   for (var half = 0u; half < 2u; half++) {
-#if RESIDUAL
-    // Half h: row tile h, both column tiles, both levels (tiles 0, 1 hi; 2, 3 residual).
-    if (half == 0u) {
-      subgroupMatrixStore(&smem, region, acc0, false, 16u);
-      subgroupMatrixStore(&smem, region + 256u, acc1, false, 16u);
-      subgroupMatrixStore(&smem, region + 512u, acc4, false, 16u);
-      subgroupMatrixStore(&smem, region + 768u, acc5, false, 16u);
-    } else {
-      subgroupMatrixStore(&smem, region, acc2, false, 16u);
-      subgroupMatrixStore(&smem, region + 256u, acc3, false, 16u);
-      subgroupMatrixStore(&smem, region + 512u, acc6, false, 16u);
-      subgroupMatrixStore(&smem, region + 768u, acc7, false, 16u);
-    }
-    workgroupBarrier();
-    for (var t = 0u; t < 2u; t++) {
-      let ti = half;
-      let tj = t;
-      for (var e = lane; e < 256u; e += SG) {
-        let m = m0 + sg_m * 32u + 16u * ti + e / 16u;
-        let sum = f32(smem[region + 256u * t + e]) + f32(smem[region + 256u * (t + 2u) + e]) * (1.0 / 254.0);
-#else
     if (half == 0u) {
       subgroupMatrixStore(&smem, region, acc0, false, 16u);
       subgroupMatrixStore(&smem, region + 256u, acc1, false, 16u);
@@ -440,6 +420,15 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
       subgroupMatrixStore(&smem, region + 768u, acc7, false, 16u);
     }
     workgroupBarrier();
+#if RESIDUAL
+    // Half h: row tile h, both column tiles, both levels (stored tiles 0, 1 hi; 2, 3 residual).
+    for (var t = 0u; t < 2u; t++) {
+      let ti = half;
+      let tj = t;
+      for (var e = lane; e < 256u; e += SG) {
+        let m = m0 + sg_m * 32u + 16u * ti + e / 16u;
+        let sum = f32(smem[region + 256u * t + e]) + f32(smem[region + 256u * (t + 2u) + e]) * (1.0 / 254.0);
+#else
     for (var t = 0u; t < 4u; t++) {
       let tile = 4u * half + t;        // = 2·i + j
       let ti = tile / 2u;
