@@ -39,6 +39,17 @@ async function askTuned(page: Page, question: string): Promise<string> {
   return answers.nth(before).innerText();
 }
 
+/** Clicks the button `testId`, checks the download's suggested name, saves it under ARTIFACTS; its path. */
+async function downloadFrom(page: Page, testId: string, name: RegExp, saveAs: string): Promise<string> {
+  const download = page.waitForEvent('download');
+  await page.getByTestId(testId).click();
+  const file = await download;
+  expect(file.suggestedFilename()).toMatch(name);
+  const path = join(ARTIFACTS, saveAs);
+  await file.saveAs(path);
+  return path;
+}
+
 describe('the demo flow in the app (WebGPU on SwiftShader)', () => {
   it('demo model → identity data with a name → training → Chat says the name → adapter zip → reload → import → same answer', async () => {
     const page = await app.browser().newPage({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
@@ -102,22 +113,12 @@ describe('the demo flow in the app (WebGPU on SwiftShader)', () => {
     await screenshot(page, 'flow-chat');
 
     await page.getByTestId('tab-share').click();
-    const download = page.waitForEvent('download');
-    await page.getByTestId('export-adapter').click();
-    const file = await download;
-    expect(file.suggestedFilename()).toMatch(/lora-adapter\.zip$/);
-    const zipPath = join(ARTIFACTS, 'demo-flow-adapter.zip');
-    await file.saveAs(zipPath);
+    const zipPath = await downloadFrom(page, 'export-adapter', /lora-adapter\.zip$/, 'demo-flow-adapter.zip');
     await page.getByTestId('export-done').waitFor();
     await screenshot(page, 'flow-share');
     mark('adapter exported');
     // The same run as a recipe for a cluster: XTuner config, PEFT script, the dataset as JSONL.
-    const recipeDownload = page.waitForEvent('download');
-    await page.getByTestId('export-recipe').click();
-    const recipe = await recipeDownload;
-    expect(recipe.suggestedFilename()).toMatch(/training-recipe\.zip$/);
-    const recipePath = join(ARTIFACTS, 'demo-flow-recipe.zip');
-    await recipe.saveAs(recipePath);
+    const recipePath = await downloadFrom(page, 'export-recipe', /training-recipe\.zip$/, 'demo-flow-recipe.zip');
     const files = unzipSync(new Uint8Array(readFileSync(recipePath)));
     const inRecipe = ['xtuner_config.py', 'train_peft.py', 'data/train.jsonl', 'README.md'].map((f) => `training-recipe/${f}`);
     expect(Object.keys(files)).toEqual(expect.arrayContaining(inRecipe));
