@@ -152,6 +152,8 @@ export interface TransformerOptions {
 export class Transformer {
   readonly spec: ModelSpec;
   private precision: MatmulPrecision;
+  /** Whether the int8 forward carries the activations' rounding residual (TransformerOptions.int8Residual). */
+  readonly int8Residual: boolean;
   /** Why the int8 path was dropped after all (its kernels failed to build on this device), or null. */
   int8Fallback: string | null = null;
   constructor(
@@ -164,7 +166,6 @@ export class Transformer {
     this.precision = opts.matmulPrecision === 'int8' && int8MatmulSupport(ctx.features).ok ? 'int8' : 'f32';
     this.int8Residual = opts.int8Residual ?? true;
   }
-  readonly int8Residual: boolean;
 
   /** The precision in effect: the requested one where the device supports it (and its kernels build), else 'f32'. */
   get matmulPrecision(): MatmulPrecision {
