@@ -79,6 +79,8 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       const q4FwdKc = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: true }));
       rows.push({ name: `${tag} f32 fwd X·Wᵀ kc`, ms: f32FwdKc, flops, bytes: N * K * 4, note: `vs f32 ${pct(f32FwdKc, f32Fwd)}` });
       rows.push({ name: `${tag} q4 fwd X·Wᵀ kc`, ms: q4FwdKc, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4FwdKc, f32Fwd)}, vs f32 kc ${pct(q4FwdKc, f32FwdKc)}` });
+      const q4FwdKcHalf = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: true, splitW: false }));
+      rows.push({ name: `${tag} q4 fwd X·Wᵀ kc (half the threads dequantise)`, ms: q4FwdKcHalf, flops, bytes: q4Bytes, note: `vs f32 kc ${pct(q4FwdKcHalf, f32FwdKc)}` });
       const f32Dx = await time([await prepareMatmul(ctx, dY, wf, dX, { M: T, N: K, K: N })]);
       const q4Dx = await time(await prepareQ4MatmulDx(ctx, dY, W, dX, T));
       const q4DxOld = await time(await prepareQ4MatmulDx(ctx, dY, W, dX, T, false, { prefetch: false }));
@@ -108,6 +110,13 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
           flops: flops + 2 * loraFlops + 2 * T * RANK * N,
           note: `over bare q4 dX ${pct(bwdMs, q4Dx)}`,
         });
+        // Where the backward's time goes: each of its passes alone, then the whole without dropout.
+        for (const d of bwd.dispatches) rows.push({ name: `${tag}   bwd pass ${d.label}`, ms: await time([d]), note: `of the bare q4 dX ${((100 * (await time([d]))) / q4Dx).toFixed(1)}%` });
+        {
+          const bwd0 = await prepareLoraBackward(ctx, { kind: 'q4', W }, { ...ad, dropout: 0 }, X, U, dY, dX, { dA, dB }, G, T, { seed: 1, scratch });
+          const ms = await time(bwd0.dispatches);
+          rows.push({ name: `${tag} q4+LoRA r=${RANK} bwd without dropout`, ms, note: `over bare q4 dX ${pct(ms, q4Dx)}; ${bwd0.dispatches.length} passes` });
+        }
         // The f32 base with the same adapter, for comparison.
         const f32Lora = await time((await prepareLoraForward(ctx, { kind: 'f32', W: wf, out: N, in: K }, ad, X, U, Y, T, { seed: 1, scratch })).dispatches);
         rows.push({ name: `${tag} f32+LoRA r=${RANK} fwd`, ms: f32Lora, flops: flops + loraFlops, note: `over bare f32 fwd ${pct(f32Lora, f32Fwd)}` });

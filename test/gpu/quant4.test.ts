@@ -224,8 +224,9 @@ describe('q4 matmul forward with k-contiguous tiles (q4_matmul_kc)', () => {
     [260, 131, 64, undefined, 8],
     [129, 140, 128, 100, 40],
   ];
-  for (const [M, N, K, rpb, rank] of CASES) {
-    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${rank ? ` + LoRA r=${rank}` : ''}`, async () => {
+  for (const [M, N, K, rpb, rank] of CASES)
+    for (const splitW of [true, false])
+    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${rank ? ` + LoRA r=${rank}` : ''}${splitW ? '' : ', half the threads dequantise'}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const r = rng(seed);
@@ -247,12 +248,11 @@ describe('q4 matmul forward with k-contiguous tiles (q4_matmul_kc)', () => {
             ref[m * N + n] = ref[m * N + n]! + scale * t;
           }
       }
-      await q4Matmul(ctx, X, W, Y, M, { tile: 'wide', kcontig: true, path: 'tiled', lora });
+      await q4Matmul(ctx, X, W, Y, M, { tile: 'wide', kcontig: true, splitW, path: 'tiled', lora });
       expectClose(await ctx.read(Y), ref, 1e-4, `seed ${seed}`);
       for (const t of [X, Y, ...(lora ? [lora.U, lora.B] : [])]) ctx.release(t);
       releaseQ4Weight(ctx, W);
     });
-  }
 });
 
 describe('q4 matmul backward dX = dY·W (against float64 on the dequantized weights)', () => {

@@ -347,6 +347,8 @@ export interface Q4MatmulOptions {
    * Default on: 11–15% faster than the k-major kernel and than the f32 matmul at every 1.8B shape on the H100.
    */
   kcontig?: boolean;
+  /** q4_matmul_kc: every thread dequantises one code word per step (default) instead of half the threads two. */
+  splitW?: boolean;
 }
 
 const GEMV_ROWS = 8;
@@ -378,7 +380,7 @@ export async function prepareQ4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y
   const pipeline = await ctx.pipeline(
     gemv
       ? { shader: q4Shader(ctx), entryPoint: 'q4_gemv', defines: { OP: 'gemv', LORA: !!lora }, constants: { GEMV_ROWS } }
-      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc } },
+      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc, KC_SPLIT_W: kc && (opts.splitW ?? true) } },
   );
   return W.blocks.map((b) => {
     const label = `${gemv ? 'q4 gemv' : `q4 matmul${wide ? ' wide' : ''}${kc ? ' kc' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
