@@ -55,8 +55,11 @@ fn keep(m: u32, k: u32) -> f32 {
 
 #if MODE != REDUCE
 const THREAD: u32 = 4u;
-override TILE: u32 = 64u;
-override TILE_R: u32 = 16u;
+const TILE: u32 = 64u;
+const TILE_R: u32 = 16u;
+const THREADS: u32 = (TILE / THREAD) * (TILE / THREAD);
+// Elements of each operand's tile a thread stages per step.
+const STAGE: u32 = TILE * TILE_R / THREADS;
 // Rows padded by 4 (keeps vec4 alignment) against bank conflicts on the transposing stores.
 const PAD: u32 = 4u;
 var<workgroup> tile_a: array<vec4<f32>, TILE_R * (TILE + PAD) / 4u>;  // [red][row]
@@ -99,13 +102,49 @@ fn load_b(t: u32, j: u32, t_end: u32) -> f32 {
 #endif
 }
 
+// Tile coordinates (reduction index, row or column) of staging slot idx: consecutive threads take
+// consecutive addresses of each operand's stored layout.
+fn slot_a(idx: u32) -> vec2<u32> {
+#if MODE == DA || MODE == DB
+  return vec2<u32>(idx / TILE, idx % TILE);
+#else
+  return vec2<u32>(idx % TILE_R, idx / TILE_R);
+#endif
+}
+fn slot_b(idx: u32) -> vec2<u32> {
+#if MODE == XA
+  return vec2<u32>(idx % TILE_R, idx / TILE_R);
+#else
+  return vec2<u32>(idx / TILE, idx % TILE);
+#endif
+}
+
+// Register-staged loads: the next reduction step's operands are read from global memory while the
+// current step is multiplied (the products are skinny and short per workgroup, so load latency, not
+// arithmetic, bounded them).
+fn fetch(pa: ptr<function, array<f32, STAGE>>, pb: ptr<function, array<f32, STAGE>>, row0: u32, col0: u32, t0: u32, t_end: u32, tid: u32) {
+  for (var u = 0u; u < STAGE; u++) {
+    let sa = slot_a(u * THREADS + tid);
+    (*pa)[u] = load_a(row0 + sa.y, t0 + sa.x, t_end);
+    let sb = slot_b(u * THREADS + tid);
+    (*pb)[u] = load_b(t0 + sb.x, col0 + sb.y, t_end);
+  }
+}
+fn commit(pa: ptr<function, array<f32, STAGE>>, pb: ptr<function, array<f32, STAGE>>, tid: u32) {
+  for (var u = 0u; u < STAGE; u++) {
+    let sa = slot_a(u * THREADS + tid);
+    store_a(sa.x, sa.y, (*pa)[u]);
+    let sb = slot_b(u * THREADS + tid);
+    store_b(sb.x, sb.y, (*pb)[u]);
+  }
+}
+
 @compute @workgroup_size(TILE / THREAD, TILE / THREAD)
 fn lora_mm(
   @builtin(workgroup_id) wg: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
   @builtin(local_invocation_index) tid: u32,
 ) {
-  let threads = (TILE / THREAD) * (TILE / THREAD);
   let S4 = (TILE + PAD) / 4u;
   let row0 = wg.y * TILE;
   let col0 = wg.x * TILE;
@@ -137,29 +176,13 @@ fn lora_mm(
     }
   }
 #else
+  var pa: array<f32, STAGE>;
+  var pb: array<f32, STAGE>;
+  fetch(&pa, &pb, row0, col0, t_begin, t_end, tid);
   for (var t0 = t_begin; t0 < t_end; t0 += TILE_R) {
-    // Consecutive threads take consecutive addresses of each operand's stored layout.
-    for (var idx = tid; idx < TILE * TILE_R; idx += threads) {
-#if MODE == DA || MODE == DB
-      let ii = idx % TILE;
-      let tt = idx / TILE;
-#else
-      let tt = idx % TILE_R;
-      let ii = idx / TILE_R;
-#endif
-      store_a(tt, ii, load_a(row0 + ii, t0 + tt, t_end));
-    }
-    for (var idx = tid; idx < TILE * TILE_R; idx += threads) {
-#if MODE == XA
-      let tt = idx % TILE_R;
-      let jj = idx / TILE_R;
-#else
-      let jj = idx % TILE;
-      let tt = idx / TILE;
-#endif
-      store_b(tt, jj, load_b(t0 + tt, col0 + jj, t_end));
-    }
+    commit(&pa, &pb, tid);
     workgroupBarrier();
+    if (t0 + TILE_R < t_end) { fetch(&pa, &pb, row0, col0, t0 + TILE_R, t_end, tid); }
     for (var tt = 0u; tt < TILE_R; tt++) {
       let ra = tile_a[tt * S4 + lid.y];
       let rb = tile_b[tt * S4 + lid.x];

@@ -76,7 +76,10 @@ export function loraDropoutFactor(seed: number, index: number, p: number): numbe
 
 const TILE = 64;
 const TILE_R = 16;
-/** Split-K aims for about this many workgroups of 256 threads (a large GPU has ~132 SMs). */
+/**
+ * Split-K aims for about this many workgroups of 256 threads (a large GPU has ~132 SMs). With register-staged
+ * loads, 768 and 1536 measured slower on the H100 (the extra slices cost more in the reduce than they win).
+ */
 const SPLIT_TARGET_WORKGROUPS = 384;
 /** Shortest slice of a split reduction. */
 const MIN_CHUNK = 64;
@@ -90,9 +93,9 @@ interface SmallShape {
 }
 
 /** How a product is split: `slices` of `chunk` reduction steps (1 slice = no split, no scratch). */
-function splitOf({ rows, cols, red }: SmallShape): { slices: number; chunk: number } {
+function splitOf({ rows, cols, red }: SmallShape, target = SPLIT_TARGET_WORKGROUPS): { slices: number; chunk: number } {
   const tiles = Math.ceil(rows / TILE) * Math.ceil(cols / TILE);
-  const want = Math.min(Math.ceil(red / MIN_CHUNK), Math.max(1, Math.ceil(SPLIT_TARGET_WORKGROUPS / tiles)));
+  const want = Math.min(Math.ceil(red / MIN_CHUNK), Math.max(1, Math.ceil(target / tiles)));
   const chunk = Math.ceil(Math.ceil(red / want) / TILE_R) * TILE_R;
   return { slices: Math.ceil(red / chunk), chunk };
 }
@@ -110,10 +113,10 @@ function loraShapes(M: number, inF: number, out: number, r: number): Record<Excl
  * f32 elements of split-K scratch the forward and backward of one LoRA layer need (0 when nothing is
  * split). One scratch tensor can serve every layer: the products run in order.
  */
-export function loraScratchElems(M: number, inF: number, out: number, rank: number): number {
+export function loraScratchElems(M: number, inF: number, out: number, rank: number, splitWorkgroups = SPLIT_TARGET_WORKGROUPS): number {
   let most = 0;
   for (const sh of Object.values(loraShapes(M, inF, out, rank))) {
-    const { slices } = splitOf(sh);
+    const { slices } = splitOf(sh, splitWorkgroups);
     if (slices > 1) most = Math.max(most, slices * sh.rows * sh.cols);
   }
   return most;
@@ -147,13 +150,15 @@ interface SmallArgs {
   accumulate?: boolean;
   /** Barrier-free variant (default: on CPU adapters, where barriers are the expensive part). */
   software?: boolean;
+  /** Split-K target (tuning): about this many workgroups per product. */
+  splitWorkgroups?: number;
 }
 
 /** One rank-r product of lora.wgsl: a single tiled dispatch, or split-K slices plus an ordered reduce. */
 async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   registerDropoutInclude(ctx);
   const { rows, cols, red } = x.shape;
-  const { slices, chunk } = x.mode === 'DX' ? { slices: 1, chunk: red } : splitOf(x.shape);
+  const { slices, chunk } = x.mode === 'DX' ? { slices: 1, chunk: red } : splitOf(x.shape, x.splitWorkgroups);
   const split = slices > 1;
   const dropout = x.p > 0 && (x.mode === 'XA' || x.mode === 'DX' || x.mode === 'DA');
   const fields = (extra: { slices?: number } = {}): UniformField[] => [
@@ -172,7 +177,7 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   ];
   const gbAccumulate = x.mode === 'GB' && !!x.accumulate;
   const software = x.software ?? ctx.features.software;
-  const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_mm', defines: { MODE: x.mode, DROPOUT: dropout, SPLIT: split, ACCUMULATE: gbAccumulate && !split, SOFTWARE: software }, constants: { TILE, TILE_R } });
+  const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_mm', defines: { MODE: x.mode, DROPOUT: dropout, SPLIT: split, ACCUMULATE: gbAccumulate && !split, SOFTWARE: software } });
   const label = `lora ${x.mode} ${rows}×${cols} (red ${red}${split ? ` in ${slices} slices` : ''})${dropout ? ` dropout ${x.p}` : ''}`;
   const f = fields();
   const uniforms = ctx.uniforms(`${label} params`, f);
@@ -236,7 +241,18 @@ function scratchFor(ctx: GpuContext, kernel: string, given: Tensor | undefined, 
 /** What every rank-r product of one adapter pass shares (everything of SmallArgs but the operands and shape). */
 function passArgs(ctx: GpuContext, kern: string, ad: LoraAdapter, M: number, { out, inF }: { out: number; inF: number }, opts: LoraPassOptions) {
   const r = ad.rank;
-  return { K: inF, N: out, R: r, scale: ad.alpha / r, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)), ...(opts.software !== undefined ? { software: opts.software } : {}) };
+  const target = opts.splitWorkgroups ?? SPLIT_TARGET_WORKGROUPS;
+  return {
+    K: inF,
+    N: out,
+    R: r,
+    scale: ad.alpha / r,
+    p: ad.dropout ?? 0,
+    seed: opts.seed ?? 0,
+    scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r, target)),
+    splitWorkgroups: target,
+    ...(opts.software !== undefined ? { software: opts.software } : {}),
+  };
 }
 
 export interface LoraPassOptions {
@@ -246,6 +262,8 @@ export interface LoraPassOptions {
   scratch?: Tensor;
   /** Force the barrier-free (true) or the tiled (false) rank-r kernels; default: barrier-free on CPU adapters. */
   software?: boolean;
+  /** Split-K target (tuning, benchmarks): about this many workgroups per rank-r product; the scratch must match. */
+  splitWorkgroups?: number;
 }
 
 /**
