@@ -188,6 +188,9 @@ const api: EngineApi = {
   async planTraining(config, seqLen, budgetBytes) {
     return (await engine()).planTraining(config, seqLen, budgetBytes);
   },
+  async planCuratedTraining(config, seqLen, quantized, budgetBytes) {
+    return (await engine()).planCuratedTraining(config, seqLen, quantized, budgetBytes);
+  },
   async chat(which, user, settings, onText) {
     return (await engine()).chat(which, user, settings, (d) => void onText(d));
   },

@@ -7,7 +7,7 @@ import type { EvalAnswers, EvalOptions, ModelInfo, TrainResult, RunOptions, RunE
 import type { MemoryPlan } from './model/memory-plan.ts';
 import type { TrainConfig, TrainProgress, TrainRow } from './train/trainer.ts';
 import type { GenerationSettings } from './generate/settings.ts';
-import type { ChatTurn, DeviceLossReport } from './session.ts';
+import type { ChatTurn, CuratedPlan, DeviceLossReport } from './session.ts';
 import type { TokenizerSource } from '../data/tokenizer.ts';
 import type { CachedModel, HubProgress } from '../hub/service.ts';
 import type { RecipeRunOptions, RecipeSample } from './share/recipe.ts';
@@ -19,7 +19,7 @@ import type { ExportDType } from './share/dtype.ts';
 export type { EvalAnswers, EvalOptions, ModelInfo, TrainResult, TrainConfig, TrainProgress, TrainRow, GenerationSettings, TokenizerSource };
 export type { ExportFile, ImportedAdapterSummary, ExportDType };
 export type { RunOptions, RunEvent, CheckpointInfo, RunDataStats, RunModelSource, MemoryPlan };
-export type { DeviceLossReport };
+export type { DeviceLossReport, CuratedPlan };
 
 export type GpuStatus =
   | { ok: true; gpu: GpuSummary }
@@ -96,6 +96,8 @@ export interface EngineApi {
   deleteRun(runId: string): Promise<void>;
   /** The predicted GPU memory split for training the loaded model with this config on rows of seqLen tokens. */
   planTraining(config: Partial<TrainConfig>, seqLen: number, budgetBytes?: number): Promise<MemoryPlan>;
+  /** planTraining for each curated model card (no model needs to be loaded). */
+  planCuratedTraining(config: Partial<TrainConfig>, seqLen: number, quantized: boolean, budgetBytes?: number): Promise<CuratedPlan[]>;
   /** One chat turn; onText (a proxy) receives the reply as it is generated. */
   chat(which: 'base' | 'tuned', user: string, settings: Partial<GenerationSettings>, onText: (delta: string) => void): Promise<string>;
   /** chat() with the reply's numbers (tokens, finish reason, tokens/s); stopGeneration ends it early, the partial reply kept. */

@@ -10,7 +10,8 @@ import { loadTokenizer, type LoadedTokenizer, type TokenizerSource } from '../da
 import { tokenizerSourceFromFiles } from '../data/tokenizer-files.ts';
 import { demoModelFiles, DEMO_MODEL_ID } from './demo/demo-model.ts';
 import { loadBaseWeights, releaseBaseWeights, type BaseWeights } from './model/base-weights.ts';
-import { parameterCount, parseModelConfig, type ModelSpec } from './model/config.ts';
+import { modelSpecFromConfig, parameterCount, parseModelConfig, type ModelSpec } from './model/config.ts';
+import { CURATED_MODELS } from './model/curated.ts';
 import { CheckpointIndex } from './model/weights.ts';
 import { Trainer, type TrainConfig, type TrainProgress, type TrainRow } from './train/trainer.ts';
 import { Generator } from './generate/generator.ts';
@@ -107,6 +108,9 @@ export interface ChatTurn {
 }
 
 export type ModelFiles = ReadonlyMap<string, Blob | Uint8Array | string>;
+
+/** A curated model's predicted training memory (or why it could not be planned). */
+export type CuratedPlan = { id: string; totalBytes: number; fits: boolean; parameters: number } | { id: string; error: string };
 
 /** What a lost GPU device cost and what came back (EngineSession.afterDeviceLoss). */
 export interface DeviceLossReport {
@@ -499,6 +503,24 @@ export class EngineSession {
   async deleteRun(runId: string): Promise<void> {
     if (this.activeRun === runId) throw new Error('this run is training: stop it first');
     await runStore.deleteRun(this.store, runId);
+  }
+
+  /**
+   * The predicted GPU memory of training each curated model (src/engine/model/curated.ts) with `config` on rows of
+   * `seqLen` tokens, 4-bit or f32 base, before any of it is downloaded. LoRA targets are the family's own
+   * module names, so a stored choice for another family does not carry over: every linear layer is planned.
+   */
+  planCuratedTraining(config: Partial<TrainConfig>, seqLen: number, quantized: boolean, budgetBytes?: number): CuratedPlan[] {
+    const { targets: _familyNames, ...rest } = config;
+    return CURATED_MODELS.map((m) => {
+      try {
+        const spec = modelSpecFromConfig(m.config, `${m.id} config.json`);
+        const plan = planMemory(spec, this.memoryConfig(spec, rest, seqLen, quantized), budgetBytes === undefined ? {} : { budgetBytes });
+        return { id: m.id, totalBytes: plan.totalBytes, fits: plan.fits, parameters: parameterCount(spec) };
+      } catch (e) {
+        return { id: m.id, error: e instanceof Error ? e.message : String(e) };
+      }
+    });
   }
 
   /**

@@ -3,7 +3,7 @@ import { customElement, state } from 'lit/decorators.js';
 import * as Comlink from 'comlink';
 import type { DeviceLossReport, GpuStatus } from '../engine/api.ts';
 import './runs/wt-run-fault.ts';
-import { theme } from './theme.ts';
+import { applyTheme, theme } from './theme.ts';
 import './shell/wt-gpu-badge.ts';
 import './shell/wt-no-webgpu.ts';
 import './sections/wt-section-intro.ts';
@@ -15,7 +15,7 @@ import './sections/wt-share-section.ts';
 import type { ModelInfo, TokenizerSource, TrainRow } from '../engine/api.ts';
 import type { DatasetReadyDetail, RecipeData } from './data/wt-data-section.ts';
 import { getEngine } from './engine-client.ts';
-import { settingsStore } from './store/settings.ts';
+import { THEME_CHOICES, settingsStore, type ThemeChoice } from './store/settings.ts';
 
 export const SECTIONS = [
   { id: 'model', title: 'Model', needsGpu: true, intro: 'Pick a 1.8B-class chat model from the Hugging Face Hub, a local folder, or the offline demo model. Weights are quantized to 4 bits as they load.' },
@@ -47,6 +47,8 @@ export class WtApp extends LitElement {
       nav a[aria-current='page'] { background: var(--wt-accent); color: var(--wt-accent-text); }
       nav a:focus-visible { outline: 2px solid var(--wt-accent); outline-offset: 2px; }
       section[hidden] { display: none; }
+      .theme { display: flex; align-items: center; gap: 0.35rem; font-size: 0.85rem; color: var(--wt-muted); }
+      .theme select { font: inherit; color: var(--wt-text); background: var(--wt-surface); border: 1px solid var(--wt-border); border-radius: var(--wt-radius); padding: 0.15rem 0.3rem; }
       main { flex: 1; padding: 1.2rem; max-width: 80rem; width: 100%; box-sizing: border-box; margin: 0 auto; }
     `,
   ];
@@ -62,6 +64,7 @@ export class WtApp extends LitElement {
   @state() private resumableRuns = 0;
   /** The last GPU device loss the worker recovered from (shown until dismissed). */
   @state() private deviceLost: DeviceLossReport | null = null;
+  @state() private themeChoice: ThemeChoice = 'system';
   private watchingLoss = false;
 
   /** The offline demo model is the default: ready as soon as the GPU is, unless a model was chosen. */
@@ -103,15 +106,21 @@ export class WtApp extends LitElement {
   override connectedCallback(): void {
     super.connectedCallback();
     window.addEventListener('hashchange', this.onHash);
-    // Without a #/section in the address, open the section the user was in last time.
-    if (!location.hash) {
-      void settingsStore()
-        .load()
-        .then((s) => {
-          if (!location.hash && s.section && SECTIONS.some((x) => x.id === s.section)) location.hash = `#/${s.section}`;
-        })
-        .catch(() => undefined);
-    }
+    void settingsStore()
+      .load()
+      .then((s) => {
+        this.themeChoice = s.theme;
+        applyTheme(s.theme);
+        // Without a #/section in the address, open the section the user was in last time.
+        if (!location.hash && s.section && SECTIONS.some((x) => x.id === s.section)) location.hash = `#/${s.section}`;
+      })
+      .catch(() => undefined);
+  }
+
+  private onTheme(choice: ThemeChoice): void {
+    this.themeChoice = choice;
+    applyTheme(choice);
+    void settingsStore().save({ theme: choice }).catch(() => undefined);
   }
 
   override disconnectedCallback(): void {
@@ -148,6 +157,11 @@ export class WtApp extends LitElement {
         <nav aria-label="Sections">
           ${SECTIONS.map((s) => html`<a href="#/${s.id}" data-testid="tab-${s.id}" aria-current=${s.id === this.section ? 'page' : 'false'}>${s.title}${s.id === 'train' && this.resumableRuns ? html` <span title="an unfinished training run can be resumed" aria-label="(a run can be resumed)">●</span>` : nothing}</a>`)}
         </nav>
+        <label class="theme">Theme
+          <select data-testid="theme-choice" .value=${this.themeChoice} @change=${(e: Event) => this.onTheme((e.target as HTMLSelectElement).value as ThemeChoice)}>
+            ${THEME_CHOICES.map((c) => html`<option value=${c} ?selected=${c === this.themeChoice}>${c === 'system' ? 'System' : c === 'light' ? 'Light' : 'Dark'}</option>`)}
+          </select>
+        </label>
         <wt-gpu-badge @gpu-status=${(e: CustomEvent<GpuStatus>) => this.onGpu(e.detail)}></wt-gpu-badge>
       </header>
       <main data-testid="section-${active.id}">

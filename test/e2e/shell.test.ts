@@ -10,6 +10,12 @@ describe('app shell in Chromium with WebGPU (SwiftShader)', () => {
     await page.goto(app.url());
     const adapter = page.getByTestId('gpu-adapter');
     await expect.poll(async () => adapter.textContent(), { timeout: 60_000 }).toMatch(/swiftshader/i);
+    // Each curated card predicts its training memory with the Train settings (planned from its bundled config.json).
+    const plan = page.getByTestId('plan-internlm/internlm2-chat-1_8b');
+    await expect.poll(async () => plan.textContent(), { timeout: 60_000 }).toMatch(/≈\d+(\.\d+)? GiB GPU to train · (fits|over) 8\.00 GiB/);
+    await page.getByTestId('plan-seq-len').fill('256');
+    await page.getByTestId('plan-seq-len').dispatchEvent('change');
+    await expect.poll(async () => plan.textContent(), { timeout: 30_000 }).toMatch(/fits 8\.00 GiB/);
     for (const id of ['model', 'data', 'train', 'chat', 'share']) {
       await page.getByTestId(`tab-${id}`).click();
       await page.getByTestId(`section-${id}`).waitFor();
@@ -40,6 +46,31 @@ describe('app shell in Chromium with WebGPU (SwiftShader)', () => {
         expect(out.c[m * N + n]).toBe(s); // small integers: exact in f32
       }
     expect(errors).toEqual([]);
+  });
+
+  it('light/dark theme: chosen in the header, applied to the whole page, kept across reloads', async () => {
+    const page = await app.browser().newPage();
+    const { errors } = watchPage(page);
+    await page.emulateMedia({ colorScheme: 'light' });
+    await page.goto(app.url());
+    const choice = page.getByTestId('theme-choice');
+    await choice.waitFor();
+    // The app's background as painted (the token is set on <html>, inherited into every shadow root).
+    const background = () => page.evaluate(`getComputedStyle(document.querySelector('wt-app')).backgroundColor`);
+    expect(await background()).toBe('rgb(255, 255, 255)');
+    await choice.selectOption('dark');
+    await expect.poll(background).toBe('rgb(21, 23, 27)');
+    await screenshot(page, 'shell-dark');
+    // Stored: a reload opens dark although the system says light.
+    await expect.poll(async () => (await page.reload(), await page.getByTestId('theme-choice').inputValue()), { timeout: 30_000 }).toBe('dark');
+    await expect.poll(background).toBe('rgb(21, 23, 27)');
+    // 'System' follows the browser's scheme again.
+    await page.getByTestId('theme-choice').selectOption('system');
+    await expect.poll(background).toBe('rgb(255, 255, 255)');
+    await page.emulateMedia({ colorScheme: 'dark' });
+    await expect.poll(background).toBe('rgb(21, 23, 27)');
+    expect(errors).toEqual([]);
+    await page.close();
   });
 
   it('explains what to do when WebGPU is missing', async () => {

@@ -10,7 +10,10 @@ import { generateIdentityRecords } from '../../src/data/identity.ts';
 import { detectMapper, mapRecords } from '../../src/data/mappers.ts';
 import { prepareDataset } from '../../src/data/pipeline.ts';
 import { importAdapterZip } from '../../src/engine/share/adapter-zip.ts';
-import { parseModelConfig } from '../../src/engine/model/config.ts';
+import { modelSpecFromConfig, parseModelConfig } from '../../src/engine/model/config.ts';
+import { CURATED_MODELS } from '../../src/engine/model/curated.ts';
+import { planMemory } from '../../src/engine/model/memory-plan.ts';
+import { DEFAULT_CE_WORKSPACE_BYTES } from '../../src/engine/kernels/cross_entropy.ts';
 import { DEMO_CONFIG } from '../../src/engine/demo/demo-model.ts';
 import type { TrainProgress } from '../../src/engine/train/trainer.ts';
 import { gpu } from '../helpers/gpu.ts';
@@ -50,3 +53,25 @@ it('demo model: train on an identity dataset, chat, export the adapter', async (
   expect(back.chat?.stopTokenIds).toContain(258);
   engine.unload();
 }, 600_000);
+
+it('plans each curated model card before anything is downloaded, ignoring another family\'s LoRA target names', async () => {
+  const ctx = await gpu();
+  const engine = new EngineSession(ctx);
+  const qlora = { loraRank: 64, loraAlpha: 16, microBatch: 1, optimizerOffload: 'gpu' as const, matmulPrecision: 'f32' as const };
+  const plans = await engine.planCuratedTraining({ ...qlora, targets: ['wqkv'] }, 2048, true, 8 * 2 ** 30);
+  expect(plans.map((p) => p.id)).toEqual(['internlm/internlm2-chat-1_8b', 'Qwen/Qwen2.5-1.5B-Instruct', 'Qwen/Qwen3-1.7B', 'meta-llama/Llama-3.2-1B-Instruct', 'HuggingFaceTB/SmolLM2-1.7B-Instruct']);
+  for (const p of plans) {
+    if ('error' in p) throw new Error(`${p.id}: ${p.error}`);
+    // At least the 4-bit projections (half a byte per parameter) and at most what fits the 8 GiB budget.
+    expect(p.totalBytes).toBeGreaterThan(p.parameters / 2);
+    expect(p.fits).toBe(true);
+  }
+  // The planner's own numbers for InternLM2 (the engine adds only the chunk size its limits allow).
+  const spec = modelSpecFromConfig(CURATED_MODELS[0]!.config);
+  const ceChunkTokens = Math.min(2048, Math.floor(Math.min(DEFAULT_CE_WORKSPACE_BYTES, ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize) / (spec.vocabSize * 4)));
+  const direct = planMemory(spec, { seqLen: 2048, microBatch: 1, loraRank: 64, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens, int8Matmuls: false }, { budgetBytes: 8 * 2 ** 30 });
+  expect(plans[0]).toMatchObject({ totalBytes: direct.totalBytes, fits: direct.fits });
+  // An f32 base of 1.8B parameters (7 GB of weights) does not fit 8 GiB for training.
+  const f32 = await engine.planCuratedTraining(qlora, 2048, false, 8 * 2 ** 30);
+  expect(f32[0]).toMatchObject({ fits: false });
+});

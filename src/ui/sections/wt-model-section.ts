@@ -1,19 +1,13 @@
 import { LitElement, css, html, nothing } from 'lit';
 import { customElement, property, state } from 'lit/decorators.js';
 import * as Comlink from 'comlink';
-import type { CachedModel, HubProgress, ModelInfo } from '../../engine/api.ts';
+import type { CachedModel, CuratedPlan, HubProgress, ModelInfo } from '../../engine/api.ts';
+import { CURATED_MODELS } from '../../engine/model/curated.ts';
 import { formatBytes } from '../../engine/gpu/errors.ts';
 import { getEngine } from '../engine-client.ts';
 import { theme } from '../theme.ts';
-
-/** The curated 1.8B-class chat models. Sizes are the bf16 safetensors download, rounded. */
-const CURATED = [
-  { id: 'internlm/internlm2-chat-1_8b', name: 'InternLM2-Chat-1.8B', bytes: 3.8e9, licence: 'InternLM licence (free commercial use on application); code Apache-2.0', gated: false },
-  { id: 'Qwen/Qwen2.5-1.5B-Instruct', name: 'Qwen2.5-1.5B-Instruct', bytes: 3.1e9, licence: 'Apache-2.0', gated: false },
-  { id: 'Qwen/Qwen3-1.7B', name: 'Qwen3-1.7B', bytes: 4.1e9, licence: 'Apache-2.0', gated: false },
-  { id: 'meta-llama/Llama-3.2-1B-Instruct', name: 'Llama-3.2-1B-Instruct', bytes: 2.5e9, licence: 'Llama 3.2 Community Licence (gated: accept it on the Hub)', gated: true },
-  { id: 'HuggingFaceTB/SmolLM2-1.7B-Instruct', name: 'SmolLM2-1.7B-Instruct', bytes: 3.4e9, licence: 'Apache-2.0', gated: false },
-];
+import { settingsStore, type TrainSettings } from '../store/settings.ts';
+import { PRESETS, trainConfigOf } from '../store/presets.ts';
 
 const gb = (n: number) => `${(n / 1e9).toFixed(1)} GB`;
 
@@ -39,6 +33,7 @@ export class WtModelSection extends LitElement {
       input[type='text'], input[type='password'] { font: inherit; padding: 0.3rem 0.5rem; border: 1px solid var(--wt-border); border-radius: var(--wt-radius); background: var(--wt-bg); color: var(--wt-text); }
       input.repo { min-width: 20rem; flex: 1; }
       input.rev { width: 8rem; }
+      input.len { width: 5.5rem; font: inherit; padding: 0.15rem 0.3rem; border: 1px solid var(--wt-border); border-radius: var(--wt-radius); background: var(--wt-bg); color: var(--wt-text); }
       button { font: inherit; padding: 0.35rem 0.9rem; border-radius: var(--wt-radius); border: 1px solid var(--wt-accent); background: var(--wt-accent); color: var(--wt-accent-text); cursor: pointer; }
       button.secondary { background: transparent; color: var(--wt-accent); }
       button[disabled] { opacity: 0.6; cursor: not-allowed; }
@@ -67,14 +62,54 @@ export class WtModelSection extends LitElement {
   @state() private hasToken = false;
   @state() private tokenDraft = '';
   @state() private tokenNote = '';
+  /** Each card's predicted training memory for the Train settings at `planSeqLen` tokens (null: not planned yet). */
+  @state() private plans: Map<string, CuratedPlan> | null = null;
+  @state() private planSettings: TrainSettings | null = null;
+  @state() private planSeqLen = 2048;
+  private planSerial = 0;
 
   override connectedCallback(): void {
     super.connectedCallback();
     void this.refreshCache();
+    void this.refreshPlans();
+    // The Train settings may have changed while another section was open.
+    window.addEventListener('hashchange', this.onHash);
     void getEngine()
       .hasHubToken()
       .then((t) => (this.hasToken = t))
       .catch(() => {});
+  }
+
+  override disconnectedCallback(): void {
+    window.removeEventListener('hashchange', this.onHash);
+    super.disconnectedCallback();
+  }
+
+  private onHash = () => {
+    if (/^#\/?model$/.test(location.hash)) void this.refreshPlans();
+  };
+
+  /** Predicts each card's GPU memory with the stored Train settings (the engine plans from the bundled config.json). */
+  private async refreshPlans(): Promise<void> {
+    const serial = ++this.planSerial;
+    try {
+      const settings = (await settingsStore().load()).train;
+      const plans = await getEngine().planCuratedTraining(trainConfigOf(settings), this.planSeqLen, this.quantize, settings.budgetGiB * 2 ** 30);
+      if (serial !== this.planSerial) return; // a newer request (checkbox, length) is on its way
+      this.planSettings = settings;
+      this.plans = new Map(plans.map((p) => [p.id, p]));
+    } catch {
+      if (serial === this.planSerial) this.plans = null; // no GPU yet: the cards show no prediction
+    }
+  }
+
+  private renderPlan(id: string) {
+    const p = this.plans?.get(id);
+    if (!p) return nothing;
+    if ('error' in p) return html`<span class="muted" data-testid=${`plan-${id}`}>GPU memory: not predicted (${p.error})</span>`;
+    const budget = this.planSettings ? this.planSettings.budgetGiB * 2 ** 30 : 0;
+    return html`<span data-testid=${`plan-${id}`} class=${p.fits ? 'ok' : 'warn'} title="predicted peak GPU memory while training, from the model's config.json and the Train settings">
+      ≈${formatBytes(p.totalBytes)} GPU to train${budget ? (p.fits ? ` · fits ${formatBytes(budget)}` : ` · over ${formatBytes(budget)}: shorten the max length or lower the batch`) : ''}</span>`;
   }
 
   private async refreshCache(): Promise<void> {
@@ -209,16 +244,30 @@ export class WtModelSection extends LitElement {
     const m = this.model;
     const busy = !!this.busy;
     return html`
-      <label class="muted"><input type="checkbox" .checked=${this.quantize} @change=${(e: Event) => (this.quantize = (e.target as HTMLInputElement).checked)} /> quantize the base to 4 bits on load (QLoRA: about a quarter of the GPU memory)</label>
+      <label class="muted"><input type="checkbox" .checked=${this.quantize} @change=${(e: Event) => {
+        this.quantize = (e.target as HTMLInputElement).checked;
+        void this.refreshPlans();
+      }} /> quantize the base to 4 bits on load (QLoRA: about a quarter of the GPU memory)</label>
 
       <h3>From the Hugging Face Hub</h3>
       <p class="muted">Downloaded once into this browser's storage (resumable after a dropped connection or a reload, every file verified), then available offline.</p>
+      ${this.planSettings
+        ? html`<p class="muted row" data-testid="plan-basis">GPU memory predicted for training with the Train settings (${PRESETS[this.planSettings.preset]?.label ?? this.planSettings.preset}: rank ${trainConfigOf(this.planSettings).loraRank}, batch ${trainConfigOf(this.planSettings).microBatch}, ${this.quantize ? '4-bit' : 'f32'} base) at
+            <label>max length <input class="len" type="number" min="64" step="64" .value=${String(this.planSeqLen)} aria-label="max length for the memory prediction" data-testid="plan-seq-len" @change=${(e: Event) => {
+              const v = Math.round(Number((e.target as HTMLInputElement).value));
+              if (Number.isFinite(v) && v >= 1) {
+                this.planSeqLen = v;
+                void this.refreshPlans();
+              }
+            }} /></label> tokens.</p>`
+        : nothing}
       <div class="cards">
-        ${CURATED.map(
+        ${CURATED_MODELS.map(
           (c) => html`<div class="card ${m?.id === c.id ? 'loaded' : ''}">
             <h4>${c.name}</h4>
             <code>${c.id}</code>
-            <span class="muted grow">≈${gb(c.bytes)} download · ${c.licence}</span>
+            <span class="muted grow">≈${gb(c.downloadBytes)} download · ${c.licence}</span>
+            ${this.renderPlan(c.id)}
             <button ?disabled=${busy} data-testid=${`hub-${c.id}`} @click=${() => void this.loadHub(c.id)}>${this.cached.some((x) => x.repo === c.id && x.complete) ? 'Load (cached)' : 'Download and load'}</button>
           </div>`,
         )}

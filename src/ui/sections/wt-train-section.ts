@@ -6,25 +6,15 @@ import uplotCss from 'uplot/dist/uPlot.min.css?inline';
 import type { MemoryPlan, ModelInfo, RunEvent, TrainConfig, TrainProgress, TrainResult, TrainRow } from '../../engine/api.ts';
 import { formatBytes } from '../../engine/gpu/errors.ts';
 import { getEngine } from '../engine-client.ts';
-import { theme } from '../theme.ts';
+import { theme, themeColor, watchTheme } from '../theme.ts';
 import { settingsStore, DEFAULT_TRAIN_SETTINGS, type TrainSettings } from '../store/settings.ts';
+import { PRESETS } from '../store/presets.ts';
 import { RunHistory, applyRunEvent, isResumable, newRunId, newRunRecord, type RunRecord } from '../store/runs.ts';
 import '../runs/wt-memory-plan.ts';
 import '../runs/wt-runs-list.ts';
 import '../runs/wt-run-fault.ts';
 import { faultOfDeviceLoss, faultOfError, type RunFault } from '../runs/run-fault.ts';
 import type { RunAction } from '../runs/wt-runs-list.ts';
-
-/** Presets in the spirit of XTuner's configs. */
-const PRESETS: Record<string, { label: string; config: Partial<TrainConfig> }> = {
-  // Sized for the offline demo model on a CPU adapter: 40 steps of 4 rows teach it the identity dataset
-  // (loss 7.5 → 0.14, greedy "I am Nova, made by Ada. …"); the LoRA must carry everything the random base lacks.
-  // 40 steps of 8 rows (4 × 2 accumulated): on the demo's identity data the greedy answer comes out clean
-  // (with 4 rows per step the loss got as low but the answer stayed garbled); about a minute on SwiftShader.
-  quick: { label: 'Quick test (at most 40 steps)', config: { loraRank: 16, loraAlpha: 32, loraDropout: 0, lr: 2e-2, schedule: 'cosine', epochs: 20, maxSteps: 40, microBatch: 4, gradAccum: 2, warmupRatio: 0 } },
-  qlora: { label: 'QLoRA all-linear r=64 (XTuner 1.8B)', config: { loraRank: 64, loraAlpha: 16, loraDropout: 0.1, lr: 2e-4, epochs: 3, microBatch: 1, gradAccum: 16, warmupRatio: 0.03 } },
-  low: { label: 'Low memory (r=16, batch 1)', config: { loraRank: 16, loraAlpha: 32, loraDropout: 0.05, lr: 2e-4, epochs: 3, microBatch: 1, gradAccum: 16, warmupRatio: 0.03, optimizerOffload: 'cpu' } },
-};
 
 const FIELDS: { key: keyof TrainConfig; label: string; help: string; step?: string }[] = [
   { key: 'loraRank', label: 'LoRA rank', help: 'size of the adapter matrices; larger learns more, costs more' },
@@ -98,9 +88,23 @@ export class WtTrainSection extends LitElement {
   private planTimer: ReturnType<typeof setTimeout> | undefined;
   private saving: Promise<void> = Promise.resolve();
 
+  private unwatchTheme: (() => void) | null = null;
+
   override connectedCallback(): void {
     super.connectedCallback();
     void this.restore();
+    // The chart draws on a canvas with the theme's colours of the moment: redraw it when they change.
+    this.unwatchTheme = watchTheme(() => {
+      this.plot?.destroy();
+      this.plot = null;
+      this.chart();
+    });
+  }
+
+  override disconnectedCallback(): void {
+    this.unwatchTheme?.();
+    this.unwatchTheme = null;
+    super.disconnectedCallback();
   }
 
   /** The last form settings, and the runs history (a run still marked training was cut off by a closed tab). */
@@ -168,7 +172,11 @@ export class WtTrainSection extends LitElement {
     const data: uPlot.AlignedData = [c.step, c.loss.map((v) => (Number.isFinite(v) ? v : null))];
     host.dataset.steps = c.step.join(',');
     if (!this.plot) {
-      this.plot = new uPlot({ width: Math.max(320, host.clientWidth || 640), height: 220, scales: { x: { time: false } }, series: [{ label: 'step' }, { label: 'loss', stroke: '#3158d4', width: 2 }], axes: [{}, {}] }, data, host);
+      const text = themeColor(host, '--wt-muted') || '#5b6270';
+      const grid = themeColor(host, '--wt-border') || '#d9dce1';
+      const axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+      const series = [{ label: 'step' }, { label: 'loss', stroke: themeColor(host, '--wt-accent') || '#3158d4', width: 2 }];
+      this.plot = new uPlot({ width: Math.max(320, host.clientWidth || 640), height: 220, scales: { x: { time: false } }, series, axes: [axis, axis] }, data, host);
     } else this.plot.setData(data);
   }
 

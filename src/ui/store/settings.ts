@@ -1,10 +1,14 @@
 /**
- * The user's last choices, kept across reloads: the open section, the train form (preset,
+ * The user's last choices, kept across reloads: the open section, the colour theme, the train form (preset,
  * hyper-parameters, evaluation prompts, memory budget, checkpoint policy). Whatever is stored is checked
  * field by field on load; a value of the wrong kind falls back to the default rather than breaking the page.
  */
 import type { TrainConfig } from '../../engine/api.ts';
 import { idbKeyValue, type KeyValueStore } from './kv.ts';
+
+/** The colour scheme chosen in the header: follow the system setting, or force one. */
+export type ThemeChoice = 'system' | 'light' | 'dark';
+export const THEME_CHOICES: readonly ThemeChoice[] = ['system', 'light', 'dark'];
 
 export interface TrainSettings {
   preset: string;
@@ -20,6 +24,8 @@ export interface TrainSettings {
 export interface AppSettings {
   /** The section shown when the page opens without a #/section in the address. */
   section: string | null;
+  /** Light, dark, or following the system's setting. */
+  theme: ThemeChoice;
   train: TrainSettings;
 }
 
@@ -55,6 +61,7 @@ export function cleanSettings(raw: unknown): AppSettings {
   const num = (v: unknown, fallback: number, min = 0) => (typeof v === 'number' && Number.isFinite(v) && v >= min ? v : fallback);
   return {
     section: typeof r.section === 'string' ? r.section : null,
+    theme: THEME_CHOICES.includes(r.theme as ThemeChoice) ? (r.theme as ThemeChoice) : 'system',
     train: {
       preset: typeof t.preset === 'string' ? t.preset : d.preset,
       config: cleanConfig(t.config),
@@ -79,10 +86,10 @@ export class SettingsStore {
   private queue: Promise<unknown> = Promise.resolve();
 
   /** Merges a change into the stored settings (saves run one after another, so none is lost). */
-  save(patch: { section?: string | null; train?: Partial<TrainSettings> }): Promise<AppSettings> {
+  save(patch: { section?: string | null; theme?: ThemeChoice; train?: Partial<TrainSettings> }): Promise<AppSettings> {
     const next = this.queue.catch(() => undefined).then(async () => {
       const cur = await this.load();
-      const merged: AppSettings = { section: patch.section !== undefined ? patch.section : cur.section, train: { ...cur.train, ...patch.train } };
+      const merged: AppSettings = { section: patch.section !== undefined ? patch.section : cur.section, theme: patch.theme ?? cur.theme, train: { ...cur.train, ...patch.train } };
       await this.kv.set(KEY, merged);
       return merged;
     });

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { ModelConfigError, parameterCount, parseModelConfig, ropeInvFreq, type ModelSpec } from '../../../src/engine/model/config.ts';
 import { fuzz, hostileJsonValue, isOurs, mutatedBytes } from './harness.ts';
 
-const DIR = new URL('../model/configs/', import.meta.url);
+const DIR = new URL('../../../src/engine/model/curated/', import.meta.url);
 const configs = readdirSync(DIR).filter((f) => f.endsWith('.json')).map((f) => JSON.parse(readFileSync(new URL(f, DIR), 'utf8')) as Record<string, unknown>);
 const clear = isOurs([ModelConfigError], ['config.json']);
 

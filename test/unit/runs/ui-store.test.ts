@@ -82,17 +82,20 @@ describe('runs history', () => {
 describe('settings', () => {
   it('round-trip, merging changes', async () => {
     const store = new SettingsStore(memoryKeyValue());
-    expect(await store.load()).toEqual({ section: null, train: DEFAULT_TRAIN_SETTINGS });
-    await Promise.all([store.save({ section: 'train' }), store.save({ train: { evalEvery: 7, config: { lr: 0.001, epochs: 2 } } }), store.save({ train: { budgetGiB: 4 } })]);
+    expect(await store.load()).toEqual({ section: null, theme: 'system', train: DEFAULT_TRAIN_SETTINGS });
+    await Promise.all([store.save({ section: 'train' }), store.save({ theme: 'dark' }), store.save({ train: { evalEvery: 7, config: { lr: 0.001, epochs: 2 } } }), store.save({ train: { budgetGiB: 4 } })]);
     const s = await store.load();
     expect(s.section).toBe('train');
+    expect(s.theme).toBe('dark');
     expect(s.train).toMatchObject({ evalEvery: 7, budgetGiB: 4, config: { lr: 0.001, epochs: 2 }, preset: 'quick' });
   });
 
   it('malformed stored values fall back to defaults field by field', () => {
-    const s = cleanSettings({ section: 3, train: { preset: 'qlora', evalEvery: -1, budgetGiB: 'big', evalPrompts: 'a\nb', config: { lr: 'x', loraRank: 16, schedule: 'weird', optimizerOffload: 'cpu', matmulPrecision: 'int8', epochs: Infinity } } });
+    const s = cleanSettings({ section: 3, theme: 'purple', train: { preset: 'qlora', evalEvery: -1, budgetGiB: 'big', evalPrompts: 'a\nb', config: { lr: 'x', loraRank: 16, schedule: 'weird', optimizerOffload: 'cpu', matmulPrecision: 'int8', epochs: Infinity } } });
     expect(s.section).toBeNull();
+    expect(s.theme).toBe('system');
     expect(s.train).toEqual({ ...DEFAULT_TRAIN_SETTINGS, preset: 'qlora', evalPrompts: 'a\nb', config: { loraRank: 16, optimizerOffload: 'cpu', matmulPrecision: 'int8' } });
-    expect(cleanSettings(null)).toEqual({ section: null, train: DEFAULT_TRAIN_SETTINGS });
+    expect(cleanSettings(null)).toEqual({ section: null, theme: 'system', train: DEFAULT_TRAIN_SETTINGS });
+    expect(cleanSettings({ theme: 'light' }).theme).toBe('light');
   });
 });
