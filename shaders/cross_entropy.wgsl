@@ -54,6 +54,29 @@ fn target_of(t: u32) -> i32 {
   return labels[t + 1u];
 }
 
+#if SOFTWARE
+// CPU adapters (SwiftShader): one invocation per row, one pass with an online max (the running sum is
+// rescaled when the max grows). The workgroup tree reduction below costs a dozen barriers per row there,
+// and barriers are what is expensive on a CPU (380 ms per chunk of ~400 rows of a 259-word vocabulary, now
+// a few ms).
+override ROWS_WG: u32 = 64u;
+@compute @workgroup_size(ROWS_WG)
+fn ce_block_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let row = gid.y * nwg.x * ROWS_WG + gid.x;
+  if (row >= ce.rows) { return; }
+  let base = row * ce.cols;
+  var mx = REDUCE_LOWEST;
+  var s = 0.0;
+  for (var j = 0u; j < ce.cols; j++) {
+    let x = logits[base + j];
+    if (x > mx) {
+      s = s * exp(mx - x);
+      mx = x;
+    }
+    s += exp(x - mx);
+  }
+  {
+#else
 @compute @workgroup_size(REDUCE_WG)
 fn ce_block_stats(
   @builtin(workgroup_id) wg: vec3<u32>,
@@ -70,6 +93,7 @@ fn ce_block_stats(
   for (var j = lid; j < ce.cols; j += REDUCE_WG) { s += exp(logits[base + j] - mx); }
   s = workgroup_sum(s, lid);
   if (lid == 0u) {
+#endif
     let tgt = target_of(ce.token0 + row);
     let has = tgt >= i32(ce.col_offset) && tgt < i32(ce.col_offset + ce.cols);
     let at = (row * ce.num_blocks + ce.block) * 4u;

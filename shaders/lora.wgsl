@@ -55,7 +55,13 @@ fn keep(m: u32, k: u32) -> f32 {
 
 #if MODE != REDUCE
 const THREAD: u32 = 4u;
+#if SOFTWARE
+// 8×8 invocations: rank 16 would leave three quarters of a 64-wide tile's invocations idle, and a CPU
+// schedules a workgroup's invocations together.
+const TILE: u32 = 32u;
+#else
 const TILE: u32 = 64u;
+#endif
 const TILE_R: u32 = 16u;
 const THREADS: u32 = (TILE / THREAD) * (TILE / THREAD);
 // Elements of each operand's tile a thread stages per step.
@@ -72,9 +78,8 @@ fn store_b(t: u32, j: u32, v: f32) {
   tile_b[(t * (TILE + PAD) + j) / 4u][j % 4u] = v;
 }
 
-// A operand: row i (of C), reduction index t.
-fn load_a(i: u32, t: u32, t_end: u32) -> f32 {
-  if (i >= params.rows || t >= t_end) { return 0.0; }
+// A operand: row i (of C), reduction index t (in range).
+fn raw_a(i: u32, t: u32) -> f32 {
 #if MODE == XA
   return a[i * params.K + t] * keep(i, t);
 #elif MODE == GB
@@ -88,9 +93,8 @@ fn load_a(i: u32, t: u32, t_end: u32) -> f32 {
 #endif
 }
 
-// B operand: reduction index t, column j (of C).
-fn load_b(t: u32, j: u32, t_end: u32) -> f32 {
-  if (t >= t_end || j >= params.cols) { return 0.0; }
+// B operand: reduction index t, column j (of C) (in range).
+fn raw_b(t: u32, j: u32) -> f32 {
 #if MODE == XA
   return b[j * params.K + t];
 #elif MODE == GB || MODE == DB
@@ -100,6 +104,16 @@ fn load_b(t: u32, j: u32, t_end: u32) -> f32 {
 #else
   return b[t * params.K + j];
 #endif
+}
+
+// The same, zero outside C's rows / columns and past the slice's end (the tiles' ragged edges).
+fn load_a(i: u32, t: u32, t_end: u32) -> f32 {
+  if (i >= params.rows || t >= t_end) { return 0.0; }
+  return raw_a(i, t);
+}
+fn load_b(t: u32, j: u32, t_end: u32) -> f32 {
+  if (t >= t_end || j >= params.cols) { return 0.0; }
+  return raw_b(t, j);
 }
 
 // Tile coordinates (reduction index, row or column) of staging slot idx: consecutive threads take
@@ -148,10 +162,14 @@ fn lora_mm(
   let S4 = (TILE + PAD) / 4u;
   let row0 = wg.y * TILE;
   let col0 = wg.x * TILE;
+#if SOFTWARE
+  var acc = array<vec4<f32>, THREAD>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+#else
   var acc: array<array<f32, THREAD>, THREAD>;
   for (var i = 0u; i < THREAD; i++) {
     for (var j = 0u; j < THREAD; j++) { acc[i][j] = 0.0; }
   }
+#endif
 #if SPLIT
   let t_begin = wg.z * params.chunk;
   let t_end = min(params.red, t_begin + params.chunk);
@@ -164,16 +182,16 @@ fn lora_mm(
   // buffers: no workgroup memory, no barriers (the expensive part there), so a block wholly outside C
   // (rank 16 fills a quarter of a 64-wide tile) can leave at once.
   if (row0 + lid.y * THREAD >= params.rows || col0 + lid.x * THREAD >= params.cols) { return; }
+  // Rows / columns past the edge read the last valid one (their results are not stored): no branch per load.
+  let ri = min(vec4<u32>(row0 + lid.y * THREAD) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.rows - 1u));
+  let cj = min(vec4<u32>(col0 + lid.x * THREAD) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.cols - 1u));
   for (var t = t_begin; t < t_end; t++) {
-    var ra: vec4<f32>;
-    var rb: vec4<f32>;
-    for (var i = 0u; i < THREAD; i++) {
-      ra[i] = load_a(row0 + lid.y * THREAD + i, t, t_end);
-      rb[i] = load_b(t, col0 + lid.x * THREAD + i, t_end);
-    }
-    for (var i = 0u; i < THREAD; i++) {
-      for (var j = 0u; j < THREAD; j++) { acc[i][j] = fma(ra[i], rb[j], acc[i][j]); }
-    }
+    let av = vec4<f32>(raw_a(ri.x, t), raw_a(ri.y, t), raw_a(ri.z, t), raw_a(ri.w, t));
+    let bv = vec4<f32>(raw_b(t, cj.x), raw_b(t, cj.y), raw_b(t, cj.z), raw_b(t, cj.w));
+    acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
+    acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
+    acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);
+    acc[3] = fma(vec4<f32>(av.w), bv, acc[3]);
   }
 #else
   var pa: array<f32, STAGE>;

@@ -111,7 +111,8 @@ const TRAIN_CASES: Case[] = [
 
 describe('cross-entropy through lm_head (chunked, fused backward)', () => {
   for (const c of TRAIN_CASES)
-    it(`train: ${c.name}`, async () => {
+    for (const software of [false, true])
+    it(`train: ${c.name}${software ? ' (stats one row per invocation, the CPU-adapter kernel)' : ''}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const random = rng(seed);
@@ -135,6 +136,7 @@ describe('cross-entropy through lm_head (chunked, fused backward)', () => {
         { tokens: N, seqLen: c.T, hidden: c.H },
         {
           numSupervised: countSupervised(labels, c.T, V),
+          software,
           ...(c.chunkTokens ? { chunkTokens: c.chunkTokens } : {}),
           ...(c.workspaceTokens ? { workspaceBytes: c.workspaceTokens * V * 4 + 3 } : {}),
         },

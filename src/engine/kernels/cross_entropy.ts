@@ -8,6 +8,8 @@ export const CROSS_ENTROPY_SHADER = { name: 'cross_entropy.wgsl', code: crossEnt
 
 /** Hugging Face / PyTorch ignore_index: positions whose label is −100 are not supervised. */
 export const IGNORE_INDEX = -100;
+/** Rows per workgroup of the CPU-adapter stats kernel (one invocation per row). */
+const STATS_ROWS_WG = 64;
 
 /** Default budget for one chunk's logits (C × vocab × 4 bytes). */
 export const DEFAULT_CE_WORKSPACE_BYTES = 64 << 20;
@@ -112,22 +114,28 @@ async function prepareLossCore(
     batch: GPUBuffer;
     grad: boolean;
     label: string;
+    /** One invocation per row for the stats (no workgroup reduction); default on CPU adapters. */
+    software?: boolean;
   },
 ): Promise<KernelDispatch[]> {
   registerReduceInclude(ctx);
+  const software = a.software ?? ctx.features.software;
   const [pStats, pLoss, pGrad] = await Promise.all([
-    ctx.pipeline({ shader: CROSS_ENTROPY_SHADER, entryPoint: 'ce_block_stats', defines: { KERNEL: 'stats' }, constants: { REDUCE_WG } }),
+    software
+      ? ctx.pipeline({ shader: CROSS_ENTROPY_SHADER, entryPoint: 'ce_block_stats', defines: { KERNEL: 'stats', SOFTWARE: true }, constants: { ROWS_WG: STATS_ROWS_WG } })
+      : ctx.pipeline({ shader: CROSS_ENTROPY_SHADER, entryPoint: 'ce_block_stats', defines: { KERNEL: 'stats', SOFTWARE: false }, constants: { REDUCE_WG } }),
     ctx.pipeline({ shader: CROSS_ENTROPY_SHADER, entryPoint: 'ce_row_loss', defines: { KERNEL: 'loss' }, constants: { WG: LOSS_WG } }),
     ctx.pipeline({ shader: CROSS_ENTROPY_SHADER, entryPoint: 'ce_block_grad', defines: { KERNEL: 'grad' }, constants: { WG: GRID_WG } }),
   ]);
   const nb = a.blocks.length;
   const uniforms = a.blocks.map((blk, b) => ctx.uniforms(`${a.label} block ${b}`, ceFields(a.rows, blk, b, nb, a.token0, a.seqLen, a.vocab)));
   const rowGrid = grid2d(ctx, a.rows, a.label);
+  const statsGrid = software ? grid2d(ctx, Math.ceil(a.rows / STATS_ROWS_WG), a.label) : rowGrid;
   const out: KernelDispatch[] = a.blocks.map((blk, b) => ({
     label: `${a.label} ce_block_stats ${b}`,
     pipeline: pStats,
     bindGroup: ctx.bindGroup(`${a.label} stats ${b}`, pStats, [uniforms[b]!, a.labels, blk.tensor, a.stats]),
-    workgroups: rowGrid,
+    workgroups: statsGrid,
   }));
   out.push({
     label: `${a.label} ce_row_loss`,
@@ -179,6 +187,8 @@ export interface CrossEntropyOptions {
   workspaceBytes?: number;
   /** Tokens per chunk, overriding the budget (tests split the tokens unevenly with it). */
   chunkTokens?: number;
+  /** Force the one-invocation-per-row stats (true) or the workgroup reduction (false); default: per row on CPU adapters. */
+  software?: boolean;
 }
 
 export interface PreparedCrossEntropy {
@@ -250,7 +260,7 @@ export async function prepareCrossEntropy(ctx: GpuContext, t: CrossEntropyTensor
     if (chunks > 1) dispatches.push(await prepareCopyRows(ctx, t.hidden, hiddenChunk, { rows: n, cols: H, srcOffset: c0 * H, srcStride: H, dstOffset: 0, dstStride: H }));
     for (let b = 0; b < blocks.length; b++) dispatches.push(await prepareMatmul(ctx, hiddenChunk, t.lmHead[b]!, blocks[b]!.tensor, { M: n, N: blocks[b]!.cols, K: H }, { transB: true }));
     dispatches.push(
-      ...(await prepareLossCore(ctx, { blocks, rows: n, token0: c0, seqLen, vocab, labels: t.labels, stats, lse, losses: t.losses, batch, grad: train, label })),
+      ...(await prepareLossCore(ctx, { blocks, rows: n, token0: c0, seqLen, vocab, labels: t.labels, stats, lse, losses: t.losses, batch, grad: train, label, ...(opts.software !== undefined ? { software: opts.software } : {}) })),
     );
     if (!train) continue;
     const dh = dhiddenChunk!;
@@ -297,7 +307,7 @@ export async function prepareCrossEntropyFromLogits(
   ctx: GpuContext,
   t: CrossEntropyLogitsTensors,
   shape: { tokens: number; seqLen: number; vocab: number },
-  opts: { numSupervised: number; grad?: boolean },
+  opts: { numSupervised: number; grad?: boolean; software?: boolean },
 ): Promise<PreparedCrossEntropy> {
   const { tokens, seqLen, vocab } = shape;
   if (tokens < 1 || seqLen < 1 || tokens % seqLen !== 0) throw new Error(`cross_entropy: ${tokens} tokens are not whole rows of ${seqLen}`);
@@ -321,6 +331,7 @@ export async function prepareCrossEntropyFromLogits(
     batch,
     grad: !!opts.grad,
     label: 'ce logits',
+    ...(opts.software !== undefined ? { software: opts.software } : {}),
   });
   const mean = await prepareReduceAll(ctx, t.losses, t.loss, { op: 'sum', length: tokens, scale: batchFields(opts.numSupervised)[0]![1] });
   return {

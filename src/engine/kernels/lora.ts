@@ -75,6 +75,8 @@ export function loraDropoutFactor(seed: number, index: number, p: number): numbe
 // ---- kernels ---------------------------------------------------------------------------------------
 
 const TILE = 64;
+/** The barrier-free kernel's tile: 8×8 invocations of 4×4 outputs (lora.wgsl, SOFTWARE). */
+const SOFTWARE_TILE = 32;
 const TILE_R = 16;
 /**
  * Split-K aims for about this many workgroups of 256 threads (a large GPU has ~132 SMs). With register-staged
@@ -93,8 +95,8 @@ interface SmallShape {
 }
 
 /** How a product is split: `slices` of `chunk` reduction steps (1 slice = no split, no scratch). */
-function splitOf({ rows, cols, red }: SmallShape, target = SPLIT_TARGET_WORKGROUPS): { slices: number; chunk: number } {
-  const tiles = Math.ceil(rows / TILE) * Math.ceil(cols / TILE);
+function splitOf({ rows, cols, red }: SmallShape, target = SPLIT_TARGET_WORKGROUPS, tile = TILE): { slices: number; chunk: number } {
+  const tiles = Math.ceil(rows / tile) * Math.ceil(cols / tile);
   const want = Math.min(Math.ceil(red / MIN_CHUNK), Math.max(1, Math.ceil(target / tiles)));
   const chunk = Math.ceil(Math.ceil(red / want) / TILE_R) * TILE_R;
   return { slices: Math.ceil(red / chunk), chunk };
@@ -158,7 +160,10 @@ interface SmallArgs {
 async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   registerDropoutInclude(ctx);
   const { rows, cols, red } = x.shape;
-  const { slices, chunk } = x.mode === 'DX' ? { slices: 1, chunk: red } : splitOf(x.shape, x.splitWorkgroups);
+  const software = x.software ?? ctx.features.software;
+  // A CPU adapter runs a few invocations at a time: split-K would only add the reduce pass.
+  const { slices, chunk } = x.mode === 'DX' || software ? { slices: 1, chunk: red } : splitOf(x.shape, x.splitWorkgroups);
+  const tile = software ? SOFTWARE_TILE : TILE;
   const split = slices > 1;
   const dropout = x.p > 0 && (x.mode === 'XA' || x.mode === 'DX' || x.mode === 'DA');
   const fields = (extra: { slices?: number } = {}): UniformField[] => [
@@ -176,14 +181,13 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
     ['u32', extra.slices ?? 0],
   ];
   const gbAccumulate = x.mode === 'GB' && !!x.accumulate;
-  const software = x.software ?? ctx.features.software;
   const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_mm', defines: { MODE: x.mode, DROPOUT: dropout, SPLIT: split, ACCUMULATE: gbAccumulate && !split, SOFTWARE: software } });
   const label = `lora ${x.mode} ${rows}×${cols} (red ${red}${split ? ` in ${slices} slices` : ''})${dropout ? ` dropout ${x.p}` : ''}`;
   const f = fields();
   const uniforms = ctx.uniforms(`${label} params`, f);
   const target = split ? x.scratch() : x.c;
   const dispatches: KernelDispatch[] = [
-    { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, x.a, x.b, target]), workgroups: [Math.ceil(cols / TILE), Math.ceil(rows / TILE), slices] },
+    { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, x.a, x.b, target]), workgroups: [Math.ceil(cols / tile), Math.ceil(rows / tile), slices] },
   ];
   const seeded = dropout ? [{ uniforms, fields: f }] : [];
   if (split) {
