@@ -48,8 +48,9 @@ const SHAPES: [number, number][] = [
 ];
 
 describe('rmsnorm', () => {
-  for (const [rows, dim] of SHAPES) {
-    it(`forward, backward, dw rows=${rows} dim=${dim}`, async () => {
+  for (const [rows, dim] of SHAPES)
+    for (const software of [false, true])
+    it(`forward, backward, dw rows=${rows} dim=${dim}${software ? ' (one invocation per row, the CPU-adapter layout)' : ''}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const r = rng(seed);
@@ -60,7 +61,7 @@ describe('rmsnorm', () => {
       const W = ctx.upload('w', [dim], w);
       const Y = poisoned(ctx, 'y', [rows, dim]);
       const R = poisoned(ctx, 'rstd', [rows]);
-      await rmsNormForward(ctx, X, W, Y, R, shape);
+      await rmsNormForward(ctx, X, W, Y, R, shape, { software });
       const ref = forwardRef(x, w, rows, dim);
       expectClose(await ctx.read(Y), ref.y, 1e-5, `y, seed ${seed}`);
       expectClose(await ctx.read(R), ref.rstd, 1e-5, `rstd, seed ${seed}`);
@@ -70,7 +71,7 @@ describe('rmsnorm', () => {
       const DY = ctx.upload('dy', [rows, dim], dy);
       const DX = poisoned(ctx, 'dx', [rows, dim]);
       const DW = ctx.upload('dw', [dim], dw0);
-      await rmsNormBackward(ctx, DY, X, W, R, DX, shape);
+      await rmsNormBackward(ctx, DY, X, W, R, DX, shape, { software });
       await rmsNormDw(ctx, DY, X, R, DW, shape);
       const bref = backwardRef(dy, x, w, rows, dim, dw0);
       expectClose(await ctx.read(DX), bref.dx, 1e-4, `dx, seed ${seed}`);
@@ -81,10 +82,10 @@ describe('rmsnorm', () => {
       expect(Array.from(await ctx.read(DW)), 'dw is deterministic').toEqual(Array.from(dwGot));
       for (const t of [X, W, Y, R, DY, DX, DW]) ctx.release(t);
     });
-  }
 
   for (const [rows, dim] of [[5, 64], [9, 130], [2, 2048]] as [number, number][]) {
-    it(`fused residual add: h += delta, y = rmsnorm(h) rows=${rows} dim=${dim}`, async () => {
+    for (const software of [false, true])
+    it(`fused residual add: h += delta, y = rmsnorm(h) rows=${rows} dim=${dim}${software ? ' per row' : ''}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const r = rng(seed);
@@ -96,7 +97,7 @@ describe('rmsnorm', () => {
       const W = ctx.upload('w', [dim], w);
       const Y = poisoned(ctx, 'y', [rows, dim]);
       const R = poisoned(ctx, 'rstd', [rows]);
-      await rmsNormForward(ctx, H, W, Y, R, { rows, dim, eps: EPS }, { residualDelta: D });
+      await rmsNormForward(ctx, H, W, Y, R, { rows, dim, eps: EPS }, { residualDelta: D, software });
       const hsum = Float64Array.from(h, (v, i) => v + delta[i]!);
       expectClose(await ctx.read(H), hsum, 1e-6, `h, seed ${seed}`);
       const ref = forwardRef(Float32Array.from(hsum), w, rows, dim);
@@ -106,7 +107,8 @@ describe('rmsnorm', () => {
   }
 
   for (const [rows, dim] of [[4, 64], [7, 130], [3, 2048]] as [number, number][]) {
-    it(`fused residual add out of place: h_out = x + delta, y = rmsnorm(h_out) rows=${rows} dim=${dim}`, async () => {
+    for (const software of [false, true])
+    it(`fused residual add out of place: h_out = x + delta, y = rmsnorm(h_out) rows=${rows} dim=${dim}${software ? ' per row' : ''}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const r = rng(seed);
@@ -119,7 +121,7 @@ describe('rmsnorm', () => {
       const HO = poisoned(ctx, 'h_out', [rows, dim]);
       const Y = poisoned(ctx, 'y', [rows, dim]);
       const R = poisoned(ctx, 'rstd', [rows]);
-      await rmsNormForward(ctx, X, W, Y, R, { rows, dim, eps: EPS }, { residualDelta: D, residualOut: HO });
+      await rmsNormForward(ctx, X, W, Y, R, { rows, dim, eps: EPS }, { residualDelta: D, residualOut: HO, software });
       const hsum = Float64Array.from(x, (v, i) => v + delta[i]!);
       expect(Array.from(await ctx.read(X)), 'x untouched').toEqual(Array.from(x));
       expectClose(await ctx.read(HO), hsum, 1e-6, `h_out, seed ${seed}`);

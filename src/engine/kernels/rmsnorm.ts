@@ -7,6 +7,7 @@ import { grid1d } from './grid.ts';
 export const RMSNORM_SHADER = { name: 'rmsnorm.wgsl', code: rmsnormWgsl };
 
 const WG = 256;
+const SOFTWARE_WG = 64;
 const DW_TILE = { COLS: 64, LANES: 4 };
 const CHUNK_ROWS = 64;
 
@@ -24,13 +25,19 @@ function check(op: string, what: string, t: Tensor, need: number): void {
   if (have < need) throw new Error(`${op}: ${what} '${t.label}' ${shapeString(t.shape)} holds ${have} elements, needs ${need}`);
 }
 
-/** Layout for a row length: vec4 when dim % 4 == 0; T threads per row = the largest power of two ≤ units (4 ≤ T ≤ WG), so 1-2 units per thread below 2·WG units. */
-function layout(dim: number): { vec4: boolean; units: number; T: number } {
+/**
+ * Layout for a row length: vec4 when dim % 4 == 0; T threads per row = the largest power of two ≤ units
+ * (4 ≤ T ≤ WG), so 1-2 units per thread below 2·WG units. On CPU adapters one invocation per row (T = 1) in
+ * workgroups of 64 rows: the per-row tree reduction's barriers are what costs there (22 → ~2 ms for 432
+ * rows of 64 on SwiftShader), and a CPU core walks a row fastest on its own.
+ */
+function layout(dim: number, software: boolean): { vec4: boolean; units: number; T: number; WG: number } {
   const vec4 = dim % 4 === 0;
   const units = vec4 ? dim / 4 : dim;
+  if (software) return { vec4, units, T: 1, WG: SOFTWARE_WG };
   let T = 4;
   while (T < WG && T * 2 < units + 1) T *= 2;
-  return { vec4, units, T };
+  return { vec4, units, T, WG };
 }
 
 function params(ctx: GpuContext, label: string, { rows, dim, eps }: RmsNormShape, units: number, chunks = 0): GPUBuffer {
@@ -57,6 +64,8 @@ export interface RmsNormForwardOptions {
    * Training wants this: each layer's input h is kept for the backward of the norm that read it.
    */
   residualOut?: Tensor;
+  /** Force one invocation per row (true) or the per-row workgroup reduction (false); default: per row on CPU adapters. */
+  software?: boolean;
 }
 
 /**
@@ -78,7 +87,7 @@ export async function prepareRmsNormForward(ctx: GpuContext, x: Tensor, w: Tenso
     if (!delta) throw new Error(`${op}: residualOut '${hout.label}' needs residualDelta`);
     check(op, 'residual out', hout, rows * dim);
   }
-  const { vec4, units, T } = layout(dim);
+  const { vec4, units, T, WG } = layout(dim, opts.software ?? ctx.features.software);
   const label = `rmsnorm${hout ? '+residual→out' : delta ? '+residual' : ''} ${rows}×${dim}`;
   const defines = { VEC4: vec4, RESIDUAL: !!delta && !hout, RESIDUAL_OUT: !!hout };
   const pipeline = await ctx.pipeline({ shader: withColsum(ctx, RMSNORM_SHADER), entryPoint: op, defines, constants: { WG, T } });
@@ -89,6 +98,8 @@ export async function prepareRmsNormForward(ctx: GpuContext, x: Tensor, w: Tenso
 export interface RmsNormBackwardOptions {
   /** dx += instead of dx = (the residual stream's gradient, which already holds the skip path's term). */
   accumulate?: boolean;
+  /** As RmsNormForwardOptions.software. */
+  software?: boolean;
 }
 
 /**
@@ -99,7 +110,7 @@ export async function prepareRmsNormBackward(ctx: GpuContext, dy: Tensor, x: Ten
   const { rows, dim } = shape;
   const op = 'rmsnorm_backward';
   for (const [n, t, e] of [['dy', dy, rows * dim], ['x', x, rows * dim], ['w', w, dim], ['rstd', rstd, rows], ['dx', dx, rows * dim]] as const) check(op, n, t, e);
-  const { vec4, units, T } = layout(dim);
+  const { vec4, units, T, WG } = layout(dim, opts.software ?? ctx.features.software);
   const label = `rmsnorm_backward${opts.accumulate ? ' (dx +=)' : ''} ${rows}×${dim}`;
   const pipeline = await ctx.pipeline({ shader: withColsum(ctx, RMSNORM_SHADER), entryPoint: op, defines: { VEC4: vec4, ACCUMULATE_DX: !!opts.accumulate }, constants: { WG, T } });
   const resources = [params(ctx, label, shape, units), dy, x, rstd, w, dx];
@@ -116,7 +127,7 @@ export async function prepareRmsNormDw(ctx: GpuContext, dy: Tensor, x: Tensor, r
   const { rows, dim } = shape;
   const op = 'rmsnorm_dw';
   for (const [n, t, e] of [['dy', dy, rows * dim], ['x', x, rows * dim], ['rstd', rstd, rows], ['dw', dw, dim], ['scratch', scratch, rmsNormDwScratchElems(shape)]] as const) check(op, n, t, e);
-  const { vec4, units } = layout(dim);
+  const { vec4, units } = layout(dim, false);
   const chunks = Math.max(1, Math.ceil(rows / CHUNK_ROWS));
   const label = `rmsnorm_dw ${rows}×${dim}`;
   const p = params(ctx, label, shape, units, chunks);
