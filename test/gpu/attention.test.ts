@@ -217,15 +217,16 @@ function packedDocs(seq: number, lengths: number[]): Int32Array {
 }
 
 describe('attention (tiled flash, f32)', () => {
-  for (const [name, s] of SHAPES) {
-    it(`forward + backward, ${name}`, async () => {
-      await check(await gpu(), s, undefined, name);
-    });
-  }
+  for (const [name, s] of SHAPES)
+    for (const software of [false, true])
+      it(`forward + backward, ${name}${software ? ' (row kernels for CPU adapters)' : ''}`, async () => {
+        await check(await gpu(), s, undefined, name, { software });
+      });
 
   it('packed row with 3 documents and trailing padding', async () => {
     const s = { batch: 1, seq: 61, nQ: 4, nKv: 2, d: 64 };
-    await check(await gpu(), s, packedDocs(61, [20, 26, 11]), 'packed');
+    await check(await gpu(), s, packedDocs(61, [20, 26, 11]), 'packed', { software: false });
+    await check(await gpu(), s, packedDocs(61, [20, 26, 11]), 'packed rows', { software: true });
   });
 
   it('batch 2 with different padding (attention_mask), padded rows give zeros and zero grads', async () => {
@@ -235,27 +236,29 @@ describe('attention (tiled flash, f32)', () => {
     for (let i = 0; i < 20; i++) mask[33 + i] = 1; // row 1: 20 tokens then padding
     const docs = documentIdsFromAttentionMask(mask);
     expect(Array.from(documentIdsFromLengths(33, [33, 20]))).toEqual(Array.from(docs));
-    await check(await gpu(), s, docs, 'padding');
-    // Padding tokens: o rows exactly zero, no NaN anywhere.
-    const x = inputs(s, freshSeed());
-    const out = await runGpu(await gpu(), s, x, docs);
-    for (let t = 53; t < 66; t++) for (let c = 0; c < s.nQ * s.d; c++) expect(out.o[t * s.nQ * s.d + c]).toBe(0);
-    for (let t = 53; t < 66; t++) for (let c = 0; c < s.nKv * s.d; c++) expect(out.dk[t * s.nKv * s.d + c]).toBe(0);
+    for (const software of [false, true]) {
+      await check(await gpu(), s, docs, `padding${software ? ' rows' : ''}`, { software });
+      // Padding tokens: o rows exactly zero, no NaN anywhere.
+      const x = inputs(s, freshSeed());
+      const out = await runGpu(await gpu(), s, x, docs, { software });
+      for (let t = 53; t < 66; t++) for (let c = 0; c < s.nQ * s.d; c++) expect(out.o[t * s.nQ * s.d + c]).toBe(0);
+      for (let t = 53; t < 66; t++) for (let c = 0; c < s.nKv * s.d; c++) expect(out.dk[t * s.nKv * s.d + c]).toBe(0);
+    }
   });
 
   it('without subgroups (plain f32 forward path; backward never uses subgroups): ragged, packed documents', async () => {
     const ctx = await gpuWithoutSubgroups();
     expect(ctx.features.subgroups).toBe(false);
-    await check(ctx, { batch: 2, seq: 37, nQ: 4, nKv: 2, d: 64 }, undefined, 'no-subgroups', {}, false);
-    await check(ctx, { batch: 1, seq: 50, nQ: 2, nKv: 1, d: 64 }, packedDocs(50, [10, 30, 7]), 'no-subgroups packed', {}, false);
+    await check(ctx, { batch: 2, seq: 37, nQ: 4, nKv: 2, d: 64 }, undefined, 'no-subgroups', { software: false }, false);
+    await check(ctx, { batch: 1, seq: 50, nQ: 2, nKv: 1, d: 64 }, packedDocs(50, [10, 30, 7]), 'no-subgroups packed', { software: false }, false);
   });
 
   it('backward is deterministic (bitwise equal over two runs)', async () => {
     const ctx = await gpu();
     const s = { batch: 1, seq: 40, nQ: 8, nKv: 1, d: 64 };
     const x = inputs(s, freshSeed());
-    const a = await runGpu(ctx, s, x);
-    const b = await runGpu(ctx, s, x);
+    const a = await runGpu(ctx, s, x, undefined, { software: false });
+    const b = await runGpu(ctx, s, x, undefined, { software: false });
     expect(Buffer.from(a.dk.buffer).equals(Buffer.from(b.dk.buffer))).toBe(true);
     expect(Buffer.from(a.dq.buffer).equals(Buffer.from(b.dq.buffer))).toBe(true);
   });
@@ -288,7 +291,7 @@ describe('attention (tiled flash, f32)', () => {
       }
       expectClose(grad, fd, 1e-4, `finite differences d${name}, seed ${seed}`);
     }
-    const out = await runGpu(await gpu(), s, x, docs, { tiles: { BLOCK_Q: 4, BLOCK_K: 4 } });
+    const out = await runGpu(await gpu(), s, x, docs, { tiles: { BLOCK_Q: 4, BLOCK_K: 4 }, software: false });
     expectClose(out.o, refForward(x.q, x.k, x.v, s, docs).o, 1e-4, `gpu o seed ${seed}`);
     expectClose(out.dq, g.dq, 1e-4, `gpu dq seed ${seed}`);
     expectClose(out.dk, g.dk, 1e-4, `gpu dk seed ${seed}`);

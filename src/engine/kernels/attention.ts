@@ -36,6 +36,8 @@ export interface AttentionOptions {
   tiles?: Partial<AttentionTiles>;
   /** Use subgroup ops where the device has them (default true). */
   subgroups?: boolean;
+  /** One invocation per query (key) row, no workgroup memory or barriers (default: on CPU adapters). */
+  software?: boolean;
 }
 
 export interface AttentionForwardTensors {
@@ -224,6 +226,13 @@ function workgroupCount(ctx: GpuContext, label: string, n: number): number {
   return n;
 }
 
+/** A 2-D grid of 64-wide workgroups covering `items` invocations (the row kernels' sw_item). */
+function rowsGrid(ctx: GpuContext, label: string, items: number): [number, number, number] {
+  const n = Math.ceil(items / 64);
+  const max = ctx.limits.maxComputeWorkgroupsPerDimension;
+  return [Math.min(n, max), workgroupCount(ctx, label, Math.ceil(n / max)), 1];
+}
+
 function shapeLabel(s: AttentionShape): string {
   return `${s.batch}×${s.seq} q${s.nQHeads}/kv${s.nKvHeads} d${s.headDim}`;
 }
@@ -243,6 +252,12 @@ export async function prepareAttentionForward(ctx: GpuContext, t: AttentionForwa
   if (t.docIds) checkTensor('docIds', t.docIds, tokens, 'i32');
   const docs = !!t.docIds;
   const label = `attention forward ${shapeLabel(s)}${docs ? ' docs' : ''}`;
+  if (opts.software ?? ctx.features.software) {
+    const pipeline = await ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_forward_rows', defines: { DOCS: docs }, constants: { HEAD_DIM: s.headDim } });
+    const entries: [number, GPUBuffer | Tensor][] = [[0, ctx.uniforms(`${label} params`, uniformFields(s))], [1, t.q], [2, t.k], [3, t.v], [5, t.o], [6, t.lse]];
+    if (t.docIds) entries.push([4, t.docIds]);
+    return { label: `${label} (rows)`, pipeline, bindGroup: bind(ctx, label, pipeline, entries), workgroups: rowsGrid(ctx, label, tokens * s.nQHeads) };
+  }
   const { tiles, sgTeam } = chooseAttentionForwardTiles(ctx, s.headDim, docs, opts);
   const pipeline = await ctx.pipeline({
     shader: ATTENTION_SHADER,
@@ -295,6 +310,19 @@ export async function prepareAttentionBackward(ctx: GpuContext, t: AttentionBack
     bindGroup: bind(ctx, deltaLabel, deltaPipeline, [[0, uniforms], [5, t.o], [7, t.dout], [8, t.delta]]),
     workgroups: [Math.min(rowsWg, 65535), Math.ceil(rowsWg / 65535), 1],
   };
+
+  if (opts.software ?? ctx.features.software) {
+    const rows = async (entryPoint: string, what: string, items: number, entries: [number, GPUBuffer | Tensor][]): Promise<KernelDispatch> => {
+      const pipeline = await ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint, defines: { DOCS: docs }, constants: { HEAD_DIM: s.headDim } });
+      const label = `attention backward ${what} ${name} (rows)`;
+      return { label, pipeline, bindGroup: bind(ctx, label, pipeline, [...entries, ...doc]), workgroups: rowsGrid(ctx, label, items) };
+    };
+    return [
+      deltaDispatch,
+      await rows('attention_backward_dq_rows', 'dq', tokens * s.nQHeads, [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [6, t.lse], [7, t.dout], [8, t.delta], [9, t.dq]]),
+      await rows('attention_backward_dkv_rows', 'dkv', tokens * s.nKvHeads, [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [6, t.lse], [7, t.dout], [8, t.delta], [10, t.dk], [11, t.dv]]),
+    ];
+  }
 
   const dqLabel = `attention backward dq ${name}`;
   const dqT = chooseAttentionForwardTiles(ctx, s.headDim, docs, opts, 'dq').tiles;
