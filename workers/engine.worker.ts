@@ -152,6 +152,10 @@ const api: EngineApi = {
   async watchDeviceLoss(listener) {
     lossWatchers.add(listener);
   },
+  async simulateDeviceLoss() {
+    const ctx = await context();
+    ctx.device.destroy();
+  },
   async deviceLoss() {
     const report = deviceLoss;
     deviceLoss = null;

@@ -78,6 +78,11 @@ export interface EngineApi {
   deviceLoss(): Promise<DeviceLossReport | null>;
   /** `listener` (a Comlink.proxy) gets every device-loss report as soon as the worker has recovered (deviceLoss() still returns it once). */
   watchDeviceLoss(listener: (report: DeviceLossReport) => void): Promise<void>;
+  /**
+   * Diagnostics (the GPU details panel; tests): destroys the worker's GPU device as a driver reset would, so
+   * the recovery path (new device, model reloaded, a training run continued from its checkpoint) can be seen.
+   */
+  simulateDeviceLoss(): Promise<void>;
   /** A new stored run (its rows and checkpoints kept in OPFS); onEvent (a proxy) gets started/progress/answers/checkpoint events. */
   trainRun(rows: TrainRow[], config: Partial<TrainConfig>, opts: RunOptions, onEvent: (e: RunEvent) => void): Promise<TrainResult>;
   /** Continues a stored run from its last checkpoint, in this (possibly fresh) page. */

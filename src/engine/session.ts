@@ -77,6 +77,12 @@ export interface RunOptions {
   runId: string;
   evaluation?: EvalOptions;
   checkpoint?: Partial<CheckpointPolicy>;
+  /**
+   * The user's GPU memory budget: while the run sets up and trains, the buffer pool refuses to hold more
+   * than this (model included), so a run that would not fit stops with the memory plan and what to change
+   * instead of pushing the GPU (and the browser) out of memory.
+   */
+  memoryBudgetBytes?: number;
 }
 
 /** What a run reports while it trains, in order: started, then progress / answers / checkpoint events. */
@@ -403,7 +409,7 @@ export class EngineSession {
         ? ` The training run paused; ${checkpoint ? `its last checkpoint (step ${checkpoint.step}) is intact and it can be resumed from there` : 'it had no checkpoint yet, so it starts again from step 0 when resumed'}.`
         : ' The training run that was going stopped; an adapter that was not saved must be trained again.'
       : '';
-    return { session, report: { message: `${reason}. A new GPU device was set up and ${modelNote}.${training}`, model, runId, checkpoint, wasTraining } };
+    return { session, report: { message: `${reason.replace(/[.\s]+$/, '')}. A new GPU device was set up and ${modelNote}.${training}`, model, runId, checkpoint, wasTraining } };
   }
 
   /** Ends the run after the current step and checkpoints it (trainRun/resumeRun), so it can be resumed. */
@@ -419,15 +425,33 @@ export class EngineSession {
   async trainRun(rows: readonly TrainRow[], config: Partial<TrainConfig>, opts: RunOptions, onEvent: (e: RunEvent) => void): Promise<TrainResult> {
     this.requireSpec();
     runStore.checkRunId(opts.runId);
-    const trainer = this.newTrainer(rows, config);
-    const manifest = await runStore.createRun(this.store, { id: opts.runId, model: this.modelSource!, config: trainer.config, rows });
-    return this.driveRun(trainer, manifest, opts, null, onEvent);
+    return this.withinBudget(opts.memoryBudgetBytes, async () => {
+      const trainer = this.newTrainer(rows, config);
+      const manifest = await runStore.createRun(this.store, { id: opts.runId, model: this.modelSource!, config: trainer.config, rows });
+      return this.driveRun(trainer, manifest, opts, null, onEvent);
+    });
   }
 
   /** Continues a stored run from its last checkpoint (loading the demo model it was trained on if needed). */
   async resumeRun(opts: RunOptions, onEvent: (e: RunEvent) => void): Promise<TrainResult> {
-    const { trainer, manifest, step } = await this.openStoredRun(opts.runId);
-    return this.driveRun(trainer, manifest, opts, step, onEvent);
+    return this.withinBudget(opts.memoryBudgetBytes, async () => {
+      const { trainer, manifest, step } = await this.openStoredRun(opts.runId);
+      return this.driveRun(trainer, manifest, opts, step, onEvent);
+    });
+  }
+
+  /** Runs `fn` with the pool capped at `budget` bytes (none: the device's own limit), restoring the cap after. */
+  private async withinBudget<T>(budget: number | undefined, fn: () => Promise<T>): Promise<T> {
+    if (budget === undefined) return fn();
+    if (!(budget > 0)) throw new Error(`memory budget must be a positive number of bytes, got ${budget}`);
+    const pool = this.ctx.pool;
+    const before = pool.budgetBytes;
+    pool.budgetBytes = budget;
+    try {
+      return await fn();
+    } finally {
+      pool.budgetBytes = before;
+    }
   }
 
   /** Loads a stored run's latest checkpoint as the tuned model (for chat and export); its step and length. */

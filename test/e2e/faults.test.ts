@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
+import type { Page } from 'playwright-core';
 import { appUnderTest, screenshot, setField, trainSectionWithIdentityRows, watchPage } from './browser.ts';
 
 const app = appUnderTest();
+
+const chartSteps = async (page: Page) => ((await page.getByTestId('train-chart').getAttribute('data-steps')) ?? '').split(',').filter(Boolean).map(Number);
 
 describe('faults surfaced in the Train section (WebGPU on SwiftShader)', () => {
   it('a learning rate that blows up: skipped steps counted, gaps in the curve, the run pauses itself with the advice and a Resume', async () => {
@@ -32,5 +35,69 @@ describe('faults surfaced in the Train section (WebGPU on SwiftShader)', () => {
     expect(await page.getByTestId('runs-list').innerText()).not.toMatch(/NaN/);
     await screenshot(page, 'faults-nonfinite-pause');
     expect(errors).toEqual([]);
+  }, 900_000);
+
+  it('a run beyond the GPU memory budget: the out-of-memory banner with the plan and what to change; with room it trains', async () => {
+    const page = await app.browser().newPage({ viewport: { width: 1280, height: 900 } });
+    const { errors } = watchPage(page);
+    await trainSectionWithIdentityRows(page, app.url());
+    await setField(page.getByTestId('field-epochs'), '1');
+    await setField(page.getByTestId('field-gradAccum'), '1');
+    await setField(page.getByTestId('eval-prompts'), '');
+    // 0.001 GiB (1.02 MiB): below the demo model's plan (~7 MiB). The plan says so before anything starts.
+    await setField(page.getByTestId('budget'), '0.001');
+    await expect.poll(async () => (await page.getByTestId('memory-plan').textContent())?.replace(/\s+/g, ' '), { timeout: 30_000 }).toMatch(/of a 1\.02 MiB budget/);
+    await page.getByTestId('train-start').click();
+    const fault = page.getByTestId('run-fault');
+    await fault.waitFor({ timeout: 120_000 });
+    expect(await fault.getAttribute('data-kind')).toBe('out-of-memory');
+    const message = (await page.getByTestId('run-fault-message').textContent())!;
+    expect(message).toMatch(/^Training ran out of GPU memory allocating .* of a 1\.02 MiB budget\)/);
+    expect(message).toMatch(/Memory plan for these settings/);
+    expect(message).toMatch(/What to change:/);
+    expect(message).toMatch(/Or raise the GPU memory budget \(now 1\.0\d? MiB\) in the Train section/);
+    expect(message).toMatch(/had no checkpoint yet: start a new run with the changes\.$/);
+    await screenshot(page, 'faults-out-of-memory');
+
+    await setField(page.getByTestId('budget'), '8');
+    await page.getByTestId('train-start').click();
+    await page.getByTestId('train-done').waitFor({ timeout: 600_000 });
+    expect(await page.getByTestId('train-done').textContent()).toMatch(/Finished after 4 steps/);
+    expect(await page.getByTestId('run-fault').count()).toBe(0);
+    expect(errors).toEqual([]);
+  }, 900_000);
+
+  it('the GPU device is lost mid-run: the worker sets up a new one, the run continues from its checkpoint by itself and finishes', async () => {
+    const page = await app.browser().newPage({ viewport: { width: 1280, height: 900 } });
+    const { errors } = watchPage(page);
+    page.on('dialog', (d) => void d.accept());
+    await trainSectionWithIdentityRows(page, app.url());
+    // 8 steps (4 epochs of 2), a checkpoint every 2 steps, no evaluation prompts.
+    await setField(page.getByTestId('field-epochs'), '4');
+    await setField(page.getByTestId('ckpt-steps'), '2');
+    await setField(page.getByTestId('eval-prompts'), '');
+    await page.getByTestId('train-start').click();
+    await expect.poll(async () => (await chartSteps(page)).length, { timeout: 300_000 }).toBeGreaterThanOrEqual(3);
+
+    // What a driver reset does: the worker's GPUDevice is destroyed (GPU details › Simulate a GPU loss).
+    await page.getByTestId('gpu-badge').click();
+    await page.getByTestId('gpu-simulate-loss').click();
+    await page.getByTestId('gpu-badge').click();
+    const note = page.getByTestId('recovery-note');
+    await note.waitFor({ timeout: 120_000 });
+    expect(await note.textContent()).toMatch(/GPU device was lost.*Training continued automatically from the checkpoint at step (2|4|6) \(the run had reached step \d\)/s);
+    await screenshot(page, 'faults-device-lost-continued');
+
+    await page.getByTestId('train-done').waitFor({ timeout: 600_000 });
+    expect(await page.getByTestId('train-done').textContent()).toMatch(/Finished after 8 steps/);
+    // One curve 1..8: the steps after the checkpoint were trained again, not duplicated.
+    expect(await chartSteps(page)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    expect(await page.getByTestId('runs-list').innerText()).toMatch(/finished/);
+    expect(await page.getByTestId('run-fault').count()).toBe(0);
+    // The app-wide banner (shown on the other sections) says the same thing, not "resume it yourself".
+    await page.getByTestId('tab-chat').click();
+    const banner = page.getByTestId('device-lost-banner');
+    if (await banner.count()) expect(await banner.textContent()).not.toMatch(/Resume it in the Train section/);
+    expect(errors.filter((e) => !/GPU|device/i.test(e))).toEqual([]);
   }, 900_000);
 });

@@ -97,6 +97,19 @@ it('training beyond the budget: a clear error with the plan and what to change, 
   expect(Number.isFinite(ok.finalLoss)).toBe(true);
 }, 600_000);
 
+it("a run is held to the user's memory budget (RunOptions.memoryBudgetBytes): refused with the plan, the pool's cap restored after", async () => {
+  // Below the loaded weights alone: the run's first allocation is refused.
+  const err = await session.trainRun(rows, config, { runId: 'budget', memoryBudgetBytes: 4096 }, () => undefined).then(() => null, (e: unknown) => e);
+  expect(err).toBeInstanceOf(ExplainedOutOfMemoryError);
+  expect((err as Error).message).toMatch(/^Training ran out of GPU memory allocating .* budget\)\.\n[\s\S]*Nothing was trained yet; no checkpoint was touched\./);
+  expect(ctx.pool.budgetBytes).toBeNull();
+  await expect(session.trainRun(rows, config, { runId: 'budget-bad', memoryBudgetBytes: -1 }, () => undefined)).rejects.toThrow(/memory budget must be a positive number/);
+  // A roomy budget: trains to the end under the cap.
+  const ok = await session.trainRun(rows, config, { runId: 'budget-ok', memoryBudgetBytes: 2 ** 30 }, () => undefined);
+  expect(ok).toMatchObject({ steps: 4, stopped: false, paused: false });
+  expect(ctx.pool.budgetBytes).toBeNull();
+}, 600_000);
+
 it('a run that runs out of memory on resume keeps its checkpoint and resumes to the end later', async () => {
   const paused = await session.trainRun(rows, config, { runId: 'kept', checkpoint: { everySteps: 0, everyMinutes: 0 } }, (e) => {
     if (e.type === 'progress' && e.progress.step === 2) session.pause();

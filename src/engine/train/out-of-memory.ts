@@ -46,7 +46,7 @@ export function describePlan(plan: MemoryPlan): string {
  * What to change: the planner's advice for this budget when it has some (each change with its predicted
  * peak), else every setting that lowers memory, from the current values.
  */
-export function outOfMemorySuggestions(plan: MemoryPlan | null, c: TrainingMemoryConfig): string[] {
+export function outOfMemorySuggestions(plan: MemoryPlan | null, c: TrainingMemoryConfig, budgetBytes: number | null = null): string[] {
   const planned = plan ? plan.advice.filter((a) => !a.startsWith('Predicted peak')) : [];
   const out = planned.length
     ? [...planned]
@@ -57,13 +57,15 @@ export function outOfMemorySuggestions(plan: MemoryPlan | null, c: TrainingMemor
         ...(c.optimizerOffload === 'gpu' ? ['Keep the optimizer state in CPU memory or on disk (optimizer offload)'] : []),
         ...(c.loraRank > 4 ? [`Lower the LoRA rank (now ${c.loraRank})`] : []),
       ];
-  out.push('Close other tabs or programs that use the GPU, then try again');
+  // The pool's cap is the user's own budget (the Train form): the GPU itself may have room.
+  if (budgetBytes !== null) out.push(`Or raise the GPU memory budget (now ${formatBytes(budgetBytes)}) in the Train section if this GPU has more free memory`);
+  else out.push('Close other tabs or programs that use the GPU, then try again');
   return out;
 }
 
 /** The training-side explanation: what ran out, the plan, the advice, and what happened to the run. */
 export function explainTrainingOutOfMemory(err: GpuOutOfMemoryError, plan: MemoryPlan | null, c: TrainingMemoryConfig, runNote: string): ExplainedOutOfMemoryError {
-  const suggestions = outOfMemorySuggestions(plan, c);
+  const suggestions = outOfMemorySuggestions(plan, c, err.budgetBytes);
   const settings = `maximum length ${c.seqLen}, micro-batch ${c.microBatch}, LoRA rank ${c.loraRank}, ${c.quantBits === 4 ? '4-bit' : 'f32'} base, optimizer state on ${c.optimizerOffload === 'gpu' ? 'the GPU' : c.optimizerOffload === 'cpu' ? 'the CPU' : 'disk'}`;
   const lines = [
     `Training ran out of GPU memory ${err.message.replace(/^out of GPU memory /, '')}.`,

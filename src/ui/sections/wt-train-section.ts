@@ -7,7 +7,7 @@ import type { MemoryPlan, ModelInfo, RunEvent, TrainConfig, TrainProgress, Train
 import { formatBytes } from '../../engine/gpu/errors.ts';
 import { getEngine } from '../engine-client.ts';
 import { theme, themeColor, watchTheme } from '../theme.ts';
-import { settingsStore, DEFAULT_TRAIN_SETTINGS, type TrainSettings } from '../store/settings.ts';
+import { settingsStore, DEFAULT_TRAIN_SETTINGS, MIN_BUDGET_GIB, type TrainSettings } from '../store/settings.ts';
 import { PRESETS } from '../store/presets.ts';
 import { RunHistory, applyRunEvent, isResumable, newRunId, newRunRecord, type RunRecord } from '../store/runs.ts';
 import '../runs/wt-memory-plan.ts';
@@ -26,6 +26,9 @@ const FIELDS: { key: keyof TrainConfig; label: string; help: string; step?: stri
   { key: 'gradAccum', label: 'Accumulation', help: 'micro-batches per optimizer step' },
   { key: 'warmupRatio', label: 'Warmup', help: 'fraction of steps with a rising learning rate', step: '0.01' },
 ];
+
+/** Automatic continues of one run after GPU losses before the user is asked instead. */
+const MAX_AUTO_RESUMES = 3;
 
 /** What the Start/Pause/Resume/Stop buttons can do right now. */
 type Phase = 'idle' | 'training' | 'pausing' | 'stopping';
@@ -56,6 +59,8 @@ export class WtTrainSection extends LitElement {
       progress { width: 100%; height: 0.9rem; }
       .chart { height: 240px; }
       .error { color: var(--wt-error); white-space: pre-wrap; }
+      .recovery { display: flex; gap: 0.8rem; align-items: flex-start; border: 1px solid var(--wt-warn); border-radius: var(--wt-radius); padding: 0.6rem 0.8rem; margin: 0.6rem 0; }
+      .recovery span { flex: 1; }
       .answers { display: grid; gap: 0.5rem; max-height: 20rem; overflow: auto; }
       .qa { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0.2rem 0 0.4rem 0.8rem; }
       textarea { font: inherit; }
@@ -83,6 +88,10 @@ export class WtTrainSection extends LitElement {
   @state() private planNote = '';
   /** Why the last run stopped by itself (GPU lost, out of memory, non-finite steps), shown as a banner. */
   @state() private fault: RunFault | null = null;
+  /** What an automatic recovery did (GPU lost, run continued from its checkpoint), shown until dismissed. */
+  @state() private recovery = '';
+  /** Automatic continues per run in this page: after MAX_AUTO_RESUMES the user decides (a GPU that keeps failing). */
+  private readonly autoResumes = new Map<string, number>();
   private readonly history = new RunHistory();
   private plot: uPlot | null = null;
   private planTimer: ReturnType<typeof setTimeout> | undefined;
@@ -222,6 +231,7 @@ export class WtTrainSection extends LitElement {
   }
 
   private async start(): Promise<void> {
+    this.recovery = '';
     if (!this.rows || !this.model) return;
     const run = newRunRecord({
       id: newRunId(),
@@ -234,7 +244,12 @@ export class WtTrainSection extends LitElement {
     this.plot = null;
     this.show(run);
     this.persist(run);
-    await this.drive(run, (onEvent) => getEngine().trainRun(this.rows!, run.config, { runId: run.id, evaluation: run.evaluation, checkpoint: run.checkpointPolicy }, onEvent));
+    await this.drive(run, (onEvent) => getEngine().trainRun(this.rows!, run.config, { runId: run.id, evaluation: run.evaluation, checkpoint: run.checkpointPolicy, memoryBudgetBytes: this.budgetBytes() }, onEvent));
+  }
+
+  /** The budget of the form: the plan is checked against it, and a run is held to it. */
+  private budgetBytes(): number {
+    return Math.round(this.settings.budgetGiB * 2 ** 30);
   }
 
   private async resume(id: string): Promise<void> {
@@ -243,7 +258,7 @@ export class WtTrainSection extends LitElement {
     this.plot?.destroy();
     this.plot = null;
     this.show(run);
-    await this.drive(run, (onEvent) => getEngine().resumeRun({ runId: run.id, evaluation: run.evaluation, checkpoint: run.checkpointPolicy }, onEvent));
+    await this.drive(run, (onEvent) => getEngine().resumeRun({ runId: run.id, evaluation: run.evaluation, checkpoint: run.checkpointPolicy, memoryBudgetBytes: this.budgetBytes() }, onEvent));
   }
 
   private async drive(run: RunRecord, call: (onEvent: (e: RunEvent) => void) => Promise<TrainResult>): Promise<void> {
@@ -284,6 +299,18 @@ export class WtTrainSection extends LitElement {
     for (let i = 0; i < 120; i++) {
       const report = await getEngine().deviceLoss().catch(() => null);
       if (report) {
+        const runId = report.runId;
+        const used = runId ? (this.autoResumes.get(runId) ?? 0) : MAX_AUTO_RESUMES;
+        if (report.wasTraining && runId && report.checkpoint && used < MAX_AUTO_RESUMES && this.fault?.kind === 'device-lost') {
+          // The worker has a new device and the model again: continue the run from its checkpoint, as
+          // after a reload, and say what happened (the steps after the checkpoint are trained again).
+          this.autoResumes.set(runId, used + 1);
+          const reason = report.message.replace(/\s*The training run paused[\s\S]*$/, '');
+          this.recovery = `${reason} Training continued automatically from the checkpoint at step ${report.checkpoint.step} (the run had reached step ${stoppedAt}).`;
+          this.fault = null;
+          await this.resume(runId);
+          return;
+        }
         this.fault = faultOfDeviceLoss(report, stoppedAt);
         return;
       }
@@ -370,6 +397,9 @@ export class WtTrainSection extends LitElement {
     const lastLoss = run?.curve.loss.findLast((v) => Number.isFinite(v));
     const skipped = p?.skippedSteps ?? run?.curve.loss.filter((v) => !Number.isFinite(v)).length ?? 0;
     return html`
+      ${this.recovery
+        ? html`<div class="recovery" role="status" data-testid="recovery-note"><span>${this.recovery}</span><button class="secondary" aria-label="Dismiss" @click=${() => (this.recovery = '')}>Dismiss</button></div>`
+        : nothing}
       <wt-run-fault .fault=${this.fault} ?busy=${busy} @fault-dismiss=${() => (this.fault = null)} @fault-resume=${(e: CustomEvent<{ runId: string }>) => void this.resume(e.detail.runId)}></wt-run-fault>
       ${resumable.length && !(run && run.id === resumable[0]!.id && this.done) && this.fault?.resumeRunId !== resumable[0]!.id
         ? html`<div class="banner" data-testid="resume-banner">Run ${resumable[0]!.id} stopped at step ${resumable[0]!.step}/${resumable[0]!.totalSteps} (${resumable[0]!.status}).
@@ -398,7 +428,10 @@ export class WtTrainSection extends LitElement {
         <label>Every N steps<input type="number" min="1" .value=${String(s.evalEvery)} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ evalEvery: Math.max(1, Number((e.target as HTMLInputElement).value)) })} /><small>and at the last step</small></label>
         <label>Checkpoint every N steps<input type="number" min="0" data-testid="ckpt-steps" .value=${String(s.checkpointEverySteps)} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ checkpointEverySteps: Math.max(0, Number((e.target as HTMLInputElement).value)) })} /><small>to the browser's storage; also on pause, stop and at the end (0: only then)</small></label>
         <label>…or every N minutes<input type="number" min="0" step="any" .value=${String(s.checkpointEveryMinutes)} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ checkpointEveryMinutes: Math.max(0, Number((e.target as HTMLInputElement).value)) })} /><small>whichever comes first</small></label>
-        <label>GPU memory budget (GiB)<input type="number" min="0.25" step="0.25" data-testid="budget" .value=${String(s.budgetGiB)} @change=${(e: Event) => this.saveSettings({ budgetGiB: Math.max(0.25, Number((e.target as HTMLInputElement).value)) })} /><small>what the memory plan is checked against</small></label>
+        <label>GPU memory budget (GiB)<input type="number" min="0.001" step="any" data-testid="budget" .value=${String(s.budgetGiB)} @change=${(e: Event) => {
+          const v = Number((e.target as HTMLInputElement).value);
+          if (Number.isFinite(v) && v > 0) this.saveSettings({ budgetGiB: Math.max(MIN_BUDGET_GIB, v) });
+        }} /><small>the memory plan is checked against it; training never holds more</small></label>
         <label>Matmul precision
           <select data-testid="matmul-precision" ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ config: { ...s.config, matmulPrecision: (e.target as HTMLSelectElement).value as 'f32' | 'int8' } })}>
             <option value="int8" ?selected=${s.config.matmulPrecision !== 'f32'}>int8 tensor cores where available</option>

@@ -69,6 +69,11 @@ export class WtGpuBadge extends LitElement {
     this.selfTest = `${err < 1e-4 ? 'passed' : 'FAILED'}: matmul ${M}×${K}·${K}×${N}, relative error ${err.toExponential(2)}, ${ms.toFixed(1)} ms`;
   }
 
+  private async simulateLoss(): Promise<void> {
+    if (!confirm('Simulate a GPU loss? The GPU device is destroyed as a driver reset would; WebTune sets up a new one and reloads the model. A training run continues from its last checkpoint (steps after it are done again).')) return;
+    await getEngine().simulateDeviceLoss();
+  }
+
   private yesNo(v: boolean) {
     return v ? html`<span class="yes">yes</span>` : html`<span class="no">no</span>`;
   }
@@ -104,6 +109,8 @@ export class WtGpuBadge extends LitElement {
       </dl>
       <button @click=${() => void this.runSelfTest()} data-testid="gpu-selftest">Run GPU self-test</button>
       <div class="selftest" data-testid="gpu-selftest-result">${this.selfTest}</div>
+      <div class="selftest"><button data-testid="gpu-simulate-loss" title="Destroys the GPU device as a driver reset would: WebTune sets up a new one, loads the model again and continues a training run from its last checkpoint"
+        @click=${() => void this.simulateLoss()}>Simulate a GPU loss</button></div>
     `;
   }
 }

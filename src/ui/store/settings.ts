@@ -29,6 +29,9 @@ export interface AppSettings {
   train: TrainSettings;
 }
 
+/** The smallest GPU memory budget the form takes (1 MiB: the demo model trains in a few). */
+export const MIN_BUDGET_GIB = 1 / 1024;
+
 export const DEFAULT_TRAIN_SETTINGS: TrainSettings = {
   preset: 'quick',
   config: {},
@@ -67,7 +70,7 @@ export function cleanSettings(raw: unknown): AppSettings {
       config: cleanConfig(t.config),
       evalPrompts: typeof t.evalPrompts === 'string' ? t.evalPrompts : d.evalPrompts,
       evalEvery: num(t.evalEvery, d.evalEvery, 1),
-      budgetGiB: num(t.budgetGiB, d.budgetGiB, 0.25),
+      budgetGiB: num(t.budgetGiB, d.budgetGiB, MIN_BUDGET_GIB),
       checkpointEverySteps: num(t.checkpointEverySteps, d.checkpointEverySteps),
       checkpointEveryMinutes: num(t.checkpointEveryMinutes, d.checkpointEveryMinutes),
     },
