@@ -40,6 +40,8 @@ const TINY = { ...INTERNLM2_TINY, vocab_size: 512 };
 
 /** A kernel's family for the breakdown: its label up to the first shape (digits). */
 function kernelFamily(label: string): string {
+  // STEP_BREAKDOWN_SHAPES=1: group by the whole label (shapes included) instead, layer names stripped.
+  if (process.env.STEP_BREAKDOWN_SHAPES) return label.replace(/layers\.\d+\./g, '');
   return label.replace(/\s[\d(].*$/, '').replace(/\s+$/, '') || label;
 }
 
@@ -85,8 +87,13 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
   const update = await optimizer.stepDispatches({ zeroGrad: true });
   console.log(`weights on the GPU: ${formatBytes(weightBytes)}; LoRA params ${layout.optimizer.total}`);
   // The f32 path everywhere; the int8 tensor-core path too where the GPU has it.
-  const precisions: MatmulPrecision[] = int8MatmulSupport(ctx.features).ok ? ['f32', 'int8'] : ['f32'];
-  const runs = precisions.flatMap((precision) => settings.map(([seq, batch]) => [precision, seq, batch] as const));
+  // STEP_PRECISION=int8|f32 and STEP_SETTINGS=512x4,2048x1 narrow the runs; STEP_BREAKDOWN=512x4 picks the
+  // setting whose per-kernel breakdown is printed (default: the last).
+  const precisions: MatmulPrecision[] = (int8MatmulSupport(ctx.features).ok ? (['f32', 'int8'] as const) : (['f32'] as const)).filter((p) => !process.env.STEP_PRECISION || p === process.env.STEP_PRECISION);
+  const picked = (process.env.STEP_SETTINGS ?? '').split(',').filter(Boolean);
+  const chosen = picked.length ? settings.filter(([s, b]) => picked.includes(`${s}x${b}`)) : settings;
+  const breakdownOf = process.env.STEP_BREAKDOWN ?? `${chosen[chosen.length - 1]![0]}x${chosen[chosen.length - 1]![1]}`;
+  const runs = precisions.flatMap((precision) => chosen.map(([seq, batch]) => [precision, seq, batch] as const));
   for (const [precision, seq, batch] of runs) {
     const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: precision });
     ctx.pool.trim();
@@ -122,7 +129,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       note: `${((T / ms) * 1000).toFixed(0)} tok/s; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%); ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
     });
     console.log(rows[rows.length - 1]!.name, rows[rows.length - 1]!.note);
-    if (seq === settings[settings.length - 1]![0]) console.log(`\n### where the time goes: seq ${seq} batch ${batch}\n${await stepBreakdown(ctx, [...plan.dispatches, ...update], ms)}\n`);
+    if (`${seq}x${batch}` === breakdownOf) console.log(`\n### where the time goes: seq ${seq} batch ${batch}\n${await stepBreakdown(ctx, [...plan.dispatches, ...update], ms)}\n`);
     plan.release();
   }
   optimizer.release();

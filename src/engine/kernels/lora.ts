@@ -378,12 +378,12 @@ export async function loraBackward(
  */
 export async function prepareLoraProduct(
   ctx: GpuContext,
-  mode: 'XA' | 'DX' | 'DA' | 'GB',
+  mode: 'XA' | 'DX' | 'DA' | 'GB' | 'DB',
   t: { a: Tensor; b: Tensor; c: Tensor },
   d: { M: number; inF: number; rank: number; scale: number; dropout: number; seed?: number; scratch?: Tensor; out?: number; accumulate?: boolean },
 ): Promise<LoraPass> {
   const kern = `lora ${mode}`;
-  if (mode === 'GB' && !d.out) throw new Error(`${kern}: needs the out features (the reduction length of dY·B)`);
+  if ((mode === 'GB' || mode === 'DB') && !d.out) throw new Error(`${kern}: needs the out features (dY's row length)`);
   const shapes = loraShapes(d.M, d.inF, d.out ?? 0, d.rank);
   const shape = mode === 'DX' ? { rows: d.M, cols: d.inF, red: d.rank } : shapes[mode];
   const common = { K: d.inF, N: d.out ?? 0, R: d.rank, scale: d.scale, p: d.dropout, seed: d.seed ?? 0, scratch: scratchFor(ctx, kern, d.scratch, splitOf(shape).slices > 1 ? splitOf(shape).slices * shape.rows * shape.cols : 0) };

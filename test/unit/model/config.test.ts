@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { ModelConfigError, modelSpecFromConfig, parameterCount, parseModelConfig, ropeInvFreq } from '../../../src/engine/model/config.ts';
 import { FIXTURE_FAMILIES, fixturesDir } from '../../helpers/fixtures.ts';
 
-const CONFIGS = join(dirname(fileURLToPath(import.meta.url)), 'configs');
+const CONFIGS = join(dirname(fileURLToPath(import.meta.url)), '../../../src/engine/model/curated');
 const target = (name: string) => parseModelConfig(readFileSync(join(CONFIGS, `${name}.json`), 'utf8'), name);
 const fixtureJson = (family: string): Record<string, unknown> => JSON.parse(readFileSync(fixturesDir(family, 'config.json'), 'utf8'));
 

@@ -7,7 +7,7 @@ import { DEFAULT_BUDGET_BYTES, planMemory, type MemoryPlan, type TrainingMemoryC
 import { expectedLoraTensors, loraModules } from '../../../src/engine/model/peft.ts';
 import { fixturesDir } from '../../helpers/fixtures.ts';
 
-const CONFIGS = join(dirname(fileURLToPath(import.meta.url)), 'configs');
+const CONFIGS = join(dirname(fileURLToPath(import.meta.url)), '../../../src/engine/model/curated');
 const target = (name: string): ModelSpec => parseModelConfig(readFileSync(join(CONFIGS, `${name}.json`), 'utf8'));
 const fixture = (family: string): ModelSpec => parseModelConfig(readFileSync(fixturesDir(family, 'config.json'), 'utf8'));
 const TARGETS = ['internlm2-chat-1_8b', 'Qwen2.5-1.5B-Instruct', 'Qwen3-1.7B', 'Llama-3.2-1B-Instruct', 'SmolLM2-1.7B-Instruct'];
