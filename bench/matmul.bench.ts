@@ -1,5 +1,5 @@
 import type { GpuContext } from '../src/engine/gpu/context.ts';
-import { prepareMatmul } from '../src/engine/kernels/matmul.ts';
+import { prepareMatmul, type MatmulOptions } from '../src/engine/kernels/matmul.ts';
 import { timeDispatches, type BenchRow } from './harness.ts';
 
 /** InternLM2-1.8B: hidden 2048, q+k+v 4096, intermediate 8192, vocab 92544; 2048 tokens per step. */
@@ -14,16 +14,17 @@ const MODEL_SHAPES: [string, number, number, number][] = [
 
 export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
-  const run = async (name: string, M: number, N: number, K: number, transA: boolean, transB: boolean) => {
+  const run = async (name: string, M: number, N: number, K: number, transA: boolean, transB: boolean, accumulate = false, extra: Partial<MatmulOptions> = {}) => {
     const A = ctx.tensor('A', transA ? [K, M] : [M, K]);
     const B = ctx.tensor('B', transB ? [N, K] : [K, N]);
     const C = ctx.tensor('C', [M, N]);
     ctx.fill32(A, 0.01);
     ctx.fill32(B, 0.02);
     try {
-      const d = await prepareMatmul(ctx, A, B, C, { M, N, K }, { transA, transB });
+      const d = await prepareMatmul(ctx, A, B, C, { M, N, K }, { transA, transB, accumulate, ...extra });
       const ms = await timeDispatches(ctx, [d], quick ? 2 : 5, quick ? 2 : 5);
-      rows.push({ name, ms, flops: 2 * M * N * K, note: `${transA ? 'Aᵀ' : 'A'}·${transB ? 'Bᵀ' : 'B'}` });
+      // With accumulate, C is read and written: the floor is those bytes (the operands are small).
+      rows.push({ name, ms, flops: 2 * M * N * K, ...(accumulate ? { bytes: 8 * M * N } : {}), note: `${transA ? 'Aᵀ' : 'A'}·${transB ? 'Bᵀ' : 'B'}${accumulate ? ' (C +=)' : ''}` });
     } finally {
       for (const t of [A, B, C]) ctx.release(t);
       ctx.pool.trim();
@@ -37,5 +38,10 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     await run(`${name} dX = dY·W`, M, K, N, false, false);
   }
   await run('dW 2048×2048 = dYᵀ·X (tokens 2048)', 2048, 2048, TOKENS, true, false);
+  // The LoRA epilogue Y += s·U·Bᵀ of the int8 forward (rank 64): C's read-modify-write is the cost.
+  await run('LoRA epilogue tokens×64 → 8192 (Y +=)', TOKENS, 8192, 64, false, true, true);
+  await run('LoRA epilogue tokens×64 → 2048 (Y +=)', TOKENS, 2048, 64, false, true, true);
+  for (const [vn, o] of [['narrow', { tile: 'narrow' }], ['narrow, no kc', { tile: 'narrow', kcontig: false }], ['wide, no kc', { tile: 'wide', kcontig: false }], ['narrow tk8 kc', { tile: 'narrow', tileK: 8 }]] as const)
+    await run(`LoRA epilogue tokens×64 → 8192 (Y +=) ${vn}`, TOKENS, 8192, 64, false, true, true, o as Partial<MatmulOptions>);
   return rows;
 }

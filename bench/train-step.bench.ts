@@ -16,6 +16,7 @@ import { releaseBaseWeights } from '../src/engine/model/base-weights.ts';
 import { Transformer } from '../src/engine/model/transformer.ts';
 import { initLoraParams } from '../src/engine/train/trainer.ts';
 import { int8MatmulSupport, type MatmulPrecision } from '../src/engine/kernels/quant4-mma.ts';
+import { DEFAULT_CE_WORKSPACE_BYTES } from '../src/engine/kernels/cross_entropy.ts';
 import type { BenchRow } from './harness.ts';
 
 export const INTERNLM2_1_8B = {
@@ -98,7 +99,9 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: precision });
     ctx.pool.trim();
     ctx.pool.resetPeak();
-    const ce = 1024;
+    // The cross-entropy chunk the app's trainer gets (its default workspace), unless STEP_CE_CHUNK sets one.
+    const appChunk = Math.max(1, Math.floor(Math.min(DEFAULT_CE_WORKSPACE_BYTES, ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize) / (spec.vocabSize * 4)));
+    const ce = Number(process.env.STEP_CE_CHUNK ?? appChunk);
     const plan = await model.plan({ batch, seq }, 'train', { ceChunkTokens: Math.min(ce, batch * seq) });
     const T = batch * seq;
     const ids = Int32Array.from({ length: T }, (_, i) => (i * 7919) % spec.vocabSize);
@@ -126,7 +129,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     rows.push({
       name: `QLoRA step seq ${seq} batch ${batch}${precision === 'int8' ? ' int8 matmuls' : ''}`,
       ms,
-      note: `${((T / ms) * 1000).toFixed(0)} tok/s; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%); ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
+      note: `${((T / ms) * 1000).toFixed(0)} tok/s; loss chunks of ${Math.min(ce, T)} tokens; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%); ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
     });
     console.log(rows[rows.length - 1]!.name, rows[rows.length - 1]!.note);
     if (`${seq}x${batch}` === breakdownOf) console.log(`\n### where the time goes: seq ${seq} batch ${batch}\n${await stepBreakdown(ctx, [...plan.dispatches, ...update], ms)}\n`);
