@@ -611,7 +611,10 @@ export class EngineSession {
   private async generatorFor(which: 'base' | 'tuned'): Promise<Generator> {
     let g = this.generators.get(which);
     if (!g) {
-      g = await Generator.create(this.ctx, this.weights!, { maxTokens: Math.min(1024, this.spec!.maxPositionEmbeddings) });
+      const maxTokens = Math.min(1024, this.spec!.maxPositionEmbeddings);
+      // Under an out-of-memory scope: a device (or budget) that refuses the cache gives a GpuOutOfMemoryError
+      // naming it, and whatever was allocated goes back to the pool.
+      g = await this.ctx.allocating(`the ${which} chat's KV cache (${maxTokens} tokens)`, () => Generator.create(this.ctx, this.weights!, { maxTokens }));
       this.generators.set(which, g);
     }
     return g;
@@ -694,7 +697,8 @@ export class EngineSession {
   async importAdapter(input: Uint8Array | AdapterFiles, source = 'adapter.zip'): Promise<ImportedAdapterSummary> {
     const spec = this.requireSpec();
     if (this.training) throw new Error('a run is training: pause or stop it first');
-    const installed = await installAdapter(this.ctx, spec, input, { source, modelId: this.modelId, chatTemplate: this.tokenizer?.chatTemplate ?? null });
+    // Under an out-of-memory scope: a refused buffer names the adapter, and the tuned model in place stays.
+    const installed = await this.ctx.allocating(`the adapter ${source}`, () => installAdapter(this.ctx, spec, input, { source, modelId: this.modelId, chatTemplate: this.tokenizer?.chatTemplate ?? null }));
     this.dropImported();
     this.imported = installed;
     this.tunedVersion++;

@@ -97,6 +97,31 @@ describe('adapter import and exports in the engine session', () => {
     s.unload();
   }, 600_000);
 
+  it('out of GPU memory: an adapter import or a chat KV cache that does not fit is refused naming it, nothing is kept, and both work with room', async () => {
+    const ctx = await gpu();
+    const s = new EngineSession(ctx);
+    await s.loadDemoModel(1);
+    const first = randomAdapter();
+    await s.importAdapter(first, 'first.zip');
+    const answer = await s.chat('tuned', 'Who are you?', greedy);
+    s.resetChat('tuned');
+    const live = ctx.pool.liveBytes;
+    // The pool's budget stands in for a device that refuses the next buffer.
+    ctx.pool.budgetBytes = live + 1024;
+    try {
+      await expect(s.importAdapter(randomAdapter(spec, 8), 'second.zip')).rejects.toThrow(/^out of GPU memory allocating the adapter second\.zip: .* budget\)$/);
+      expect(ctx.pool.liveBytes).toBe(live);
+      await expect(s.chat('base', 'Who are you?', greedy)).rejects.toThrow(/^out of GPU memory allocating the base chat's KV cache \(\d+ tokens\): /);
+      expect(ctx.pool.liveBytes).toBe(live);
+    } finally {
+      ctx.pool.budgetBytes = null;
+    }
+    // The first adapter is still the tuned model; with room, the base side's cache comes.
+    expect(await s.chat('tuned', 'Who are you?', greedy)).toBe(answer);
+    expect((await s.chat('base', 'Who are you?', greedy)).length).toBeGreaterThan(0);
+    s.unload();
+  });
+
   it('a Hub repo id: the adapter downloads into the cache and answers as the same zip imported directly', async () => {
     const ctx = await gpu();
     const zip = randomAdapter();

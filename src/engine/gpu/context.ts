@@ -362,7 +362,11 @@ export class GpuContext {
       return result as T;
     }
     scope.rollback();
-    if (failure?.error instanceof GpuOutOfMemoryError || !oom) throw failure!.error;
+    const e = failure?.error;
+    // The pool's refusal names a buffer ("optimizer params"); say what it was for (an explained error from
+    // further down — a subclass — already does).
+    if (e instanceof GpuOutOfMemoryError && e.constructor === GpuOutOfMemoryError) throw new GpuOutOfMemoryError(`${what}: ${e.what}`, e.requestedBytes, e.liveBytes, e.budgetBytes);
+    if (e instanceof GpuOutOfMemoryError || !oom) throw failure!.error;
     throw new GpuOutOfMemoryError(`${what} (${oom.message || 'the device refused a buffer'})`, 0, this.pool.liveBytes, this.pool.budgetBytes);
   }
 
