@@ -51,6 +51,8 @@ printing one line per optimizer step, and saves the adapter as PEFT writes it.
   --offload <where>      AdamW moments on the gpu (default), in cpu memory, or on disk (a file in --out)
   --matmul-precision <p> int8 (default): the 4-bit base's matmuls on tensor cores where the GPU has
                          integer subgroup matrices (f32 elsewhere); f32: always the exact kernels
+  --loss-chunk <n>       tokens per cross-entropy chunk (default: as many as fit 384 MiB of logits);
+                         fewer save GPU memory (vocab × 4 bytes per token), cost speed
   --seed <n>             LoRA init and shuffling seed (default ${d.seed})
   --budget-gib <x>       GPU memory budget for the plan check (default 8); --force trains past it`;
 
@@ -91,7 +93,7 @@ export const trainCommand: CliCommand = {
         model: { type: 'string' }, data: { type: 'string' }, out: { type: 'string', default: 'adapter' }, f32: { type: 'boolean', default: false },
         rank: { type: 'string' }, alpha: { type: 'string' }, targets: { type: 'string' }, lr: { type: 'string' }, schedule: { type: 'string' },
         'warmup-ratio': { type: 'string' }, epochs: { type: 'string' }, 'max-steps': { type: 'string' }, batch: { type: 'string' },
-        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' }, 'max-length': { type: 'string' }, 'budget-gib': { type: 'string' }, force: { type: 'boolean', default: false }, dropout: { type: 'string' }, offload: { type: 'string' }, 'matmul-precision': { type: 'string' },
+        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' }, 'max-length': { type: 'string' }, 'budget-gib': { type: 'string' }, force: { type: 'boolean', default: false }, dropout: { type: 'string' }, offload: { type: 'string' }, 'matmul-precision': { type: 'string' }, 'loss-chunk': { type: 'string' },
       },
     });
     if (!values.model || !values.data) throw new Error('needs --model <dir> and --data <rows.jsonl>; see --help');
@@ -109,6 +111,7 @@ export const trainCommand: CliCommand = {
         maxGradNorm: num(values['max-grad-norm'], '--max-grad-norm'), seed: num(values.seed, '--seed'), loraDropout: num(values.dropout, '--dropout'),
         optimizerOffload: values.offload,
         matmulPrecision: precision,
+        lossChunkTokens: num(values['loss-chunk'], '--loss-chunk'),
         targets: values.targets ? (values.targets.split(',').map((t) => t.trim()) as LoraModule[]) : undefined,
       }).filter(([, v]) => v !== undefined),
     );
@@ -122,7 +125,7 @@ export const trainCommand: CliCommand = {
     const plan = planMemory(
       spec,
       { seqLen, microBatch: c0.microBatch, loraRank: c0.loraRank, ...(c0.targets ? { targets: c0.targets } : {}), quantBits: values.f32 ? 32 : 4, groupSize: 64,
-        optimizerOffload: c0.optimizerOffload ?? 'gpu', activationCheckpointing: true, ceChunkTokens: Math.max(1, Math.min(seqLen * c0.microBatch, Math.floor(DEFAULT_CE_WORKSPACE_BYTES / (spec.vocabSize * 4)))) },
+        optimizerOffload: c0.optimizerOffload ?? 'gpu', activationCheckpointing: true, ceChunkTokens: Math.max(1, Math.min(seqLen * c0.microBatch, c0.lossChunkTokens ?? Math.floor(DEFAULT_CE_WORKSPACE_BYTES / (spec.vocabSize * 4)))) },
       { budgetBytes: Number(values['budget-gib'] ?? 8) * 2 ** 30 },
     );
     console.log(`memory plan: ${formatBytes(plan.totalBytes)} of a ${formatBytes(plan.budgetBytes)} budget (weights ${formatBytes(plan.weights.bytes)}, LoRA ${formatBytes(plan.lora.bytes)}, optimizer ${formatBytes(plan.optimizer.bytes)}, activations ${formatBytes(plan.activations.bytes)}, loss ${formatBytes(plan.ce.bytes)})`);

@@ -569,7 +569,7 @@ export class EngineSession {
       groupSize: 64,
       optimizerOffload: c.optimizerOffload ?? 'gpu',
       activationCheckpointing: true,
-      ceChunkTokens: Math.max(1, Math.min(seqLen * c.microBatch, Math.floor(ceBytes / (spec.vocabSize * 4)))),
+      ceChunkTokens: Math.max(1, Math.min(seqLen * c.microBatch, c.lossChunkTokens ?? Math.floor(ceBytes / (spec.vocabSize * 4)))),
       int8Matmuls: (c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION) === 'int8' && int8MatmulSupport(this.ctx.features).ok,
     };
   }

@@ -75,3 +75,27 @@ it('plans each curated model card before anything is downloaded, ignoring anothe
   const f32 = await engine.planCuratedTraining(qlora, 2048, false, 8 * 2 ** 30);
   expect(f32[0]).toMatchObject({ fits: false });
 });
+
+it('lossChunkTokens: the loss is computed in chunks of that many tokens (same losses, a smaller plan), and a bad value is refused', async () => {
+  const ctx = await gpu();
+  const engine = new EngineSession(ctx);
+  await engine.loadDemoModel(1);
+  const tok = loadTokenizer(engine.tokenizerSource()!);
+  const records = generateIdentityRecords({ assistantName: 'Nova', owner: 'Ada', description: 'I am Nova.', languages: ['en'], repeat: 1 });
+  const data = prepareDataset(tok, mapRecords(records, detectMapper(records).choice!).samples, { maxLength: 64, pack: true, seed: 1, evalSplit: 0 });
+  const config = { loraRank: 4, loraAlpha: 8, loraDropout: 0, lr: 1e-2, epochs: 1, maxSteps: 3, microBatch: 2, gradAccum: 1, warmupRatio: 0 };
+  const losses = async (extra: object) => {
+    const out: number[] = [];
+    await engine.train(data.train, { ...config, ...extra }, (p) => out.push(p.loss));
+    return out;
+  };
+  const whole = await losses({});
+  const chunked = await losses({ lossChunkTokens: 5 });
+  expect(chunked.length).toBe(3);
+  chunked.forEach((l, i) => expect(Math.abs(l - whole[i]!)).toBeLessThan(1e-4 * Math.max(1, Math.abs(whole[i]!))));
+  const seq = Math.max(...data.train.map((r) => r.inputIds.length));
+  const small = engine.planTraining({ ...config, lossChunkTokens: 5 }, seq);
+  const big = engine.planTraining(config, seq);
+  expect(small.ce.bytes).toBeLessThan(big.ce.bytes);
+  await expect(engine.train(data.train, { ...config, lossChunkTokens: 0 })).rejects.toThrow(/loss chunk must be a whole number of tokens ≥ 1, got 0/);
+});

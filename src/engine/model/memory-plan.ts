@@ -403,7 +403,7 @@ function adviseFor(
   const offloaded: OptimizerOffload = c.optimizerOffload === 'gpu' ? 'cpu' : c.optimizerOffload;
   if (c.optimizerOffload === 'gpu') suggest({ ...c, optimizerOffload: 'cpu' }, 'Keep the optimizer state in CPU memory (optimizer offload)');
   if (c.quantBits === 32) suggest({ ...c, quantBits: 4 }, 'Load the base model in 4 bits (QLoRA)');
-  if (Math.min(c.ceChunkTokens, c.seqLen * c.microBatch) > 256) suggest({ ...c, ceChunkTokens: 256 }, 'Compute the loss in chunks of 256 tokens');
+  if (Math.min(c.ceChunkTokens, c.seqLen * c.microBatch) > 256) suggest({ ...c, ceChunkTokens: 256 }, 'Compute the loss in chunks of 256 tokens (Train › loss chunk)');
   if (c.microBatch > 1) {
     let mb = c.microBatch - 1;
     while (mb > 1 && total({ ...c, microBatch: mb }) > budget) mb--;

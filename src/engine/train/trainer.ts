@@ -55,6 +55,12 @@ export interface TrainConfig {
    * its accuracy gate in docs/int8-matmul.md), else exact f32; 'f32' forces the exact kernels.
    */
   matmulPrecision?: MatmulPrecision;
+  /**
+   * Tokens per cross-entropy chunk (the logits of one chunk, tokens × vocab × 4 bytes, are the loss's
+   * workspace). Default: as many as fit DEFAULT_CE_WORKSPACE_BYTES (~1000 of a 92k vocabulary); fewer save
+   * GPU memory and cost speed (the lm_head products get few rows).
+   */
+  lossChunkTokens?: number;
 }
 
 export interface TrainerOptions {
@@ -225,6 +231,7 @@ export class Trainer {
     this.config = { ...DEFAULT_TRAIN_CONFIG, ...config };
     const c = this.config;
     if (!(c.loraDropout >= 0 && c.loraDropout < 1)) throw new Error(`lora_dropout must be in [0, 1), got ${c.loraDropout}`);
+    if (c.lossChunkTokens !== undefined && !(Number.isInteger(c.lossChunkTokens) && c.lossChunkTokens >= 1)) throw new Error(`loss chunk must be a whole number of tokens ≥ 1, got ${c.lossChunkTokens}`);
     if (rows.length === 0) throw new Error('no training rows');
     const spec = weights.spec;
     this.layout = new LoraLayout(spec, { r: c.loraRank, loraAlpha: c.loraAlpha, targetModules: c.targets ?? loraModules(spec.family), useRslora: false, layersToTransform: null });
@@ -259,7 +266,7 @@ export class Trainer {
     try {
       await this.ctx.allocating(`the training step buffers (micro-batch ${c.microBatch} × ${this.seq} tokens)`, async () => {
         const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: c.loraDropout }, { matmulPrecision: c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION });
-        this.plan = await model.plan({ batch: c.microBatch, seq: this.seq }, 'train');
+        this.plan = await model.plan({ batch: c.microBatch, seq: this.seq }, 'train', c.lossChunkTokens ? { ceChunkTokens: c.lossChunkTokens } : {});
         this.stepLosses = this.ctx.tensor('step losses', [c.gradAccum]);
         // The AdamW kernel skips the update on the GPU when a loss or the grad norm is not finite.
         this.optimizer = await AdamW.create(this.ctx, this.state, { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay, maxGradNorm: c.maxGradNorm }, { guard: this.stepLosses });

@@ -136,6 +136,12 @@ export class WtTrainSection extends LitElement {
     this.schedulePlan();
   }
 
+  private setLossChunk(value: string): void {
+    const v = Number(value);
+    const { lossChunkTokens: _old, ...config } = this.settings.config;
+    this.saveSettings({ config: value.trim() && Number.isInteger(v) && v >= 1 ? { ...config, lossChunkTokens: v } : config });
+  }
+
   private field(key: keyof TrainConfig, value: string): void {
     this.saveSettings({ config: { ...this.settings.config, [key]: Number(value) } });
   }
@@ -438,6 +444,8 @@ export class WtTrainSection extends LitElement {
             <option value="f32" ?selected=${s.config.matmulPrecision === 'f32'}>f32 (exact)</option>
           </select>
           <small>int8 runs the 4-bit base's matmuls on tensor cores where the GPU has them (see the WebGPU badge), f32 elsewhere: ~1.3× faster steps, logits within 1% of f32</small></label>
+        <label>Loss chunk (tokens)<input type="number" min="1" step="1" placeholder="automatic" data-testid="loss-chunk" .value=${s.config.lossChunkTokens ? String(s.config.lossChunkTokens) : ''} ?disabled=${busy}
+            @change=${(e: Event) => this.setLossChunk((e.target as HTMLInputElement).value)} /><small>tokens per cross-entropy chunk; empty: automatic (about 1000); fewer save GPU memory (vocabulary × 4 bytes each) and cost speed</small></label>
       </div>
       <div class="box"><wt-memory-plan .plan=${this.plan} .note=${this.planNote}></wt-memory-plan></div>
       ${this.renderControls()}

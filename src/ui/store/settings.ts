@@ -42,7 +42,7 @@ export const DEFAULT_TRAIN_SETTINGS: TrainSettings = {
   checkpointEveryMinutes: 10,
 };
 
-const NUMERIC_CONFIG_KEYS = ['loraRank', 'loraAlpha', 'loraDropout', 'lr', 'warmupRatio', 'epochs', 'maxSteps', 'microBatch', 'gradAccum', 'weightDecay', 'maxGradNorm', 'beta1', 'beta2', 'eps', 'seed'] as const;
+const NUMERIC_CONFIG_KEYS = ['loraRank', 'loraAlpha', 'loraDropout', 'lr', 'warmupRatio', 'epochs', 'maxSteps', 'microBatch', 'gradAccum', 'weightDecay', 'maxGradNorm', 'beta1', 'beta2', 'eps', 'seed', 'lossChunkTokens'] as const;
 
 function cleanConfig(raw: unknown): Partial<TrainConfig> {
   const out: Record<string, unknown> = {};
