@@ -191,7 +191,9 @@ export class WtTrainSection extends LitElement {
       const grid = themeColor(host, '--wt-border') || '#d9dce1';
       const axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
       const series = [{ label: 'step' }, { label: 'loss', stroke: themeColor(host, '--wt-accent') || '#3158d4', width: 2 }];
-      this.plot = new uPlot({ width: Math.max(320, host.clientWidth || 640), height: 220, scales: { x: { time: false } }, series, axes: [axis, axis] }, data, host);
+      // Steps are whole numbers: ticks only at integer increments.
+      const steps = { ...axis, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000] };
+      this.plot = new uPlot({ width: Math.max(320, host.clientWidth || 640), height: 220, scales: { x: { time: false } }, series, axes: [steps, axis] }, data, host);
     } else this.plot.setData(data);
   }
 
