@@ -9,7 +9,7 @@ import { GpuContext } from '../src/engine/gpu/context.ts';
 import { GpuUnavailableError } from '../src/engine/gpu/errors.ts';
 import { matmul } from '../src/engine/kernels/matmul.ts';
 import { EngineSession, type DeviceLossReport } from '../src/engine/session.ts';
-import { opfsSinks } from '../src/engine/share/sinks.ts';
+import { opfsSinks, recordingSinks } from '../src/engine/share/sinks.ts';
 import { OpfsBlobStore, type BlobStore } from '../src/engine/share/checkpoint.ts';
 import { HubService } from '../src/hub/service.ts';
 import { checkRepoId } from '../src/hub/client.ts';
@@ -219,9 +219,21 @@ const api: EngineApi = {
     return Comlink.transfer(file, [file.bytes.buffer as ArrayBuffer]);
   },
   async exportMerged(dtype, dir, onProgress) {
-    const { result, zip } = await (await engine()).exportMerged(dtype, dir ? opfsSinks(dir) : null, onProgress && ((p) => void onProgress(p)));
-    const out = { files: result.files, totalBytes: result.totalBytes, zip };
-    return zip ? Comlink.transfer(out, [zip.bytes.buffer as ArrayBuffer]) : out;
+    // Into a folder: every file is written to a swap file and appears whole on close; if the export fails or
+    // is cancelled, the files it completed are removed again, so the folder never holds half a checkpoint.
+    const written: string[] = [];
+    const sinks = dir ? recordingSinks(opfsSinks(dir), written) : null;
+    try {
+      const { result, zip } = await (await engine()).exportMerged(dtype, sinks, onProgress && ((p) => void onProgress(p)));
+      const out = { files: result.files, totalBytes: result.totalBytes, zip };
+      return zip ? Comlink.transfer(out, [zip.bytes.buffer as ArrayBuffer]) : out;
+    } catch (e) {
+      if (dir) for (const name of written) await dir.removeEntry(name).catch(() => undefined);
+      throw e;
+    }
+  },
+  async cancelExport() {
+    session?.cancelExport();
   },
   async importAdapter(input, source) {
     return (await engine()).importAdapter(input, source);

@@ -122,6 +122,8 @@ export interface EngineApi {
    * file, or with `dir` null returned as one zip (small models only). onProgress (a proxy) gets each tensor.
    */
   exportMerged(dtype: ExportDType, dir: FileSystemDirectoryHandle | null, onProgress?: (p: { tensor: string; done: number; total: number }) => void): Promise<{ files: string[]; totalBytes: number; zip: ExportFile | null }>;
+  /** Cancels the merged export in progress: its exportMerged rejects (MergeCancelledError) and a folder export's written files are removed. */
+  cancelExport(): Promise<void>;
   /** A PEFT adapter (.zip bytes, or a folder's files by relative path), validated against the loaded base and installed as the tuned model. */
   importAdapter(input: Uint8Array | Map<string, Blob>, source: string): Promise<ImportedAdapterSummary>;
   /** A PEFT adapter from a Hub repo id (downloaded into the cache like a model, cancellable with cancelHubDownload), then imported. */

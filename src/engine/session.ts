@@ -132,7 +132,16 @@ export interface DeviceLossReport {
 
 const TOKENIZER_NAMES = new Set(['tokenizer.json', 'tokenizer_config.json', 'chat_template.jinja', 'chat_template.json', 'tokenizer.model', 'special_tokens_map.json']);
 
+/** The rejection of a merged export the user cancelled. */
+export class MergeCancelledError extends Error {
+  override name = 'MergeCancelledError';
+  constructor() {
+    super('the merged export was cancelled');
+  }
+}
+
 export class EngineSession {
+  private exportAbort: AbortController | null = null;
   private weights: BaseWeights | null = null;
   private spec: ModelSpec | null = null;
   private modelId = '';
@@ -687,7 +696,19 @@ export class EngineSession {
    */
   async exportMerged(dtype: ExportDType, open: SinkFactory | null, onProgress?: (p: { tensor: string; done: number; total: number }) => void): Promise<{ result: MergeResult; zip: ExportFile | null }> {
     const b = await this.adapterBundle();
-    return mergedExport(this.baseIndex!, b, open, { dtype, modelId: this.modelId, baseFiles: this.baseFiles!, ...(onProgress ? { onProgress } : {}) });
+    if (this.exportAbort) throw new Error('a merged export is already running: wait for it or cancel it');
+    const abort = new AbortController();
+    this.exportAbort = abort;
+    try {
+      return await mergedExport(this.baseIndex!, b, open, { dtype, modelId: this.modelId, baseFiles: this.baseFiles!, signal: abort.signal, ...(onProgress ? { onProgress } : {}) });
+    } finally {
+      this.exportAbort = null;
+    }
+  }
+
+  /** Cancels the merged export in progress (between tensors; its exportMerged rejects with MergeCancelledError). */
+  cancelExport(): void {
+    this.exportAbort?.abort(new MergeCancelledError());
   }
 
   /**

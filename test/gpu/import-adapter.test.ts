@@ -10,6 +10,7 @@ import { DEMO_CONFIG, DEMO_MODEL_ID } from '../../src/engine/demo/demo-model.ts'
 import { parseModelConfig } from '../../src/engine/model/config.ts';
 import { expectedLoraTensors, loraModules, type PeftLoraConfig, type PeftTensor } from '../../src/engine/model/peft.ts';
 import { exportAdapterZip } from '../../src/engine/share/adapter-zip.ts';
+import { memorySinks, recordingSinks } from '../../src/engine/share/sinks.ts';
 import { readGguf } from '../../src/engine/share/gguf.ts';
 import { readZip } from '../../src/engine/share/zip.ts';
 import { bytesSource } from '../../src/formats/bytes.ts';
@@ -96,6 +97,26 @@ describe('adapter import and exports in the engine session', () => {
     expect(await s.chat('tuned', 'Hi', greedy)).toBe(before);
     s.unload();
   }, 600_000);
+
+  it('a merged export into a folder can be cancelled: it rejects between tensors, keeps no half-written file, and the next export runs', async () => {
+    const ctx = await gpu();
+    const s = new EngineSession(ctx);
+    await s.loadDemoModel(1);
+    await s.importAdapter(randomAdapter(), 'nova.zip');
+    const written: string[] = [];
+    const mem = memorySinks();
+    const run = s.exportMerged('f32', recordingSinks(mem.open, written), (p) => {
+      if (p.done === 2) s.cancelExport();
+    });
+    await expect(run).rejects.toMatchObject({ name: 'MergeCancelledError', message: 'the merged export was cancelled' });
+    // The shard being written was dropped (its sink aborted): nothing under the shard's name, no config yet.
+    expect(mem.files.has('model.safetensors')).toBe(false);
+    expect(mem.files.has('config.json')).toBe(false);
+    expect(written).toEqual([...mem.files.keys()]);
+    const again = await s.exportMerged('f32', null);
+    expect(again.result.files).toEqual(expect.arrayContaining(['model.safetensors', 'config.json']));
+    s.unload();
+  });
 
   it('out of GPU memory: an adapter import or a chat KV cache that does not fit is refused naming it, nothing is kept, and both work with room', async () => {
     const ctx = await gpu();

@@ -144,6 +144,7 @@ export interface MergeExportOptions {
   /** The base checkpoint's files: config.json, generation_config.json and tokenizer files pass through. */
   baseFiles: ReadonlyMap<string, Blob | Uint8Array | string>;
   onProgress?: (p: { tensor: string; done: number; total: number }) => void;
+  signal?: AbortSignal;
 }
 
 const PASS_THROUGH = /^(tokenizer\.json|tokenizer_config\.json|tokenizer\.model|special_tokens_map\.json|chat_template\.jinja|chat_template\.json|vocab\.json|merges\.txt|added_tokens\.json|.*\.py)$/;
@@ -172,6 +173,7 @@ export async function mergedExport(index: CheckpointIndex, b: AdapterBundle, ope
     stopTokenIds: b.chat?.stopTokenIds ?? [],
     passThrough,
     ...(o.onProgress ? { onProgress: o.onProgress } : {}),
+    ...(o.signal ? { signal: o.signal } : {}),
   };
   if (open) return { result: await mergeExport(index, b, open, options), zip: null };
   const size = mergedBytes(b.spec, o.dtype);

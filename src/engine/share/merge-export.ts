@@ -36,6 +36,8 @@ export interface MergeOptions {
   /** Copied unchanged: tokenizer.json, tokenizer_config.json, special_tokens_map.json, tokenizer.model, remote-code .py files, … */
   passThrough?: ReadonlyMap<string, ByteSource>;
   onProgress?: (p: { tensor: string; done: number; total: number }) => void;
+  /** Cancels between tensors (the file being written is dropped; the rejection is the signal's reason). */
+  signal?: AbortSignal;
 }
 
 export interface MergeResult {
@@ -151,6 +153,7 @@ export async function mergeExport(index: CheckpointIndex, adapter: MergeAdapter 
     try {
       await sink.write(safetensorsHeader(shard.map((t) => ({ name: t.name, dtype: stDtype, shape: t.shape, bytes: bytesOf(t) })), { format: 'pt' }));
       for (const t of shard) {
+        o.signal?.throwIfAborted();
         let data: Float32Array;
         if (t.params.length === 1) data = await index.read(t.params[0]!.name);
         else {
@@ -205,6 +208,7 @@ export async function mergeExport(index: CheckpointIndex, adapter: MergeAdapter 
   files.push('generation_config.json');
   const reserved = new Set(files);
   for (const [name, src] of o.passThrough ?? []) {
+    o.signal?.throwIfAborted();
     if (reserved.has(name) || name.endsWith('.safetensors') || name === 'model.safetensors.index.json') continue;
     await writeFileTo(open, name, await src.read(0, src.size));
     files.push(name);

@@ -63,6 +63,21 @@ export function opfsSinks(dir: FileSystemDirectoryHandle): SinkFactory {
   };
 }
 
+/** The same sinks, appending each file's name to `written` once it is complete (to undo a failed export). */
+export function recordingSinks(open: SinkFactory, written: string[]): SinkFactory {
+  return async (name) => {
+    const sink = await open(name);
+    return {
+      write: (chunk) => sink.write(chunk),
+      async close() {
+        await sink.close();
+        written.push(name);
+      },
+      abort: (reason) => sink.abort(reason),
+    };
+  };
+}
+
 /** Writes a whole file through a sink factory. */
 export async function writeFileTo(open: SinkFactory, name: string, data: Uint8Array): Promise<void> {
   const s = await open(name);

@@ -99,7 +99,9 @@ export class WtShareSection extends LitElement {
     try {
       this.saved = await work();
     } catch (e) {
-      if (!isCancel(e)) this.error = `${what}: ${errorText(e)}`;
+      // The user's own cancel (the folder picker closed, or Cancel during a merge) is not an error.
+      if (e instanceof Error && e.name === 'MergeCancelledError') this.saved = `${what}: cancelled; the files it had written were removed.`;
+      else if (!isCancel(e)) this.error = `${what}: ${errorText(e)}`;
     } finally {
       this.busy = '';
       this.merge = null;
@@ -235,7 +237,10 @@ export class WtShareSection extends LitElement {
           <button class="secondary" data-testid="export-merged-zip" ?disabled=${off} @click=${() => void this.exportMergedZip()}>Merge and download (.zip)</button>
         </div>
         ${!picker ? html`<p class="muted">This browser cannot write into a folder; large models need Chrome or Edge (or <code>npm run cli -- merge</code>).</p>` : nothing}
-        ${this.merge ? html`<progress data-testid="merge-progress" max=${this.merge.total} .value=${this.merge.done}></progress> <span class="muted">${this.merge.done}/${this.merge.total} ${this.merge.tensor}</span>` : nothing}
+        ${this.merge
+          ? html`<progress data-testid="merge-progress" max=${this.merge.total} .value=${this.merge.done}></progress> <span class="muted">${this.merge.done}/${this.merge.total} ${this.merge.tensor}</span>
+              <button class="secondary" data-testid="merge-cancel" @click=${() => void getEngine().cancelExport()}>Cancel</button>`
+          : nothing}
       </section>
       <section>
         <h3>Training recipe</h3>
