@@ -9,7 +9,10 @@ import { GpuContext } from '../src/engine/gpu/context.ts';
 import { GpuUnavailableError } from '../src/engine/gpu/errors.ts';
 import { matmul } from '../src/engine/kernels/matmul.ts';
 import { EngineSession, type DeviceLossReport } from '../src/engine/session.ts';
-import { opfsSinks, recordingSinks } from '../src/engine/share/sinks.ts';
+import { opfsSinks, recordingSinks, writeFileTo } from '../src/engine/share/sinks.ts';
+
+/** Written first into a folder export and removed when it completes (see exportMerged). */
+const INCOMPLETE_EXPORT_NOTE = 'WEBTUNE-EXPORT-INCOMPLETE.txt';
 import { OpfsBlobStore, type BlobStore } from '../src/engine/share/checkpoint.ts';
 import { HubService } from '../src/hub/service.ts';
 import { checkRepoId } from '../src/hub/client.ts';
@@ -221,14 +224,17 @@ const api: EngineApi = {
   async exportMerged(dtype, dir, onProgress) {
     // Into a folder: every file is written to a swap file and appears whole on close; if the export fails or
     // is cancelled, the files it completed are removed again, so the folder never holds half a checkpoint.
+    // A tab closed mid-export cannot clean up: a note written first and removed last says what the folder is.
     const written: string[] = [];
     const sinks = dir ? recordingSinks(opfsSinks(dir), written) : null;
+    if (dir) await writeFileTo(opfsSinks(dir), INCOMPLETE_EXPORT_NOTE, new TextEncoder().encode('This folder holds a WebTune merged-model export that did not finish (the tab was closed or the\nbrowser stopped). Its files are not a complete checkpoint: delete them and export again.\n'));
     try {
       const { result, zip } = await (await engine()).exportMerged(dtype, sinks, onProgress && ((p) => void onProgress(p)));
+      if (dir) await dir.removeEntry(INCOMPLETE_EXPORT_NOTE).catch(() => undefined);
       const out = { files: result.files, totalBytes: result.totalBytes, zip };
       return zip ? Comlink.transfer(out, [zip.bytes.buffer as ArrayBuffer]) : out;
     } catch (e) {
-      if (dir) for (const name of written) await dir.removeEntry(name).catch(() => undefined);
+      if (dir) for (const name of [...written, INCOMPLETE_EXPORT_NOTE]) await dir.removeEntry(name).catch(() => undefined);
       throw e;
     }
   },
