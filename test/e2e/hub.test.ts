@@ -17,7 +17,7 @@ function fakeHub(): FakeHub {
   for (const [name, f] of demoModelFiles(5)) files.set(name, typeof f === 'string' ? new TextEncoder().encode(f) : f);
   // Served from /resolve/ directly: a redirect fulfilled by request interception fails the cross-origin fetch
   // in Chromium (the CDN redirect and Range resume are covered against the same fake in Node:
-  // test/unit/hub/hub-service.test.ts).
+  // test/unit/hub/hub-cache.test.ts).
   return new FakeHub({ [REPO]: { files, lfs: () => false } });
 }
 
