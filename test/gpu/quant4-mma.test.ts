@@ -7,12 +7,14 @@ import { describe, expect, it } from 'vitest';
 import { allocQ4Weight, dequantizeQ4Cpu, quantizeQ4Cpu, releaseQ4Weight, writeQ4Rows } from '../../src/engine/kernels/quant4.ts';
 import {
   allocInt8Scratch,
+  cacheInt8Bounds,
   denseMatmulF64,
   int8MatmulCpu,
   int8MatmulDxCpu,
   int8MatmulSupport,
   int8RowBytes,
   prepareQ4ColAbsmax,
+  prepareQ4RowAbsmax,
   prepareQuantizeRows,
   quantizeRowsCpu,
   releaseInt8Scratch,
@@ -113,6 +115,35 @@ describe('int8 weight grid of the backward (q4_col_absmax)', () => {
     expect(got[2]).toBeGreaterThan(0.85);
     releaseQ4Weight(ctx, W);
     ctx.release(colmax);
+  });
+});
+
+describe('int8 weight bounds cached with the weight (cacheInt8Bounds)', () => {
+  it('equal the per-step passes, in row blocks; rewriting codes drops them; released with the weight', async () => {
+    const ctx = await gpu();
+    const seed = freshSeed();
+    const r = rng(seed);
+    const [N, K] = [70, 192];
+    const host = quantizeQ4Cpu(randn(N * K, r, 0.02), N, K);
+    const W = allocQ4Weight(ctx, 'W', N, K, 32); // three row blocks
+    writeQ4Rows(ctx, W, 0, host);
+    const live = ctx.pool.liveBytes;
+    await cacheInt8Bounds(ctx, W);
+    expect(W.blocks.every((b) => b.bounds)).toBe(true);
+    for (const b of W.blocks) {
+      const rowmax = ctx.tensor('rowmax', [b.rows]);
+      const colmax = ctx.tensor('colmax', [K / 64]);
+      await ctx.run([await prepareQ4RowAbsmax(ctx, b, K, rowmax), await prepareQ4ColAbsmax(ctx, b, K, colmax)]);
+      expect(Array.from(await ctx.read(b.bounds!.rowmax)), `rows of block ${b.row0}, seed ${seed}`).toEqual(Array.from(await ctx.read(rowmax)));
+      expect(Array.from(await ctx.read(b.bounds!.colmax)), `column groups of block ${b.row0}`).toEqual(Array.from(await ctx.read(colmax)));
+      ctx.release(rowmax);
+      ctx.release(colmax);
+    }
+    // New codes for rows 40..69 (blocks 1 and 2): their bounds go, block 0 keeps its own.
+    writeQ4Rows(ctx, W, 40, quantizeQ4Cpu(randn(30 * K, r, 0.5), 30, K));
+    expect(W.blocks.map((b) => !!b.bounds)).toEqual([true, false, false]);
+    releaseQ4Weight(ctx, W);
+    expect(ctx.pool.liveBytes).toBeLessThan(live);
   });
 });
 

@@ -140,17 +140,34 @@ export async function prepareInt8Q4Matmul(ctx: GpuContext, X: Int8Rows, W: Q4Wei
   const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_fwd', defines: { OP: 'fwd', RESIDUAL: residual, ...opts.variant } });
   const out: KernelDispatch[] = [];
   for (const b of W.blocks) {
-    out.push(await prepareQ4RowAbsmax(ctx, b, W.in, scratch.wbound));
+    // The weight grid: cached with the weights (cacheInt8Bounds), else bound here every time.
+    const bound = b.bounds?.rowmax ?? scratch.wbound;
+    if (!b.bounds) out.push(await prepareQ4RowAbsmax(ctx, b, W.in, bound));
     const label = `int8${residual ? '×2' : ''} q4 matmul ${M}×${W.in}·${b.q.label}ᵀ`;
     const uniforms = ctx.uniforms(`${label} params`, fields({ M, N: b.rows, K: W.in, ld: W.out, off: b.row0, lda: X.levels * X.rowBytes, lo: residual ? X.rowBytes : 0 }));
     out.push({
       label,
       pipeline,
-      bindGroup: ctx.bindGroup(label, pipeline, [uniforms, X.q, X.scale, b.q, b.sm, Y, scratch.wbound]),
+      bindGroup: ctx.bindGroup(label, pipeline, [uniforms, X.q, X.scale, b.q, b.sm, Y, bound]),
       workgroups: [Math.ceil(b.rows / TILE), Math.ceil(M / (residual ? TILE / 2 : TILE)), 1],
     });
   }
   return out;
+}
+
+/**
+ * Computes each block's int8 weight grid once and keeps it with the weight (Q4Block.bounds): the frozen
+ * base's bounds never change, so the step's int8 matmuls skip two small passes per projection (336 + 168
+ * dispatches a step for a 24-layer model). Call once the codes are final; writing codes drops them.
+ */
+export async function cacheInt8Bounds(ctx: GpuContext, W: Q4Weight): Promise<void> {
+  for (const b of W.blocks) {
+    if (b.bounds) continue;
+    const rowmax = ctx.tensor(`${b.q.label} int8 row bounds`, [b.rows]);
+    const colmax = ctx.tensor(`${b.q.label} int8 column bounds`, [W.in / Q4_GROUP]);
+    await ctx.run([await prepareQ4RowAbsmax(ctx, b, W.in, rowmax), await prepareQ4ColAbsmax(ctx, b, W.in, colmax)]);
+    b.bounds = { rowmax, colmax };
+  }
 }
 
 /** rowmax[n] = the largest |w| any code of row n can take (the forward's int8 grid), for one block. */
@@ -186,14 +203,15 @@ export async function prepareInt8Q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4We
     const acc = accumulate || i > 0;
     const quant = await prepareQuantizeRows(ctx, dY, scratch, { rows: M, cols: b.rows, ld: W.out, off: b.row0 });
     out.push(quant.dispatch);
-    out.push(await prepareQ4ColAbsmax(ctx, b, W.in, scratch.wbound));
+    const bound = b.bounds?.colmax ?? scratch.wbound;
+    if (!b.bounds) out.push(await prepareQ4ColAbsmax(ctx, b, W.in, bound));
     const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_dx', defines: { OP: 'dx', ACCUMULATE: acc } });
     const label = `int8 q4 dX ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
     const uniforms = ctx.uniforms(`${label} params`, fields({ M, N: b.rows, K: W.in, ld: W.out, off: b.row0, lda: quant.rows.rowBytes }));
     out.push({
       label,
       pipeline,
-      bindGroup: ctx.bindGroup(label, pipeline, [uniforms, quant.rows.q, quant.rows.scale, b.q, b.sm, dX, scratch.wbound]),
+      bindGroup: ctx.bindGroup(label, pipeline, [uniforms, quant.rows.q, quant.rows.scale, b.q, b.sm, dX, bound]),
       workgroups: [Math.ceil(W.in / TILE), Math.ceil(M / TILE), 1],
     });
   }

@@ -36,6 +36,25 @@ export interface Q4Block {
   readonly q: Tensor;
   /** Scales: rows · in/64 u32. */
   readonly sm: Tensor;
+  /**
+   * The int8 tensor-core path's weight grid (quant4-mma.ts cacheInt8Bounds), kept because the base is frozen;
+   * dropped whenever codes are written again.
+   */
+  bounds?: Q4Bounds;
+}
+
+/** Per row of W (the forward's int8 grid) and per 64-column group (the backward's). */
+export interface Q4Bounds {
+  readonly rowmax: Tensor;
+  readonly colmax: Tensor;
+}
+
+/** Forgets a block's cached int8 bounds (its codes are about to change). */
+export function dropQ4Bounds(ctx: GpuContext, b: Q4Block): void {
+  if (!b.bounds) return;
+  ctx.release(b.bounds.rowmax);
+  ctx.release(b.bounds.colmax);
+  delete b.bounds;
 }
 
 export interface Q4Weight {
@@ -225,6 +244,7 @@ export function allocQ4Weight(ctx: GpuContext, label: string, out: number, inFea
 
 export function releaseQ4Weight(ctx: GpuContext, w: Q4Weight): void {
   for (const b of w.blocks) {
+    dropQ4Bounds(ctx, b);
     ctx.release(b.q);
     ctx.release(b.sm);
   }
@@ -239,6 +259,7 @@ export function writeQ4Rows(ctx: GpuContext, w: Q4Weight, row0: number, host: Q4
     const lo = Math.max(row0, b.row0);
     const hi = Math.min(row0 + rows, b.row0 + b.rows);
     if (lo >= hi) continue;
+    dropQ4Bounds(ctx, b);
     ctx.write(b.q, host.q.subarray((lo - row0) * wordsPerRow, (hi - row0) * wordsPerRow), (lo - b.row0) * wordsPerRow * 4);
     ctx.write(b.sm, host.sm.subarray((lo - row0) * gpr, (hi - row0) * gpr), (lo - b.row0) * gpr * 4);
   }
@@ -301,6 +322,7 @@ export async function prepareQuantizeQ4(ctx: GpuContext, src: Tensor, dst: Q4Wei
     const lo = Math.max(row0, b.row0);
     const hi = Math.min(row0 + rows, b.row0 + b.rows);
     if (lo >= hi) continue;
+    dropQ4Bounds(ctx, b); // these rows' codes are rewritten when the dispatch runs
     const label = `quantize4 ${source} ${dst.label} rows ${lo}:${hi}`;
     const uniforms = ctx.uniforms(`${label} params`, uniformFields({ N: hi - lo, K, off: lo - b.row0, srcOff: (lo - row0) * K }));
     out.push({ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, src, b.q, b.sm]), workgroups: grid2d(ctx, Math.ceil(((hi - lo) * K) / Q4_GROUP / 64)) });

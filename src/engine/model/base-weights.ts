@@ -7,6 +7,8 @@
 import type { GpuContext } from '../gpu/context.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 import { allocQ4Weight, prepareQuantizeQ4, Q4_GROUP, releaseQ4Weight, type Q4Weight } from '../kernels/quant4.ts';
+import { cacheInt8Bounds } from '../kernels/quant4-mma.ts';
+import { int8MatmulSupport } from '../gpu/features.ts';
 import type { ModelSpec } from './config.ts';
 import { layerParamName, type CheckpointIndex, type LayerParamKind } from './weights.ts';
 
@@ -91,6 +93,8 @@ async function loadProjection(ctx: GpuContext, index: CheckpointIndex, name: str
   } finally {
     ctx.release(staging);
   }
+  // Where training will run the base on tensor cores, its int8 weight grid is computed once, here.
+  if (int8MatmulSupport(ctx.features).ok) await cacheInt8Bounds(ctx, w);
   return { kind: 'q4', w, out, in: inF };
 }
 

@@ -270,6 +270,9 @@ export function planMemory(
     { name: 'norms and biases', bytes: (L * smallPerLayer + h) * F32, note: 'RMSNorm weights (+q/k norms, +biases) per layer, final norm' },
     { name: 'embedding', bytes: embedBytes, note: `[${vocab}, ${h}] × ${a.embedBytesPerElement} bytes, in row blocks that fit a binding` },
     { name: 'lm_head', bytes: lmHeadBytes, note: spec.tieWordEmbeddings ? 'tied: shares the embedding' : `[${vocab}, ${h}] × ${a.lmHeadBytesPerElement} bytes` },
+    ...(c.int8Matmuls && c.quantBits === 4
+      ? [{ name: 'int8 weight bounds', bytes: L * projs.filter((m) => m.in % c.groupSize === 0).reduce((t, m) => t + (m.out + m.in / c.groupSize) * F32, 0), note: `${L} layers × 4-bit projections: one bound per row and per ${c.groupSize}-column group, computed once at load (quant4-mma.ts cacheInt8Bounds)` }]
+      : []),
   ]);
 
   // ---- LoRA: flat params and grads, each matrix's slot padded (persistent)

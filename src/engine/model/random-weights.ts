@@ -7,6 +7,8 @@ import type { GpuContext } from '../gpu/context.ts';
 import { seededGaussian } from '../random.ts';
 import type { Tensor } from '../gpu/tensor.ts';
 import { allocQ4Weight, prepareQuantizeQ4, Q4_GROUP } from '../kernels/quant4.ts';
+import { cacheInt8Bounds } from '../kernels/quant4-mma.ts';
+import { int8MatmulSupport } from '../gpu/features.ts';
 import { PROJECTIONS, rowsPerBinding, type BaseWeights, type LayerWeights, type Projection, type ProjectionKind, type RowBlock } from './base-weights.ts';
 import type { ModelSpec } from './config.ts';
 import { layerParamShape } from './weights.ts';
@@ -59,6 +61,7 @@ export async function randomBaseWeights(ctx: GpuContext, spec: ModelSpec, o: Ran
       await ctx.run(await prepareQuantizeQ4(ctx, staging, w, r0, n, 'f32'));
     }
     ctx.release(staging);
+    if (int8MatmulSupport(ctx.features).ok) await cacheInt8Bounds(ctx, w);
     return { kind: 'q4', w, out, in: inF };
   };
   const embed = table('embed', spec.vocabSize);
