@@ -9,9 +9,10 @@
 //   MODE == DB   dB += s · dYᵀ · U                       [out, r]
 //   MODE == DA   dA += s · Gᵀ · dropout(X)               [r, in]
 //
-// All but DX have a small output and a long reduction (in, out or tokens), so they run split-K (SPLIT):
-// workgroup z reduces its slice [z·chunk, (z+1)·chunk) into partials[z] (written), and `lora_reduce`
-// adds the slices in order and applies the epilogue: deterministic, no float atomics.
+// All but DX have a small output and a long reduction (in, out or tokens), so on GPUs they run split-K
+// (SPLIT): workgroup z reduces its slice [z·chunk, (z+1)·chunk) into partials[z] (written), and
+// `lora_reduce` adds the slices in order and applies the epilogue: deterministic, no float atomics. On CPU
+// adapters (SOFTWARE) each is one barrier-free pass.
 //
 // Gradient rule (llm.c): parameter grads are accumulated (dA +=, and dB += in lora.ts); activation grads
 // are written: dX is written by the base path first, and this kernel then adds the adapter's term.

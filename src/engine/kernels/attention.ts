@@ -1,6 +1,7 @@
 import attentionWgsl from '../../../shaders/attention.wgsl';
 import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
+import { grid1d } from './grid.ts';
 
 export const ATTENTION_SHADER = { name: 'attention.wgsl', code: attentionWgsl };
 
@@ -226,11 +227,9 @@ function workgroupCount(ctx: GpuContext, label: string, n: number): number {
   return n;
 }
 
-/** A 2-D grid of 64-wide workgroups covering `items` invocations (the row kernels' sw_item). */
+/** 64-wide workgroups covering `items` invocations, as the row kernels' sw_item linearises them. */
 function rowsGrid(ctx: GpuContext, label: string, items: number): [number, number, number] {
-  const n = Math.ceil(items / 64);
-  const max = ctx.limits.maxComputeWorkgroupsPerDimension;
-  return [Math.min(n, max), workgroupCount(ctx, label, Math.ceil(n / max)), 1];
+  return grid1d(ctx, Math.ceil(items / 64), label);
 }
 
 function shapeLabel(s: AttentionShape): string {
