@@ -73,6 +73,26 @@ describe('app shell in Chromium with WebGPU (SwiftShader)', () => {
     await page.close();
   });
 
+  it('every control of every section has an accessible name, and the sections are reachable from the keyboard', async () => {
+    const page = await app.browser().newPage({ viewport: { width: 1280, height: 800 } });
+    const { errors } = watchPage(page);
+    await page.goto(app.url());
+    await page.getByTestId('model-info').waitFor({ timeout: 60_000 });
+    for (const id of ['model', 'data', 'train', 'chat', 'share']) {
+      // Keyboard: focus the section's tab and press Enter (no mouse).
+      await page.getByTestId(`tab-${id}`).focus();
+      await page.keyboard.press('Enter');
+      await page.getByTestId(`section-${id}`).waitFor();
+      // The accessibility tree as a screen reader gets it (shadow roots included): no unnamed control.
+      const tree = await page.locator('wt-app').ariaSnapshot();
+      const unnamed = tree.split('\n').filter((l) => /^\s*- (button|textbox|combobox|spinbutton|checkbox|slider|link|radio)\s*(\[|:|$)/.test(l));
+      expect(unnamed, `unnamed controls in ${id}`).toEqual([]);
+      expect(tree.split('\n').filter((l) => /- (spinbutton|textbox|combobox|button) "/.test(l)).length, `controls in ${id}`).toBeGreaterThan(1);
+    }
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
   it('explains what to do when WebGPU is missing', async () => {
     const noGpu = await launch([], false);
     try {
