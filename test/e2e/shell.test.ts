@@ -88,6 +88,11 @@ describe('app shell in Chromium with WebGPU (SwiftShader)', () => {
       const unnamed = tree.split('\n').filter((l) => /^\s*- (button|textbox|combobox|spinbutton|checkbox|slider|link|radio)\s*(\[|:|$)/.test(l));
       expect(unnamed, `unnamed controls in ${id}`).toEqual([]);
       expect(tree.split('\n').filter((l) => /- (spinbutton|textbox|combobox|button) "/.test(l)).length, `controls in ${id}`).toBeGreaterThan(1);
+      // Every hyper-parameter of the trainer is in the Train form, each with its one-line explanation.
+      if (id === 'train')
+        for (const name of ['LoRA rank', 'LoRA alpha', 'LoRA dropout', 'Learning rate', 'Epochs', 'Batch', 'Accumulation', 'Warmup', 'Max steps', 'Weight decay', 'Max grad norm', 'Adam β1', 'Adam β2', 'Adam ε', 'Seed', 'Loss chunk'])
+          expect(tree, name).toMatch(new RegExp(`- '?spinbutton "${name}( \\(tokens\\))? \\S`)); // YAML quotes a line holding ': '
+      if (id === 'train') for (const name of ['Preset', 'Schedule', 'Matmul precision']) expect(tree, name).toMatch(new RegExp(`- '?combobox "${name}`));
     }
     expect(errors).toEqual([]);
     await page.close();

@@ -16,7 +16,8 @@ import '../runs/wt-run-fault.ts';
 import { faultOfDeviceLoss, faultOfError, type RunFault } from '../runs/run-fault.ts';
 import type { RunAction } from '../runs/wt-runs-list.ts';
 
-const FIELDS: { key: keyof TrainConfig; label: string; help: string; step?: string }[] = [
+/** The numeric hyper-parameters of the form; `fallback` is the engine's default, shown when the field is empty. */
+const FIELDS: { key: keyof TrainConfig; label: string; help: string; step?: string; fallback?: string }[] = [
   { key: 'loraRank', label: 'LoRA rank', help: 'size of the adapter matrices; larger learns more, costs more' },
   { key: 'loraAlpha', label: 'LoRA alpha', help: 'the adapter output is scaled by alpha / rank' },
   { key: 'loraDropout', label: 'LoRA dropout', help: 'fraction of adapter inputs dropped while training', step: '0.01' },
@@ -25,6 +26,13 @@ const FIELDS: { key: keyof TrainConfig; label: string; help: string; step?: stri
   { key: 'microBatch', label: 'Batch', help: 'rows per micro-batch' },
   { key: 'gradAccum', label: 'Accumulation', help: 'micro-batches per optimizer step' },
   { key: 'warmupRatio', label: 'Warmup', help: 'fraction of steps with a rising learning rate', step: '0.01' },
+  { key: 'maxSteps', label: 'Max steps', help: 'stop after this many optimizer steps (empty: all epochs)', fallback: 'all' },
+  { key: 'weightDecay', label: 'Weight decay', help: "AdamW's decoupled weight decay", step: 'any', fallback: '0' },
+  { key: 'maxGradNorm', label: 'Max grad norm', help: 'clip the global gradient norm to this (0: no clipping)', step: 'any', fallback: '1' },
+  { key: 'beta1', label: 'Adam β1', help: 'decay of the first moment', step: 'any', fallback: '0.9' },
+  { key: 'beta2', label: 'Adam β2', help: 'decay of the second moment', step: 'any', fallback: '0.999' },
+  { key: 'eps', label: 'Adam ε', help: 'added to the second moment’s root', step: 'any', fallback: '1e-8' },
+  { key: 'seed', label: 'Seed', help: 'LoRA initialisation, dropout masks and data order', fallback: '42' },
 ];
 
 /** Automatic continues of one run after GPU losses before the user is asked instead. */
@@ -142,8 +150,12 @@ export class WtTrainSection extends LitElement {
     this.saveSettings({ config: value.trim() && Number.isInteger(v) && v >= 1 ? { ...config, lossChunkTokens: v } : config });
   }
 
+  /** A number, or (empty) the engine's default for the key; an empty max steps is 0 = no limit (so a preset's cap stays off after a reload). */
   private field(key: keyof TrainConfig, value: string): void {
-    this.saveSettings({ config: { ...this.settings.config, [key]: Number(value) } });
+    const { [key]: _old, ...rest } = this.settings.config;
+    const v = Number(value);
+    if (!value.trim() && key === 'maxSteps') this.saveSettings({ config: { ...rest, maxSteps: 0 } });
+    else this.saveSettings({ config: value.trim() && Number.isFinite(v) ? { ...rest, [key]: v } : rest });
   }
 
   // ---- memory plan
@@ -426,7 +438,7 @@ export class WtTrainSection extends LitElement {
       </label>
       <div class="grid">
         ${FIELDS.map(
-          (f) => html`<label>${f.label}<input type="number" step=${f.step ?? '1'} .value=${String(s.config[f.key] ?? '')} ?disabled=${busy}
+          (f) => html`<label>${f.label}<input type="number" step=${f.step ?? '1'} .value=${String(f.key === 'maxSteps' && !s.config.maxSteps ? '' : (s.config[f.key] ?? ''))} placeholder=${f.fallback ?? ''} ?disabled=${busy}
               data-testid="field-${f.key}" @change=${(e: Event) => this.field(f.key, (e.target as HTMLInputElement).value)} /><small>${f.help}</small></label>`,
         )}
       </div>
@@ -446,6 +458,11 @@ export class WtTrainSection extends LitElement {
             <option value="f32" ?selected=${s.config.matmulPrecision === 'f32'}>f32 (exact)</option>
           </select>
           <small>int8 runs the 4-bit base's matmuls on tensor cores where the GPU has them (see the WebGPU badge), f32 elsewhere: ~1.3× faster steps, logits within 1% of f32</small></label>
+        <label>Schedule
+          <select data-testid="schedule" ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ config: { ...s.config, schedule: (e.target as HTMLSelectElement).value as 'cosine' | 'constant' | 'linear' } })}>
+            ${(['cosine', 'linear', 'constant'] as const).map((v) => html`<option value=${v} ?selected=${(s.config.schedule ?? 'cosine') === v}>${v}</option>`)}
+          </select>
+          <small>the learning rate after warmup: cosine decay (XTuner's default), linear decay, or constant</small></label>
         <label>Loss chunk (tokens)<input type="number" min="1" step="1" placeholder="automatic" data-testid="loss-chunk" .value=${s.config.lossChunkTokens ? String(s.config.lossChunkTokens) : ''} ?disabled=${busy}
             @change=${(e: Event) => this.setLossChunk((e.target as HTMLInputElement).value)} /><small>tokens per cross-entropy chunk; empty: automatic (about 1000); fewer save GPU memory (vocabulary × 4 bytes each) and cost speed</small></label>
       </div>
