@@ -194,18 +194,25 @@ export class WtTrainSection extends LitElement {
   private chart(): void {
     const host = this.renderRoot.querySelector<HTMLElement>('.chart');
     if (!host) return;
-    const c = this.run?.curve ?? { step: [], loss: [] };
+    const c = this.run?.curve ?? { step: [], loss: [], lr: [] };
     // A skipped step's loss is NaN or ±∞: a gap in the curve, not a broken scale.
-    const data: uPlot.AlignedData = [c.step, c.loss.map((v) => (Number.isFinite(v) ? v : null))];
+    // The learning rate on its own scale (right axis); records from before it was kept have none.
+    const lr = c.step.map((_, i) => c.lr?.[i] ?? null);
+    const data: uPlot.AlignedData = [c.step, c.loss.map((v) => (Number.isFinite(v) ? v : null)), lr];
     host.dataset.steps = c.step.join(',');
     if (!this.plot) {
       const text = themeColor(host, '--wt-muted') || '#5b6270';
       const grid = themeColor(host, '--wt-border') || '#d9dce1';
       const axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
-      const series = [{ label: 'step' }, { label: 'loss', stroke: themeColor(host, '--wt-accent') || '#3158d4', width: 2 }];
+      const series: uPlot.Series[] = [
+        { label: 'step' },
+        { label: 'loss', scale: 'loss', stroke: themeColor(host, '--wt-accent') || '#3158d4', width: 2 },
+        { label: 'learning rate', scale: 'lr', stroke: text, width: 1, dash: [4, 4], value: (_u, v) => (v == null ? '--' : v.toExponential(2)) },
+      ];
       // Steps are whole numbers: ticks only at integer increments.
       const steps = { ...axis, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000] };
-      this.plot = new uPlot({ width: Math.max(320, host.clientWidth || 640), height: 220, scales: { x: { time: false } }, series, axes: [steps, axis] }, data, host);
+      const lrAxis: uPlot.Axis = { ...axis, scale: 'lr', side: 1, grid: { show: false }, values: (_u, ticks) => ticks.map((t) => t.toExponential(1)) };
+      this.plot = new uPlot({ width: Math.max(320, host.clientWidth || 640), height: 220, scales: { x: { time: false }, loss: {}, lr: {} }, series, axes: [steps, { ...axis, scale: 'loss' }, lrAxis] }, data, host);
     } else this.plot.setData(data);
   }
 
