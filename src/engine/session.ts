@@ -39,6 +39,8 @@ export interface ModelInfo {
   id: string;
   architecture: string;
   family: string;
+  /** The projections a LoRA adapter can target in this family (PEFT's module names), in layer order. */
+  loraTargets: string[];
   layers: number;
   hidden: number;
   vocab: number;
@@ -255,6 +257,7 @@ export class EngineSession {
       id: this.modelId,
       architecture: spec.architecture,
       family: spec.family,
+      loraTargets: loraModules(spec.family),
       layers: spec.layers,
       hidden: spec.hidden,
       vocab: spec.vocabSize,

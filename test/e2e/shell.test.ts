@@ -93,6 +93,8 @@ describe('app shell in Chromium with WebGPU (SwiftShader)', () => {
         for (const name of ['LoRA rank', 'LoRA alpha', 'LoRA dropout', 'Learning rate', 'Epochs', 'Batch', 'Accumulation', 'Warmup', 'Max steps', 'Weight decay', 'Max grad norm', 'Adam β1', 'Adam β2', 'Adam ε', 'Seed', 'Loss chunk'])
           expect(tree, name).toMatch(new RegExp(`- '?spinbutton "${name}( \\(tokens\\))? \\S`)); // YAML quotes a line holding ': '
       if (id === 'train') for (const name of ['Preset', 'Schedule', 'Matmul precision']) expect(tree, name).toMatch(new RegExp(`- '?combobox "${name}`));
+      // The loaded model's LoRA targets (the demo model is a Llama: PEFT's seven projection names).
+      if (id === 'train') for (const t of ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']) expect(tree, t).toMatch(new RegExp(`- checkbox "${t}" \\[checked\\]`));
     }
     expect(errors).toEqual([]);
     await page.close();

@@ -67,6 +67,8 @@ export class WtTrainSection extends LitElement {
       progress { width: 100%; height: 0.9rem; }
       .chart { height: 240px; }
       .error { color: var(--wt-error); white-space: pre-wrap; }
+      .targets { display: flex; flex-wrap: wrap; gap: 0.4rem 1rem; border: 1px solid var(--wt-border); border-radius: var(--wt-radius); margin: 0.6rem 0; }
+      .targets legend small { color: var(--wt-muted); margin-left: 0.4rem; }
       .recovery { display: flex; gap: 0.8rem; align-items: flex-start; border: 1px solid var(--wt-warn); border-radius: var(--wt-radius); padding: 0.6rem 0.8rem; margin: 0.6rem 0; }
       .recovery span { flex: 1; }
       .answers { display: grid; gap: 0.5rem; max-height: 20rem; overflow: auto; }
@@ -150,6 +152,29 @@ export class WtTrainSection extends LitElement {
     this.saveSettings({ config: value.trim() && Number.isInteger(v) && v >= 1 ? { ...config, lossChunkTokens: v } : config });
   }
 
+  /** The loaded model's LoRA targets the form keeps (a stored choice of another family's names counts as all). */
+  private targets(): string[] {
+    const all = this.model?.loraTargets ?? [];
+    const chosen = (this.settings.config.targets ?? []).filter((t) => all.includes(t));
+    return chosen.length ? chosen : all;
+  }
+
+  private setTarget(name: string, on: boolean): void {
+    const all = this.model?.loraTargets ?? [];
+    const next = all.filter((t) => (t === name ? on : this.targets().includes(t)));
+    if (next.length === 0) return; // at least one projection carries the adapter
+    const { targets: _old, ...config } = this.settings.config;
+    this.saveSettings({ config: next.length === all.length ? config : { ...config, targets: next as TrainConfig['targets'] } });
+  }
+
+  /** The config a new run trains with: the form's, with targets valid for the loaded model. */
+  private runConfig(): Partial<TrainConfig> {
+    const { targets: _t, ...config } = this.settings.config;
+    const all = this.model?.loraTargets ?? [];
+    const chosen = this.targets();
+    return chosen.length && chosen.length < all.length ? { ...config, targets: chosen as TrainConfig['targets'] } : config;
+  }
+
   /** A number, or (empty) the engine's default for the key; an empty max steps is 0 = no limit (so a preset's cap stays off after a reload). */
   private field(key: keyof TrainConfig, value: string): void {
     const { [key]: _old, ...rest } = this.settings.config;
@@ -181,7 +206,7 @@ export class WtTrainSection extends LitElement {
     }
     const seqLen = Math.max(...this.rows.map((r) => r.inputIds.length));
     try {
-      this.plan = await getEngine().planTraining(this.settings.config, seqLen, this.settings.budgetGiB * 2 ** 30);
+      this.plan = await getEngine().planTraining(this.runConfig(), seqLen, this.settings.budgetGiB * 2 ** 30);
       this.planNote = '';
     } catch (e) {
       this.plan = null;
@@ -263,7 +288,7 @@ export class WtTrainSection extends LitElement {
     const run = newRunRecord({
       id: newRunId(),
       modelId: this.model.id,
-      config: { ...this.settings.config },
+      config: this.runConfig(),
       evaluation: this.evaluation(),
       checkpointPolicy: { everySteps: this.settings.checkpointEverySteps, everyMinutes: this.settings.checkpointEveryMinutes },
     });
@@ -449,6 +474,11 @@ export class WtTrainSection extends LitElement {
               data-testid="field-${f.key}" @change=${(e: Event) => this.field(f.key, (e.target as HTMLInputElement).value)} /><small>${f.help}</small></label>`,
         )}
       </div>
+      ${this.model?.loraTargets.length
+        ? html`<fieldset class="targets" data-testid="lora-targets" ?disabled=${busy}><legend>LoRA targets <small>the projections that get an adapter (all linear layers: XTuner's and QLoRA's choice)</small></legend>
+            ${this.model.loraTargets.map((t) => html`<label><input type="checkbox" .checked=${this.targets().includes(t)} @change=${(e: Event) => this.setTarget(t, (e.target as HTMLInputElement).checked)} /> <code>${t}</code></label>`)}
+          </fieldset>`
+        : nothing}
       <div class="grid">
         <label>Evaluation prompts<textarea rows="2" data-testid="eval-prompts" .value=${s.evalPrompts} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ evalPrompts: (e.target as HTMLTextAreaElement).value })}></textarea>
           <small>one per line; answered by the model in training (XTuner's evaluation_inputs)</small></label>
