@@ -349,14 +349,6 @@ fn attention_forward(
 
 const SW_MAX_R: u32 = 64u; // head_dim / 4 ≤ 64 (attention.ts checks head_dim ≤ 256)
 
-fn sw_key_doc(row_base: u32, pos: u32) -> i32 {
-#if DOCS
-  return doc[row_base + pos];
-#else
-  return 0;
-#endif
-}
-
 fn sw_dot(qb: u32, kb: u32) -> f32 {
   var s = vec4<f32>(0.0);
   for (var c = 0u; c < row4(); c++) { s = fma(q[qb + c], k[kb + c], s); }
@@ -372,25 +364,51 @@ fn sw_dot_dout_v(qb: u32, kb: u32) -> f32 {
 // (token, head) of invocation gid over tokens × heads (a 2-D grid of 64-wide workgroups).
 fn sw_item(gid: vec3<u32>, nwg: vec3<u32>) -> u32 { return gid.y * nwg.x * 64u + gid.x; }
 
+// The query a forward / dq invocation owns: token t (position qi in its batch row, which starts at token
+// row_base), head h and its kv head hk, the document it attends within (qd), and its q / o / dq row (qb).
+struct SwQuery {
+  t: u32,
+  h: u32,
+  hk: u32,
+  row_base: u32,
+  qi: u32,
+  qd: i32,
+  qb: u32,
+}
+
+fn sw_query(idx: u32) -> SwQuery {
+  var q: SwQuery;
+  q.t = idx / params.n_q_heads;
+  q.h = idx % params.n_q_heads;
+  q.hk = q.h / group_size();
+  q.row_base = (q.t / params.seq) * params.seq;
+  q.qi = q.t - q.row_base;
+  q.qd = query_doc(load_doc(q.row_base, q.qi));
+  q.qb = q_index(q.t, q.h);
+  return q;
+}
+
+// Whether the query sees key position j ≤ qi of its row (the causal bound is the callers' loop).
+fn sw_sees(q: SwQuery, j: u32) -> bool {
+#if DOCS
+  return q.qd >= 0 && load_doc(q.row_base, j) == q.qd;
+#else
+  return true;
+#endif
+}
+
 @compute @workgroup_size(64)
 fn attention_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let idx = sw_item(gid, nwg);
   if (idx >= params.tokens * params.n_q_heads) { return; }
-  let t = idx / params.n_q_heads;
-  let h = idx % params.n_q_heads;
-  let hk = h / group_size();
-  let row_base = (t / params.seq) * params.seq;
-  let qi = t - row_base;
-  let qd = query_doc(sw_key_doc(row_base, qi));
-  let qb = q_index(t, h);
+  let q = sw_query(idx);
+  let qb = q.qb;
   var acc: array<vec4<f32>, SW_MAX_R>;
   var m = NEG;
   var l = 0.0;
-  for (var j = 0u; j <= qi; j++) {
-#if DOCS
-    if (qd < 0 || sw_key_doc(row_base, j) != qd) { continue; }
-#endif
-    let kb = kv_index(row_base + j, hk);
+  for (var j = 0u; j <= q.qi; j++) {
+    if (!sw_sees(q, j)) { continue; }
+    let kb = kv_index(q.row_base + j, q.hk);
     let s = sw_dot(qb, kb) * params.scale;
     if (s > m) {
       let a = exp(m - s);
@@ -404,7 +422,7 @@ fn attention_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builti
   }
   let inv = select(0.0, 1.0 / l, l > 0.0);
   for (var c = 0u; c < row4(); c++) { o[qb + c] = acc[c] * inv; }
-  lse[h * params.tokens + t] = select(LSE_MASKED, m + log(l), l > 0.0);
+  lse[q.h * params.tokens + q.t] = select(LSE_MASKED, m + log(l), l > 0.0);
 }
 
 // dq_i = scale · Σ_j P_ij (dP_ij − delta_i) k_j over the keys query i sees.
@@ -412,21 +430,14 @@ fn attention_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builti
 fn attention_backward_dq_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let idx = sw_item(gid, nwg);
   if (idx >= params.tokens * params.n_q_heads) { return; }
-  let t = idx / params.n_q_heads;
-  let h = idx % params.n_q_heads;
-  let hk = h / group_size();
-  let row_base = (t / params.seq) * params.seq;
-  let qi = t - row_base;
-  let qd = query_doc(sw_key_doc(row_base, qi));
-  let qb = q_index(t, h);
-  let lse_i = lse[h * params.tokens + t];
-  let delta_i = delta[h * params.tokens + t];
+  let q = sw_query(idx);
+  let qb = q.qb;
+  let lse_i = lse[q.h * params.tokens + q.t];
+  let delta_i = delta[q.h * params.tokens + q.t];
   var acc: array<vec4<f32>, SW_MAX_R>;
-  for (var j = 0u; j <= qi; j++) {
-#if DOCS
-    if (qd < 0 || sw_key_doc(row_base, j) != qd) { continue; }
-#endif
-    let kb = kv_index(row_base + j, hk);
+  for (var j = 0u; j <= q.qi; j++) {
+    if (!sw_sees(q, j)) { continue; }
+    let kb = kv_index(q.row_base + j, q.hk);
     let p = exp(sw_dot(qb, kb) * params.scale - lse_i);
     let ds = p * (sw_dot_dout_v(qb, kb) - delta_i);
     for (var c = 0u; c < row4(); c++) { acc[c] = fma(vec4<f32>(ds), k[kb + c], acc[c]); }
@@ -443,7 +454,7 @@ fn attention_backward_dkv_rows(@builtin(global_invocation_id) gid: vec3<u32>, @b
   let hk = idx % params.n_kv_heads;
   let row_base = (t / params.seq) * params.seq;
   let kj = t - row_base;
-  let kd = sw_key_doc(row_base, kj);
+  let kd = load_doc(row_base, kj);
   let kb = kv_index(t, hk);
   let g = group_size();
   var acc_k: array<vec4<f32>, SW_MAX_R>;
@@ -451,7 +462,7 @@ fn attention_backward_dkv_rows(@builtin(global_invocation_id) gid: vec3<u32>, @b
   for (var h = hk * g; h < hk * g + g; h++) {
     for (var i = kj; i < params.seq; i++) {
 #if DOCS
-      let qd = query_doc(sw_key_doc(row_base, i));
+      let qd = query_doc(load_doc(row_base, i));
       if (qd < 0 || qd != kd) { continue; }
 #endif
       let ti = row_base + i;
