@@ -95,9 +95,9 @@ interface SmallShape {
 }
 
 /** How a product is split: `slices` of `chunk` reduction steps (1 slice = no split, no scratch). */
-function splitOf({ rows, cols, red }: SmallShape, target = SPLIT_TARGET_WORKGROUPS, tile = TILE): { slices: number; chunk: number } {
-  const tiles = Math.ceil(rows / tile) * Math.ceil(cols / tile);
-  const want = Math.min(Math.ceil(red / MIN_CHUNK), Math.max(1, Math.ceil(target / tiles)));
+function splitOf({ rows, cols, red }: SmallShape): { slices: number; chunk: number } {
+  const tiles = Math.ceil(rows / TILE) * Math.ceil(cols / TILE);
+  const want = Math.min(Math.ceil(red / MIN_CHUNK), Math.max(1, Math.ceil(SPLIT_TARGET_WORKGROUPS / tiles)));
   const chunk = Math.ceil(Math.ceil(red / want) / TILE_R) * TILE_R;
   return { slices: Math.ceil(red / chunk), chunk };
 }
@@ -115,13 +115,14 @@ function loraShapes(M: number, inF: number, out: number, r: number): Record<Excl
  * f32 elements of split-K scratch the forward and backward of one LoRA layer need (0 when nothing is
  * split). One scratch tensor can serve every layer: the products run in order.
  */
-export function loraScratchElems(M: number, inF: number, out: number, rank: number, splitWorkgroups = SPLIT_TARGET_WORKGROUPS): number {
-  let most = 0;
-  for (const sh of Object.values(loraShapes(M, inF, out, rank))) {
-    const { slices } = splitOf(sh, splitWorkgroups);
-    if (slices > 1) most = Math.max(most, slices * sh.rows * sh.cols);
-  }
-  return most;
+export function loraScratchElems(M: number, inF: number, out: number, rank: number): number {
+  return Math.max(0, ...Object.values(loraShapes(M, inF, out, rank)).map(scratchElemsOf));
+}
+
+/** Split-K scratch one product needs: its slices' partial outputs (0 when it is not split). */
+function scratchElemsOf(sh: SmallShape): number {
+  const { slices } = splitOf(sh);
+  return slices > 1 ? slices * sh.rows * sh.cols : 0;
 }
 
 function need(kernel: string, what: string, t: Tensor, elems: number): void {
@@ -152,8 +153,6 @@ interface SmallArgs {
   accumulate?: boolean;
   /** Barrier-free variant (default: on CPU adapters, where barriers are the expensive part). */
   software?: boolean;
-  /** Split-K target (tuning): about this many workgroups per product. */
-  splitWorkgroups?: number;
 }
 
 /** One rank-r product of lora.wgsl: a single tiled dispatch, or split-K slices plus an ordered reduce. */
@@ -162,7 +161,7 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   const { rows, cols, red } = x.shape;
   const software = x.software ?? ctx.features.software;
   // A CPU adapter runs a few invocations at a time: split-K would only add the reduce pass.
-  const { slices, chunk } = x.mode === 'DX' || software ? { slices: 1, chunk: red } : splitOf(x.shape, x.splitWorkgroups);
+  const { slices, chunk } = x.mode === 'DX' || software ? { slices: 1, chunk: red } : splitOf(x.shape);
   const tile = software ? SOFTWARE_TILE : TILE;
   const split = slices > 1;
   const dropout = x.p > 0 && (x.mode === 'XA' || x.mode === 'DX' || x.mode === 'DA');
@@ -245,18 +244,7 @@ function scratchFor(ctx: GpuContext, kernel: string, given: Tensor | undefined, 
 /** What every rank-r product of one adapter pass shares (everything of SmallArgs but the operands and shape). */
 function passArgs(ctx: GpuContext, kern: string, ad: LoraAdapter, M: number, { out, inF }: { out: number; inF: number }, opts: LoraPassOptions) {
   const r = ad.rank;
-  const target = opts.splitWorkgroups ?? SPLIT_TARGET_WORKGROUPS;
-  return {
-    K: inF,
-    N: out,
-    R: r,
-    scale: ad.alpha / r,
-    p: ad.dropout ?? 0,
-    seed: opts.seed ?? 0,
-    scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r, target)),
-    splitWorkgroups: target,
-    ...(opts.software !== undefined ? { software: opts.software } : {}),
-  };
+  return { K: inF, N: out, R: r, scale: ad.alpha / r, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)), ...(opts.software !== undefined ? { software: opts.software } : {}) };
 }
 
 export interface LoraPassOptions {
@@ -266,8 +254,6 @@ export interface LoraPassOptions {
   scratch?: Tensor;
   /** Force the barrier-free (true) or the tiled (false) rank-r kernels; default: barrier-free on CPU adapters. */
   software?: boolean;
-  /** Split-K target (tuning, benchmarks): about this many workgroups per rank-r product; the scratch must match. */
-  splitWorkgroups?: number;
 }
 
 /**
@@ -386,7 +372,7 @@ export async function prepareLoraProduct(
   if ((mode === 'GB' || mode === 'DB') && !d.out) throw new Error(`${kern}: needs the out features (dY's row length)`);
   const shapes = loraShapes(d.M, d.inF, d.out ?? 0, d.rank);
   const shape = mode === 'DX' ? { rows: d.M, cols: d.inF, red: d.rank } : shapes[mode];
-  const common = { K: d.inF, N: d.out ?? 0, R: d.rank, scale: d.scale, p: d.dropout, seed: d.seed ?? 0, scratch: scratchFor(ctx, kern, d.scratch, splitOf(shape).slices > 1 ? splitOf(shape).slices * shape.rows * shape.cols : 0) };
+  const common = { K: d.inF, N: d.out ?? 0, R: d.rank, scale: d.scale, p: d.dropout, seed: d.seed ?? 0, scratch: scratchFor(ctx, kern, d.scratch, scratchElemsOf(shape)) };
   const prepared = await prepareSmall(ctx, { mode, a: t.a, b: t.b, c: t.c, shape, ...common, accumulate: d.accumulate });
   return { dispatches: prepared.dispatches, setSeed: seedSetter(ctx, prepared.seeded) };
 }
