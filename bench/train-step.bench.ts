@@ -16,7 +16,7 @@ import { releaseBaseWeights } from '../src/engine/model/base-weights.ts';
 import { Transformer } from '../src/engine/model/transformer.ts';
 import { initLoraParams } from '../src/engine/train/trainer.ts';
 import { int8MatmulSupport, type MatmulPrecision } from '../src/engine/kernels/quant4-mma.ts';
-import { DEFAULT_CE_WORKSPACE_BYTES } from '../src/engine/kernels/cross_entropy.ts';
+import { ceChunkTokens } from '../src/engine/kernels/cross_entropy.ts';
 import type { BenchRow } from './harness.ts';
 
 export const INTERNLM2_1_8B = {
@@ -100,9 +100,8 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     ctx.pool.trim();
     ctx.pool.resetPeak();
     // The cross-entropy chunk the app's trainer gets (its default workspace), unless STEP_CE_CHUNK sets one.
-    const appChunk = Math.max(1, Math.floor(Math.min(DEFAULT_CE_WORKSPACE_BYTES, ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize) / (spec.vocabSize * 4)));
-    const ce = Number(process.env.STEP_CE_CHUNK ?? appChunk);
-    const plan = await model.plan({ batch, seq }, 'train', { ceChunkTokens: Math.min(ce, batch * seq) });
+    const ce = ceChunkTokens(spec.vocabSize, batch * seq, { chunkTokens: process.env.STEP_CE_CHUNK ? Number(process.env.STEP_CE_CHUNK) : undefined, limits: ctx.limits });
+    const plan = await model.plan({ batch, seq }, 'train', { ceChunkTokens: ce });
     const T = batch * seq;
     const ids = Int32Array.from({ length: T }, (_, i) => (i * 7919) % spec.vocabSize);
     plan.setBatch({ inputIds: ids, labels: ids, positionIds: Int32Array.from({ length: T }, (_, i) => i % seq), documentIds: new Int32Array(T) });
@@ -124,12 +123,12 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     times.sort((a, b) => a - b);
     const ms = times[Math.floor(times.length / 2)]!;
     const peak = ctx.pool.peakBytes;
-    const predicted = planMemory(spec, { seqLen: seq, microBatch: batch, loraRank: rank, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens: Math.min(ce, T), int8Matmuls: model.matmulPrecision === 'int8' }).totalBytes;
+    const predicted = planMemory(spec, { seqLen: seq, microBatch: batch, loraRank: rank, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens: ce, int8Matmuls: model.matmulPrecision === 'int8' }).totalBytes;
     const loss = (await ctx.read(plan.loss!))[0]!;
     rows.push({
       name: `QLoRA step seq ${seq} batch ${batch}${precision === 'int8' ? ' int8 matmuls' : ''}`,
       ms,
-      note: `${((T / ms) * 1000).toFixed(0)} tok/s; loss chunks of ${Math.min(ce, T)} tokens; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%); ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
+      note: `${((T / ms) * 1000).toFixed(0)} tok/s; loss chunks of ${ce} tokens; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%); ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
     });
     console.log(rows[rows.length - 1]!.name, rows[rows.length - 1]!.note);
     if (`${seq}x${batch}` === breakdownOf) console.log(`\n### where the time goes: seq ${seq} batch ${batch}\n${await stepBreakdown(ctx, [...plan.dispatches, ...update], ms)}\n`);

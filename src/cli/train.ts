@@ -17,7 +17,7 @@ import { prepareDataset } from '../data/pipeline.ts';
 import { describeSource } from '../data/types.ts';
 import { formatBytes } from '../engine/gpu/errors.ts';
 import { planMemory } from '../engine/model/memory-plan.ts';
-import { DEFAULT_CE_WORKSPACE_BYTES } from '../engine/kernels/cross_entropy.ts';
+import { ceChunkTokens } from '../engine/kernels/cross_entropy.ts';
 import type { LoraModule } from '../engine/model/peft.ts';
 import { fileMomentStore } from '../engine/train/moments.ts';
 import { nodeSyncFile } from '../node/sync-file.ts';
@@ -125,7 +125,7 @@ export const trainCommand: CliCommand = {
     const plan = planMemory(
       spec,
       { seqLen, microBatch: c0.microBatch, loraRank: c0.loraRank, ...(c0.targets ? { targets: c0.targets } : {}), quantBits: values.f32 ? 32 : 4, groupSize: 64,
-        optimizerOffload: c0.optimizerOffload ?? 'gpu', activationCheckpointing: true, ceChunkTokens: Math.max(1, Math.min(seqLen * c0.microBatch, c0.lossChunkTokens ?? Math.floor(DEFAULT_CE_WORKSPACE_BYTES / (spec.vocabSize * 4)))) },
+        optimizerOffload: c0.optimizerOffload ?? 'gpu', activationCheckpointing: true, ceChunkTokens: ceChunkTokens(spec.vocabSize, seqLen * c0.microBatch, { chunkTokens: c0.lossChunkTokens }) },
       { budgetBytes: Number(values['budget-gib'] ?? 8) * 2 ** 30 },
     );
     console.log(`memory plan: ${formatBytes(plan.totalBytes)} of a ${formatBytes(plan.budgetBytes)} budget (weights ${formatBytes(plan.weights.bytes)}, LoRA ${formatBytes(plan.lora.bytes)}, optimizer ${formatBytes(plan.optimizer.bytes)}, activations ${formatBytes(plan.activations.bytes)}, loss ${formatBytes(plan.ce.bytes)})`);

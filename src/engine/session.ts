@@ -27,7 +27,7 @@ import type { LoraRuntime } from './model/transformer.ts';
 import { loraModules, type PeftLoraConfig } from './model/peft.ts';
 import { MemoryBlobStore, type BlobStore } from './share/checkpoint.ts';
 import { DEFAULT_MATMUL_PRECISION, DEFAULT_TRAIN_CONFIG } from './train/trainer.ts';
-import { DEFAULT_CE_WORKSPACE_BYTES } from './kernels/cross_entropy.ts';
+import { ceChunkTokens } from './kernels/cross_entropy.ts';
 import { formatBytes, planMemory, type MemoryPlan, type TrainingMemoryConfig } from './model/memory-plan.ts';
 import { RunCheckpointer, DEFAULT_CHECKPOINT_POLICY, type CheckpointPolicy } from './runs/checkpointer.ts';
 import * as runStore from './runs/run-store.ts';
@@ -571,7 +571,6 @@ export class EngineSession {
   /** The planner's view of a training config on the loaded model (or, while loading, one `quantized` or not). */
   private memoryConfig(spec: ModelSpec, config: Partial<TrainConfig>, seqLen: number, quantized = this.weights?.quantized ?? false): TrainingMemoryConfig {
     const c = { ...DEFAULT_TRAIN_CONFIG, ...config };
-    const ceBytes = Math.min(DEFAULT_CE_WORKSPACE_BYTES, this.ctx.limits.maxStorageBufferBindingSize, this.ctx.limits.maxBufferSize);
     return {
       seqLen,
       microBatch: c.microBatch,
@@ -581,7 +580,7 @@ export class EngineSession {
       groupSize: 64,
       optimizerOffload: c.optimizerOffload ?? 'gpu',
       activationCheckpointing: true,
-      ceChunkTokens: Math.max(1, Math.min(seqLen * c.microBatch, c.lossChunkTokens ?? Math.floor(ceBytes / (spec.vocabSize * 4)))),
+      ceChunkTokens: ceChunkTokens(spec.vocabSize, seqLen * c.microBatch, { chunkTokens: c.lossChunkTokens, limits: this.ctx.limits }),
       int8Matmuls: (c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION) === 'int8' && int8MatmulSupport(this.ctx.features).ok,
     };
   }

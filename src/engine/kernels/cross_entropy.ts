@@ -19,6 +19,17 @@ const STATS_ROWS_WG = 64;
  */
 export const DEFAULT_CE_WORKSPACE_BYTES = 384 << 20;
 
+/**
+ * Tokens per loss chunk: `chunkTokens` when given, else as many as the workspace budget (default
+ * DEFAULT_CE_WORKSPACE_BYTES) holds, within the device's binding and buffer limits when they are known (a
+ * plan made before the device is opened has none); at least 1, at most `tokens`. The kernel, the session's
+ * memory plan, the CLI's plan and the benchmarks all size the chunk with this.
+ */
+export function ceChunkTokens(vocab: number, tokens: number, o: { chunkTokens?: number | undefined; workspaceBytes?: number | undefined; limits?: { maxStorageBufferBindingSize: number; maxBufferSize: number } } = {}): number {
+  const budget = Math.min(o.workspaceBytes ?? DEFAULT_CE_WORKSPACE_BYTES, o.limits?.maxStorageBufferBindingSize ?? Infinity, o.limits?.maxBufferSize ?? Infinity);
+  return Math.max(1, Math.min(tokens, o.chunkTokens ?? Math.floor(budget / (vocab * 4))));
+}
+
 const GRID_WG = 256;
 const LOSS_WG = 64;
 const COPY_WG = 256;
@@ -188,7 +199,7 @@ export interface CrossEntropyTensors {
 export interface CrossEntropyOptions {
   /** Supervised targets of the batch (countSupervised); change it per batch with setNumSupervised. */
   numSupervised: number;
-  /** Bytes for one chunk's logits (default 64 MiB); sets the chunk size C = budget / (vocab · 4). */
+  /** Bytes for one chunk's logits (default DEFAULT_CE_WORKSPACE_BYTES); sets the chunk size C = budget / (vocab · 4). */
   workspaceBytes?: number;
   /** Tokens per chunk, overriding the budget (tests split the tokens unevenly with it). */
   chunkTokens?: number;
@@ -238,8 +249,7 @@ export async function prepareCrossEntropy(ctx: GpuContext, t: CrossEntropyTensor
     if (t.dLmHead.length !== t.lmHead.length) throw new Error('cross_entropy: dLmHead must have the blocks of lmHead');
     t.dLmHead.forEach((d, b) => checkF32(`dLmHead[${b}]`, d, blocksIn[b]!.cols * H));
   }
-  const budget = Math.min(opts.workspaceBytes ?? DEFAULT_CE_WORKSPACE_BYTES, ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize);
-  const C = Math.max(1, Math.min(tokens, opts.chunkTokens ?? Math.floor(budget / (vocab * 4))));
+  const C = ceChunkTokens(vocab, tokens, { chunkTokens: opts.chunkTokens, workspaceBytes: opts.workspaceBytes, limits: ctx.limits });
   const chunks = Math.ceil(tokens / C);
   const maxBlockBytes = Math.max(...blocksIn.map((b) => C * b.cols * 4));
   if (maxBlockBytes > ctx.limits.maxStorageBufferBindingSize) throw new Error(`cross_entropy: a logits block of ${C} tokens needs ${maxBlockBytes} bytes, over this adapter's binding limit`);
