@@ -137,9 +137,7 @@ async function prepareLossCore(
   registerReduceInclude(ctx);
   const software = a.software ?? ctx.features.software;
   const [pStats, pLoss, pGrad] = await Promise.all([
-    software
-      ? ctx.pipeline({ shader: CROSS_ENTROPY_SHADER, entryPoint: 'ce_block_stats', defines: { KERNEL: 'stats', SOFTWARE: true }, constants: { ROWS_WG: STATS_ROWS_WG } })
-      : ctx.pipeline({ shader: CROSS_ENTROPY_SHADER, entryPoint: 'ce_block_stats', defines: { KERNEL: 'stats', SOFTWARE: false }, constants: { REDUCE_WG } }),
+    ctx.pipeline({ shader: CROSS_ENTROPY_SHADER, entryPoint: 'ce_block_stats', defines: { KERNEL: 'stats', SOFTWARE: software }, constants: software ? { ROWS_WG: STATS_ROWS_WG } : { REDUCE_WG } }),
     ctx.pipeline({ shader: CROSS_ENTROPY_SHADER, entryPoint: 'ce_row_loss', defines: { KERNEL: 'loss' }, constants: { WG: LOSS_WG } }),
     ctx.pipeline({ shader: CROSS_ENTROPY_SHADER, entryPoint: 'ce_block_grad', defines: { KERNEL: 'grad' }, constants: { WG: GRID_WG } }),
   ]);
