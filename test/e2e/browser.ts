@@ -100,6 +100,11 @@ export function appUnderTest(): { url: () => string; browser: () => Browser } {
 }
 
 /** Sets a form field the way a user does: type the value, then leave the field (its change event). */
+/** The steps the Train section's loss chart holds (its data-steps attribute). */
+export async function chartSteps(page: Page): Promise<number[]> {
+  return ((await page.getByTestId('train-chart').getAttribute('data-steps')) ?? '').split(',').filter(Boolean).map(Number);
+}
+
 export async function setField(field: Locator, value: string): Promise<void> {
   await field.fill(value);
   await field.dispatchEvent('change');

@@ -1,10 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import type { Page } from 'playwright-core';
-import { appUnderTest, screenshot, setField, trainSectionWithIdentityRows, watchPage } from './browser.ts';
+import { appUnderTest, chartSteps, screenshot, setField, trainSectionWithIdentityRows, watchPage } from './browser.ts';
 
 const app = appUnderTest();
-
-const chartSteps = async (page: Page) => ((await page.getByTestId('train-chart').getAttribute('data-steps')) ?? '').split(',').filter(Boolean).map(Number);
 
 describe('faults surfaced in the Train section (WebGPU on SwiftShader)', () => {
   it('a learning rate that blows up: skipped steps counted, gaps in the curve, the run pauses itself with the advice and a Resume', async () => {

@@ -1,10 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import type { Page } from 'playwright-core';
-import { appUnderTest, screenshot, setField, trainSectionWithIdentityRows, watchPage } from './browser.ts';
+import { appUnderTest, chartSteps, screenshot, setField, trainSectionWithIdentityRows, watchPage } from './browser.ts';
 
 const app = appUnderTest();
-
-const chartSteps = async (page: Page) => ((await page.getByTestId('train-chart').getAttribute('data-steps')) ?? '').split(',').filter(Boolean).map(Number);
 
 describe('training survives a reload (WebGPU on SwiftShader)', () => {
   it('train → pause (checkpoint) → reload → the run is in the history → resume → finishes with the curve continuing', async () => {
