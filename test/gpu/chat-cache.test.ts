@@ -17,12 +17,10 @@ import { exportAdapterZip } from '../../src/engine/share/adapter-zip.ts';
 import { seededGaussian } from '../../src/engine/random.ts';
 import { loadTokenizer } from '../../src/data/tokenizer.ts';
 import { tokenizerSourceFromFiles } from '../../src/data/tokenizer-files.ts';
-import { generateIdentityRecords } from '../../src/data/identity.ts';
-import { detectMapper, mapRecords } from '../../src/data/mappers.ts';
-import { prepareDataset } from '../../src/data/pipeline.ts';
 import { bytesSource } from '../../src/formats/bytes.ts';
 import type { GpuContext } from '../../src/engine/gpu/context.ts';
 import { gpu } from '../helpers/gpu.ts';
+import { identityDataset } from '../helpers/identity.ts';
 
 const files = demoModelFiles(1);
 const spec = parseModelConfig(files.get('config.json') as string, 'demo config.json');
@@ -142,9 +140,7 @@ describe('chat KV cache across turns', () => {
     const ctx = await gpu();
     const engine = new EngineSession(ctx);
     await engine.loadDemoModel(1);
-    const tok = loadTokenizer(engine.tokenizerSource()!);
-    const records = generateIdentityRecords({ assistantName: 'Nova', owner: 'Ada', description: 'I am Nova.', languages: ['en'], repeat: 1 });
-    const data = prepareDataset(tok, mapRecords(records, detectMapper(records).choice!).samples, { maxLength: 128, pack: true, seed: 1, evalSplit: 0 });
+    const data = identityDataset(engine.tokenizerSource()!, 128);
     const evals: EvalAnswers[] = [];
     // The same prompt every step: its tokens sit in the tuned cache, computed with the previous step's weights.
     const result = await engine.train(data.train, { loraRank: 8, loraAlpha: 16, loraDropout: 0, lr: 5e-2, epochs: 1, microBatch: 4, gradAccum: 1, warmupRatio: 0 }, undefined, {

@@ -9,10 +9,6 @@ import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { EngineSession, type RunEvent } from '../../src/engine/session.ts';
 import { DeviceLostError } from '../../src/engine/gpu/errors.ts';
-import { loadTokenizer } from '../../src/data/tokenizer.ts';
-import { generateIdentityRecords } from '../../src/data/identity.ts';
-import { detectMapper, mapRecords } from '../../src/data/mappers.ts';
-import { prepareDataset } from '../../src/data/pipeline.ts';
 import { importAdapterZip } from '../../src/engine/share/adapter-zip.ts';
 import { parseModelConfig } from '../../src/engine/model/config.ts';
 import { DEMO_CONFIG, DEMO_MODEL_ID } from '../../src/engine/demo/demo-model.ts';
@@ -20,6 +16,7 @@ import { NodeDirBlobStore } from '../../src/engine/share/node.ts';
 import type { GpuContext } from '../../src/engine/gpu/context.ts';
 import type { TrainConfig, TrainRow } from '../../src/engine/train/trainer.ts';
 import { createNodeGpuContext } from '../../src/node/gpu.ts';
+import { identityDataset } from '../helpers/identity.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'webtune-device-lost-'));
 const contexts: GpuContext[] = [];
@@ -42,9 +39,7 @@ it('device.destroy() mid-run: clear report, model reloaded on a new device, the 
   contexts.push(ctxA);
   const session = new EngineSession(ctxA, store);
   await session.loadDemoModel(3);
-  const tok = loadTokenizer(session.tokenizerSource()!);
-  const records = generateIdentityRecords({ assistantName: 'Nova', owner: 'Ada', description: 'I am Nova.', languages: ['en'], repeat: 1 });
-  const rows: TrainRow[] = prepareDataset(tok, mapRecords(records, detectMapper(records).choice!).samples, { maxLength: 64, pack: true, seed: 1, evalSplit: 0 }).train.slice(0, 8);
+  const rows: TrainRow[] = identityDataset(session.tokenizerSource()!, 64).train.slice(0, 8);
 
   const events: RunEvent[] = [];
   const run = session.trainRun(rows, config, { runId: 'lost', checkpoint: every2 }, (e) => {

@@ -11,15 +11,12 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { EngineSession, type RunEvent } from '../../src/engine/session.ts';
 import { formatBytes, GpuOutOfMemoryError } from '../../src/engine/gpu/errors.ts';
 import { ExplainedOutOfMemoryError } from '../../src/engine/train/out-of-memory.ts';
-import { loadTokenizer } from '../../src/data/tokenizer.ts';
-import { generateIdentityRecords } from '../../src/data/identity.ts';
-import { detectMapper, mapRecords } from '../../src/data/mappers.ts';
-import { prepareDataset } from '../../src/data/pipeline.ts';
 import { NodeDirBlobStore } from '../../src/engine/share/node.ts';
 import type { GpuContext } from '../../src/engine/gpu/context.ts';
 import type { TrainConfig, TrainRow } from '../../src/engine/train/trainer.ts';
 import { createNodeGpuContext } from '../../src/node/gpu.ts';
 import { DEMO_MODEL_ID } from '../../src/engine/demo/demo-model.ts';
+import { identityDataset } from '../helpers/identity.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'webtune-oom-'));
 let ctx: GpuContext;
@@ -31,9 +28,7 @@ beforeAll(async () => {
   ctx = await createNodeGpuContext();
   session = new EngineSession(ctx, new NodeDirBlobStore(dir));
   await session.loadDemoModel(3);
-  const tok = loadTokenizer(session.tokenizerSource()!);
-  const records = generateIdentityRecords({ assistantName: 'Nova', owner: 'Ada', description: 'I am Nova.', languages: ['en'], repeat: 1 });
-  rows = prepareDataset(tok, mapRecords(records, detectMapper(records).choice!).samples, { maxLength: 64, pack: true, seed: 1, evalSplit: 0 }).train.slice(0, 8);
+  rows = identityDataset(session.tokenizerSource()!, 64).train.slice(0, 8);
 }, 300_000);
 
 afterAll(() => {

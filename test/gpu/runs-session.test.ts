@@ -10,16 +10,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { EngineSession, type RunEvent } from '../../src/engine/session.ts';
-import { loadTokenizer } from '../../src/data/tokenizer.ts';
-import { generateIdentityRecords } from '../../src/data/identity.ts';
-import { detectMapper, mapRecords } from '../../src/data/mappers.ts';
-import { prepareDataset } from '../../src/data/pipeline.ts';
 import { importAdapterZip } from '../../src/engine/share/adapter-zip.ts';
 import { parseModelConfig } from '../../src/engine/model/config.ts';
 import { DEMO_CONFIG } from '../../src/engine/demo/demo-model.ts';
 import { NodeDirBlobStore } from '../../src/engine/share/node.ts';
 import type { TrainConfig, TrainRow } from '../../src/engine/train/trainer.ts';
 import { gpu } from '../helpers/gpu.ts';
+import { identityDataset } from '../helpers/identity.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'webtune-runs-session-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -44,9 +41,7 @@ it('pause → fresh session resumes the stored run: same steps, losses and adapt
   const store = new NodeDirBlobStore(dir);
   const first = new EngineSession(ctx, store);
   await first.loadDemoModel(3);
-  const tok = loadTokenizer(first.tokenizerSource()!);
-  const records = generateIdentityRecords({ assistantName: 'Nova', owner: 'Ada', description: 'I am Nova.', languages: ['en'], repeat: 1 });
-  const rows: TrainRow[] = prepareDataset(tok, mapRecords(records, detectMapper(records).choice!).samples, { maxLength: 64, pack: true, seed: 1, evalSplit: 0 }).train.slice(0, 8);
+  const rows: TrainRow[] = identityDataset(first.tokenizerSource()!, 64).train.slice(0, 8);
 
   // The uninterrupted run, checkpointing every 2 steps.
   const full: RunEvent[] = [];

@@ -5,10 +5,6 @@
  */
 import { expect, it } from 'vitest';
 import { EngineSession, type EvalAnswers } from '../../src/engine/session.ts';
-import { loadTokenizer } from '../../src/data/tokenizer.ts';
-import { generateIdentityRecords } from '../../src/data/identity.ts';
-import { detectMapper, mapRecords } from '../../src/data/mappers.ts';
-import { prepareDataset } from '../../src/data/pipeline.ts';
 import { importAdapterZip } from '../../src/engine/share/adapter-zip.ts';
 import { modelSpecFromConfig, parseModelConfig } from '../../src/engine/model/config.ts';
 import { CURATED_MODELS } from '../../src/engine/model/curated.ts';
@@ -17,16 +13,14 @@ import { DEFAULT_CE_WORKSPACE_BYTES } from '../../src/engine/kernels/cross_entro
 import { DEMO_CONFIG } from '../../src/engine/demo/demo-model.ts';
 import type { TrainProgress } from '../../src/engine/train/trainer.ts';
 import { gpu } from '../helpers/gpu.ts';
+import { identityDataset } from '../helpers/identity.ts';
 
 it('demo model: train on an identity dataset, chat, export the adapter', async () => {
   const ctx = await gpu();
   const engine = new EngineSession(ctx);
   const info = await engine.loadDemoModel(1);
   expect(info.architecture).toBe('LlamaForCausalLM');
-  const tok = loadTokenizer(engine.tokenizerSource()!);
-  const records = generateIdentityRecords({ assistantName: 'Nova', owner: 'Ada', description: 'I am Nova.', languages: ['en'], repeat: 1 });
-  const mapped = mapRecords(records, detectMapper(records).choice!);
-  const data = prepareDataset(tok, mapped.samples, { maxLength: 128, pack: true, seed: 1, evalSplit: 0 });
+  const data = identityDataset(engine.tokenizerSource()!, 128);
   const progress: TrainProgress[] = [];
   const evals: EvalAnswers[] = [];
   const result = await engine.train(data.train, { loraRank: 8, loraAlpha: 16, loraDropout: 0, lr: 1e-2, epochs: 2, microBatch: 4, gradAccum: 1, warmupRatio: 0 }, (p) => progress.push(p), {
@@ -80,9 +74,7 @@ it('lossChunkTokens: the loss is computed in chunks of that many tokens (same lo
   const ctx = await gpu();
   const engine = new EngineSession(ctx);
   await engine.loadDemoModel(1);
-  const tok = loadTokenizer(engine.tokenizerSource()!);
-  const records = generateIdentityRecords({ assistantName: 'Nova', owner: 'Ada', description: 'I am Nova.', languages: ['en'], repeat: 1 });
-  const data = prepareDataset(tok, mapRecords(records, detectMapper(records).choice!).samples, { maxLength: 64, pack: true, seed: 1, evalSplit: 0 });
+  const data = identityDataset(engine.tokenizerSource()!, 64);
   const config = { loraRank: 4, loraAlpha: 8, loraDropout: 0, lr: 1e-2, epochs: 1, maxSteps: 3, microBatch: 2, gradAccum: 1, warmupRatio: 0 };
   const losses = async (extra: object) => {
     const out: number[] = [];
