@@ -124,6 +124,8 @@ export type CuratedPlan = { id: string; totalBytes: number; fits: boolean; param
 export interface DeviceLossReport {
   /** For the user: what happened, what was restored, what to do. */
   message: string;
+  /** The first part of `message` only: what happened and what was restored, without what to do about a run. */
+  restored: string;
   /** The model, loaded again on the new device (null when none was loaded or it could not be). */
   model: ModelInfo | null;
   /** The run that was training when the device was lost, and its last checkpoint (resume continues from it). */
@@ -421,7 +423,8 @@ export class EngineSession {
         ? ` The training run paused; ${checkpoint ? `its last checkpoint (step ${checkpoint.step}) is intact and it can be resumed from there` : 'it had no checkpoint yet, so it starts again from step 0 when resumed'}.`
         : ' The training run that was going stopped; an adapter that was not saved must be trained again.'
       : '';
-    return { session, report: { message: `${reason.replace(/[.\s]+$/, '')}. A new GPU device was set up and ${modelNote}.${training}`, model, runId, checkpoint, wasTraining } };
+    const restored = `${reason.replace(/[.\s]+$/, '')}. A new GPU device was set up and ${modelNote}.`;
+    return { session, report: { message: `${restored}${training}`, restored, model, runId, checkpoint, wasTraining } };
   }
 
   /** Ends the run after the current step and checkpoints it (trainRun/resumeRun), so it can be resumed. */

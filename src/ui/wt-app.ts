@@ -166,7 +166,7 @@ export class WtApp extends LitElement {
       </header>
       <main data-testid="section-${active.id}">
         ${this.deviceLost && !(this.deviceLost.wasTraining && active.id === 'train') /* the Train section tells a run's loss, with Resume */
-          ? html`<wt-run-fault data-testid="device-lost-banner" .fault=${{ kind: 'device-lost', message: `${this.deviceLost.message.replace(/\s*The training run paused[\s\S]*$/, '')}${this.deviceLost.runId && this.deviceLost.checkpoint ? ' The Train section continues the run from its last checkpoint.' : ''}`, resumeRunId: null }} @fault-dismiss=${() => (this.deviceLost = null)}></wt-run-fault>`
+          ? html`<wt-run-fault data-testid="device-lost-banner" .fault=${{ kind: 'device-lost', message: this.deviceLost.runId ? `${this.deviceLost.restored}${this.deviceLost.checkpoint ? ' The Train section continues the run from its last checkpoint.' : ''}` : this.deviceLost.message, resumeRunId: null }} @fault-dismiss=${() => (this.deviceLost = null)}></wt-run-fault>`
           : nothing}
         ${blocked && this.gpu && !this.gpu.ok ? html`<wt-no-webgpu .message=${this.gpu.message}></wt-no-webgpu>` : nothing}
         ${SECTIONS.map(

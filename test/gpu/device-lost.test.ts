@@ -57,6 +57,9 @@ it('device.destroy() mid-run: clear report, model reloaded on a new device, the 
   const { session: again, report } = await EngineSession.afterDeviceLoss(session, ctxB);
   expect(report).toMatchObject({ runId: 'lost', wasTraining: true, checkpoint: { step: 2 }, model: { id: DEMO_MODEL_ID } });
   expect(report.message).toMatch(/GPU device was lost.*A new GPU device was set up and .*demo-tiny-llama is loaded again\. The training run paused; its last checkpoint \(step 2\) is intact and it can be resumed from there\./);
+  // What the page shows when it continues the run itself: the message without the advice about the run.
+  expect(report.restored).toMatch(/A new GPU device was set up and .*demo-tiny-llama is loaded again\.$/);
+  expect(report.message.startsWith(report.restored)).toBe(true);
   expect(again.ctx).toBe(ctxB);
 
   const resumed = await again.resumeRun({ runId: 'lost', checkpoint: every2 }, (e) => events.push(e));

@@ -357,8 +357,7 @@ export class WtTrainSection extends LitElement {
           // The worker has a new device and the model again: continue the run from its checkpoint, as
           // after a reload, and say what happened (the steps after the checkpoint are trained again).
           this.autoResumes.set(runId, used + 1);
-          const reason = report.message.replace(/\s*The training run paused[\s\S]*$/, '');
-          this.recovery = `${reason} Training continued automatically from the checkpoint at step ${report.checkpoint.step} (the run had reached step ${stoppedAt}).`;
+          this.recovery = `${report.restored} Training continued automatically from the checkpoint at step ${report.checkpoint.step} (the run had reached step ${stoppedAt}).`;
           this.fault = null;
           await this.resume(runId);
           return;

@@ -10,7 +10,7 @@ describe('run faults for the Train banner', () => {
   it('a lost GPU: waiting for the worker, no Resume until its report says a checkpoint exists', () => {
     const f = faultOfError(overComlink(new DeviceLostError('destroyed', 'driver reset')), 'run-a', true);
     expect(f).toEqual({ kind: 'device-lost', message: 'the GPU device was lost (destroyed): driver reset\nSetting up the GPU again…', resumeRunId: null, recovering: true });
-    const report = { message: 'the GPU device was lost (destroyed). A new GPU device was set up and demo is loaded again. The training run paused; its last checkpoint (step 4) is intact and it can be resumed from there.', model: null, runId: 'run-a', checkpoint: { step: 4, savedAt: '2026-01-01T00:00:00Z', bytes: 100 }, wasTraining: true };
+    const report = { message: 'the GPU device was lost (destroyed). A new GPU device was set up and demo is loaded again. The training run paused; its last checkpoint (step 4) is intact and it can be resumed from there.', restored: 'the GPU device was lost (destroyed). A new GPU device was set up and demo is loaded again.', model: null, runId: 'run-a', checkpoint: { step: 4, savedAt: '2026-01-01T00:00:00Z', bytes: 100 }, wasTraining: true };
     expect(faultOfDeviceLoss(report, 5)).toEqual({ kind: 'device-lost', message: `${report.message} Your run stopped at step 5.`, resumeRunId: 'run-a' });
     expect(faultOfDeviceLoss({ ...report, checkpoint: null }, 5).resumeRunId).toBeNull();
     expect(faultOfDeviceLoss({ ...report, wasTraining: false, runId: null, checkpoint: null }, null).message).toBe(report.message);
