@@ -32,7 +32,8 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
         ['w2', 8192, H],
         ['lm_head', H, 92544],
       ];
-  const tokenCounts = quick ? [64] : [512, 2048];
+  // Q4_TOKENS=512 (a comma list; empty: decode rows only) narrows a run on the device.
+  const tokenCounts = quick ? [64] : process.env.Q4_TOKENS !== undefined ? process.env.Q4_TOKENS.split(',').filter(Boolean).map(Number) : [512, 2048];
   const reps = quick ? 1 : 5;
   const samples = quick ? 2 : 5;
   const rows: BenchRow[] = [];
@@ -81,6 +82,11 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       rows.push({ name: `${tag} q4 fwd X·Wᵀ kc`, ms: q4FwdKc, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4FwdKc, f32Fwd)}, vs f32 kc ${pct(q4FwdKc, f32FwdKc)}` });
       const q4FwdKcHalf = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: true, splitW: false }));
       rows.push({ name: `${tag} q4 fwd X·Wᵀ kc (half the threads dequantise)`, ms: q4FwdKcHalf, flops, bytes: q4Bytes, note: `vs f32 kc ${pct(q4FwdKcHalf, f32FwdKc)}` });
+      if (T <= 1024) {
+        // Few tokens (a chat prefill): the 128×128 tile may leave SMs idle; the 64×64 one makes 4× the workgroups.
+        const q4Narrow = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { tile: 'narrow' }));
+        rows.push({ name: `${tag} q4 fwd X·Wᵀ 64×64 tile`, ms: q4Narrow, flops, bytes: q4Bytes, note: `vs q4 kc ${pct(q4Narrow, q4FwdKc)}; ${Math.ceil(N / 64) * Math.ceil(T / 64)} vs ${Math.ceil(N / 128) * Math.ceil(T / 128)} workgroups` });
+      }
       const f32Dx = await time([await prepareMatmul(ctx, dY, wf, dX, { M: T, N: K, K: N })]);
       const q4Dx = await time(await prepareQ4MatmulDx(ctx, dY, W, dX, T));
       const q4DxOld = await time(await prepareQ4MatmulDx(ctx, dY, W, dX, T, false, { prefetch: false }));
@@ -132,6 +138,13 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       const gemv = await time(await prepareQ4Matmul(ctx, X, W, Y, 1));
       rows.push({ name: `decode M=1 ${K}→${N} (${name}) f32 matmul`, ms: f32, flops: 2 * N * K, bytes: N * K * 4 });
       rows.push({ name: `decode M=1 ${K}→${N} (${name}) q4 gemv`, ms: gemv, flops: 2 * N * K, bytes: q4Bytes, note: `vs f32 ${pct(gemv, f32)}` });
+      for (const g of [1, 2, 8]) {
+        const ms = await time(await prepareQ4Matmul(ctx, X, W, Y, 1, { gemvRowGroups: g }));
+        rows.push({ name: `decode M=1 ${K}→${N} (${name}) q4 gemv, ${g} row groups`, ms, flops: 2 * N * K, bytes: q4Bytes, note: `vs default ${pct(ms, gemv)}` });
+      }
+      const U1 = tensor('u', [1, RANK], 0.01);
+      const gemvLora = await time(await prepareQ4Matmul(ctx, X, W, Y, 1, { lora: { U: U1, B, rank: RANK, scale: 2 } }));
+      rows.push({ name: `decode M=1 ${K}→${N} (${name}) q4 gemv + LoRA r=${RANK} epilogue`, ms: gemvLora, flops: 2 * N * K, bytes: q4Bytes, note: `vs bare ${pct(gemvLora, gemv)}` });
       const X8 = tensor('x8', [8, K], 0.01);
       const Y8 = tensor('y8', [8, N], 0);
       const gemv8 = await time(await prepareQ4Matmul(ctx, X8, W, Y8, 8));

@@ -81,6 +81,9 @@ override DC: u32 = 16u;
 override KC: u32 = 16u;
 // Decode: invocations per workgroup (a multiple of HEAD_DIM / 4).
 override DECODE_THREADS: u32 = 64u;
+// Decode: fewest keys per split. Splits are sized by the valid length (not the cache), so a short context
+// runs few workgroups and a long one many; splits past the keys return at once and are not combined.
+override DECODE_MIN_CHUNK: u32 = 32u;
 
 // Most vec4 output columns per invocation (HEAD_DIM/4 / team size); register arrays are this long.
 const RB_MAXC: u32 = 8u;
@@ -885,7 +888,13 @@ fn attention_backward_dkv(
 // new tokens' keys already written at kv_len - n_new ...). Query t sees keys 0 .. kv_len - n_new + t.
 // Split-K: workgroup (split, h, t) reduces one contiguous slice of those keys to a partial result
 // part[(t, h, split)] = (Σ_j e^{s_j - m} v_j as HEAD_DIM/4 vec4, then vec4(m, l, 0, 0)); the combine pass
-// merges the n_split partials. kv_len and n_new are uniforms: a new token rewrites them, nothing else.
+// merges the partials of the splits that hold keys. kv_len and n_new are uniforms: a new token rewrites
+// them, nothing else.
+
+// Keys per split for a query that sees n_keys keys (the partial and combine passes agree on it).
+fn decode_chunk(n_keys: u32) -> u32 {
+  return max(DECODE_MIN_CHUNK, (n_keys + params.n_split - 1u) / params.n_split);
+}
 
 var<workgroup> dec_q: array<vec4<f32>, HEAD_DIM / 4u>;
 var<workgroup> dec_s: array<f32, DECODE_THREADS>;
@@ -901,8 +910,9 @@ fn attention_decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
   if (t >= params.n_new) { return; }
   let hk = h / group_size();
   let n_keys = params.kv_len - params.n_new + t + 1u;
-  let chunk = (n_keys + params.n_split - 1u) / params.n_split;
-  let j_begin = min(split * chunk, n_keys);
+  let chunk = decode_chunk(n_keys);
+  let j_begin = split * chunk;
+  if (j_begin >= n_keys) { return; }
   let j_end = min(j_begin + chunk, n_keys);
   for (var c = tid; c < R; c += DECODE_THREADS) { dec_q[c] = q[q_index(t, h) + c]; }
   let c4 = tid % R;
@@ -956,17 +966,20 @@ fn attention_decode_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local
   let t = wg.y;
   if (t >= params.n_new) { return; }
   let base = (t * params.n_q_heads + h) * params.n_split * (R + 1u);
+  let n_keys = params.kv_len - params.n_new + t + 1u;
+  let chunk = decode_chunk(n_keys);
+  let n_parts = (n_keys + chunk - 1u) / chunk;
   var mx = NEG;
-  for (var s = 0u; s < params.n_split; s++) { mx = max(mx, part[base + s * (R + 1u) + R].x); }
+  for (var s = 0u; s < n_parts; s++) { mx = max(mx, part[base + s * (R + 1u) + R].x); }
   var total = 0.0;
-  for (var s = 0u; s < params.n_split; s++) {
+  for (var s = 0u; s < n_parts; s++) {
     let ml = part[base + s * (R + 1u) + R];
     total += ml.y * exp(ml.x - mx);
   }
   let inv = select(0.0, 1.0 / total, total > 0.0);
   for (var c = tid; c < R; c += 64u) {
     var sum = vec4<f32>(0.0);
-    for (var s = 0u; s < params.n_split; s++) {
+    for (var s = 0u; s < n_parts; s++) {
       let w = exp(part[base + s * (R + 1u) + R].x - mx);
       sum = fma(vec4<f32>(w), part[base + s * (R + 1u) + c], sum);
     }

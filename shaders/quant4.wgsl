@@ -18,6 +18,7 @@
 //   OP == dequantize dequantize   codes + scales → f32 [rows, in]
 //   OP == matmul     q4_matmul    Y[:, off:off+N] = X · Wᵀ (+ s · U · B[b_row0:]ᵀ when LORA), tiled
 //   OP == gemv       q4_gemv      the same for M ≤ 8 tokens (decode): each weight is read once
+//                                 (ONE_ROW: the M = 1 kernel, RPT rows per invocation)
 //   OP == dx         q4_matmul_dx dX = dY[:, off:off+N] · W (ACCUMULATE: dX += ..., for later row blocks)
 // Gradient rule (llm.c): activation grads are written (=); the base is frozen, so there is no dW. dX of a
 // W split into row blocks is the sum over blocks: the first block writes, later blocks add (ACCUMULATE).
@@ -628,7 +629,90 @@ fn q4_matmul_kc(
 }
 #endif
 
-#if OP == gemv
+#if OP == gemv && ONE_ROW
+
+// Decode's single token (M = 1). Each invocation owns RPT rows of W at the same columns, so the 32
+// activations of a code word are loaded once and reused for RPT rows, and its RPT code words are independent
+// loads in flight together; the accumulators are one vec4 (no dynamically indexed array, which the general
+// kernel below needs for its runtime M and which NVIDIA's compiler keeps in local memory). The LoRA epilogue
+// s·(u·B[n]) is spread over the lanes (each lane a strided share of the rank) and rides the same reduction.
+// Rows past N are read clamped to the last row and never written.
+
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;    // x [K]
+@group(0) @binding(2) var<storage, read> q: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> sm: array<u32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;    // y [ldy]
+#if LORA
+@group(0) @binding(5) var<storage, read> lu: array<f32>;         // u [R]
+@group(0) @binding(6) var<storage, read> lb: array<f32>;         // B [out, R]
+#endif
+
+const LANES: u32 = 32u;
+const RPT: u32 = 4u;            // W rows per invocation (the vec4 accumulator)
+override GEMV_ROWS: u32 = 4u;   // row groups per workgroup (RPT rows each, LANES invocations each)
+var<workgroup> part: array<vec4<f32>, LANES * GEMV_ROWS>;
+
+// code·x for one code word (32 weights) against its 32 activations xs.
+fn codes_dot(word: vec4<u32>, xs: array<vec4<f32>, 8>) -> f32 {
+  var d = 0.0;
+  for (var i = 0u; i < 4u; i++) {
+    let w = word[i];
+    let lo = vec4<f32>(f32(w & 15u), f32((w >> 4u) & 15u), f32((w >> 8u) & 15u), f32((w >> 12u) & 15u));
+    let hi = vec4<f32>(f32((w >> 16u) & 15u), f32((w >> 20u) & 15u), f32((w >> 24u) & 15u), f32(w >> 28u));
+    d += dot(lo, xs[2u * i]) + dot(hi, xs[2u * i + 1u]);
+  }
+  return d;
+}
+
+@compute @workgroup_size(LANES, GEMV_ROWS)
+fn q4_gemv(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let n0 = ((wg.x + wg.y * nwg.x) * GEMV_ROWS + lid.y) * RPT;
+  let lane = lid.x;
+  let per_row = params.K / 32u;
+  let last = params.N - 1u;
+  let rows = vec4<u32>(min(n0, last), min(n0 + 1u, last), min(n0 + 2u, last), min(n0 + 3u, last));
+  let at = rows * per_row;
+  var acc = vec4<f32>(0.0);
+  for (var c = lane; c < per_row; c += LANES) {
+    var xs: array<vec4<f32>, 8>;
+    var sx = vec4<f32>(0.0);
+    for (var i = 0u; i < 8u; i++) {
+      xs[i] = x[c * 8u + i];
+      sx += xs[i];
+    }
+    let xsum = sx.x + sx.y + sx.z + sx.w;
+    // w = code·step + min, so w·x summed = step·(code·x) + min·Σx.
+    let s0 = group_scale(sm[(at.x + c) / 2u]);
+    let s1 = group_scale(sm[(at.y + c) / 2u]);
+    let s2 = group_scale(sm[(at.z + c) / 2u]);
+    let s3 = group_scale(sm[(at.w + c) / 2u]);
+    let d = vec4<f32>(codes_dot(q[at.x + c], xs), codes_dot(q[at.y + c], xs), codes_dot(q[at.z + c], xs), codes_dot(q[at.w + c], xs));
+    acc += d * vec4<f32>(s0.x, s1.x, s2.x, s3.x) + xsum * vec4<f32>(s0.y, s1.y, s2.y, s3.y);
+  }
+#if LORA
+  let R = params.R;
+  let brow = (rows + params.b_row0) * R;
+  var t = vec4<f32>(0.0);
+  for (var j = lane; j < R; j += LANES) {
+    t = fma(vec4<f32>(lu[j]), vec4<f32>(lb[brow.x + j], lb[brow.y + j], lb[brow.z + j], lb[brow.w + j]), t);
+  }
+  acc = fma(vec4<f32>(params.s), t, acc);
+#endif
+  let base = lid.y * LANES;
+  part[base + lane] = acc;
+  workgroupBarrier();
+  for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
+    if (lane < stride) { part[base + lane] += part[base + lane + stride]; }
+    workgroupBarrier();
+  }
+  if (lane < RPT && n0 + lane < params.N) { y[params.off + n0 + lane] = part[base][lane]; }
+}
+
+#elif OP == gemv
 
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;    // X [M, K], M ≤ 8
 @group(0) @binding(2) var<storage, read> q: array<vec4<u32>>;

@@ -307,11 +307,15 @@ describe('attention (tiled flash, f32)', () => {
 });
 
 describe('attention decode (KV cache, split-K)', () => {
-  for (const [nQ, nKv, d, nSplit] of [
-    [4, 2, 64, 3],
-    [8, 1, 128, 1],
+  // [q heads, kv heads, head dim, splits, fewest keys per split]: 1-key splits so that a 45-key cache fills
+  // all 3 and 4 of 7, the default (32) so that 45 keys use 2 of 64 and 30 keys one.
+  for (const [nQ, nKv, d, nSplit, minChunk] of [
+    [4, 2, 64, 3, 1],
+    [8, 1, 128, 1, 1],
+    [4, 4, 64, 7, 4],
+    [2, 1, 64, 64, undefined],
   ] as const) {
-    it(`equals the last rows of the full causal forward: q${nQ}/kv${nKv} d${d} split ${nSplit}`, async () => {
+    it(`equals the last rows of the full causal forward: q${nQ}/kv${nKv} d${d} split ${nSplit}, ≥ ${minChunk ?? 'default'} keys each`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const maxTokens = 64;
@@ -330,7 +334,7 @@ describe('attention decode (KV cache, split-K)', () => {
       const maxNew = 3;
       const q = ctx.tensor('q new', [maxNew, nQ, d]);
       const o = poisoned(ctx, 'o new', [maxNew, nQ, d]);
-      const dec = await prepareAttentionDecode(ctx, { q, kCache, vCache, o }, { nQHeads: nQ, nKvHeads: nKv, headDim: d, maxTokens, maxNew, nSplit });
+      const dec = await prepareAttentionDecode(ctx, { q, kCache, vCache, o }, { nQHeads: nQ, nKvHeads: nKv, headDim: d, maxTokens, maxNew, nSplit, ...(minChunk ? { minChunk } : {}) });
       const row = nQ * d;
       // One token at length L, then at a shorter length (same dispatches, only the uniform changes), then 3 at once.
       for (const [len, nNew] of [

@@ -7,6 +7,7 @@ import {
   f16BitsToF32,
   f32ToF16Directed,
   packHalfWords,
+  prepareQ4Matmul,
   q4Matmul,
   q4MatmulDx,
   q4Scale,
@@ -214,6 +215,48 @@ describe('q4 matmul forward Y = X·Wᵀ (against float64 on the dequantized weig
       releaseQ4Weight(ctx, W);
     });
   }
+});
+
+describe('q4 GEMV (decode) with the LoRA epilogue', () => {
+  // [M, N, K, rows per block, LoRA rank, row groups]: M = 1 takes the one-row kernel (4 rows per invocation):
+  // N ragged against its 16 rows per workgroup, row blocks, ranks below, at and above the 32 lanes.
+  const CASES: [number, number, number, number | undefined, number, number?][] = [
+    [1, 70, 128, undefined, 8],
+    [1, 133, 320, 40, 40, 2],
+    [1, 29, 64, undefined, 64, 8],
+    [1, 45, 2048, undefined, 0, 1],
+    [5, 37, 192, 16, 33],
+  ];
+  for (const [M, N, K, rpb, rank, rowGroups] of CASES)
+    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${rank ? ` + LoRA r=${rank}` : ''}${rowGroups ? `, ${rowGroups} row groups` : ''}`, async () => {
+      const ctx = await gpu();
+      const seed = freshSeed();
+      const r = rng(seed);
+      const { W, deq } = await uploadQ4(ctx, 'W', weights(N, K, r), N, K, rpb);
+      const x = randn(M * K, r);
+      const X = ctx.upload('X', [M, K], x);
+      const Y = poisoned(ctx, 'Y', [M, N]);
+      const ref = refForward(x, deq, M, N, K);
+      let lora;
+      if (rank) {
+        const u = randn(M * rank, r);
+        const b = randn(N * rank, r);
+        const scale = 0.61;
+        lora = { U: ctx.upload('U', [M, rank], u), B: ctx.upload('B', [N, rank], b), rank, scale };
+        for (let m = 0; m < M; m++)
+          for (let n = 0; n < N; n++) {
+            let t = 0;
+            for (let j = 0; j < rank; j++) t += u[m * rank + j]! * b[n * rank + j]!;
+            ref[m * N + n] = ref[m * N + n]! + scale * t;
+          }
+      }
+      const dispatches = await prepareQ4Matmul(ctx, X, W, Y, M, { path: 'gemv', ...(lora ? { lora } : {}), ...(rowGroups ? { gemvRowGroups: rowGroups } : {}) });
+      expect(dispatches[0]!.label).toMatch(M === 1 ? /^q4 gemv1/ : /^q4 gemv[^1]/);
+      await ctx.run(dispatches);
+      expectClose(await ctx.read(Y), ref, 1e-4, `seed ${seed}`);
+      for (const t of [X, Y, ...(lora ? [lora.U, lora.B] : [])]) ctx.release(t);
+      releaseQ4Weight(ctx, W);
+    });
 });
 
 describe('q4 matmul forward with k-contiguous tiles (q4_matmul_kc)', () => {

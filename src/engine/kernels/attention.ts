@@ -382,9 +382,19 @@ export interface AttentionDecodeShape {
   /** Most query tokens per call (1 for token-by-token chat; more for a prompt tail or speculative tokens). */
   maxNew: number;
   scale?: number;
-  /** Partial results per (query, head) (split-K over the cache). Default: one per 256 cache rows, 1..32. */
+  /**
+   * Most partial results per (query, head) (split-K over the valid keys). Default: enough workgroups to
+   * fill a large GPU for one token (about 512 with the heads), at least one per 256 cache rows, at most 64.
+   */
   nSplit?: number;
+  /** Fewest keys per split (DECODE_MIN_CHUNK): a short context uses fewer splits. Tests lower it. */
+  minChunk?: number;
 }
+
+/** Fewest keys a decode split reduces (see DECODE_MIN_CHUNK in attention.wgsl). */
+const DECODE_MIN_CHUNK = 32;
+/** Workgroups one decode token's attention aims for (the H100 has 132 SMs; a few per SM hide latency). */
+const DECODE_TARGET_WORKGROUPS = 512;
 
 export interface AttentionDecodeTensors {
   /** [maxNew, nQHeads, headDim]: the new tokens' queries. */
@@ -417,17 +427,21 @@ export async function prepareAttentionDecode(ctx: GpuContext, t: AttentionDecode
   checkTensor('kCache', t.kCache, s.maxTokens * s.nKvHeads * s.headDim);
   checkTensor('vCache', t.vCache, s.maxTokens * s.nKvHeads * s.headDim);
   checkTensor('o', t.o, s.maxNew * s.nQHeads * s.headDim);
-  const nSplit = s.nSplit ?? Math.min(32, Math.max(1, Math.ceil(s.maxTokens / 256)));
+  const minChunk = s.minChunk ?? DECODE_MIN_CHUNK;
+  const fill = Math.max(Math.ceil(s.maxTokens / 256), Math.ceil(DECODE_TARGET_WORKGROUPS / (s.nQHeads * s.maxNew)));
+  const nSplit = s.nSplit ?? Math.max(1, Math.min(64, Math.ceil(s.maxTokens / minChunk), fill));
+  if (!Number.isInteger(nSplit) || nSplit < 1) throw new Error(`attention decode: bad nSplit ${nSplit}`);
+  if (!Number.isInteger(minChunk) || minChunk < 1) throw new Error(`attention decode: bad minChunk ${minChunk}`);
   const r = s.headDim / 4;
   const threads = r * Math.max(1, Math.floor(64 / r));
   const label = `attention decode q${s.nQHeads}/kv${s.nKvHeads} d${s.headDim} cache ${s.maxTokens} split ${nSplit}`;
   const partial = ctx.tensor(`${label} partials`, [s.maxNew, s.nQHeads, nSplit, r + 1, 4]);
   const shape: AttentionShape = { batch: 1, seq: s.maxTokens, nQHeads: s.nQHeads, nKvHeads: s.nKvHeads, headDim: s.headDim, ...(s.scale !== undefined ? { scale: s.scale } : {}) };
   const uniforms = ctx.uniforms(`${label} params`, uniformFields(shape, { kvLen: 0, nNew: 0, nSplit }));
-  const constants = { HEAD_DIM: s.headDim, DECODE_THREADS: threads };
+  const constants = { HEAD_DIM: s.headDim, DECODE_THREADS: threads, DECODE_MIN_CHUNK: minChunk };
   const [pPartial, pCombine] = await Promise.all([
     ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_decode', constants }),
-    ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_decode_combine', constants: { HEAD_DIM: s.headDim } }),
+    ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_decode_combine', constants: { HEAD_DIM: s.headDim, DECODE_MIN_CHUNK: minChunk } }),
   ]);
   const dispatches: KernelDispatch[] = [
     {

@@ -371,15 +371,28 @@ export interface Q4MatmulOptions {
   kcontig?: boolean;
   /** q4_matmul_kc: every thread dequantises one code word per step (default) instead of half the threads two. */
   splitW?: boolean;
+  /** The one-row GEMV's row groups per workgroup (GEMV_ROWS; 4 rows each). Benchmarks try others. */
+  gemvRowGroups?: number;
 }
 
+/** W rows per workgroup of the general (M ≤ 8) GEMV. */
 const GEMV_ROWS = 8;
+/** The one-row GEMV (decode): rows per invocation (RPT in quant4.wgsl) and default row groups per workgroup. */
+const GEMV1_ROWS_PER_THREAD = 4;
+const GEMV1_ROW_GROUPS = 4;
 
 /** Tile choice as in matmul.ts: 128×128 (8×8 per thread) where there are enough tiles, else 64×64. */
-function tileEdge(rows: number, cols: number, tile?: 'wide' | 'narrow'): { wide: boolean; edge: number } {
-  const wide = tile ? tile === 'wide' : rows >= 256 && cols >= 256;
+function tileEdge(rows: number, cols: number, tile?: 'wide' | 'narrow', minWideGroups = 0): { wide: boolean; edge: number } {
+  const wide = tile ? tile === 'wide' : rows >= 256 && cols >= 256 && Math.ceil(rows / 128) * Math.ceil(cols / 128) >= minWideGroups;
   return { wide, edge: wide ? 128 : 64 };
 }
+
+/**
+ * The forward takes the 64×64 tile when 128×128 tiles would make fewer workgroups than this. Measured on the
+ * H100 (132 SMs) at 512 tokens (`Q4_TOKENS=512 node dist-bench/bench.mjs quant4-lora`): wo and w2 (64 wide
+ * tiles) 25–31% faster with 64×64 tiles; wqkv (128) and w1/w3 (256) 50% and 30% slower with them.
+ */
+const Q4_FWD_MIN_WIDE_GROUPS = 128;
 
 /**
  * Y = X·Wᵀ (+ scale·U·Bᵀ), X [M, in] f32, W 4-bit [out, in], Y [M, out]. One dispatch per row block, each
@@ -397,18 +410,21 @@ export async function prepareQ4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y
   }
   const gemv = opts.path ? opts.path === 'gemv' : M <= Q4_GEMV_MAX_M;
   if (gemv && M > Q4_GEMV_MAX_M) throw new Error(`${kern}: the GEMV path takes at most ${Q4_GEMV_MAX_M} rows, got ${M}`);
-  const { wide, edge } = tileEdge(M, W.out, opts.tile);
+  const { wide, edge } = tileEdge(M, W.out, opts.tile, Q4_FWD_MIN_WIDE_GROUPS);
   const kc = (opts.kcontig ?? true) && wide && !gemv;
+  const oneRow = gemv && M === 1;
+  const rowGroups = opts.gemvRowGroups ?? GEMV1_ROW_GROUPS;
+  const gemvRows = oneRow ? rowGroups * GEMV1_ROWS_PER_THREAD : GEMV_ROWS;
   const pipeline = await ctx.pipeline(
     gemv
-      ? { shader: q4Shader(ctx), entryPoint: 'q4_gemv', defines: { OP: 'gemv', LORA: !!lora }, constants: { GEMV_ROWS } }
+      ? { shader: q4Shader(ctx), entryPoint: 'q4_gemv', defines: { OP: 'gemv', ONE_ROW: oneRow, LORA: !!lora }, constants: { GEMV_ROWS: oneRow ? rowGroups : GEMV_ROWS } }
       : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc, KC_SPLIT_W: kc && (opts.splitW ?? true) } },
   );
   return W.blocks.map((b) => {
-    const label = `${gemv ? 'q4 gemv' : `q4 matmul${wide ? ' wide' : ''}${kc ? ' kc' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
+    const label = `${gemv ? `q4 gemv${oneRow ? '1' : ''}` : `q4 matmul${wide ? ' wide' : ''}${kc ? ' kc' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
     const uniforms = ctx.uniforms(`${label} params`, uniformFields({ M, N: b.rows, K, ldy: W.out, off: b.row0, R: lora?.rank ?? 0, s: lora?.scale ?? 0, bRow0: b.row0 }));
     const res = [uniforms, X, b.q, b.sm, Y, ...(lora ? [lora.U, lora.B] : [])];
-    const workgroups: [number, number, number] = gemv ? grid2d(ctx, Math.ceil(b.rows / GEMV_ROWS)) : [Math.ceil(b.rows / edge), Math.ceil(M / edge), 1];
+    const workgroups: [number, number, number] = gemv ? grid2d(ctx, Math.ceil(b.rows / gemvRows)) : [Math.ceil(b.rows / edge), Math.ceil(M / edge), 1];
     return { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, res), workgroups };
   });
 }
