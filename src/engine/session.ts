@@ -13,7 +13,7 @@ import { loadBaseWeights, releaseBaseWeights, type BaseWeights } from './model/b
 import { modelSpecFromConfig, parameterCount, parseModelConfig, type ModelSpec } from './model/config.ts';
 import { CURATED_MODELS } from './model/curated.ts';
 import { CheckpointIndex } from './model/weights.ts';
-import { Trainer, type TrainConfig, type TrainProgress, type TrainRow } from './train/trainer.ts';
+import { Trainer, type EvalLoss, type TrainConfig, type TrainProgress, type TrainRow } from './train/trainer.ts';
 import { Generator } from './generate/generator.ts';
 import { ChatSession, chatStopTokenIds, decodeTokensPerSecond, defaultSystemPrompt, generationConfigEosIds } from './generate/chat.ts';
 import type { FinishReason, GenerationSettings } from './generate/settings.ts';
@@ -77,7 +77,13 @@ export interface TrainResult {
 /** A stored, resumable training run (trainRun / resumeRun): its id, evaluation prompts and checkpoint policy. */
 export interface RunOptions {
   runId: string;
+  /**
+   * Evaluation every N steps (and at the last): the prompts answered, and the eval loss measured on the
+   * held-out rows. Without it the eval loss is measured about ten times a run.
+   */
   evaluation?: EvalOptions;
+  /** trainRun: held-out rows (the data split's eval rows), stored with the run; a resumed run uses those. */
+  evalRows?: readonly TrainRow[];
   checkpoint?: Partial<CheckpointPolicy>;
   /**
    * The user's GPU memory budget: while the run sets up and trains, the buffer pool refuses to hold more
@@ -92,6 +98,8 @@ export type RunEvent =
   | { type: 'started'; runId: string; step: number; totalSteps: number; data: RunDataStats; model: RunModelSource }
   | { type: 'progress'; progress: TrainProgress }
   | { type: 'answers'; answers: EvalAnswers }
+  /** The adapter's mean loss on the held-out rows after `step` (Trainer.evalLoss). */
+  | { type: 'eval-loss'; step: number; loss: number; tokens: number }
   | { type: 'checkpoint'; checkpoint: CheckpointInfo }
   /** A periodic checkpoint failed (quota, disk): training goes on, the previous checkpoint stays current. */
   | { type: 'checkpoint-error'; message: string };
@@ -285,7 +293,7 @@ export class EngineSession {
   }
 
   /** Replaces the current adapter with a fresh trainer (not while one trains). */
-  private newTrainer(rows: readonly TrainRow[], config: Partial<TrainConfig>): Trainer {
+  private newTrainer(rows: readonly TrainRow[], config: Partial<TrainConfig>, evalRows: readonly TrainRow[] = []): Trainer {
     if (this.training) throw new Error('a run is training: pause or stop it first');
     this.dropChats();
     this.dropImported();
@@ -295,7 +303,7 @@ export class EngineSession {
     // The adapter and optimizer state: on failure half-way, what was allocated goes back to the pool.
     const scope = this.ctx.pool.openScope();
     try {
-      this.trainer = new Trainer(this.ctx, this.weights!, rows, config, this.modelId);
+      this.trainer = new Trainer(this.ctx, this.weights!, rows, config, this.modelId, evalRows.length ? { evalRows } : {});
       scope.commit();
     } catch (err) {
       scope.rollback();
@@ -341,16 +349,25 @@ export class EngineSession {
   }
 
   /** Trains until done, stop() or pause(); `afterStep` (checkpoints) runs after each step's evaluation. */
-  private async drive(trainer: Trainer, onProgress?: (p: TrainProgress) => void, evaluation?: EvalOptions & { onAnswers: (a: EvalAnswers) => void }, afterStep?: () => Promise<void>): Promise<TrainResult> {
+  private async drive(
+    trainer: Trainer,
+    onProgress?: (p: TrainProgress) => void,
+    evaluation?: EvalOptions & { onAnswers: (a: EvalAnswers) => void; onEvalLoss?: (e: { step: number } & EvalLoss) => void },
+    afterStep?: () => Promise<void>,
+  ): Promise<TrainResult> {
     this.stopRequested = false;
     this.pauseRequested = false;
     this.training = true;
-    const evaluate = evaluation && evaluation.prompts.length > 0 && evaluation.every > 0
-      ? async (p: TrainProgress) => {
-          if (p.step % evaluation.every !== 0 && p.step !== p.totalSteps) return;
-          evaluation.onAnswers({ step: p.step, answers: await this.answer(evaluation.prompts, evaluation.settings ?? {}) });
-        }
-      : undefined;
+    const every = evaluation && evaluation.every > 0 ? evaluation.every : Math.max(1, Math.round(trainer.totalSteps / 10));
+    const due = (p: TrainProgress) => p.step % every === 0 || p.step === p.totalSteps;
+    const evaluate = async (p: TrainProgress) => {
+      if (!evaluation || !due(p)) return;
+      if (evaluation.onEvalLoss && trainer.hasEvalRows) {
+        const r = await trainer.evalLoss();
+        if (r) evaluation.onEvalLoss({ step: p.step, ...r });
+      }
+      if (evaluation.prompts.length > 0 && evaluation.every > 0) evaluation.onAnswers({ step: p.step, answers: await this.answer(evaluation.prompts, evaluation.settings ?? {}) });
+    };
     try {
       await trainer.train(
         (p) => {
@@ -360,7 +377,7 @@ export class EngineSession {
         },
         () => this.stopRequested || this.pauseRequested,
         async (p) => {
-          await evaluate?.(p);
+          await evaluate(p);
           await afterStep?.();
         },
       );
@@ -441,8 +458,9 @@ export class EngineSession {
     this.requireSpec();
     runStore.checkRunId(opts.runId);
     return this.withinBudget(opts.memoryBudgetBytes, async () => {
-      const trainer = this.newTrainer(rows, config);
-      const manifest = await runStore.createRun(this.store, { id: opts.runId, model: this.modelSource!, config: trainer.config, rows });
+      const evalRows = opts.evalRows ?? [];
+      const trainer = this.newTrainer(rows, config, evalRows);
+      const manifest = await runStore.createRun(this.store, { id: opts.runId, model: this.modelSource!, config: trainer.config, rows, evalRows });
       return this.driveRun(trainer, manifest, opts, null, onEvent);
     });
   }
@@ -478,11 +496,11 @@ export class EngineSession {
 
   private async openStoredRun(runId: string): Promise<{ trainer: Trainer; manifest: runStore.RunManifest; step: number }> {
     if (this.training) throw new Error('a run is training: pause or stop it first');
-    const { manifest, rows } = await runStore.readRun(this.store, runId);
+    const { manifest, rows, evalRows } = await runStore.readRun(this.store, runId);
     await this.useRunModel(manifest.model);
     const state = await runStore.loadRunCheckpoint(this.store, runId);
     if (!state) throw new runStore.RunStoreError(`run '${runId}' has no checkpoint yet (it was closed before its first save): start it again`);
-    const trainer = this.newTrainer(rows, manifest.config);
+    const trainer = this.newTrainer(rows, manifest.config, evalRows);
     trainer.loadState(state);
     this.tunedVersion++;
     return { trainer, manifest, step: state.step };
@@ -505,7 +523,11 @@ export class EngineSession {
     onEvent({ type: 'started', runId, step: trainer.step, totalSteps: trainer.totalSteps, data: manifest.data, model: manifest.model });
     const policy = { ...DEFAULT_CHECKPOINT_POLICY, ...opts.checkpoint };
     const ckpt = new RunCheckpointer(this.store, runId, trainer, policy, resumedFrom, (c) => onEvent({ type: 'checkpoint', checkpoint: c }));
-    const evaluation = opts.evaluation && { ...opts.evaluation, onAnswers: (a: EvalAnswers) => onEvent({ type: 'answers', answers: a }) };
+    const evaluation = {
+      ...(opts.evaluation ?? { prompts: [], every: 0 }),
+      onAnswers: (a: EvalAnswers) => onEvent({ type: 'answers', answers: a }),
+      onEvalLoss: (e: { step: number } & EvalLoss) => onEvent({ type: 'eval-loss', ...e }),
+    };
     this.activeRun = runId;
     try {
       const result = await this.drive(trainer, (p) => onEvent({ type: 'progress', progress: p }), evaluation, async () => {

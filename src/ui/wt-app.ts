@@ -58,6 +58,7 @@ export class WtApp extends LitElement {
   @state() private model: ModelInfo | null = null;
   @state() private tokenizer: TokenizerSource | null = null;
   @state() private rows: TrainRow[] | null = null;
+  @state() private evalRows: TrainRow[] | null = null;
   @state() private recipe: RecipeData | null = null;
   @state() private tuned = false;
   /** Runs that can be resumed (the Train section reports them): the Train tab shows a mark. */
@@ -86,6 +87,7 @@ export class WtApp extends LitElement {
     this.model = info;
     this.tuned = false;
     this.rows = null;
+    this.evalRows = null;
     this.recipe = null;
     this.tokenizer = await getEngine().tokenizerSource();
   }
@@ -135,10 +137,11 @@ export class WtApp extends LitElement {
       case 'data':
         return html`<wt-data-section .tokenizerSource=${this.tokenizer} @dataset-ready=${(e: CustomEvent<DatasetReadyDetail>) => {
           this.rows = e.detail.train;
+          this.evalRows = e.detail.eval;
           this.recipe = e.detail.recipe;
         }}></wt-data-section>`;
       case 'train':
-        return html`<wt-train-section .model=${this.model} .rows=${this.rows} @adapter-trained=${() => (this.tuned = true)} @runs-changed=${(e: CustomEvent<{ resumable: number }>) => (this.resumableRuns = e.detail.resumable)}></wt-train-section>`;
+        return html`<wt-train-section .model=${this.model} .rows=${this.rows} .evalRows=${this.evalRows} @adapter-trained=${() => (this.tuned = true)} @runs-changed=${(e: CustomEvent<{ resumable: number }>) => (this.resumableRuns = e.detail.resumable)}></wt-train-section>`;
       case 'chat':
         return html`<wt-chat-section .model=${this.model} ?tuned=${this.tuned}></wt-chat-section>`;
       case 'share':

@@ -105,6 +105,11 @@ export async function chartSteps(page: Page): Promise<number[]> {
   return ((await page.getByTestId('train-chart').getAttribute('data-steps')) ?? '').split(',').filter(Boolean).map(Number);
 }
 
+/** Steps at which the chart has an eval-loss point. */
+export async function chartEvalSteps(page: Page): Promise<number[]> {
+  return ((await page.getByTestId('train-chart').getAttribute('data-eval-steps')) ?? '').split(',').filter(Boolean).map(Number);
+}
+
 export async function setField(field: Locator, value: string): Promise<void> {
   await field.fill(value);
   await field.dispatchEvent('change');
@@ -114,7 +119,8 @@ export async function setField(field: Locator, value: string): Promise<void> {
  * The start of every training test: the demo model, 16 identity conversations dropped as a JSONL file,
  * rows prepared, and the Train section open with them.
  */
-export async function trainSectionWithIdentityRows(page: Page, appUrl: string): Promise<void> {
+/** The demo model and the 16-sample identity dataset prepared (`evalSplit`: the share held out), then the Train section. */
+export async function trainSectionWithIdentityRows(page: Page, appUrl: string, opts: { evalSplit?: number } = {}): Promise<void> {
   await page.goto(`${appUrl}#/model`);
   await page.getByTestId('load-demo').click();
   await page.getByTestId('model-info').waitFor({ timeout: 120_000 });
@@ -126,6 +132,7 @@ export async function trainSectionWithIdentityRows(page: Page, appUrl: string): 
   await page.locator('wt-data-drop input[type=file]').setInputFiles({ name: 'identity.jsonl', mimeType: 'application/json', buffer: Buffer.from(lines.join('\n') + '\n') });
   const prepare = page.getByRole('button', { name: 'Prepare dataset' });
   await expect.poll(() => prepare.isEnabled(), { timeout: 60_000 }).toBe(true);
+  if (opts.evalSplit !== undefined) await setField(page.getByTestId('eval-split'), String(opts.evalSplit));
   await prepare.click();
   await page.getByText(/supervised/i).first().waitFor({ timeout: 60_000 });
 

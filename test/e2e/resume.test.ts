@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { appUnderTest, chartSteps, screenshot, setField, trainSectionWithIdentityRows, watchPage } from './browser.ts';
+import { appUnderTest, chartEvalSteps, chartSteps, screenshot, setField, trainSectionWithIdentityRows, watchPage } from './browser.ts';
 
 const app = appUnderTest();
 
@@ -7,13 +7,16 @@ describe('training survives a reload (WebGPU on SwiftShader)', () => {
   it('train → pause (checkpoint) → reload → the run is in the history → resume → finishes with the curve continuing', async () => {
     const page = await app.browser().newPage({ viewport: { width: 1280, height: 800 } });
     const { errors } = watchPage(page);
-    await trainSectionWithIdentityRows(page, app.url());
-    // Tiny and quick: 1 epoch of 4 steps (4 rows each, no accumulation), a checkpoint every 2 steps, no
+    // A quarter of the samples held out: the eval loss is measured on them every 2 steps (no prompts).
+    await trainSectionWithIdentityRows(page, app.url(), { evalSplit: 0.25 });
+    expect(await page.getByTestId('train-rows').textContent()).toMatch(/held out for the eval loss/);
+    // Tiny and quick: 1 epoch of a few steps (no accumulation), a checkpoint every 2 steps, no
     // evaluation prompts.
     await setField(page.getByTestId('field-epochs'), '1');
     await setField(page.getByTestId('field-gradAccum'), '1');
     await setField(page.getByTestId('ckpt-steps'), '2');
     await setField(page.getByTestId('eval-prompts'), '');
+    await setField(page.getByTestId('eval-every'), '2');
     // The memory plan of this config, against the 8 GiB default budget.
     await expect.poll(async () => (await page.getByTestId('memory-plan').or(page.getByTestId('memory-plan-note')).textContent())?.replace(/\s+/g, ' '), { timeout: 30_000 }).toMatch(/Predicted GPU memory .* of a 8\.00 GiB budget — fits/);
 
@@ -27,6 +30,9 @@ describe('training survives a reload (WebGPU on SwiftShader)', () => {
     expect(pausedAt).toBeGreaterThanOrEqual(2);
     expect(pausedAt).toBeLessThan(total);
     expect(await chartSteps(page)).toEqual(Array.from({ length: pausedAt }, (_, i) => i + 1));
+    const evenUpTo = (n: number) => Array.from({ length: Math.floor(n / 2) }, (_, i) => 2 * (i + 1));
+    expect(await chartEvalSteps(page)).toEqual(evenUpTo(pausedAt));
+    expect(Number(await page.getByTestId('train-eval-loss').textContent())).toBeGreaterThan(0);
     const lossesBefore = await page.getByTestId('train-loss').textContent();
     expect(await page.getByTestId('checkpoints').innerText()).toMatch(new RegExp(`step ${pausedAt} .*\\(current\\)`));
     await screenshot(page, 'resume-paused');
@@ -49,6 +55,8 @@ describe('training survives a reload (WebGPU on SwiftShader)', () => {
     expect(await page.getByTestId('train-done').textContent()).toMatch(new RegExp(`Finished after ${total} steps`));
     // One curve, steps 1..total: continued from the checkpoint, no reset and no repeated step.
     expect(await chartSteps(page)).toEqual(Array.from({ length: total }, (_, i) => i + 1));
+    // The eval loss continued on the held-out rows stored with the run: every 2 steps and at the last.
+    expect(await chartEvalSteps(page)).toEqual([...new Set([...evenUpTo(total), total])]);
     expect(await page.getByTestId('runs-list').innerText()).toMatch(/finished/);
     await expect.poll(() => page.getByTestId('resume-banner').count()).toBe(0);
     await screenshot(page, 'resume-finished');

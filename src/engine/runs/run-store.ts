@@ -4,6 +4,7 @@
  *
  *   runs/<id>/run.json                      RunManifest: config, the model it trains, the rows' sha256, stats
  *   runs/<id>/rows.bin                      the prepared rows (encodeRows), checked against run.json on read
+ *   runs/<id>/eval-rows.bin                 the held-out rows (same format), when the run has any
  *   runs/<id>/checkpoint.json, ckpt-<n>/…   the current checkpoint (share/checkpoint.ts: atomic, verified)
  *   runs/<id>/adapter.zip                   the PEFT adapter, written when the run ends (finished or stopped)
  *
@@ -43,6 +44,10 @@ export interface RunManifest {
   data: RunDataStats;
   rowsSha256: string;
   rowsBytes: number;
+  /** The held-out rows the eval loss is measured on (absent: none). */
+  evalData?: RunDataStats;
+  evalRowsSha256?: string;
+  evalRowsBytes?: number;
 }
 
 /** A checkpoint as the UI lists it. */
@@ -120,10 +125,11 @@ export function rowStats(rows: readonly TrainRow[]): RunDataStats {
 }
 
 /** Stores a new run's identity and rows (before its first step). */
-export async function createRun(store: BlobStore, init: { id: string; model: RunModelSource; config: TrainConfig; rows: readonly TrainRow[] }): Promise<RunManifest> {
+export async function createRun(store: BlobStore, init: { id: string; model: RunModelSource; config: TrainConfig; rows: readonly TrainRow[]; evalRows?: readonly TrainRow[] }): Promise<RunManifest> {
   const dir = runDir(init.id);
   if (await store.get(`${dir}/run.json`)) throw new RunStoreError(`run '${init.id}' already exists`);
   const bytes = encodeRows(init.rows);
+  const evalBytes = init.evalRows?.length ? encodeRows(init.evalRows) : null;
   const manifest: RunManifest = {
     format: 'webtune-run',
     version: 1,
@@ -134,8 +140,10 @@ export async function createRun(store: BlobStore, init: { id: string; model: Run
     data: rowStats(init.rows),
     rowsSha256: sha256Hex(bytes),
     rowsBytes: bytes.byteLength,
+    ...(evalBytes ? { evalData: rowStats(init.evalRows!), evalRowsSha256: sha256Hex(evalBytes), evalRowsBytes: evalBytes.byteLength } : {}),
   };
   await store.put(`${dir}/rows.bin`, bytes);
+  if (evalBytes) await store.put(`${dir}/eval-rows.bin`, evalBytes);
   await store.put(`${dir}/run.json`, enc.encode(JSON.stringify(manifest, null, 2)));
   return manifest;
 }
@@ -155,15 +163,23 @@ export async function readRunManifest(store: BlobStore, id: string): Promise<Run
   return m;
 }
 
-/** The run's manifest and its rows, verified (size and sha256). */
-export async function readRun(store: BlobStore, id: string): Promise<{ manifest: RunManifest; rows: TrainRow[] }> {
+/** The run's manifest, its rows and its held-out rows (empty when it has none), verified (size and sha256). */
+export async function readRun(store: BlobStore, id: string): Promise<{ manifest: RunManifest; rows: TrainRow[]; evalRows: TrainRow[] }> {
   const manifest = await readRunManifest(store, id);
-  const path = `${runDir(id)}/rows.bin`;
+  const rows = await readRowsFile(store, `${runDir(id)}/rows.bin`, manifest.rowsBytes, manifest.rowsSha256, "the run's training data is gone, so it cannot be resumed");
+  const evalRows =
+    manifest.evalRowsSha256 !== undefined && manifest.evalRowsBytes !== undefined
+      ? await readRowsFile(store, `${runDir(id)}/eval-rows.bin`, manifest.evalRowsBytes, manifest.evalRowsSha256, 'the held-out rows are gone (start the run again to measure the eval loss)')
+      : [];
+  return { manifest, rows, evalRows };
+}
+
+async function readRowsFile(store: BlobStore, path: string, size: number, sha256: string, missing: string): Promise<TrainRow[]> {
   const bytes = await store.get(path);
-  if (!bytes) throw new RunStoreError(`${path} is missing: the run's training data is gone, so it cannot be resumed`);
-  if (bytes.byteLength !== manifest.rowsBytes) throw new RunStoreError(`${path} has ${bytes.byteLength} bytes, run.json says ${manifest.rowsBytes} (partial write?)`);
-  if (sha256Hex(bytes) !== manifest.rowsSha256) throw new RunStoreError(`${path} is corrupt (sha256 mismatch)`);
-  return { manifest, rows: decodeRows(bytes, path) };
+  if (!bytes) throw new RunStoreError(`${path} is missing: ${missing}`);
+  if (bytes.byteLength !== size) throw new RunStoreError(`${path} has ${bytes.byteLength} bytes, run.json says ${size} (partial write?)`);
+  if (sha256Hex(bytes) !== sha256) throw new RunStoreError(`${path} is corrupt (sha256 mismatch)`);
+  return decodeRows(bytes, path);
 }
 
 /** Ids of the stored runs (those with a run.json). */

@@ -12,6 +12,7 @@ import type { ModelSpec } from '../model/config.ts';
 import { LoraLayout } from '../model/lora-layout.ts';
 import { loraModules, writePeftAdapter, type LoraModule, type PeftLoraConfig } from '../model/peft.ts';
 import { Transformer, type BatchInputs, type StepPlan } from '../model/transformer.ts';
+import { countSupervised } from '../kernels/cross_entropy.ts';
 import type { BaseWeights } from '../model/base-weights.ts';
 import { learningRate, type ScheduleKind } from './schedule.ts';
 import { seededRandom } from '../random.ts';
@@ -70,6 +71,14 @@ export interface TrainerOptions {
   offloadChunk?: number;
   /** Steps in a row with a non-finite loss or gradient (each skipped) before the run pauses (default 5). */
   nonFiniteLimit?: number;
+  /** Held-out rows (the data split's eval rows): evalLoss() measures the adapter on them. */
+  evalRows?: readonly TrainRow[];
+}
+
+/** The mean loss over the held-out rows and the supervised tokens it averages. */
+export interface EvalLoss {
+  loss: number;
+  tokens: number;
 }
 
 /** Why a run paused by itself (the user's stop is not a pause reason). */
@@ -197,6 +206,8 @@ export class Trainer {
   readonly state: OptimizerState;
   readonly config: TrainConfig;
   private plan: StepPlan | null = null;
+  /** The forward-only plan over the eval rows (built at the first evalLoss). */
+  private evalPlan: StepPlan | null = null;
   private optimizer: AdamW | null = null;
   private stepLosses: Tensor | null = null;
   private moments: MomentStore | null = null;
@@ -505,6 +516,47 @@ export class Trainer {
     };
   }
 
+  /** Whether there are held-out rows to measure (TrainerOptions.evalRows). */
+  get hasEvalRows(): boolean {
+    return (this.options.evalRows?.length ?? 0) > 0;
+  }
+
+  /**
+   * The adapter's mean loss on the held-out rows: every supervised token weighs the same (each micro-batch's
+   * mean is weighted by its token count), no dropout, no gradient — HF's eval_loss up to that weighting.
+   * Null without eval rows. Reads back one number per micro-batch; the caller leaves it out of tokens/s.
+   */
+  async evalLoss(): Promise<EvalLoss | null> {
+    const rows = this.options.evalRows;
+    if (!rows?.length) return null;
+    const { ctx, config: c } = this;
+    const mb = c.microBatch;
+    const seq = Math.max(...rows.map((r) => r.inputIds.length));
+    if (!this.evalPlan) {
+      await ctx.allocating(`the evaluation-loss buffers (micro-batch ${mb} × ${seq} tokens)`, async () => {
+        const model = new Transformer(ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: 0 }, { matmulPrecision: c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION });
+        this.evalPlan = await model.plan({ batch: mb, seq }, 'loss', c.lossChunkTokens ? { ceChunkTokens: c.lossChunkTokens } : {});
+      });
+    }
+    const plan = this.evalPlan!;
+    const padId = this.spec.padTokenId ?? this.spec.eosTokenIds[0] ?? 0;
+    let sum = 0;
+    let tokens = 0;
+    for (let i = 0; i < rows.length; i += mb) {
+      const batch = makeBatch(rows.slice(i, i + mb), mb, seq, padId);
+      const n = countSupervised(batch.labels, seq, this.spec.vocabSize);
+      if (n === 0) continue; // nothing to score (a row whose answer was cut off): no 0/0
+      plan.setBatch(batch);
+      const enc = ctx.device.createCommandEncoder({ label: `eval loss rows ${i}..${i + mb - 1}` });
+      plan.encode(enc);
+      ctx.device.queue.submit([enc.finish()]);
+      const loss = (await ctx.read(plan.loss!))[0]!;
+      sum += loss * n;
+      tokens += n;
+    }
+    return { loss: tokens > 0 ? sum / tokens : Number.NaN, tokens };
+  }
+
   /** Restores saveState()'s output into this trainer (same model, rows and config). */
   loadState(s: TrainerState): void {
     if (this.drain || this.drainLater) throw new Error('loadState: an optimizer step is still writing its moments (await train() first)');
@@ -544,6 +596,8 @@ export class Trainer {
     this.drain = null;
     this.drainLater = null;
     this.plan?.release();
+    this.evalPlan?.release();
+    this.evalPlan = null;
     this.optimizer?.release();
     if (this.stepLosses) this.ctx.release(this.stepLosses);
     if (this.offload) {

@@ -54,7 +54,7 @@ export class WtDataOptions extends LitElement {
         <label><input type="checkbox" .checked=${o.trainOnPrompt ?? false} @change=${(e: Event) => this.set('trainOnPrompt', (e.target as HTMLInputElement).checked)} /> train on prompt too</label>
         <label>Seed <input type="number" .value=${String(o.seed ?? '')}
           @change=${(e: Event) => this.set('seed', (e.target as HTMLInputElement).value === '' ? null : num(e))} /></label>
-        <label>Eval split <input type="number" min="0" step="0.01" .value=${String(o.evalSplit)} @change=${(e: Event) => this.set('evalSplit', Math.max(0, num(e)))} /></label>
+        <label>Eval split <input type="number" min="0" step="0.01" data-testid="eval-split" .value=${String(o.evalSplit)} @change=${(e: Event) => this.set('evalSplit', Math.max(0, num(e)))} /></label>
       </div>
       <div class="grid">
         <label>Chat template

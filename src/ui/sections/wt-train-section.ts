@@ -84,6 +84,8 @@ export class WtTrainSection extends LitElement {
 
   @property({ attribute: false }) model: ModelInfo | null = null;
   @property({ attribute: false }) rows: TrainRow[] | null = null;
+  /** The data split's held-out rows: the run measures its eval loss on them. */
+  @property({ attribute: false }) evalRows: TrainRow[] | null = null;
   @state() private settings: TrainSettings = { ...DEFAULT_TRAIN_SETTINGS, config: { ...PRESETS.quick!.config } };
   @state() private phase: Phase = 'idle';
   /** The run shown: the one training, or one re-opened from the history. */
@@ -223,8 +225,17 @@ export class WtTrainSection extends LitElement {
     // A skipped step's loss is NaN or ±∞: a gap in the curve, not a broken scale.
     // The learning rate on its own scale (right axis); records from before it was kept have none.
     const lr = c.step.map((_, i) => c.lr?.[i] ?? null);
-    const data: uPlot.AlignedData = [c.step, c.loss.map((v) => (Number.isFinite(v) ? v : null)), lr];
+    // The eval loss at the steps it was measured (a step of the train curve each), null elsewhere: drawn as
+    // points joined across the gaps.
+    const ev = this.run?.evalCurve ?? { step: [], loss: [] };
+    const evalAt = new Map(ev.step.map((s, i) => [s, ev.loss[i]!]));
+    const evalLoss = c.step.map((s) => {
+      const v = evalAt.get(s);
+      return v !== undefined && Number.isFinite(v) ? v : null;
+    });
+    const data: uPlot.AlignedData = [c.step, c.loss.map((v) => (Number.isFinite(v) ? v : null)), lr, evalLoss];
     host.dataset.steps = c.step.join(',');
+    host.dataset.evalSteps = ev.step.join(',');
     if (!this.plot) {
       const text = themeColor(host, '--wt-muted') || '#5b6270';
       const grid = themeColor(host, '--wt-border') || '#d9dce1';
@@ -233,6 +244,7 @@ export class WtTrainSection extends LitElement {
         { label: 'step' },
         { label: 'loss', scale: 'loss', stroke: themeColor(host, '--wt-accent') || '#3158d4', width: 2 },
         { label: 'learning rate', scale: 'lr', stroke: text, width: 1, dash: [4, 4], value: (_u, v) => (v == null ? '--' : v.toExponential(2)) },
+        { label: 'eval loss', scale: 'loss', stroke: themeColor(host, '--wt-warn') || '#b5591b', width: 2, spanGaps: true, points: { show: true, size: 6 } },
       ];
       // Steps are whole numbers: ticks only at integer increments.
       const steps = { ...axis, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000] };
@@ -296,7 +308,7 @@ export class WtTrainSection extends LitElement {
     this.plot = null;
     this.show(run);
     this.persist(run);
-    await this.drive(run, (onEvent) => getEngine().trainRun(this.rows!, run.config, { runId: run.id, evaluation: run.evaluation, checkpoint: run.checkpointPolicy, memoryBudgetBytes: this.budgetBytes() }, onEvent));
+    await this.drive(run, (onEvent) => getEngine().trainRun(this.rows!, run.config, { runId: run.id, evaluation: run.evaluation, evalRows: this.evalRows ?? [], checkpoint: run.checkpointPolicy, memoryBudgetBytes: this.budgetBytes() }, onEvent));
   }
 
   /** The budget of the form: the plan is checked against it, and a run is held to it. */
@@ -446,6 +458,7 @@ export class WtTrainSection extends LitElement {
     const s = this.settings;
     const resumable = !busy ? this.runs.filter(isResumable) : [];
     const lastLoss = run?.curve.loss.findLast((v) => Number.isFinite(v));
+    const lastEval = run?.evalCurve?.loss.findLast((v) => Number.isFinite(v));
     const skipped = p?.skippedSteps ?? run?.curve.loss.filter((v) => !Number.isFinite(v)).length ?? 0;
     return html`
       ${this.recovery
@@ -458,7 +471,11 @@ export class WtTrainSection extends LitElement {
         : nothing}
       ${!this.model ? html`<p class="muted">Load a model in the Model section first.</p>` : nothing}
       ${this.model && !this.rows?.length ? html`<p class="muted">Prepare a dataset in the Data section first (or resume a stored run below).</p>` : nothing}
-      ${this.rows?.length ? html`<p data-testid="train-rows">${this.rows.length} rows of training data.</p>` : nothing}
+      ${this.rows?.length
+        ? html`<p data-testid="train-rows">${this.rows.length} rows of training data${this.evalRows?.length
+            ? html`; ${this.evalRows.length} held out for the eval loss, measured at every evaluation`
+            : html` (no eval split: set one in the Data section to see an eval loss)`}.</p>`
+        : nothing}
       <label>Preset
         <select .value=${s.preset} ?disabled=${busy} @change=${(e: Event) => {
           const preset = (e.target as HTMLSelectElement).value;
@@ -481,7 +498,7 @@ export class WtTrainSection extends LitElement {
       <div class="grid">
         <label>Evaluation prompts<textarea rows="2" data-testid="eval-prompts" .value=${s.evalPrompts} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ evalPrompts: (e.target as HTMLTextAreaElement).value })}></textarea>
           <small>one per line; answered by the model in training (XTuner's evaluation_inputs)</small></label>
-        <label>Every N steps<input type="number" min="1" .value=${String(s.evalEvery)} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ evalEvery: Math.max(1, Number((e.target as HTMLInputElement).value)) })} /><small>and at the last step</small></label>
+        <label>Every N steps<input type="number" min="1" data-testid="eval-every" .value=${String(s.evalEvery)} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ evalEvery: Math.max(1, Number((e.target as HTMLInputElement).value)) })} /><small>the prompts answered and the eval loss measured on the held-out rows; also at the last step</small></label>
         <label>Checkpoint every N steps<input type="number" min="0" data-testid="ckpt-steps" .value=${String(s.checkpointEverySteps)} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ checkpointEverySteps: Math.max(0, Number((e.target as HTMLInputElement).value)) })} /><small>to the browser's storage; also on pause, stop and at the end (0: only then)</small></label>
         <label>…or every N minutes<input type="number" min="0" step="any" .value=${String(s.checkpointEveryMinutes)} ?disabled=${busy} @change=${(e: Event) => this.saveSettings({ checkpointEveryMinutes: Math.max(0, Number((e.target as HTMLInputElement).value)) })} /><small>whichever comes first</small></label>
         <label>GPU memory budget (GiB)<input type="number" min="0.001" step="any" data-testid="budget" .value=${String(s.budgetGiB)} @change=${(e: Event) => {
@@ -508,6 +525,7 @@ export class WtTrainSection extends LitElement {
       <div class="stats" data-testid="train-stats">
         ${run ? html`<span data-testid="train-step">step ${run.step}/${run.totalSteps || '?'}</span>` : nothing}
         ${run && lastLoss !== undefined ? html`<span>loss <strong data-testid="train-loss">${lastLoss.toFixed(4)}</strong></span>` : nothing}
+        ${lastEval !== undefined ? html`<span>eval loss <strong data-testid="train-eval-loss">${lastEval.toFixed(4)}</strong></span>` : nothing}
         ${skipped > 0 ? html`<span data-testid="train-skipped" title="steps whose loss or gradient was NaN/∞: their updates were skipped">skipped ${skipped}</span>` : nothing}
         ${p
           ? html`<span>lr ${p.lr.toExponential(2)}</span><span>${p.tokensPerSecond.toFixed(0)} tokens/s</span><span>ETA ${Math.round(p.etaSeconds)} s</span><span>GPU ${formatBytes(p.liveBytes)}</span>`

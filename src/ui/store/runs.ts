@@ -27,6 +27,8 @@ export interface RunRecord {
   step: number;
   totalSteps: number;
   curve: { step: number[]; loss: number[]; lr: number[] };
+  /** The eval loss on the held-out rows at the evaluation steps (absent in records from before it was kept). */
+  evalCurve?: { step: number[]; loss: number[] };
   answers: EvalAnswers[];
   /** Checkpoints written, oldest first; only the last one is kept on disk (each save replaces the previous). */
   checkpoints: CheckpointInfo[];
@@ -41,7 +43,7 @@ export function newRunId(now = new Date(), random = Math.random): string {
 
 export function newRunRecord(init: Pick<RunRecord, 'id' | 'modelId' | 'config' | 'evaluation' | 'checkpointPolicy'>, now = new Date()): RunRecord {
   const at = now.toISOString();
-  return { ...init, createdAt: at, updatedAt: at, status: 'training', data: null, step: 0, totalSteps: 0, curve: { step: [], loss: [], lr: [] }, answers: [], checkpoints: [], finalLoss: null, error: null };
+  return { ...init, createdAt: at, updatedAt: at, status: 'training', data: null, step: 0, totalSteps: 0, curve: { step: [], loss: [], lr: [] }, evalCurve: { step: [], loss: [] }, answers: [], checkpoints: [], finalLoss: null, error: null };
 }
 
 /** A run can continue when it is not done, not training here, and has a checkpoint to continue from. */
@@ -61,6 +63,9 @@ export function applyRunEvent(r: RunRecord, e: RunEvent, now = new Date()): RunR
       const keep = r.curve.step.findIndex((s) => s > e.step);
       const n = keep < 0 ? r.curve.step.length : keep;
       next.curve = { step: r.curve.step.slice(0, n), loss: r.curve.loss.slice(0, n), lr: r.curve.lr.slice(0, n) };
+      const ev = r.evalCurve ?? { step: [], loss: [] };
+      const m = ev.step.filter((s) => s <= e.step).length;
+      next.evalCurve = { step: ev.step.slice(0, m), loss: ev.loss.slice(0, m) };
       next.answers = r.answers.filter((a) => a.step <= e.step);
       next.step = e.step;
       next.totalSteps = e.totalSteps;
@@ -77,6 +82,11 @@ export function applyRunEvent(r: RunRecord, e: RunEvent, now = new Date()): RunR
     case 'answers':
       next.answers = [...r.answers, e.answers];
       break;
+    case 'eval-loss': {
+      const ev = r.evalCurve ?? { step: [], loss: [] };
+      next.evalCurve = { step: [...ev.step, e.step], loss: [...ev.loss, e.loss] };
+      break;
+    }
     case 'checkpoint':
       next.checkpoints = [...r.checkpoints, e.checkpoint];
       break;

@@ -27,15 +27,19 @@ describe('run records', () => {
       progress(1, 3),
       progress(2, 2.5),
       { type: 'checkpoint', checkpoint: { step: 2, savedAt: '2025-01-02T03:05:00Z', bytes: 100 } },
+      { type: 'eval-loss', step: 2, loss: 2.7, tokens: 9 },
       { type: 'answers', answers: { step: 2, answers: [{ prompt: 'hi', answer: 'a' }] } },
       progress(3, 2.2),
+      { type: 'eval-loss', step: 3, loss: 2.6, tokens: 9 },
       { type: 'answers', answers: { step: 3, answers: [{ prompt: 'hi', answer: 'b' }] } },
       // the tab closes here; the page reloads and resumes from the checkpoint of step 2
       started(2),
       progress(3, 2.2),
       progress(4, 2),
+      { type: 'eval-loss', step: 4, loss: 2.4, tokens: 9 },
     ];
     for (const e of events) r = applyRunEvent(r, e);
+    expect(r.evalCurve).toEqual({ step: [2, 4], loss: [2.7, 2.4] });
     expect(r.curve.step).toEqual([1, 2, 3, 4]);
     expect(r.curve.loss).toEqual([3, 2.5, 2.2, 2]);
     expect(r.answers.map((a) => a.step)).toEqual([2]);
