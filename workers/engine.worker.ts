@@ -10,9 +10,7 @@ import { GpuUnavailableError } from '../src/engine/gpu/errors.ts';
 import { matmul } from '../src/engine/kernels/matmul.ts';
 import { EngineSession, type DeviceLossReport } from '../src/engine/session.ts';
 import { opfsSinks, recordingSinks, writeFileTo } from '../src/engine/share/sinks.ts';
-
-/** Written first into a folder export and removed when it completes (see exportMerged). */
-const INCOMPLETE_EXPORT_NOTE = 'WEBTUNE-EXPORT-INCOMPLETE.txt';
+import { exportNoteText, INCOMPLETE_EXPORT_NOTE } from '../src/engine/share/export-note.ts';
 import { OpfsBlobStore, type BlobStore } from '../src/engine/share/checkpoint.ts';
 import { HubService } from '../src/hub/service.ts';
 import { checkRepoId } from '../src/hub/client.ts';
@@ -224,10 +222,12 @@ const api: EngineApi = {
   async exportMerged(dtype, dir, onProgress) {
     // Into a folder: every file is written to a swap file and appears whole on close; if the export fails or
     // is cancelled, the files it completed are removed again, so the folder never holds half a checkpoint.
-    // A tab closed mid-export cannot clean up: a note written first and removed last says what the folder is.
+    // A tab closed mid-export cannot clean up: a note written first, kept up to date with the files written,
+    // and removed last says what the folder is, and lets the next page load remove exactly those files.
     const written: string[] = [];
-    const sinks = dir ? recordingSinks(opfsSinks(dir), written) : null;
-    if (dir) await writeFileTo(opfsSinks(dir), INCOMPLETE_EXPORT_NOTE, new TextEncoder().encode('This folder holds a WebTune merged-model export that did not finish (the tab was closed or the\nbrowser stopped). Its files are not a complete checkpoint: delete them and export again.\n'));
+    const note = (writing: string | null) => writeFileTo(opfsSinks(dir!), INCOMPLETE_EXPORT_NOTE, new TextEncoder().encode(exportNoteText(written, writing)));
+    const sinks = dir ? recordingSinks(opfsSinks(dir), written, note) : null;
+    if (dir) await note(null);
     try {
       const { result, zip } = await (await engine()).exportMerged(dtype, sinks, onProgress && ((p) => void onProgress(p)));
       if (dir) await dir.removeEntry(INCOMPLETE_EXPORT_NOTE).catch(() => undefined);

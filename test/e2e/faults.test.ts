@@ -97,4 +97,59 @@ describe('faults surfaced in the Train section (WebGPU on SwiftShader)', () => {
     if (await banner.count()) expect(await banner.textContent()).not.toMatch(/Resume it in the Train section/);
     expect(errors.filter((e) => !/GPU|device/i.test(e))).toEqual([]);
   }, 900_000);
+
+  it('a merged export that a closed tab never finished: the next page load offers to remove exactly its files', async () => {
+    const page = await app.browser().newPage({ viewport: { width: 1280, height: 900 } });
+    const { errors } = watchPage(page);
+    await page.goto(`${app.url()}#/share`);
+    // What a tab closed mid-export leaves: in the folder (here an OPFS folder, a handle like the picker's)
+    // the export's note, the files it completed, the swap file of the one it was writing, and a file of the
+    // user's; in IndexedDB the page's record of the export it started.
+    await page.evaluate(async () => {
+      const root = await navigator.storage.getDirectory();
+      const dir = await root.getDirectoryHandle('merged-export', { create: true });
+      const put = async (name: string, text: string) => {
+        const w = await (await dir.getFileHandle(name, { create: true })).createWritable();
+        await w.write(text);
+        await w.close();
+      };
+      await put('WEBTUNE-EXPORT-INCOMPLETE.txt', 'This folder holds a WebTune merged-model export that did not finish.\nwritten: config.json\nwritten: model-00001-of-00002.safetensors\nwriting: model-00002-of-00002.safetensors\n');
+      await put('config.json', '{}');
+      await put('model-00001-of-00002.safetensors', 'x');
+      await put('my-notes.txt', 'mine');
+      const db = await new Promise<IDBDatabase>((resolve, reject) => {
+        const open = indexedDB.open('webtune-exports');
+        open.onupgradeneeded = () => open.result.createObjectStore('kv');
+        open.onsuccess = () => resolve(open.result);
+        open.onerror = () => reject(open.error);
+      });
+      await new Promise<void>((resolve, reject) => {
+        const tx = db.transaction('kv', 'readwrite');
+        tx.objectStore('kv').put({ folder: dir, folderName: 'merged-export', startedAt: '2026-11-23T10:00:00.000Z' }, 'merged-export');
+        tx.oncomplete = () => resolve();
+        tx.onerror = () => reject(tx.error);
+      });
+      db.close();
+    });
+    await page.reload();
+    const banner = page.getByTestId('export-leftover');
+    await banner.waitFor({ timeout: 30_000 });
+    expect(await banner.textContent()).toMatch(/merged export into the folder “merged-export” .*did not finish/);
+    await screenshot(page, 'share-export-leftover');
+    await page.getByTestId('export-leftover-remove').click();
+    await expect.poll(() => page.getByTestId('export-leftover-note').textContent(), { timeout: 30_000 }).toMatch(/Removed the unfinished export from “merged-export”: config\.json, model-00001-of-00002\.safetensors and its note/);
+    const left = await page.evaluate(async () => {
+      const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('merged-export');
+      const names: string[] = [];
+      for await (const name of (dir as unknown as { keys(): AsyncIterable<string> }).keys()) names.push(name);
+      return names;
+    });
+    expect(left).toEqual(['my-notes.txt']);
+    // Nothing pending any more: a reload shows no banner.
+    await page.reload();
+    await page.getByTestId('tab-share').waitFor();
+    await page.waitForTimeout(1000);
+    expect(await page.getByTestId('export-leftover').count()).toBe(0);
+    expect(errors).toEqual([]);
+  }, 120_000);
 });

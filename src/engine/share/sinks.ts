@@ -63,15 +63,21 @@ export function opfsSinks(dir: FileSystemDirectoryHandle): SinkFactory {
   };
 }
 
-/** The same sinks, appending each file's name to `written` once it is complete (to undo a failed export). */
-export function recordingSinks(open: SinkFactory, written: string[]): SinkFactory {
+/**
+ * The same sinks, appending each file's name to `written` once it is complete (to undo a failed export).
+ * `onChange` is awaited as a file opens (with its name) and once it is complete (with null): the folder
+ * export keeps its note of what it wrote with it (export-note.ts).
+ */
+export function recordingSinks(open: SinkFactory, written: string[], onChange?: (writing: string | null) => Promise<void>): SinkFactory {
   return async (name) => {
+    await onChange?.(name);
     const sink = await open(name);
     return {
       write: (chunk) => sink.write(chunk),
       async close() {
         await sink.close();
         written.push(name);
+        await onChange?.(null);
       },
       abort: (reason) => sink.abort(reason),
     };

@@ -6,6 +6,8 @@ import { formatBytes } from '../../engine/gpu/errors.ts';
 import { getEngine } from '../engine-client.ts';
 import { theme } from '../theme.ts';
 import type { RecipeData } from '../data/wt-data-section.ts';
+import { removeExportLeftovers } from '../../engine/share/export-note.ts';
+import { PendingExports, type PendingExport } from '../store/pending-export.ts';
 
 /** The File System Access API's folder picker (Chromium); absent elsewhere, then folders come from <input webkitdirectory>. */
 type DirectoryPicker = (o?: { mode?: 'read' | 'readwrite'; id?: string }) => Promise<FileSystemDirectoryHandle>;
@@ -70,6 +72,8 @@ export class WtShareSection extends LitElement {
       .ok { color: var(--wt-ok); }
       .muted { color: var(--wt-muted); }
       ul { margin: 0.3rem 0; padding-left: 1.2rem; }
+      .banner { border: 1px solid var(--wt-warn); border-radius: var(--wt-radius); padding: 0.5rem 0.9rem; margin: 0 0 1rem; }
+      .banner p { margin: 0.2rem 0 0.5rem; }
     `,
   ];
 
@@ -86,6 +90,62 @@ export class WtShareSection extends LitElement {
   @state() private importError = '';
   @state() private hubRepo = '';
   @state() private hubProgress: HubProgress | null = null;
+  /** A folder export a closed tab never finished (found at page load), until removed or kept. */
+  @state() private leftover: PendingExport | null = null;
+  @state() private leftoverNote = '';
+  private readonly pendingExports = new PendingExports();
+
+  override connectedCallback(): void {
+    super.connectedCallback();
+    void this.pendingExports
+      .get()
+      .then((p) => {
+        if (p && !this.busy) this.leftover = p;
+      })
+      .catch(() => undefined); // no IndexedDB (private mode): nothing remembered, nothing to offer
+  }
+
+  /** Removes the unfinished export's files (asking for the folder again: permissions do not outlive the tab). */
+  private async removeLeftover(): Promise<void> {
+    const p = this.leftover;
+    if (!p) return;
+    try {
+      const folder = p.folder as FileSystemDirectoryHandle & { requestPermission?: (d: { mode: 'readwrite' }) => Promise<PermissionState> };
+      if (folder.requestPermission && (await folder.requestPermission({ mode: 'readwrite' })) !== 'granted') {
+        this.leftoverNote = `No permission to change “${p.folderName}”: its files were left as they are.`;
+        return;
+      }
+      const removed = await removeExportLeftovers(folder);
+      this.leftoverNote =
+        removed === null
+          ? `“${p.folderName}” holds no unfinished export any more: nothing to remove.`
+          : `Removed the unfinished export from “${p.folderName}”: ${removed.length ? removed.join(', ') : 'no files'} and its note. Files of your own there were not touched.`;
+    } catch (e) {
+      this.leftoverNote = `Could not clean up “${p.folderName}”: ${errorText(e)}. Delete the files listed in its WEBTUNE-EXPORT-INCOMPLETE.txt by hand.`;
+      return;
+    }
+    this.leftover = null;
+    await this.pendingExports.end().catch(() => undefined);
+  }
+
+  private async keepLeftover(): Promise<void> {
+    this.leftover = null;
+    this.leftoverNote = '';
+    await this.pendingExports.end().catch(() => undefined);
+  }
+
+  private renderLeftover() {
+    const p = this.leftover;
+    if (!p && !this.leftoverNote) return nothing;
+    return html`<div class="banner" role="status" data-testid="export-leftover">
+      ${p
+        ? html`<p>A merged export into the folder “${p.folderName}” (started ${new Date(p.startedAt).toLocaleString()}) did not finish: the tab was closed or the browser stopped. The files it wrote are not a complete checkpoint.</p>
+            <button data-testid="export-leftover-remove" @click=${() => void this.removeLeftover()}>Remove its files</button>
+            <button class="secondary" data-testid="export-leftover-keep" @click=${() => void this.keepLeftover()}>Keep them</button>`
+        : nothing}
+      ${this.leftoverNote ? html`<p data-testid="export-leftover-note">${this.leftoverNote}</p>` : nothing}
+    </div>`;
+  }
 
   private modelSlug(): string {
     return (this.model?.id ?? 'model').replace(/[^\w.-]+/g, '_');
@@ -144,7 +204,15 @@ export class WtShareSection extends LitElement {
   private exportMergedToFolder(): Promise<void> {
     return this.run('Merged model', async () => {
       const dir = await directoryPicker()!({ mode: 'readwrite', id: 'webtune-merged' });
-      const r = await getEngine().exportMerged(this.dtype, dir, this.progress());
+      // Remembered while it runs: if the tab closes mid-export, the next page load offers to clean up.
+      await this.pendingExports.begin(dir, dir.name).catch(() => undefined);
+      let r;
+      try {
+        r = await getEngine().exportMerged(this.dtype, dir, this.progress());
+      } finally {
+        // Finished, or failed/cancelled: the worker removed what it wrote. Either way nothing is pending.
+        await this.pendingExports.end().catch(() => undefined);
+      }
       return `${r.files.length} files (${formatBytes(r.totalBytes)} of weights in ${this.dtype}) written into the folder “${dir.name}”: load it with AutoModelForCausalLM.from_pretrained.`;
     });
   }
@@ -298,7 +366,7 @@ export class WtShareSection extends LitElement {
   }
 
   override render() {
-    return html`${this.renderExport()}${this.renderImport()}`;
+    return html`${this.renderLeftover()}${this.renderExport()}${this.renderImport()}`;
   }
 }
 
