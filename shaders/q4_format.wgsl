@@ -21,9 +21,15 @@ fn group_scale(w: u32) -> vec2<f32> {
   return vec2<f32>(f16_to_f32(w & 0xffffu), f16_to_f32(w >> 16u));
 }
 
-// The 8 weights of one code word as two vec4 (weights 0..3, 4..7).
-fn dequant8(word: u32, sc: vec2<f32>) -> array<vec4<f32>, 2> {
+// The 8 codes of one code word as two vec4 (codes 0..3, 4..7), as f32 0..15.
+fn codes8(word: u32) -> array<vec4<f32>, 2> {
   let lo = vec4<f32>(f32(word & 15u), f32((word >> 4u) & 15u), f32((word >> 8u) & 15u), f32((word >> 12u) & 15u));
   let hi = vec4<f32>(f32((word >> 16u) & 15u), f32((word >> 20u) & 15u), f32((word >> 24u) & 15u), f32(word >> 28u));
-  return array<vec4<f32>, 2>(lo * sc.x + sc.y, hi * sc.x + sc.y);
+  return array<vec4<f32>, 2>(lo, hi);
+}
+
+// The 8 weights of one code word as two vec4 (weights 0..3, 4..7).
+fn dequant8(word: u32, sc: vec2<f32>) -> array<vec4<f32>, 2> {
+  let c = codes8(word);
+  return array<vec4<f32>, 2>(c[0] * sc.x + sc.y, c[1] * sc.x + sc.y);
 }

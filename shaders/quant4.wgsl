@@ -656,10 +656,8 @@ var<workgroup> part: array<vec4<f32>, LANES * GEMV_ROWS>;
 fn codes_dot(word: vec4<u32>, xs: array<vec4<f32>, 8>) -> f32 {
   var d = 0.0;
   for (var i = 0u; i < 4u; i++) {
-    let w = word[i];
-    let lo = vec4<f32>(f32(w & 15u), f32((w >> 4u) & 15u), f32((w >> 8u) & 15u), f32((w >> 12u) & 15u));
-    let hi = vec4<f32>(f32((w >> 16u) & 15u), f32((w >> 20u) & 15u), f32((w >> 24u) & 15u), f32(w >> 28u));
-    d += dot(lo, xs[2u * i]) + dot(hi, xs[2u * i + 1u]);
+    let c = codes8(word[i]);
+    d += dot(c[0], xs[2u * i]) + dot(c[1], xs[2u * i + 1u]);
   }
   return d;
 }

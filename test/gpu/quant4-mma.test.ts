@@ -171,8 +171,10 @@ describe('int8 scheme accuracy (CPU reference of the kernels) against the exact 
       const dxErr = relError(int8MatmulDxCpu(dq.codes, dq.scale, bwdGrid.codes, bwdGrid.scale, M, N, K), denseMatmulF64(dy, wDeq, M, K, N, false));
       console.log(`int8 scheme (CPU), ${outliers} outlier columns: forward rel. error ${fwdErr.toExponential(2)}, dX ${dxErr.toExponential(2)}`);
       expect(fwdErr).toBeGreaterThan(0);
-      expect(fwdErr).toBeLessThan(0.03);
-      expect(dxErr).toBeLessThan(0.03);
+      // Worst of 300 seeds: forward 1.04% without outliers, 3.15% with 5 outlier columns (one int8 level: the
+      // outliers set their rows' scale); dX 1.2%. The bounds sit well above, so no seed fails by chance.
+      expect(fwdErr).toBeLessThan(outliers ? 0.05 : 0.02);
+      expect(dxErr).toBeLessThan(0.02);
     }
   });
 });

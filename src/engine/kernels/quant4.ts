@@ -2,6 +2,7 @@ import quant4Wgsl from '../../../shaders/quant4.wgsl';
 import q4FormatWgsl from '../../../shaders/q4_format.wgsl';
 import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
+import { grid1d } from './grid.ts';
 
 /**
  * 4-bit frozen base weights ("q4a64", docs/quant4.md): asymmetric int4, groups of 64 along `in`, one u32
@@ -294,12 +295,6 @@ function uniformFields(u: Q4Uniforms): UniformField[] {
   ];
 }
 
-/** A 2-D grid of `total` workgroups (x ≤ the per-dimension limit). */
-function grid2d(ctx: GpuContext, total: number): [number, number, number] {
-  const max = ctx.limits.maxComputeWorkgroupsPerDimension;
-  const x = Math.max(1, Math.min(total, max));
-  return [x, Math.max(1, Math.ceil(total / x)), 1];
-}
 
 /** Throws, naming kernel, operand, shape and both sizes, when `t` holds fewer than `bytes` bytes. */
 export function need(kernel: string, what: string, t: Tensor, bytes: number): void {
@@ -325,7 +320,7 @@ export async function prepareQuantizeQ4(ctx: GpuContext, src: Tensor, dst: Q4Wei
     dropQ4Bounds(ctx, b); // these rows' codes are rewritten when the dispatch runs
     const label = `quantize4 ${source} ${dst.label} rows ${lo}:${hi}`;
     const uniforms = ctx.uniforms(`${label} params`, uniformFields({ N: hi - lo, K, off: lo - b.row0, srcOff: (lo - row0) * K }));
-    out.push({ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, src, b.q, b.sm]), workgroups: grid2d(ctx, Math.ceil(((hi - lo) * K) / Q4_GROUP / 64)) });
+    out.push({ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, src, b.q, b.sm]), workgroups: grid1d(ctx, Math.ceil(((hi - lo) * K) / Q4_GROUP / 64), label) });
   }
   return out;
 }
@@ -342,7 +337,7 @@ export async function prepareDequantizeQ4(ctx: GpuContext, w: Q4Weight, out: Ten
     const label = `dequantize4 ${b.q.label}`;
     const uniforms = ctx.uniforms(`${label} params`, uniformFields({ N: b.rows, K: w.in }));
     const binding: GPUBufferBinding = { buffer: out.buffer, offset: b.row0 * w.in * 4, size: b.rows * w.in * 4 };
-    return { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, b.q, b.sm, binding]), workgroups: grid2d(ctx, Math.ceil((b.rows * w.in) / 8 / 64)) };
+    return { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, b.q, b.sm, binding]), workgroups: grid1d(ctx, Math.ceil((b.rows * w.in) / 8 / 64), label) };
   });
 }
 
@@ -424,7 +419,7 @@ export async function prepareQ4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y
     const label = `${gemv ? `q4 gemv${oneRow ? '1' : ''}` : `q4 matmul${wide ? ' wide' : ''}${kc ? ' kc' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
     const uniforms = ctx.uniforms(`${label} params`, uniformFields({ M, N: b.rows, K, ldy: W.out, off: b.row0, R: lora?.rank ?? 0, s: lora?.scale ?? 0, bRow0: b.row0 }));
     const res = [uniforms, X, b.q, b.sm, Y, ...(lora ? [lora.U, lora.B] : [])];
-    const workgroups: [number, number, number] = gemv ? grid2d(ctx, Math.ceil(b.rows / gemvRows)) : [Math.ceil(b.rows / edge), Math.ceil(M / edge), 1];
+    const workgroups: [number, number, number] = gemv ? grid1d(ctx, Math.ceil(b.rows / gemvRows), label) : [Math.ceil(b.rows / edge), Math.ceil(M / edge), 1];
     return { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, res), workgroups };
   });
 }
