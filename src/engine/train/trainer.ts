@@ -276,8 +276,7 @@ export class Trainer {
     // Out of memory anywhere in here is a GpuOutOfMemoryError, and the half-built plan's buffers go back.
     try {
       await this.ctx.allocating(`the training step buffers (micro-batch ${c.microBatch} × ${this.seq} tokens)`, async () => {
-        const model = new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: c.loraDropout }, { matmulPrecision: c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION });
-        this.plan = await model.plan({ batch: c.microBatch, seq: this.seq }, 'train', c.lossChunkTokens ? { ceChunkTokens: c.lossChunkTokens } : {});
+        this.plan = await this.model(c.loraDropout).plan({ batch: c.microBatch, seq: this.seq }, 'train', c.lossChunkTokens ? { ceChunkTokens: c.lossChunkTokens } : {});
         this.stepLosses = this.ctx.tensor('step losses', [c.gradAccum]);
         // The AdamW kernel skips the update on the GPU when a loss or the grad norm is not finite.
         this.optimizer = await AdamW.create(this.ctx, this.state, { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay, maxGradNorm: c.maxGradNorm }, { guard: this.stepLosses });
@@ -516,6 +515,12 @@ export class Trainer {
     };
   }
 
+  /** The model over this trainer's adapter (the step plan with the run's dropout, the eval plan without). */
+  private model(dropout: number): Transformer {
+    const c = this.config;
+    return new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout }, { matmulPrecision: c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION });
+  }
+
   /** Whether there are held-out rows to measure (TrainerOptions.evalRows). */
   get hasEvalRows(): boolean {
     return (this.options.evalRows?.length ?? 0) > 0;
@@ -534,8 +539,7 @@ export class Trainer {
     const seq = Math.max(...rows.map((r) => r.inputIds.length));
     if (!this.evalPlan) {
       await ctx.allocating(`the evaluation-loss buffers (micro-batch ${mb} × ${seq} tokens)`, async () => {
-        const model = new Transformer(ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout: 0 }, { matmulPrecision: c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION });
-        this.evalPlan = await model.plan({ batch: mb, seq }, 'loss', c.lossChunkTokens ? { ceChunkTokens: c.lossChunkTokens } : {});
+        this.evalPlan = await this.model(0).plan({ batch: mb, seq }, 'loss', c.lossChunkTokens ? { ceChunkTokens: c.lossChunkTokens } : {});
       });
     }
     const plan = this.evalPlan!;
