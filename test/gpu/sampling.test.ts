@@ -75,6 +75,27 @@ function cpuSample(logits: Float32Array, seen: Set<number>, p: SamplingParams, u
 }
 
 /**
+ * The ids a draw may pick when the GPU's f32 cumulative sums can differ from this float64 walk: those whose
+ * CDF interval comes within `tol` (relative to the kept mass) of the target. A draw that lands that close to
+ * a boundary between two ids is decided by rounding; anywhere else the window holds just cpuSample's id.
+ */
+function cpuSampleWindow(logits: Float32Array, seen: Set<number>, p: SamplingParams, u: number, tol: number): Set<number> {
+  const adj = adjustedLogits(logits, seen, p);
+  if (!(p.temperature >= 1e-5)) return new Set([cpuSample(logits, seen, p, u)]);
+  const { order, prob } = cpuKept(adj, p);
+  const z = prob.reduce((a, b) => a + b, 0);
+  const target = u * z;
+  const out = new Set<number>();
+  let acc = 0;
+  for (let i = 0; i < order.length; i++) {
+    const lo = acc;
+    acc += prob[i]!;
+    if (acc >= target - tol * z && lo <= target + tol * z) out.add(order[i]!);
+  }
+  return out;
+}
+
+/**
  * transformers' TopKLogitsWarper then TopPLogitsWarper, transcribed literally (float64, a stable ascending
  * sort with ids descending among equal values, i.e. the reverse of the rank order): the set of ids left.
  */
@@ -148,7 +169,7 @@ describe('sampling on the GPU', () => {
     ...tiedCases.map(([n, V, o, levels, scale]) => [n, V, o, (r: () => number) => tiedLogits(V, r, levels, scale)] as [string, number, Partial<SamplingParams>, (r: () => number) => Float32Array]),
   ];
   for (const [name, V, over, make] of all) {
-    it(`${name}: exact ids for the seeded draws`, async () => {
+    it(`${name}: the reference's ids for the seeded draws`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const r = rng(seed);
@@ -166,10 +187,17 @@ describe('sampling on the GPU', () => {
       let general = 0;
       for (let step = 0; step < 6; step++) {
         // The sampler marks its choice as seen: mirror that in the reference.
-        want.push(cpuSample(logits, seen, p, samplingUniform(p.seed, step)));
+        const u = samplingUniform(p.seed, step);
+        const exact = cpuSample(logits, seen, p, u);
         if (takesGeneralPath(adjustedLogits(logits, seen, p), p)) general++;
         await ctx.run(s.dispatches);
         const id = (await ctx.read(s.outId))[0]!;
+        // Exact, except a draw within f32 rounding (1e-5 of the mass, ~170 ulps of the sum) of a boundary
+        // between two ids, where either neighbour is right (whole-vocabulary draws over 70000 near-equal
+        // probabilities meet one now and then).
+        const window = cpuSampleWindow(logits, seen, p, u, 1e-5);
+        expect(window.has(exact)).toBe(true);
+        want.push(id !== exact && window.has(id) ? id : exact);
         got.push(id);
         seen.add(id);
       }
