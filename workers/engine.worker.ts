@@ -190,8 +190,8 @@ const api: EngineApi = {
   async deleteRun(runId) {
     return (await engine()).deleteRun(runId);
   },
-  async planTraining(config, seqLen, budgetBytes) {
-    return (await engine()).planTraining(config, seqLen, budgetBytes);
+  async planTraining(config, seqLen, budgetBytes, evalSeqLen) {
+    return (await engine()).planTraining(config, seqLen, budgetBytes, evalSeqLen);
   },
   async planCuratedTraining(config, seqLen, quantized, budgetBytes) {
     return (await engine()).planCuratedTraining(config, seqLen, quantized, budgetBytes);

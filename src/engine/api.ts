@@ -100,7 +100,8 @@ export interface EngineApi {
   /** Removes a stored run's files (rows, checkpoints, adapter). */
   deleteRun(runId: string): Promise<void>;
   /** The predicted GPU memory split for training the loaded model with this config on rows of seqLen tokens. */
-  planTraining(config: Partial<TrainConfig>, seqLen: number, budgetBytes?: number): Promise<MemoryPlan>;
+  /** …with `evalSeqLen` (the longest held-out row) the eval loss's forward-only plan is counted too. */
+  planTraining(config: Partial<TrainConfig>, seqLen: number, budgetBytes?: number, evalSeqLen?: number): Promise<MemoryPlan>;
   /** planTraining for each curated model card (no model needs to be loaded). */
   planCuratedTraining(config: Partial<TrainConfig>, seqLen: number, quantized: boolean, budgetBytes?: number): Promise<CuratedPlan[]>;
   /** One chat turn; onText (a proxy) receives the reply as it is generated. */

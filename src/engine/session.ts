@@ -307,15 +307,15 @@ export class EngineSession {
       scope.commit();
     } catch (err) {
       scope.rollback();
-      throw this.explainOutOfMemory(err, config, Math.max(0, ...rows.map((r) => r.inputIds.length)), 'Nothing was trained yet; no checkpoint was touched.');
+      throw this.explainOutOfMemory(err, config, Math.max(0, ...rows.map((r) => r.inputIds.length)), 'Nothing was trained yet; no checkpoint was touched.', Math.max(0, ...evalRows.map((r) => r.inputIds.length)));
     }
     return this.trainer;
   }
 
   /** A GpuOutOfMemoryError from training, explained with the memory plan of `config` (other errors pass through). */
-  private explainOutOfMemory(err: unknown, config: Partial<TrainConfig>, seqLen: number, runNote: string): unknown {
+  private explainOutOfMemory(err: unknown, config: Partial<TrainConfig>, seqLen: number, runNote: string, evalSeqLen = 0): unknown {
     if (!(err instanceof GpuOutOfMemoryError) || err instanceof ExplainedOutOfMemoryError || !this.spec || !this.weights) return err;
-    const mc = this.memoryConfig(this.spec, config, Math.max(1, seqLen));
+    const mc = this.memoryConfig(this.spec, config, Math.max(1, seqLen), undefined, evalSeqLen);
     let plan: MemoryPlan | null = null;
     try {
       plan = planMemory(this.spec, mc, { budgetBytes: availableBytes(err) });
@@ -397,7 +397,7 @@ export class EngineSession {
             ? `Nothing was lost: run ${runId} keeps its last checkpoint (step ${ckpt.step}), intact; resume it once memory is free, or start a new run with the changes.`
             : `Run ${runId} had no checkpoint yet: start a new run with the changes.`
           : `The adapter trained so far (step ${trainer.step}) stays loaded.`;
-        throw this.explainOutOfMemory(err, trainer.config, trainer.seq, note);
+        throw this.explainOutOfMemory(err, trainer.config, trainer.seq, note, trainer.evalSeq);
       }
       throw err;
     } finally {
@@ -588,13 +588,13 @@ export class EngineSession {
    * The predicted GPU memory of training the loaded model with `config` on rows of `seqLen` tokens
    * (src/engine/model/memory-plan.ts), against `budgetBytes`; with advice when it does not fit.
    */
-  planTraining(config: Partial<TrainConfig>, seqLen: number, budgetBytes?: number): MemoryPlan {
+  planTraining(config: Partial<TrainConfig>, seqLen: number, budgetBytes?: number, evalSeqLen = 0): MemoryPlan {
     const spec = this.requireSpec();
-    return planMemory(spec, this.memoryConfig(spec, config, seqLen), budgetBytes === undefined ? {} : { budgetBytes });
+    return planMemory(spec, this.memoryConfig(spec, config, seqLen, undefined, evalSeqLen), budgetBytes === undefined ? {} : { budgetBytes });
   }
 
   /** The planner's view of a training config on the loaded model (or, while loading, one `quantized` or not). */
-  private memoryConfig(spec: ModelSpec, config: Partial<TrainConfig>, seqLen: number, quantized = this.weights?.quantized ?? false): TrainingMemoryConfig {
+  private memoryConfig(spec: ModelSpec, config: Partial<TrainConfig>, seqLen: number, quantized = this.weights?.quantized ?? false, evalSeqLen = 0): TrainingMemoryConfig {
     const c = { ...DEFAULT_TRAIN_CONFIG, ...config };
     return {
       seqLen,
@@ -607,6 +607,7 @@ export class EngineSession {
       activationCheckpointing: true,
       ceChunkTokens: ceChunkTokens(spec.vocabSize, seqLen * c.microBatch, { chunkTokens: c.lossChunkTokens, limits: this.ctx.limits }),
       int8Matmuls: (c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION) === 'int8' && int8MatmulSupport(this.ctx.features).ok,
+      ...(evalSeqLen > 0 ? { evalSeqLen } : {}),
     };
   }
 

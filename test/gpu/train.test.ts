@@ -12,6 +12,7 @@ import { loraModules } from '../../src/engine/model/peft.ts';
 import { createOptimizerState, prepareZeroGrad } from '../../src/engine/kernels/adamw.ts';
 import { Transformer } from '../../src/engine/model/transformer.ts';
 import { initLoraParams, Trainer, type TrainRow } from '../../src/engine/train/trainer.ts';
+import { planMemory } from '../../src/engine/model/memory-plan.ts';
 import type { GpuContext } from '../../src/engine/gpu/context.ts';
 import { fixturesDir } from '../helpers/fixtures.ts';
 import { gpu } from '../helpers/gpu.ts';
@@ -127,4 +128,28 @@ describe('training engine', () => {
     expect(Buffer.from(results[1]!.buffer).equals(Buffer.from(results[0]!.buffer))).toBe(true);
     expect(Buffer.from(results[2]!.buffer).equals(Buffer.from(results[0]!.buffer))).toBe(true);
   }, 300_000);
+
+  for (const quantize of [false, true])
+    it(`the eval loss's plan holds what the memory plan counts for it, to the small buffers (${quantize ? '4-bit' : 'f32'} base)`, async () => {
+      const ctx = await gpu();
+      const weights = await fixtureModel(ctx, 'llama', quantize);
+      const spec = weights.spec;
+      const evalRows = patternRows(3, 21, spec.vocabSize);
+      const trainer = new Trainer(ctx, weights, patternRows(4, 16, spec.vocabSize), { loraRank: 4, loraAlpha: 8, microBatch: 2, matmulPrecision: 'f32' }, null, { evalRows });
+      const before = ctx.pool.liveBytes;
+      const first = await trainer.evalLoss();
+      const held = ctx.pool.liveBytes - before; // the plan is kept for the next evaluation
+      const plan = planMemory(spec, { seqLen: 16, microBatch: 2, loraRank: 4, quantBits: quantize ? 4 : 32, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens: 1 << 20, evalSeqLen: trainer.evalSeq });
+      expect(trainer.evalSeq).toBe(21);
+      expect(plan.evaluation.bytes).toBeGreaterThan(0);
+      // Never under the real figure; over it only by the allowance for the small buffers and their rounding.
+      const terms = plan.evaluation.terms.map((t) => `${t.name} ${t.bytes}`).join('; ');
+      expect(held, terms).toBeLessThanOrEqual(plan.evaluation.bytes);
+      expect(plan.evaluation.bytes - held, terms).toBeLessThanOrEqual(2048);
+      expect(plan.trainingPeakBytes - planMemory(spec, { seqLen: 16, microBatch: 2, loraRank: 4, quantBits: quantize ? 4 : 32, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens: 1 << 20 }).trainingPeakBytes).toBe(plan.evaluation.bytes);
+      // Measuring again allocates nothing more and gives the same number (no state changed in between).
+      expect(await trainer.evalLoss()).toEqual(first);
+      expect(ctx.pool.liveBytes - before).toBe(held);
+      trainer.release();
+    });
 });

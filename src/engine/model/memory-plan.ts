@@ -28,6 +28,7 @@
  */
 import type { ModelSpec } from './config.ts';
 import { loraModules, loraModuleShape, type LoraModule } from './peft.ts';
+import { loraScratchElems } from '../kernels/lora.ts';
 
 export type OptimizerOffload = 'gpu' | 'cpu' | 'disk';
 
@@ -51,7 +52,15 @@ export interface TrainingMemoryConfig {
   readonly ceChunkTokens: number;
   /** The 4-bit base's matmuls run on int8 tensor cores (adds their activation scratch). */
   readonly int8Matmuls?: boolean;
+  /**
+   * The longest held-out row when the run measures an eval loss (0 or absent: no eval rows): a forward-only
+   * plan of one such row is kept beside the step's buffers (Trainer.evalLoss).
+   */
+  readonly evalSeqLen?: number;
 }
+
+/** Tokens per cross-entropy chunk of the eval-loss plan (at most; its speed hardly matters, its memory does). */
+export const EVAL_CE_CHUNK_TOKENS = 256;
 
 /** The engine-dependent constants; calibrate them against the pool's measured peak. */
 export interface MemoryPlanAssumptions {
@@ -116,6 +125,8 @@ export interface MemoryPlan {
   readonly activations: MemorySection;
   /** Final norm, losses and the cross-entropy workspace (empty at a layer-backward-phase peak). */
   readonly ce: MemorySection;
+  /** The eval loss's forward-only plan (one held-out row at a time; empty without eval rows). */
+  readonly evaluation: MemorySection;
   readonly workspace: MemorySection;
   readonly trainingPeakBytes: number;
   /** Weights + one staging chunk while quantizing during loading. */
@@ -236,6 +247,30 @@ function int8ScratchTerm(tokens: number, widest: number): MemoryTerm {
   return { name: 'int8 activation scratch', bytes: 2 * tokens * Math.ceil(widest / 64) * 64 + tokens * F32 + widest * F32, note: `2 levels × [B·T, ${widest}] int8 + scales (tensor-core matmuls)` };
 }
 
+/**
+ * The eval loss's StepPlan in 'loss' mode (Trainer.evalLoss): one row of evalSeqLen tokens — its inputs, two
+ * hidden states used in turn, one layer's forward scratch, the loss workspace with chunks of at most
+ * EVAL_CE_CHUNK_TOKENS, and the int8 scratch where the base runs on int8.
+ */
+function evaluationTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: readonly LoraModule[], widest: number): MemoryTerm[] {
+  const T = c.evalSeqLen ?? 0;
+  if (T <= 0) return [];
+  const one: TrainingMemoryConfig = { ...c, seqLen: T, microBatch: 1, ceChunkTokens: Math.min(c.ceChunkTokens, EVAL_CE_CHUNK_TOKENS) };
+  const tag = (t: MemoryTerm): MemoryTerm => ({ ...t, name: `eval: ${t.name}` });
+  return [
+    { name: 'eval: input ids, positions, document ids, labels', bytes: 4 * T * 4, note: `int32 [${T}] × 4 (one held-out row)` },
+    { name: 'eval: hidden states', bytes: 2 * T * spec.hidden * F32, note: `[${T}, hidden] × 2, used in turn (no backward: no saved layer inputs)` },
+    ...layerForwardTerms(spec, one, targets).map(tag),
+    ...ceTerms(spec, one).map(tag),
+    ...(c.int8Matmuls && c.quantBits === 4 ? [tag(int8ScratchTerm(T, widest))] : []),
+    {
+      name: 'eval: kernel scratch',
+      bytes: Math.max(0, ...targets.map((m) => loraScratchElems(T, loraModuleShape(spec, m).in, loraModuleShape(spec, m).out, c.loraRank))) * F32 + (spec.headDim / 2) * F32 + 48 * 16,
+      note: 'the LoRA products\' split-K partials, rope inverse frequencies, reduction partials, and 16-byte rounding of ~48 buffers',
+    },
+  ];
+}
+
 /** Plans one configuration. Pure: same inputs, same plan. */
 export function planMemory(
   spec: ModelSpec,
@@ -329,7 +364,8 @@ export function planMemory(
     ce = section([]);
     trainingPhase = 'layer-backward';
   }
-  const trainingPeakBytes = weights.bytes + lora.bytes + optimizer.bytes + workspace.bytes + activations.bytes + ce.bytes;
+  const evaluation = section(evaluationTerms(spec, c, targets, Math.max(...projs.flatMap((m) => [m.in, m.out]))));
+  const trainingPeakBytes = weights.bytes + lora.bytes + optimizer.bytes + workspace.bytes + activations.bytes + ce.bytes + evaluation.bytes;
 
   // ---- loading: the weights fill up while one f32 staging chunk is quantized
   const largestF32 = Math.max(...projs.map((m) => m.out * m.in * F32));
@@ -357,6 +393,7 @@ export function planMemory(
     optimizer,
     activations,
     ce,
+    evaluation,
     workspace,
     trainingPeakBytes,
     loadingPeakBytes,

@@ -202,7 +202,7 @@ export class StepPlan {
   readonly positions: Tensor;
   readonly docIds: Tensor;
   readonly labels: Tensor | null;
-  /** hs[ℓ]: input of layer ℓ; hs[L]: the final hidden state (before the final norm). */
+  /** hs[ℓ]: input of layer ℓ; hs[L]: the final hidden state (before the final norm). Forward-only plans alternate two buffers. */
   readonly hs: Tensor[] = [];
   readonly finalNormed: Tensor;
   readonly finalRstd: Tensor;
@@ -242,7 +242,9 @@ export class StepPlan {
     this.positions = this.alloc.i32('position_ids', [T]);
     this.docIds = this.alloc.i32('document_ids', [T]);
     this.labels = mode === 'logits' ? null : this.alloc.i32('labels', [T]);
-    for (let l = 0; l <= model.spec.layers; l++) this.hs.push(this.alloc.f32(`h${l}`, [T, H]));
+    // Training keeps every layer's input (the backward recomputes from them); a forward-only plan needs
+    // two buffers used in turn (layer ℓ reads hs[ℓ] and writes hs[ℓ + 1]).
+    for (let l = 0; l <= model.spec.layers; l++) this.hs.push(mode === 'train' || l < 2 ? this.alloc.f32(`h${l}`, [T, H]) : this.hs[l % 2]!);
     this.finalNormed = this.alloc.f32('final normed', [T, H]);
     this.finalRstd = this.alloc.f32('final rstd', [T]);
   }

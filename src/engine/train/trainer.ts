@@ -13,6 +13,7 @@ import { LoraLayout } from '../model/lora-layout.ts';
 import { loraModules, writePeftAdapter, type LoraModule, type PeftLoraConfig } from '../model/peft.ts';
 import { Transformer, type BatchInputs, type StepPlan } from '../model/transformer.ts';
 import { countSupervised } from '../kernels/cross_entropy.ts';
+import { EVAL_CE_CHUNK_TOKENS } from '../model/memory-plan.ts';
 import type { BaseWeights } from '../model/base-weights.ts';
 import { learningRate, type ScheduleKind } from './schedule.ts';
 import { seededRandom } from '../random.ts';
@@ -526,20 +527,27 @@ export class Trainer {
     return (this.options.evalRows?.length ?? 0) > 0;
   }
 
+  /** The longest held-out row (0 without): the eval plan's length, for the memory plan. */
+  get evalSeq(): number {
+    return Math.max(0, ...(this.options.evalRows ?? []).map((r) => r.inputIds.length));
+  }
+
   /**
-   * The adapter's mean loss on the held-out rows: every supervised token weighs the same (each micro-batch's
-   * mean is weighted by its token count), no dropout, no gradient — HF's eval_loss up to that weighting.
+   * The adapter's mean loss on the held-out rows: every supervised token weighs the same (each row's mean
+   * is weighted by its token count), no dropout, no gradient — HF's eval_loss up to that weighting.
    * Null without eval rows. Reads back one number per micro-batch; the caller leaves it out of tokens/s.
    */
   async evalLoss(): Promise<EvalLoss | null> {
     const rows = this.options.evalRows;
     if (!rows?.length) return null;
     const { ctx, config: c } = this;
-    const mb = c.microBatch;
+    // One row at a time with short loss chunks: the plan sits beside the step's buffers for the whole run
+    // (memory-plan.ts counts it), and evaluation is rare enough that its speed hardly matters.
+    const mb = 1;
     const seq = Math.max(...rows.map((r) => r.inputIds.length));
     if (!this.evalPlan) {
-      await ctx.allocating(`the evaluation-loss buffers (micro-batch ${mb} × ${seq} tokens)`, async () => {
-        this.evalPlan = await this.model(0).plan({ batch: mb, seq }, 'loss', c.lossChunkTokens ? { ceChunkTokens: c.lossChunkTokens } : {});
+      await ctx.allocating(`the evaluation-loss buffers (one row of ${seq} tokens)`, async () => {
+        this.evalPlan = await this.model(0).plan({ batch: mb, seq }, 'loss', { ceChunkTokens: Math.min(EVAL_CE_CHUNK_TOKENS, c.lossChunkTokens ?? Infinity) });
       });
     }
     const plan = this.evalPlan!;

@@ -4,12 +4,13 @@ import type { MemoryPlan } from '../../engine/api.ts';
 import { formatBytes } from '../../engine/gpu/errors.ts';
 import { theme } from '../theme.ts';
 
-const PARTS = [
+const ALL_PARTS = [
   { key: 'weights', label: 'base weights', color: '#6b7a99' },
   { key: 'lora', label: 'LoRA + grads', color: '#3158d4' },
   { key: 'optimizer', label: 'optimizer', color: '#8e5bd6' },
   { key: 'activations', label: 'activations', color: '#1f8a4c' },
   { key: 'ce', label: 'logits chunk / loss', color: '#d08a1c' },
+  { key: 'evaluation', label: 'eval loss', color: '#b5591b' },
   { key: 'workspace', label: 'scratch', color: '#9aa1ad' },
 ] as const;
 
@@ -44,6 +45,8 @@ export class WtMemoryPlan extends LitElement {
     const p = this.plan;
     if (!p) return html`<div class="muted" data-testid="memory-plan-note">${this.note || 'The memory plan appears once a model is loaded and a dataset prepared.'}</div>`;
     const scale = Math.max(p.budgetBytes, p.trainingPeakBytes, 1);
+    // The eval loss's part only when the run measures one.
+    const PARTS = ALL_PARTS.filter((x) => x.key !== 'evaluation' || p.evaluation.bytes > 0);
     return html`
       <div class="head" data-testid="memory-plan">
         Predicted GPU memory <strong>${formatBytes(p.totalBytes)}</strong> of a ${formatBytes(p.budgetBytes)} budget —

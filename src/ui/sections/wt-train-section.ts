@@ -188,7 +188,7 @@ export class WtTrainSection extends LitElement {
   // ---- memory plan
 
   override updated(changed: Map<string, unknown>): void {
-    if (changed.has('model') || changed.has('rows')) this.schedulePlan();
+    if (changed.has('model') || changed.has('rows') || changed.has('evalRows')) this.schedulePlan();
     if (changed.has('runs') || changed.has('phase')) {
       const resumable = this.phase === 'idle' ? this.runs.filter(isResumable).length : 0;
       this.dispatchEvent(new CustomEvent('runs-changed', { detail: { resumable }, bubbles: true, composed: true }));
@@ -208,7 +208,8 @@ export class WtTrainSection extends LitElement {
     }
     const seqLen = Math.max(...this.rows.map((r) => r.inputIds.length));
     try {
-      this.plan = await getEngine().planTraining(this.runConfig(), seqLen, this.settings.budgetGiB * 2 ** 30);
+      const evalSeqLen = Math.max(0, ...(this.evalRows ?? []).map((r) => r.inputIds.length));
+      this.plan = await getEngine().planTraining(this.runConfig(), seqLen, this.settings.budgetGiB * 2 ** 30, evalSeqLen);
       this.planNote = '';
     } catch (e) {
       this.plan = null;

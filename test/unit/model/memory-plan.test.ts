@@ -13,7 +13,7 @@ const fixture = (family: string): ModelSpec => parseModelConfig(readFileSync(fix
 const TARGETS = ['internlm2-chat-1_8b', 'Qwen2.5-1.5B-Instruct', 'Qwen3-1.7B', 'Llama-3.2-1B-Instruct', 'SmolLM2-1.7B-Instruct'];
 
 const qlora: TrainingMemoryConfig = { seqLen: 2048, microBatch: 1, loraRank: 64, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens: 1024 };
-const term = (p: MemoryPlan, section: 'weights' | 'lora' | 'optimizer' | 'activations' | 'ce' | 'workspace', name: string) => {
+const term = (p: MemoryPlan, section: 'weights' | 'lora' | 'optimizer' | 'activations' | 'ce' | 'evaluation' | 'workspace', name: string) => {
   const t = p[section].terms.find((x) => x.name === name);
   if (!t) throw new Error(`no term '${name}' in ${section}: ${p[section].terms.map((x) => x.name).join(', ')}`);
   return t.bytes;
@@ -84,6 +84,20 @@ describe('memory plan: terms', () => {
     expect(p.advice).toEqual([]);
     expect(p.suggestedConfig).toBeNull();
     expect(p.budgetBytes).toBe(DEFAULT_BUDGET_BYTES);
+  });
+
+  it('held-out rows add the eval loss\'s forward-only plan: one row, two hidden states, 256-token loss chunks', () => {
+    const spec = target('internlm2-chat-1_8b');
+    const without = planMemory(spec, qlora);
+    expect(without.evaluation.bytes).toBe(0);
+    const p = planMemory(spec, { ...qlora, evalSeqLen: 2048 });
+    expect(p.trainingPeakBytes - without.trainingPeakBytes).toBe(p.evaluation.bytes);
+    expect(term(p, 'evaluation', 'eval: hidden states')).toBe(2 * 2048 * 2048 * 4);
+    expect(term(p, 'evaluation', 'eval: logits chunk')).toBe(256 * 92544 * 4);
+    // About half a GiB beside the step's 4.6 GiB: still well inside 8 GiB.
+    expect(p.evaluation.bytes / 2 ** 30).toBeGreaterThan(0.3);
+    expect(p.evaluation.bytes / 2 ** 30).toBeLessThan(0.7);
+    expect(p.fits).toBe(true);
   });
 
   it('cross-entropy chunk is chunk × vocab × 4 and decides the peak for large vocabularies', () => {
