@@ -646,11 +646,32 @@ fn q4_matmul_kc(
 @group(0) @binding(5) var<storage, read> lu: array<f32>;         // u [R]
 @group(0) @binding(6) var<storage, read> lb: array<f32>;         // B [out, R]
 #endif
+#if GLU
+// SwiGLU: q/sm above are the gate projection, these the up projection (same shape); y = silu(gate)·up.
+@group(0) @binding(5) var<storage, read> q_up: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> sm_up: array<u32>;
+#endif
 
 const LANES: u32 = 32u;
 const RPT: u32 = 4u;            // W rows per invocation (the vec4 accumulator)
 override GEMV_ROWS: u32 = 4u;   // row groups per workgroup (RPT rows each, LANES invocations each)
 var<workgroup> part: array<vec4<f32>, LANES * GEMV_ROWS>;
+#if GLU
+var<workgroup> part_up: array<vec4<f32>, LANES * GEMV_ROWS>;
+
+// The same as swiglu.wgsl's forward, so the fused decode gives what the two projections and swiglu give.
+fn sigmoid(g: f32) -> f32 { return 1.0 / (1.0 + exp(-g)); }
+#endif
+
+// Σ over one code word of w·x for the 4 rows at `at` (+ c), w = code·step + min.
+fn rows4_dot(qq: vec4<u32>, qr: vec4<u32>, qs: vec4<u32>, qt: vec4<u32>, sw: vec4<u32>, xs: array<vec4<f32>, 8>, xsum: f32) -> vec4<f32> {
+  let s0 = group_scale(sw.x);
+  let s1 = group_scale(sw.y);
+  let s2 = group_scale(sw.z);
+  let s3 = group_scale(sw.w);
+  let d = vec4<f32>(codes_dot(qq, xs), codes_dot(qr, xs), codes_dot(qs, xs), codes_dot(qt, xs));
+  return d * vec4<f32>(s0.x, s1.x, s2.x, s3.x) + xsum * vec4<f32>(s0.y, s1.y, s2.y, s3.y);
+}
 
 // code·x for one code word (32 weights) against its 32 activations xs.
 fn codes_dot(word: vec4<u32>, xs: array<vec4<f32>, 8>) -> f32 {
@@ -675,6 +696,9 @@ fn q4_gemv(
   let rows = vec4<u32>(min(n0, last), min(n0 + 1u, last), min(n0 + 2u, last), min(n0 + 3u, last));
   let at = rows * per_row;
   var acc = vec4<f32>(0.0);
+#if GLU
+  var acc_up = vec4<f32>(0.0);
+#endif
   for (var c = lane; c < per_row; c += LANES) {
     var xs: array<vec4<f32>, 8>;
     var sx = vec4<f32>(0.0);
@@ -684,12 +708,11 @@ fn q4_gemv(
     }
     let xsum = sx.x + sx.y + sx.z + sx.w;
     // w = code·step + min, so w·x summed = step·(code·x) + min·Σx.
-    let s0 = group_scale(sm[(at.x + c) / 2u]);
-    let s1 = group_scale(sm[(at.y + c) / 2u]);
-    let s2 = group_scale(sm[(at.z + c) / 2u]);
-    let s3 = group_scale(sm[(at.w + c) / 2u]);
-    let d = vec4<f32>(codes_dot(q[at.x + c], xs), codes_dot(q[at.y + c], xs), codes_dot(q[at.z + c], xs), codes_dot(q[at.w + c], xs));
-    acc += d * vec4<f32>(s0.x, s1.x, s2.x, s3.x) + xsum * vec4<f32>(s0.y, s1.y, s2.y, s3.y);
+    let g = (at + vec4<u32>(c)) / 2u;
+    acc += rows4_dot(q[at.x + c], q[at.y + c], q[at.z + c], q[at.w + c], vec4<u32>(sm[g.x], sm[g.y], sm[g.z], sm[g.w]), xs, xsum);
+#if GLU
+    acc_up += rows4_dot(q_up[at.x + c], q_up[at.y + c], q_up[at.z + c], q_up[at.w + c], vec4<u32>(sm_up[g.x], sm_up[g.y], sm_up[g.z], sm_up[g.w]), xs, xsum);
+#endif
   }
 #if LORA
   let R = params.R;
@@ -702,12 +725,27 @@ fn q4_gemv(
 #endif
   let base = lid.y * LANES;
   part[base + lane] = acc;
+#if GLU
+  part_up[base + lane] = acc_up;
+#endif
   workgroupBarrier();
   for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
-    if (lane < stride) { part[base + lane] += part[base + lane + stride]; }
+    if (lane < stride) {
+      part[base + lane] += part[base + lane + stride];
+#if GLU
+      part_up[base + lane] += part_up[base + lane + stride];
+#endif
+    }
     workgroupBarrier();
   }
+#if GLU
+  if (lane < RPT && n0 + lane < params.N) {
+    let gate = part[base][lane];
+    y[params.off + n0 + lane] = gate * sigmoid(gate) * part_up[base][lane];
+  }
+#else
   if (lane < RPT && n0 + lane < params.N) { y[params.off + n0 + lane] = part[base][lane]; }
+#endif
 }
 
 #elif OP == gemv

@@ -21,6 +21,10 @@
 // be rotated inside a fused qkv buffer. INPLACE (define) rotates x itself; otherwise x is read and out is
 // written (with its own stride and offset). VEC4 (define; when d/2, the strides and offsets are multiples
 // of 4) handles four frequencies per thread with vec4 loads.
+// OUT_ROW_POS (define, with out) writes token t's row at row positions[t] of out instead of row t: generation
+// rotates the new keys straight into the KV cache (whose row is the token's position). STORE_V (with
+// OUT_ROW_POS) also copies the same tokens' values, laid out as x, into v_out at those rows: one dispatch
+// instead of two buffer copies, which would each end the compute pass.
 // Grid: group = wg.y * num_workgroups.x + wg.x, one thread per (token, head, i < d/2 [/4]).
 
 #if VEC4
@@ -56,6 +60,10 @@ override WG: u32 = 256u;
 #else
 @group(0) @binding(3) var<storage, read> x: array<V>;
 @group(0) @binding(4) var<storage, read_write> out: array<V>;
+#endif
+#if STORE_V
+@group(0) @binding(5) var<storage, read> v_src: array<V>;
+@group(0) @binding(6) var<storage, read_write> v_out: array<V>;
 #endif
 
 struct SinCos {
@@ -106,8 +114,17 @@ fn rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   x[xa] = y1;
   x[xa + params.half_units] = y2;
 #else
-  let oa = t * params.o_stride + params.o_offset + h * params.head_units + k;
+#if OUT_ROW_POS
+  let orow = u32(positions[t]);
+#else
+  let orow = t;
+#endif
+  let oa = orow * params.o_stride + params.o_offset + h * params.head_units + k;
   out[oa] = y1;
   out[oa + params.half_units] = y2;
+#if STORE_V
+  v_out[oa] = v_src[xa];
+  v_out[oa + params.half_units] = v_src[xa + params.half_units];
+#endif
 #endif
 }

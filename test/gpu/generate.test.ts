@@ -106,11 +106,15 @@ describe('generator: KV cache vs full forward', () => {
     }, 120_000);
   }
 
-  it('llama, 4-bit base + LoRA: prefill (tiled q4 + LoRA epilogue), decode (GEMV + LoRA epilogue), append', async () => {
+  // Without an adapter, decode takes the fused gate/up/SwiGLU GEMV; with one, the GEMVs with the LoRA epilogue.
+  for (const withLora of [true, false])
+  it(`llama, 4-bit base${withLora ? ' + LoRA' : ''}: prefill (tiled q4${withLora ? ' + LoRA epilogue' : ''}), decode (GEMV${withLora ? ' + LoRA epilogue' : ', gate/up/SwiGLU fused'}), append`, async () => {
     const ctx = await gpu();
     const seed = freshSeed();
     const r = rng(seed);
-    const { weights, lora } = await loadFixture(ctx, 'llama', true);
+    const loaded = await loadFixture(ctx, 'llama', true);
+    const weights = loaded.weights;
+    const lora = withLora ? loaded.lora : null;
     expect(weights.layers[0]!.proj.q.kind).toBe('q4');
     const V = weights.spec.vocabSize;
     const rand = (n: number) => Array.from({ length: n }, () => Math.floor(r() * V));

@@ -7,6 +7,7 @@ import {
   f16BitsToF32,
   f32ToF16Directed,
   packHalfWords,
+  prepareQ4GemvSwiglu,
   prepareQ4Matmul,
   q4Matmul,
   q4MatmulDx,
@@ -256,6 +257,33 @@ describe('q4 GEMV (decode) with the LoRA epilogue', () => {
       expectClose(await ctx.read(Y), ref, 1e-4, `seed ${seed}`);
       for (const t of [X, Y, ...(lora ? [lora.U, lora.B] : [])]) ctx.release(t);
       releaseQ4Weight(ctx, W);
+    });
+});
+
+describe('q4 GEMV with SwiGLU (decode MLP input: gate, up and silu(gate)·up in one dispatch)', () => {
+  for (const [N, K] of [
+    [70, 128],
+    [133, 320],
+    [16, 64],
+  ] as const)
+    it(`N=${N} K=${K}`, async () => {
+      const ctx = await gpu();
+      const seed = freshSeed();
+      const r = rng(seed);
+      const gate = await uploadQ4(ctx, 'gate', weights(N, K, r), N, K);
+      const up = await uploadQ4(ctx, 'up', weights(N, K, r), N, K);
+      const x = randn(K, r);
+      const X = ctx.upload('x', [1, K], x);
+      const Y = poisoned(ctx, 'y', [1, N]);
+      await ctx.run([await prepareQ4GemvSwiglu(ctx, X, gate.W, up.W, Y)]);
+      const g = refForward(x, gate.deq, 1, N, K);
+      const u = refForward(x, up.deq, 1, N, K);
+      const ref = Float64Array.from(g, (gv, n) => (gv / (1 + Math.exp(-gv))) * u[n]!);
+      expectClose(await ctx.read(Y), ref, 1e-4, `seed ${seed}`);
+      ctx.release(X);
+      ctx.release(Y);
+      releaseQ4Weight(ctx, gate.W);
+      releaseQ4Weight(ctx, up.W);
     });
 });
 

@@ -187,6 +187,40 @@ describe('rope (GPU)', () => {
     expectClose(await ctx.read(O), ref, 1e-5, `seed ${seed}`);
   });
 
+  for (const d of [16, 6])
+    it(`generation: rotated keys and their values written into the cache rows their positions name, d=${d}`, async () => {
+      const ctx = await gpu();
+      const seed = freshSeed();
+      const r = rng(seed);
+      const [tokens, heads, rows] = [4, 3, 11];
+      const row = heads * d;
+      const k = randn(tokens * row, r);
+      const v = randn(tokens * row, r);
+      const pos = Int32Array.from([7, 8, 2, 10]);
+      const inv = ropeInvFreq(DEFAULT, d);
+      const K = ctx.upload('k', [tokens, heads, d], k);
+      const Vt = ctx.upload('v', [tokens, heads, d], v);
+      const P = ctx.upload('positions', [tokens], pos);
+      const F = uploadInvFreq(ctx, inv);
+      const kCache = poisoned(ctx, 'k cache', [rows, heads, d]);
+      const vCache = poisoned(ctx, 'v cache', [rows, heads, d]);
+      await rope(ctx, K, P, F, { tokens, heads, headDim: d }, { out: kCache, outRowsByPosition: { outRows: rows, storeV: { src: Vt, out: vCache } } });
+      const rotated = rotateRef(k, pos, Float32Array.from(inv), tokens, heads, d);
+      const kc = await ctx.read(kCache);
+      const vc = await ctx.read(vCache);
+      for (let t = 0; t < tokens; t++) {
+        const at = pos[t]! * row;
+        expectClose(kc.subarray(at, at + row), rotated.subarray(t * row, (t + 1) * row), 1e-5, `k token ${t}, seed ${seed}`);
+        expect(Array.from(vc.subarray(at, at + row)), `v token ${t}`).toEqual(Array.from(v.subarray(t * row, (t + 1) * row)));
+      }
+      // Rows no position names are untouched (still the poison).
+      for (const untouched of [0, 1, 3, 4, 5, 6, 9]) {
+        expect(kc.subarray(untouched * row, (untouched + 1) * row).every(Number.isNaN), `k row ${untouched}`).toBe(true);
+        expect(vc.subarray(untouched * row, (untouched + 1) * row).every(Number.isNaN), `v row ${untouched}`).toBe(true);
+      }
+      for (const x of [K, Vt, P, F, kCache, vCache]) ctx.release(x);
+    });
+
   it('backward matches finite differences of the float64 forward (loss = Σ out·g), and inverts the forward', async () => {
     const ctx = await gpu();
     const seed = freshSeed();

@@ -24,7 +24,7 @@ import { prepareAttentionDecode, prepareAttentionForward, type AttentionDecode }
 import { prepareAdd, prepareBiasAdd } from '../kernels/elementwise.ts';
 import { prepareEmbeddingForward } from '../kernels/embedding.ts';
 import { prepareMatmul } from '../kernels/matmul.ts';
-import { prepareQ4Matmul } from '../kernels/quant4.ts';
+import { prepareQ4GemvSwiglu, prepareQ4Matmul, q4GemvSwigluFits } from '../kernels/quant4.ts';
 import { prepareRmsNormForward } from '../kernels/rmsnorm.ts';
 import { prepareRope, uploadInvFreq } from '../kernels/rope.ts';
 import { prepareHeadLogits, prepareSampler, type PreparedSampler } from '../kernels/sampling.ts';
@@ -132,12 +132,13 @@ export class Generator {
 
   private async init(): Promise<void> {
     const { ctx, spec } = this;
-    const kvd = spec.nKvHeads * spec.headDim;
+    // A cache pass writes all its rows at their positions (row = position), the padding rows of a short
+    // append too: the rows past maxTokens take them, never a valid row.
+    const rows = this.maxTokens + this.appendChunk;
     for (let l = 0; l < spec.layers; l++) {
-      this.kCache.push(ctx.tensor(`k cache ${l}`, [this.maxTokens, spec.nKvHeads, spec.headDim]));
-      this.vCache.push(ctx.tensor(`v cache ${l}`, [this.maxTokens, spec.nKvHeads, spec.headDim]));
+      this.kCache.push(ctx.tensor(`k cache ${l}`, [rows, spec.nKvHeads, spec.headDim]));
+      this.vCache.push(ctx.tensor(`v cache ${l}`, [rows, spec.nKvHeads, spec.headDim]));
     }
-    void kvd;
     // Dynamic NTK scaling is evaluated at the model's own maximum length (exact for contexts up to it).
     this.invFreq = uploadInvFreq(ctx, ropeInvFreq(spec, 0), 'generate rope inv_freq');
     const H = spec.hidden;
@@ -313,29 +314,44 @@ export class Generator {
         pre.push(...(await prepareRmsNormForward(ctx, kRaw!, w.kNorm!, k, rstd, { rows: M * spec.nKvHeads, dim: spec.headDim, eps })));
       }
       pre.push(...(await prepareRope(ctx, q, positions, this.invFreq, { tokens: M, heads: spec.nHeads, headDim: spec.headDim })));
-      pre.push(...(await prepareRope(ctx, k, positions, this.invFreq, { tokens: M, heads: spec.nKvHeads, headDim: spec.headDim })));
-      segments.push({ dispatches: pre });
       const kc = this.kCache[l]!;
       const vc = this.vCache[l]!;
-      segments.push({
-        copy: (enc, pos0, n) => {
-          enc.copyBufferToBuffer(k.buffer, 0, kc.buffer, pos0 * kvd * 4, n * kvd * 4);
-          enc.copyBufferToBuffer(v.buffer, 0, vc.buffer, pos0 * kvd * 4, n * kvd * 4);
-        },
-      });
+      if (kind === 'cache') {
+        // The new keys rotated straight into their cache rows (row = position) and the values beside them, in
+        // one dispatch: two buffer copies per layer would each end the token's compute pass.
+        pre.push(...(await prepareRope(ctx, k, positions, this.invFreq, { tokens: M, heads: spec.nKvHeads, headDim: spec.headDim }, { out: kc, outRowsByPosition: { outRows: this.maxTokens + this.appendChunk, storeV: { src: v, out: vc } } })));
+        segments.push({ dispatches: pre });
+      } else {
+        // Prefill's attention reads k and v themselves; the cache gets a copy of them.
+        pre.push(...(await prepareRope(ctx, k, positions, this.invFreq, { tokens: M, heads: spec.nKvHeads, headDim: spec.headDim })));
+        segments.push({ dispatches: pre });
+        segments.push({
+          copy: (enc, pos0, n) => {
+            enc.copyBufferToBuffer(k.buffer, 0, kc.buffer, pos0 * kvd * 4, n * kvd * 4);
+            enc.copyBufferToBuffer(v.buffer, 0, vc.buffer, pos0 * kvd * 4, n * kvd * 4);
+          },
+        });
+      }
       const post: KernelDispatch[] = [];
       if (kind === 'prefill') {
         post.push(await prepareAttentionForward(ctx, { q, k, v, o: attnOut, lse: lse! }, { batch: 1, seq: M, nQHeads: spec.nHeads, nKvHeads: spec.nKvHeads, headDim: spec.headDim }));
       } else {
-        const dec = await prepareAttentionDecode(ctx, { q, kCache: kc, vCache: vc, o: attnOut }, { nQHeads: spec.nHeads, nKvHeads: spec.nKvHeads, headDim: spec.headDim, maxTokens: this.maxTokens, maxNew: M });
+        const dec = await prepareAttentionDecode(ctx, { q, kCache: kc, vCache: vc, o: attnOut }, { nQHeads: spec.nHeads, nKvHeads: spec.nKvHeads, headDim: spec.headDim, maxTokens: this.maxTokens, maxNew: M }, attn[0]);
         attn.push(dec);
         post.push(...dec.dispatches);
       }
       post.push(...(await linear(l, 'o', attnOut, ao)));
       post.push(...(await prepareRmsNormForward(ctx, h, w.mlpNorm, n2, rstd, { rows: M, dim: H, eps }, { residualDelta: ao, residualOut: h2 })));
-      post.push(...(await linear(l, 'gate', n2, g)));
-      post.push(...(await linear(l, 'up', n2, u)));
-      post.push(...(await prepareSwigluForward(ctx, { gate: g, up: u }, m, { tokens: M, inter: I })));
+      const gp = w.proj.gate;
+      const upj = w.proj.up;
+      if (M === 1 && gp.kind === 'q4' && upj.kind === 'q4' && !this.loraFor(l, 'gate') && !this.loraFor(l, 'up') && !w.bias.gate && !w.bias.up && q4GemvSwigluFits(gp.w, upj.w)) {
+        // One token without an adapter on the MLP input: gate, up and SwiGLU in one dispatch.
+        post.push(await prepareQ4GemvSwiglu(ctx, n2, gp.w, upj.w, m));
+      } else {
+        post.push(...(await linear(l, 'gate', n2, g)));
+        post.push(...(await linear(l, 'up', n2, u)));
+        post.push(...(await prepareSwigluForward(ctx, { gate: g, up: u }, m, { tokens: M, inter: I })));
+      }
       post.push(...(await linear(l, 'down', m, d)));
       if (l === spec.layers - 1) post.push(...(await prepareAdd(ctx, h2, d, h))); // (earlier layers: in the next layer's first norm)
       segments.push({ dispatches: post });
@@ -395,7 +411,7 @@ export class Generator {
       this.ctx.write(p.ids, buf);
     }
     this.ctx.write(p.positions, Int32Array.from({ length: p.rows }, (_, i) => pos0 + i));
-    for (const a of p.attn) a.setLength(pos0 + n, n);
+    p.attn[0]?.setLength(pos0 + n, n); // every layer's decode shares the first one's uniforms
   }
 
   /** After a pass over n rows: copies the last row's hidden state into the head input (decode writes it there). */

@@ -412,15 +412,17 @@ export interface AttentionDecode {
   readonly nSplit: number;
   /** Sets the cache length (including the new tokens) and the number of new tokens: a uniform write only. */
   setLength(kvLen: number, nNew?: number): void;
-  /** Frees the partial-results scratch tensor. */
+  /** Frees the partial-results scratch tensor (a decode prepared with `shareWith` frees nothing). */
   release(): void;
+  /** The uniforms and partial-results scratch, for another layer's decode (prepareAttentionDecode's shareWith). */
+  readonly shared: { readonly uniforms: GPUBuffer; readonly partial: Tensor; readonly key: string };
 }
 
 /**
  * Decode attention: nNew query tokens at positions kvLen-nNew .. kvLen-1 against the KV cache, causal among
  * themselves. Prepared once per cache; each step only calls setLength (no recompile, no new bind groups).
  */
-export async function prepareAttentionDecode(ctx: GpuContext, t: AttentionDecodeTensors, s: AttentionDecodeShape): Promise<AttentionDecode> {
+export async function prepareAttentionDecode(ctx: GpuContext, t: AttentionDecodeTensors, s: AttentionDecodeShape, shareWith?: AttentionDecode): Promise<AttentionDecode> {
   checkShape({ batch: 1, seq: s.maxTokens, nQHeads: s.nQHeads, nKvHeads: s.nKvHeads, headDim: s.headDim });
   if (!Number.isInteger(s.maxNew) || s.maxNew < 1 || s.maxNew > s.maxTokens) throw new Error(`attention decode: bad maxNew ${s.maxNew}`);
   checkTensor('q', t.q, s.maxNew * s.nQHeads * s.headDim);
@@ -435,9 +437,13 @@ export async function prepareAttentionDecode(ctx: GpuContext, t: AttentionDecode
   const r = s.headDim / 4;
   const threads = r * Math.max(1, Math.floor(64 / r));
   const label = `attention decode q${s.nQHeads}/kv${s.nKvHeads} d${s.headDim} cache ${s.maxTokens} split ${nSplit}`;
-  const partial = ctx.tensor(`${label} partials`, [s.maxNew, s.nQHeads, nSplit, r + 1, 4]);
   const shape: AttentionShape = { batch: 1, seq: s.maxTokens, nQHeads: s.nQHeads, nKvHeads: s.nKvHeads, headDim: s.headDim, ...(s.scale !== undefined ? { scale: s.scale } : {}) };
-  const uniforms = ctx.uniforms(`${label} params`, uniformFields(shape, { kvLen: 0, nNew: 0, nSplit }));
+  // Layers of one model decode with the same shape and length: they can share one uniform buffer (one write
+  // per token instead of one per layer) and one partial-results scratch (the layers run one after another).
+  const key = JSON.stringify([shape, s.maxNew, nSplit, minChunk]);
+  if (shareWith && shareWith.shared.key !== key) throw new Error(`${label}: cannot share the decode state of another shape`);
+  const partial = shareWith?.shared.partial ?? ctx.tensor(`${label} partials`, [s.maxNew, s.nQHeads, nSplit, r + 1, 4]);
+  const uniforms = shareWith?.shared.uniforms ?? ctx.uniforms(`${label} params`, uniformFields(shape, { kvLen: 0, nNew: 0, nSplit }));
   const constants = { HEAD_DIM: s.headDim, DECODE_THREADS: threads, DECODE_MIN_CHUNK: minChunk };
   const [pPartial, pCombine] = await Promise.all([
     ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_decode', constants }),
@@ -466,7 +472,8 @@ export async function prepareAttentionDecode(ctx: GpuContext, t: AttentionDecode
       ctx.writeUniforms(uniforms, uniformFields(shape, { kvLen, nNew, nSplit }));
     },
     release() {
-      ctx.release(partial);
+      if (!shareWith) ctx.release(partial);
     },
+    shared: { uniforms, partial, key },
   };
 }

@@ -424,6 +424,30 @@ export async function prepareQ4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y
   });
 }
 
+/** Whether prepareQ4GemvSwiglu takes this gate/up pair: the same shape, each in one block. */
+export function q4GemvSwigluFits(gate: Q4Weight, up: Q4Weight): boolean {
+  return gate.out === up.out && gate.in === up.in && gate.blocks.length === 1 && up.blocks.length === 1;
+}
+
+/**
+ * Decode's MLP input in one dispatch: y = silu(x·Wgateᵀ) ⊙ (x·Wupᵀ) for one row x [in] (the one-row GEMV
+ * over both weights, its SwiGLU in the epilogue), y [out]. Instead of three dispatches (gate, up, swiglu):
+ * decode is bound by the dispatches of a token.
+ */
+export async function prepareQ4GemvSwiglu(ctx: GpuContext, X: Tensor, gate: Q4Weight, up: Q4Weight, Y: Tensor): Promise<KernelDispatch> {
+  const kern = `q4 gemv swiglu ${gate.label}, ${up.label}`;
+  if (!q4GemvSwigluFits(gate, up)) throw new Error(`${kern}: gate and up must have the same shape in one block each`);
+  need(kern, 'X', X, gate.in * 4);
+  need(kern, 'Y', Y, gate.out * 4);
+  const g = gate.blocks[0]!;
+  const u = up.blocks[0]!;
+  const pipeline = await ctx.pipeline({ shader: q4Shader(ctx), entryPoint: 'q4_gemv', defines: { OP: 'gemv', ONE_ROW: true, GLU: true }, constants: { GEMV_ROWS: GEMV1_ROW_GROUPS } });
+  const label = `q4 gemv1 swiglu 1×${gate.in}·[${g.q.label}, ${u.q.label}]ᵀ`;
+  const uniforms = ctx.uniforms(`${label} params`, uniformFields({ M: 1, N: gate.out, K: gate.in, ldy: gate.out, off: 0, R: 0, s: 0, bRow0: 0 }));
+  const workgroups = grid1d(ctx, Math.ceil(gate.out / (GEMV1_ROW_GROUPS * GEMV1_ROWS_PER_THREAD)), label);
+  return { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, X, g.q, g.sm, Y, u.q, u.sm]), workgroups };
+}
+
 export async function q4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y: Tensor, M: number, opts: Q4MatmulOptions = {}): Promise<void> {
   await ctx.run(await prepareQ4Matmul(ctx, X, W, Y, M, opts));
 }

@@ -51,6 +51,11 @@ export interface RopeOptions {
   inverse?: boolean;
   xLayout?: RopeLayout;
   outLayout?: RopeLayout;
+  /**
+   * Generation: write token t at row positions[t] of `out` (the KV cache, `outRows` rows) instead of row t,
+   * and copy `storeV.src` (laid out as x) to the same rows of `storeV.out`. Positions must be < outRows.
+   */
+  outRowsByPosition?: { outRows: number; storeV?: { src: Tensor; out: Tensor } };
 }
 
 function check(op: string, what: string, t: Tensor, need: number, dtype: 'f32' | 'i32' = 'f32'): void {
@@ -74,15 +79,22 @@ export async function prepareRope(ctx: GpuContext, x: Tensor, positions: Tensor,
   const os = opts.outLayout?.stride ?? heads * headDim;
   const oo = opts.outLayout?.offset ?? 0;
   if (xs < heads * headDim || (out && os < heads * headDim)) throw new Error(`${op}: a row stride is shorter than heads·head_dim (${heads * headDim})`);
-  const extent = (s: number, o: number) => (tokens > 0 ? (tokens - 1) * s + o + heads * headDim : 0);
+  const extent = (s: number, o: number, rows = tokens) => (rows > 0 ? (rows - 1) * s + o + heads * headDim : 0);
   check(op, 'x', x, extent(xs, xo));
-  if (out) check(op, 'out', out, extent(os, oo));
+  const byPos = opts.outRowsByPosition;
+  if (byPos && !out) throw new Error(`${op}: rows by position need an out tensor`);
+  if (out) check(op, 'out', out, extent(os, oo, byPos ? byPos.outRows : tokens));
+  const storeV = byPos?.storeV;
+  if (storeV) {
+    check(op, 'v source', storeV.src, extent(xs, xo));
+    check(op, 'v out', storeV.out, extent(os, oo, byPos.outRows));
+  }
   check(op, 'positions', positions, tokens, 'i32');
   check(op, 'inv_freq', invFreq, half);
   const vec4 = [half, xs, xo, ...(out ? [os, oo] : [])].every((v) => v % 4 === 0);
   const w = vec4 ? 4 : 1;
   const n = (tokens * heads * half) / w;
-  const label = `${op}${out ? '' : ' (in place)'} ${tokens}×${heads}×${headDim}`;
+  const label = `${op}${out ? '' : ' (in place)'}${byPos ? ` into rows by position${storeV ? ' (+ v)' : ''}` : ''} ${tokens}×${heads}×${headDim}`;
   const params = ctx.uniforms(`${label} params`, [
     ['u32', tokens],
     ['u32', heads],
@@ -97,8 +109,8 @@ export async function prepareRope(ctx: GpuContext, x: Tensor, positions: Tensor,
     ['u32', 0],
     ['u32', 0],
   ]);
-  const pipeline = await ctx.pipeline({ shader: ROPE_SHADER, entryPoint: 'rope', defines: { VEC4: vec4, INPLACE: !out }, constants: { WG } });
-  const resources = [params, positions, invFreq, x, ...(out ? [out] : [])];
+  const pipeline = await ctx.pipeline({ shader: ROPE_SHADER, entryPoint: 'rope', defines: { VEC4: vec4, INPLACE: !out, OUT_ROW_POS: !!byPos, STORE_V: !!storeV }, constants: { WG } });
+  const resources = [params, positions, invFreq, x, ...(out ? [out] : []), ...(storeV ? [storeV.src, storeV.out] : [])];
   return [{ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, resources), workgroups: grid1d(ctx, Math.ceil(n / WG), label) }];
 }
 
