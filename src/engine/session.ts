@@ -13,7 +13,7 @@ import { loadBaseWeights, releaseBaseWeights, type BaseWeights } from './model/b
 import { modelSpecFromConfig, parameterCount, parseModelConfig, type ModelSpec } from './model/config.ts';
 import { CURATED_MODELS } from './model/curated.ts';
 import { CheckpointIndex } from './model/weights.ts';
-import { Trainer, type EvalLoss, type TrainConfig, type TrainProgress, type TrainRow } from './train/trainer.ts';
+import { longestRow, Trainer, type EvalLoss, type TrainConfig, type TrainProgress, type TrainRow } from './train/trainer.ts';
 import { Generator } from './generate/generator.ts';
 import { ChatSession, chatStopTokenIds, decodeTokensPerSecond, defaultSystemPrompt, generationConfigEosIds } from './generate/chat.ts';
 import type { FinishReason, GenerationSettings } from './generate/settings.ts';
@@ -307,7 +307,7 @@ export class EngineSession {
       scope.commit();
     } catch (err) {
       scope.rollback();
-      throw this.explainOutOfMemory(err, config, Math.max(0, ...rows.map((r) => r.inputIds.length)), 'Nothing was trained yet; no checkpoint was touched.', Math.max(0, ...evalRows.map((r) => r.inputIds.length)));
+      throw this.explainOutOfMemory(err, config, longestRow(rows), 'Nothing was trained yet; no checkpoint was touched.', longestRow(evalRows));
     }
     return this.trainer;
   }

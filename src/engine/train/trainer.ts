@@ -165,6 +165,11 @@ export function initLoraParams(layout: LoraLayout, seed: number): Float32Array {
   return flat;
 }
 
+/** The longest row's token count (0 for none): what a plan over these rows pads every row to. */
+export function longestRow(rows: readonly TrainRow[]): number {
+  return Math.max(0, ...rows.map((r) => r.inputIds.length));
+}
+
 /** Pads rows to [microBatch, seq]: padding tokens get id `padId`, label −100, document −1. */
 export function makeBatch(rows: readonly TrainRow[], microBatch: number, seq: number, padId: number): BatchInputs & { labels: Int32Array; realTokens: number } {
   const T = microBatch * seq;
@@ -255,7 +260,7 @@ export class Trainer {
       this.moments = offload === 'disk' ? options.momentStore!(total) : memoryMomentStore(total);
     }
     ctx.write(this.state.params, initLoraParams(this.layout, c.seed));
-    this.seq = Math.max(...rows.map((r) => r.inputIds.length));
+    this.seq = longestRow(rows);
   }
 
   get spec(): ModelSpec {
@@ -529,13 +534,13 @@ export class Trainer {
 
   /** The longest held-out row (0 without): the eval plan's length, for the memory plan. */
   get evalSeq(): number {
-    return Math.max(0, ...(this.options.evalRows ?? []).map((r) => r.inputIds.length));
+    return longestRow(this.options.evalRows ?? []);
   }
 
   /**
    * The adapter's mean loss on the held-out rows: every supervised token weighs the same (each row's mean
    * is weighted by its token count), no dropout, no gradient — HF's eval_loss up to that weighting.
-   * Null without eval rows. Reads back one number per micro-batch; the caller leaves it out of tokens/s.
+   * Null without eval rows. Reads back one number per row; the caller leaves it out of tokens/s.
    */
   async evalLoss(): Promise<EvalLoss | null> {
     const rows = this.options.evalRows;
@@ -543,23 +548,22 @@ export class Trainer {
     const { ctx, config: c } = this;
     // One row at a time with short loss chunks: the plan sits beside the step's buffers for the whole run
     // (memory-plan.ts counts it), and evaluation is rare enough that its speed hardly matters.
-    const mb = 1;
-    const seq = Math.max(...rows.map((r) => r.inputIds.length));
+    const seq = this.evalSeq;
     if (!this.evalPlan) {
       await ctx.allocating(`the evaluation-loss buffers (one row of ${seq} tokens)`, async () => {
-        this.evalPlan = await this.model(0).plan({ batch: mb, seq }, 'loss', { ceChunkTokens: Math.min(EVAL_CE_CHUNK_TOKENS, c.lossChunkTokens ?? Infinity) });
+        this.evalPlan = await this.model(0).plan({ batch: 1, seq }, 'loss', { ceChunkTokens: Math.min(EVAL_CE_CHUNK_TOKENS, c.lossChunkTokens ?? Infinity) });
       });
     }
     const plan = this.evalPlan!;
     const padId = this.spec.padTokenId ?? this.spec.eosTokenIds[0] ?? 0;
     let sum = 0;
     let tokens = 0;
-    for (let i = 0; i < rows.length; i += mb) {
-      const batch = makeBatch(rows.slice(i, i + mb), mb, seq, padId);
+    for (const [i, row] of rows.entries()) {
+      const batch = makeBatch([row], 1, seq, padId);
       const n = countSupervised(batch.labels, seq, this.spec.vocabSize);
       if (n === 0) continue; // nothing to score (a row whose answer was cut off): no 0/0
       plan.setBatch(batch);
-      const enc = ctx.device.createCommandEncoder({ label: `eval loss rows ${i}..${i + mb - 1}` });
+      const enc = ctx.device.createCommandEncoder({ label: `eval loss row ${i}` });
       plan.encode(enc);
       ctx.device.queue.submit([enc.finish()]);
       const loss = (await ctx.read(plan.loss!))[0]!;
