@@ -315,7 +315,7 @@ export class EngineSession {
   /** A GpuOutOfMemoryError from training, explained with the memory plan of `config` (other errors pass through). */
   private explainOutOfMemory(err: unknown, config: Partial<TrainConfig>, seqLen: number, runNote: string, evalSeqLen = 0): unknown {
     if (!(err instanceof GpuOutOfMemoryError) || err instanceof ExplainedOutOfMemoryError || !this.spec || !this.weights) return err;
-    const mc = this.memoryConfig(this.spec, config, Math.max(1, seqLen), undefined, evalSeqLen);
+    const mc = this.memoryConfig(this.spec, config, Math.max(1, seqLen), { evalSeqLen });
     let plan: MemoryPlan | null = null;
     try {
       plan = planMemory(this.spec, mc, { budgetBytes: availableBytes(err) });
@@ -330,7 +330,7 @@ export class EngineSession {
     if (!(err instanceof GpuOutOfMemoryError)) return err;
     let plan: MemoryPlan | null = null;
     try {
-      plan = planMemory(spec, this.memoryConfig(spec, {}, 512, opts.quantize), { budgetBytes: availableBytes(err) });
+      plan = planMemory(spec, this.memoryConfig(spec, {}, 512, { quantized: opts.quantize }), { budgetBytes: availableBytes(err) });
     } catch {
       // No plan for this spec: the message goes without the sizes.
     }
@@ -576,7 +576,7 @@ export class EngineSession {
     return CURATED_MODELS.map((m) => {
       try {
         const spec = modelSpecFromConfig(m.config, `${m.id} config.json`);
-        const plan = planMemory(spec, this.memoryConfig(spec, rest, seqLen, quantized), budgetBytes === undefined ? {} : { budgetBytes });
+        const plan = planMemory(spec, this.memoryConfig(spec, rest, seqLen, { quantized }), budgetBytes === undefined ? {} : { budgetBytes });
         return { id: m.id, totalBytes: plan.totalBytes, fits: plan.fits, parameters: parameterCount(spec) };
       } catch (e) {
         return { id: m.id, error: e instanceof Error ? e.message : String(e) };
@@ -590,11 +590,16 @@ export class EngineSession {
    */
   planTraining(config: Partial<TrainConfig>, seqLen: number, budgetBytes?: number, evalSeqLen = 0): MemoryPlan {
     const spec = this.requireSpec();
-    return planMemory(spec, this.memoryConfig(spec, config, seqLen, undefined, evalSeqLen), budgetBytes === undefined ? {} : { budgetBytes });
+    return planMemory(spec, this.memoryConfig(spec, config, seqLen, { evalSeqLen }), budgetBytes === undefined ? {} : { budgetBytes });
   }
 
-  /** The planner's view of a training config on the loaded model (or, while loading, one `quantized` or not). */
-  private memoryConfig(spec: ModelSpec, config: Partial<TrainConfig>, seqLen: number, quantized = this.weights?.quantized ?? false, evalSeqLen = 0): TrainingMemoryConfig {
+  /**
+   * The planner's view of a training config on the loaded model (or, while loading, one `quantized` or not),
+   * with held-out rows of `evalSeqLen` tokens when the run measures an eval loss.
+   */
+  private memoryConfig(spec: ModelSpec, config: Partial<TrainConfig>, seqLen: number, opts: { quantized?: boolean; evalSeqLen?: number } = {}): TrainingMemoryConfig {
+    const quantized = opts.quantized ?? this.weights?.quantized ?? false;
+    const evalSeqLen = opts.evalSeqLen ?? 0;
     const c = { ...DEFAULT_TRAIN_CONFIG, ...config };
     return {
       seqLen,
