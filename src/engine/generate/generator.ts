@@ -130,14 +130,19 @@ export class Generator {
     return Generator.create(model.ctx, model.weights, { ...opts, lora: model.lora });
   }
 
+  /**
+   * Rows of each layer's K/V cache. A cache pass writes all its rows at their positions (row = position), the
+   * padding rows of a short append too: the rows past maxTokens take them, never a valid row.
+   */
+  private get cacheRows(): number {
+    return this.maxTokens + this.appendChunk;
+  }
+
   private async init(): Promise<void> {
     const { ctx, spec } = this;
-    // A cache pass writes all its rows at their positions (row = position), the padding rows of a short
-    // append too: the rows past maxTokens take them, never a valid row.
-    const rows = this.maxTokens + this.appendChunk;
     for (let l = 0; l < spec.layers; l++) {
-      this.kCache.push(ctx.tensor(`k cache ${l}`, [rows, spec.nKvHeads, spec.headDim]));
-      this.vCache.push(ctx.tensor(`v cache ${l}`, [rows, spec.nKvHeads, spec.headDim]));
+      this.kCache.push(ctx.tensor(`k cache ${l}`, [this.cacheRows, spec.nKvHeads, spec.headDim]));
+      this.vCache.push(ctx.tensor(`v cache ${l}`, [this.cacheRows, spec.nKvHeads, spec.headDim]));
     }
     // Dynamic NTK scaling is evaluated at the model's own maximum length (exact for contexts up to it).
     this.invFreq = uploadInvFreq(ctx, ropeInvFreq(spec, 0), 'generate rope inv_freq');
@@ -319,7 +324,7 @@ export class Generator {
       if (kind === 'cache') {
         // The new keys rotated straight into their cache rows (row = position) and the values beside them, in
         // one dispatch: two buffer copies per layer would each end the token's compute pass.
-        pre.push(...(await prepareRope(ctx, k, positions, this.invFreq, { tokens: M, heads: spec.nKvHeads, headDim: spec.headDim }, { out: kc, outRowsByPosition: { outRows: this.maxTokens + this.appendChunk, storeV: { src: v, out: vc } } })));
+        pre.push(...(await prepareRope(ctx, k, positions, this.invFreq, { tokens: M, heads: spec.nKvHeads, headDim: spec.headDim }, { out: kc, outRowsByPosition: { outRows: this.cacheRows, storeV: { src: v, out: vc } } })));
         segments.push({ dispatches: pre });
       } else {
         // Prefill's attention reads k and v themselves; the cache gets a copy of them.
