@@ -18,6 +18,7 @@ import {
   releaseQ4Weight,
   unpackHalfWords,
   writeQ4Rows,
+  type Q4LoraEpilogue,
   type Q4Weight,
 } from '../../src/engine/kernels/quant4.ts';
 import { gpu, poisoned } from '../helpers/gpu.ts';
@@ -67,6 +68,36 @@ async function uploadQ4(ctx: GpuContext, label: string, w: Float32Array, N: numb
   const W = allocQ4Weight(ctx, label, N, K, rowsPerBlock);
   writeQ4Rows(ctx, W, 0, host);
   return { W, deq: dequantizeQ4Cpu(host, N, K) };
+}
+
+/**
+ * A forward case: W [N, K] 4-bit (in row blocks of `rowsPerBlock`), X [M, K], Y poisoned, and the float64
+ * reference of Y = X·Wᵀ on the dequantized weights, plus scale·U·Bᵀ with random U [M, rank], B [N, rank]
+ * when rank > 0 (then `lora` is the epilogue to pass).
+ */
+async function forwardCase(ctx: GpuContext, r: () => number, M: number, N: number, K: number, rowsPerBlock: number | undefined, rank: number, scale: number) {
+  const { W, deq } = await uploadQ4(ctx, 'W', weights(N, K, r), N, K, rowsPerBlock);
+  const x = randn(M * K, r);
+  const X = ctx.upload('X', [M, K], x);
+  const Y = poisoned(ctx, 'Y', [M, N]);
+  const ref = refForward(x, deq, M, N, K);
+  let lora: Q4LoraEpilogue | undefined;
+  if (rank) {
+    const u = randn(M * rank, r);
+    const b = randn(N * rank, r);
+    lora = { U: ctx.upload('U', [M, rank], u), B: ctx.upload('B', [N, rank], b), rank, scale };
+    for (let m = 0; m < M; m++)
+      for (let n = 0; n < N; n++) {
+        let t = 0;
+        for (let j = 0; j < rank; j++) t += u[m * rank + j]! * b[n * rank + j]!;
+        ref[m * N + n] = ref[m * N + n]! + scale * t;
+      }
+  }
+  const release = () => {
+    for (const t of [X, Y, ...(lora ? [lora.U, lora.B] : [])]) ctx.release(t);
+    releaseQ4Weight(ctx, W);
+  };
+  return { W, X, Y, ref, lora, release };
 }
 
 async function readQ4(ctx: GpuContext, W: Q4Weight): Promise<{ q: Uint32Array; sm: Uint32Array }> {
@@ -198,22 +229,16 @@ describe('q4 matmul forward Y = X·Wᵀ (against float64 on the dequantized weig
     it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''} (${M <= 8 ? 'gemv' : tile ?? 'tiled'})`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
-      const r = rng(seed);
-      const { W, deq } = await uploadQ4(ctx, 'W', weights(N, K, r), N, K, rpb);
-      const x = randn(M * K, r);
-      const X = ctx.upload('X', [M, K], x);
-      const Y = poisoned(ctx, 'Y', [M, N]);
+      const { W, X, Y, ref, release } = await forwardCase(ctx, rng(seed), M, N, K, rpb, 0, 0);
       await q4Matmul(ctx, X, W, Y, M, tile ? { tile } : {});
-      expectClose(await ctx.read(Y), refForward(x, deq, M, N, K), 1e-4, `seed ${seed}`);
+      expectClose(await ctx.read(Y), ref, 1e-4, `seed ${seed}`);
       if (M <= 8) {
         // the tiled kernel on the same decode shape agrees too
         ctx.fill32(Y, Number.NaN);
         await q4Matmul(ctx, X, W, Y, M, { path: 'tiled' });
-        expectClose(await ctx.read(Y), refForward(x, deq, M, N, K), 1e-4, `tiled, seed ${seed}`);
+        expectClose(await ctx.read(Y), ref, 1e-4, `tiled, seed ${seed}`);
       }
-      ctx.release(X);
-      ctx.release(Y);
-      releaseQ4Weight(ctx, W);
+      release();
     });
   }
 });
@@ -232,31 +257,12 @@ describe('q4 GEMV (decode) with the LoRA epilogue', () => {
     it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${rank ? ` + LoRA r=${rank}` : ''}${rowGroups ? `, ${rowGroups} row groups` : ''}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
-      const r = rng(seed);
-      const { W, deq } = await uploadQ4(ctx, 'W', weights(N, K, r), N, K, rpb);
-      const x = randn(M * K, r);
-      const X = ctx.upload('X', [M, K], x);
-      const Y = poisoned(ctx, 'Y', [M, N]);
-      const ref = refForward(x, deq, M, N, K);
-      let lora;
-      if (rank) {
-        const u = randn(M * rank, r);
-        const b = randn(N * rank, r);
-        const scale = 0.61;
-        lora = { U: ctx.upload('U', [M, rank], u), B: ctx.upload('B', [N, rank], b), rank, scale };
-        for (let m = 0; m < M; m++)
-          for (let n = 0; n < N; n++) {
-            let t = 0;
-            for (let j = 0; j < rank; j++) t += u[m * rank + j]! * b[n * rank + j]!;
-            ref[m * N + n] = ref[m * N + n]! + scale * t;
-          }
-      }
+      const { W, X, Y, ref, lora, release } = await forwardCase(ctx, rng(seed), M, N, K, rpb, rank, 0.61);
       const dispatches = await prepareQ4Matmul(ctx, X, W, Y, M, { path: 'gemv', ...(lora ? { lora } : {}), ...(rowGroups ? { gemvRowGroups: rowGroups } : {}) });
       expect(dispatches[0]!.label).toMatch(M === 1 ? /^q4 gemv1/ : /^q4 gemv[^1]/);
       await ctx.run(dispatches);
       expectClose(await ctx.read(Y), ref, 1e-4, `seed ${seed}`);
-      for (const t of [X, Y, ...(lora ? [lora.U, lora.B] : [])]) ctx.release(t);
-      releaseQ4Weight(ctx, W);
+      release();
     });
 });
 
@@ -300,29 +306,10 @@ describe('q4 matmul forward with k-contiguous tiles (q4_matmul_kc)', () => {
     it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${rank ? ` + LoRA r=${rank}` : ''}${splitW ? '' : ', half the threads dequantise'}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
-      const r = rng(seed);
-      const { W, deq } = await uploadQ4(ctx, 'W', weights(N, K, r), N, K, rpb);
-      const x = randn(M * K, r);
-      const X = ctx.upload('X', [M, K], x);
-      const Y = poisoned(ctx, 'Y', [M, N]);
-      const ref = refForward(x, deq, M, N, K);
-      let lora;
-      if (rank) {
-        const u = randn(M * rank, r);
-        const b = randn(N * rank, r);
-        const scale = 0.37;
-        lora = { U: ctx.upload('U', [M, rank], u), B: ctx.upload('B', [N, rank], b), rank, scale };
-        for (let m = 0; m < M; m++)
-          for (let n = 0; n < N; n++) {
-            let t = 0;
-            for (let j = 0; j < rank; j++) t += u[m * rank + j]! * b[n * rank + j]!;
-            ref[m * N + n] = ref[m * N + n]! + scale * t;
-          }
-      }
+      const { W, X, Y, ref, lora, release } = await forwardCase(ctx, rng(seed), M, N, K, rpb, rank, 0.37);
       await q4Matmul(ctx, X, W, Y, M, { tile: 'wide', kcontig: true, splitW, path: 'tiled', lora });
       expectClose(await ctx.read(Y), ref, 1e-4, `seed ${seed}`);
-      for (const t of [X, Y, ...(lora ? [lora.U, lora.B] : [])]) ctx.release(t);
-      releaseQ4Weight(ctx, W);
+      release();
     });
 });
 
