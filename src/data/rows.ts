@@ -14,6 +14,11 @@ export interface TokenRow {
   sources?: string[];
 }
 
+/** The longest row's token count (0 for none): what a plan over these rows pads every row to. */
+export function longestRow(rows: readonly { inputIds: ArrayLike<number> }[]): number {
+  return Math.max(0, ...rows.map((r) => r.inputIds.length));
+}
+
 interface RowJson {
   input_ids: number[];
   labels: number[];

@@ -13,7 +13,8 @@ import { loadBaseWeights, releaseBaseWeights, type BaseWeights } from './model/b
 import { modelSpecFromConfig, parameterCount, parseModelConfig, type ModelSpec } from './model/config.ts';
 import { CURATED_MODELS } from './model/curated.ts';
 import { CheckpointIndex } from './model/weights.ts';
-import { longestRow, Trainer, type EvalLoss, type TrainConfig, type TrainProgress, type TrainRow } from './train/trainer.ts';
+import { longestRow } from '../data/rows.ts';
+import { Trainer, type EvalLoss, type TrainConfig, type TrainProgress, type TrainRow } from './train/trainer.ts';
 import { Generator } from './generate/generator.ts';
 import { ChatSession, chatStopTokenIds, decodeTokensPerSecond, defaultSystemPrompt, generationConfigEosIds } from './generate/chat.ts';
 import type { FinishReason, GenerationSettings } from './generate/settings.ts';

@@ -13,6 +13,7 @@ import { LoraLayout } from '../model/lora-layout.ts';
 import { loraModules, writePeftAdapter, type LoraModule, type PeftLoraConfig } from '../model/peft.ts';
 import { Transformer, type BatchInputs, type StepPlan } from '../model/transformer.ts';
 import { countSupervised } from '../kernels/cross_entropy.ts';
+import { longestRow } from '../../data/rows.ts';
 import { EVAL_CE_CHUNK_TOKENS } from '../model/memory-plan.ts';
 import type { BaseWeights } from '../model/base-weights.ts';
 import { learningRate, type ScheduleKind } from './schedule.ts';
@@ -163,11 +164,6 @@ export function initLoraParams(layout: LoraLayout, seed: number): Float32Array {
     for (let i = 0; i < slot.length; i++) flat[slot.offset + i] = (2 * random() - 1) * bound;
   }
   return flat;
-}
-
-/** The longest row's token count (0 for none): what a plan over these rows pads every row to. */
-export function longestRow(rows: readonly TrainRow[]): number {
-  return Math.max(0, ...rows.map((r) => r.inputIds.length));
 }
 
 /** Pads rows to [microBatch, seq]: padding tokens get id `padId`, label −100, document −1. */

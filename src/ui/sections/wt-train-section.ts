@@ -5,6 +5,7 @@ import uPlot from 'uplot';
 import uplotCss from 'uplot/dist/uPlot.min.css?inline';
 import type { MemoryPlan, ModelInfo, RunEvent, TrainConfig, TrainProgress, TrainResult, TrainRow } from '../../engine/api.ts';
 import { formatBytes } from '../../engine/gpu/errors.ts';
+import { longestRow } from '../../data/rows.ts';
 import { getEngine } from '../engine-client.ts';
 import { theme, themeColor, watchTheme } from '../theme.ts';
 import { settingsStore, DEFAULT_TRAIN_SETTINGS, MIN_BUDGET_GIB, type TrainSettings } from '../store/settings.ts';
@@ -206,9 +207,9 @@ export class WtTrainSection extends LitElement {
       this.planNote = '';
       return;
     }
-    const seqLen = Math.max(...this.rows.map((r) => r.inputIds.length));
+    const seqLen = longestRow(this.rows);
     try {
-      const evalSeqLen = Math.max(0, ...(this.evalRows ?? []).map((r) => r.inputIds.length));
+      const evalSeqLen = longestRow(this.evalRows ?? []);
       this.plan = await getEngine().planTraining(this.runConfig(), seqLen, this.settings.budgetGiB * 2 ** 30, evalSeqLen);
       this.planNote = '';
     } catch (e) {
