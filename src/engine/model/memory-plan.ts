@@ -265,7 +265,7 @@ function evaluationTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: read
     ...(c.int8Matmuls && c.quantBits === 4 ? [tag(int8ScratchTerm(T, widest))] : []),
     {
       name: 'eval: kernel scratch',
-      bytes: Math.max(0, ...targets.map((m) => loraScratchElems(T, loraModuleShape(spec, m).in, loraModuleShape(spec, m).out, c.loraRank))) * F32 + (spec.headDim / 2) * F32 + 48 * 16,
+      bytes: Math.max(0, ...targets.map((m) => loraModuleShape(spec, m)).map((sh) => loraScratchElems(T, sh.in, sh.out, c.loraRank))) * F32 + (spec.headDim / 2) * F32 + 48 * 16,
       note: 'the LoRA products\' split-K partials, rope inverse frequencies, reduction partials, and 16-byte rounding of ~48 buffers',
     },
   ];
@@ -286,6 +286,8 @@ export function planMemory(
 
   // ---- weights (persistent)
   const projs = layerProjections(spec);
+  /** The widest projection side: the int8 activation scratch holds rows of it. */
+  const widest = Math.max(...projs.flatMap((m) => [m.in, m.out]));
   const linearBytes = L * projs.reduce((s, m) => s + matrixBytes(m.out, m.in, c, a), 0);
   const q = spec.nHeads * spec.headDim;
   const kv = spec.nKvHeads * spec.headDim;
@@ -334,7 +336,7 @@ export function planMemory(
     { name: 'input ids, positions, document ids, labels', bytes: 4 * bt * 4, note: 'int32 [B·T] × 4' },
     { name: 'rope inverse frequencies', bytes: (spec.headDim / 2) * F32, note: '[headDim/2]' },
     { name: 'fixed', bytes: a.fixedWorkspaceBytes, note: 'uniforms, reduction partials, grad norm, kernel scratch' },
-    ...(c.int8Matmuls && c.quantBits === 4 ? [int8ScratchTerm(bt, Math.max(...projs.flatMap((m) => [m.in, m.out])))] : []),
+    ...(c.int8Matmuls && c.quantBits === 4 ? [int8ScratchTerm(bt, widest)] : []),
   ]);
 
   // ---- activations and loss
@@ -364,7 +366,7 @@ export function planMemory(
     ce = section([]);
     trainingPhase = 'layer-backward';
   }
-  const evaluation = section(evaluationTerms(spec, c, targets, Math.max(...projs.flatMap((m) => [m.in, m.out]))));
+  const evaluation = section(evaluationTerms(spec, c, targets, widest));
   const trainingPeakBytes = weights.bytes + lora.bytes + optimizer.bytes + workspace.bytes + activations.bytes + ce.bytes + evaluation.bytes;
 
   // ---- loading: the weights fill up while one f32 staging chunk is quantized
