@@ -6,11 +6,15 @@
 //     that writes the packed int8 rows and the scale; rows padded with zeros to a multiple of 64 bytes).
 //     RESIDUAL adds a second level, the rounding residual on a 254× finer grid (x ≈ (hi + lo/254)·scale):
 //     two products per output, one activation grid error 254× smaller (see docs/int8-matmul.md).
-//   weights: the 4-bit codes are re-quantized to int8 while a tile is staged in workgroup memory (never
-//     materialised): forward per output row n of W (bound = the largest |w| its group scales allow: max over
-//     groups of max(|min|, |min + 15·step|), by `q4_row_absmax`), backward per 64-column group of W (the same
-//     bound over all rows, by `q4_col_absmax`), because there the rows of W are the reduction. A code c of a
-//     group (step, min) becomes round(c·a + b) with (a, b) = (step, min)·127/bound: one fma per weight.
+//   weights: the 4-bit codes are re-quantized to int8 by `q4_to_i8`, one block of W at a time into a
+//     scratch the matrix kernel then stages as it is: forward per output row n of W (bound = the largest |w|
+//     its group scales allow: max over groups of max(|min|, |min + 15·step|), by `q4_row_absmax`), backward
+//     per 64-column group of W (the same bound over all rows, by `q4_col_absmax`), because there the rows of W
+//     are the reduction. A code c of a group (step, min) becomes round(c·a + b) with (a, b) =
+//     (step, min)·127/bound: one fma per weight. Why a pass of its own: done while staging, every row block of
+//     activations re-quantized the same tile (32× at 2048 tokens) and the ALU work of the staging was what kept
+//     the tensor cores waiting; the pass is bandwidth-bound (read ½ byte, write 1 per weight) and one per
+//     projection.
 // The integer products are then exact (|sum| ≤ 127² · 131072 < 2³¹), so the one rounding beyond the
 // int8 grids is the final f32 scaling: Y[m, n] = a[m] · c[n] · Σ_k xq[m, k] · wq[n, k].
 // Why per-row and not per-64-group weight scales: a group scale varies along the reduction, so every 64
@@ -21,13 +25,15 @@
 //   quantize_rows  q[m, :] = round(src[m, off:off+cols] / a[m]), a[m] = absmax / 127      (any device)
 //   q4_row_absmax  rowmax[n] = max over groups of row n's group bound above                  (any device)
 //   q4_col_absmax  colmax[g] = max over rows n of the group bound above                     (any device)
+//   q4_to_i8       wq[n, k] = W's code on the int8 grid (ROW_GRID: per row n, else per 64-column group) (any device)
 //   q4_mma_fwd     Y[:, off:off+N] = X·Wᵀ (ACCUMULATE: +=), X as quantize_rows left it       (subgroup matrices)
 //   q4_mma_dx      dX (+)= dY[:, off:off+N]·W                                               (subgroup matrices)
-// PROBE_NO_STAGE / PROBE_HOIST / RAW_CODES are timing probes for bench/int8-matmul.bench.ts (wrong results).
-// Layout of the matrix kernels: 256 invocations = 8 subgroups of 32 (the TypeScript side only picks
-// this path where the subgroup size is fixed at 32), a 128×128 output tile per workgroup, each subgroup
-// 64×32 of it (4×2 accumulators of 16×16), 64-deep stages double-buffered in workgroup memory with rows
-// padded by 16 bytes (so the 16 rows a matrix load touches do not share banks).
+// PROBE_NO_STAGE / PROBE_HOIST are timing probes for bench/int8-matmul.bench.ts (wrong results).
+// Layout of the matrix kernels: 128 invocations = 4 subgroups of 32 (the TypeScript side only picks
+// this path where the subgroup size is fixed at 32), a 128×128 tile of staged rows × outputs per workgroup,
+// each subgroup 64×64 of it (4×4 accumulators of 16×16: 8 matrix loads feed 16 products; 8 subgroups of
+// 64×32 took 6 loads for 8 and measured 10–25% slower), 64-deep stages double-buffered in workgroup memory
+// with rows padded by 16 bytes (so the 16 rows a matrix load touches do not share banks).
 
 #if OP == fwd || OP == dx
 enable chromium_experimental_subgroup_matrix;
@@ -156,17 +162,54 @@ fn q4_row_absmax(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 #endif
 // ------------------------------------------------------------------------------------------------
+#if OP == to_i8
+
+@group(0) @binding(1) var<storage, read> q: array<vec4<u32>>;    // W codes [N, K/32]
+@group(0) @binding(2) var<storage, read> sm: array<u32>;         // W group scales [N, K/64]
+@group(0) @binding(3) var<storage, read> bound: array<f32>;      // ROW_GRID: rowmax [N]; else colmax [K/64]
+@group(0) @binding(4) var<storage, read_write> wq: array<vec4<u32>>;  // int8 W [N, K], K bytes a row
+
+// Codes 4j..4j+3 of a word (nibbles, low first) → four int8 on the weight's int8 grid: round(code·a + b),
+// where (a, b) = (step, min) · 127/bound of the grid; |code·a + b| ≤ 127 by the choice of bound, so no clamp.
+fn requant4(nibbles: u32, a: f32, b: f32) -> u32 {
+  let c = vec4<f32>(vec4<u32>(nibbles, nibbles >> 4u, nibbles >> 8u, nibbles >> 12u) & vec4<u32>(15u));
+  return pack4xI8(vec4<i32>(round(fma(c, vec4<f32>(a), vec4<f32>(b)))));
+}
+
+// One invocation per 32 codes (16 bytes in, 32 out).
+@compute @workgroup_size(64)
+fn q4_to_i8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nwg.x) * 64u + lid;
+  let per_row = params.K / 32u;
+  if (i >= params.N * per_row) { return; }
+  let n = i / per_row;
+  let g = (i % per_row) * 32u / GROUP;
+#if ROW_GRID
+  let mx = bound[n];
+#else
+  let mx = bound[g];
+#endif
+  let inv = select(0.0, 127.0 / mx, mx > 0.0);
+  let sc = group_scale(sm[n * (params.K / GROUP) + g]);
+  let a = sc.x * inv;
+  let b = sc.y * inv;
+  let c = q[i];
+  wq[2u * i] = vec4<u32>(requant4(c.x, a, b), requant4(c.x >> 16u, a, b), requant4(c.y, a, b), requant4(c.y >> 16u, a, b));
+  wq[2u * i + 1u] = vec4<u32>(requant4(c.z, a, b), requant4(c.z >> 16u, a, b), requant4(c.w, a, b), requant4(c.w >> 16u, a, b));
+}
+
+#endif
+// ------------------------------------------------------------------------------------------------
 #if OP == fwd || OP == dx
 
 @group(0) @binding(1) var<storage, read> aq: array<vec4<u32>>;   // int8 activation rows, lda bytes each
 @group(0) @binding(2) var<storage, read> ascale: array<f32>;     // its per-row scale
-@group(0) @binding(3) var<storage, read> q: array<vec4<u32>>;    // W codes [N, K/32]
-@group(0) @binding(4) var<storage, read> sm: array<u32>;         // W group scales [N, K/64]
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;    // Y [M, ld] (forward) or dX [M, K]
+@group(0) @binding(3) var<storage, read> wq: array<vec4<u32>>;   // W on its int8 grid [N, K] (q4_to_i8)
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;    // Y [M, ld] (forward) or dX [M, K]
 #if OP == dx
-@group(0) @binding(6) var<storage, read> colmax: array<f32>;     // q4_col_absmax of this block [K/64]
+@group(0) @binding(5) var<storage, read> colmax: array<f32>;     // q4_col_absmax of this block [K/64]
 #else
-@group(0) @binding(6) var<storage, read> wmax: array<f32>;       // q4_row_absmax of this block [N]
+@group(0) @binding(5) var<storage, read> wmax: array<f32>;       // q4_row_absmax of this block [N]
 #endif
 
 const SG: u32 = 32u;        // subgroup size this layout assumes
@@ -177,11 +220,16 @@ const TILE_M: u32 = 64u;
 #else
 const TILE_M: u32 = 128u;   // activation rows per workgroup
 #endif
+const SUBGROUPS: u32 = 4u;  // 2 × 2, each 64 staged rows × 64 output columns
+const THREADS: u32 = SUBGROUPS * SG;
+const SG_COLS: u32 = 64u;   // output columns per subgroup
+const NJ: u32 = SG_COLS / 16u;                 // right tiles per subgroup (4)
+const PIECES: u32 = 512u / THREADS;            // 16-byte pieces of each operand's stage per invocation (4)
 const DEPTH: u32 = 64u;     // reduction depth of one stage
 const A_ROW: u32 = 80u;     // bytes per staged activation row: 64 + 16 padding
 const A_WORDS: u32 = TILE * A_ROW / 4u;          // one stage of the activation tile, in words (2560)
 #if OP == fwd
-// W tile as [n][k]: 128 rows of 64 codes (+16 bytes), read as the column-major right matrix.
+// W tile as [n][k]: 128 rows of 64 int8 weights (+16 bytes), read as the column-major right matrix.
 const B_ROW: u32 = 80u;
 const B_WORDS: u32 = TILE * B_ROW / 4u;          // 2560
 #else
@@ -195,111 +243,82 @@ const RIGHT_COL_MAJOR: bool = true;    // Wᵀ read from W's rows
 #else
 const RIGHT_COL_MAJOR: bool = false;   // W read as it is
 #endif
-// Two stages; the epilogue reuses the space: 8 subgroups × 4 tiles × 256 words = 8192 ≤ 2 · STAGE_WORDS.
+// Two stages; the epilogue reuses the space: the workgroup's 64 tiles, half at a time, 4 × 8 × 256 words =
+// 8192 ≤ 2 · STAGE_WORDS.
+const EPI_TILES: u32 = 8u;                     // tiles per subgroup per half (= 2 · NJ)
+const EPI_WORDS: u32 = EPI_TILES * 256u;       // per subgroup
 var<workgroup> smem: array<i32, 2u * STAGE_WORDS>;
 var<workgroup> wscale: array<f32, TILE>;   // forward: c[n] / 127 per W row; backward: per output column group (2 used)
-var<workgroup> winv: array<f32, TILE>;     // 127 / c
 
 alias Left = subgroup_matrix_left<i8, 32, 16>;
 alias Right = subgroup_matrix_right<i8, 16, 32>;
 alias Acc = subgroup_matrix_result<i32, 16, 16>;
 
-// Codes 4j..4j+3 of a word (nibbles, low first) → four int8 on the weight's int8 grid: round(code·a + b),
-// where (a, b) = (step, min) · 127/bound of the grid; |code·a + b| ≤ 127 by the choice of bound, so no clamp.
-fn requant4(nibbles: u32, a: f32, b: f32) -> u32 {
-  let c = vec4<f32>(vec4<u32>(nibbles, nibbles >> 4u, nibbles >> 8u, nibbles >> 12u) & vec4<u32>(15u));
-#if RAW_CODES
-  return pack4xI8(vec4<i32>(c));
-#else
-  return pack4xI8(vec4<i32>(round(fma(c, vec4<f32>(a), vec4<f32>(b)))));
-#endif
-}
-
 // Registers holding the next stage while the current one is multiplied.
 struct Staged {
-  a0: vec4<u32>,
-  a1: vec4<u32>,
-  codes: vec4<u32>,
-  sw: u32,
+  a: array<vec4<u32>, PIECES>,
+  w: array<vec4<u32>, PIECES>,
 }
 
-// This invocation's share of stage `s` (reduction offset r0 = s · 64): two 16-byte activation loads and one
-// 16-byte load of 32 codes with their group scale word.
+// This invocation's share of stage `s` (reduction offset r0 = s · 64): PIECES 16-byte activation loads and as
+// many 16-byte loads of int8 weights.
 fn load_stage(lid: u32, m0: u32, o0: u32, r0: u32) -> Staged {
   var st: Staged;
   let a_row_vec4 = params.lda / 16u;
-  for (var i = 0u; i < 2u; i++) {
-    let idx = lid + 256u * i;       // 512 16-byte pieces: 128 staged rows × 4
+  let w_row_vec4 = params.K / 16u;
+  for (var i = 0u; i < PIECES; i++) {
+    let idx = lid + THREADS * i;    // 512 16-byte pieces: 128 staged rows × 4
+    let srow = idx / 4u;
 #if RESIDUAL
-    let m = m0 + lid / 4u;          // piece i of row m is level i (staged row 64·i + row)
-    let level = i * (params.lo / 16u);
+    let m = m0 + srow % 64u;        // staged row 64·level + row
+    let level = (srow / 64u) * (params.lo / 16u);
 #else
-    let m = m0 + idx / 4u;
+    let m = m0 + srow;
     let level = 0u;
 #endif
     var v = vec4<u32>(0u);
     if (m < params.M) { v = aq[m * a_row_vec4 + level + r0 / 16u + idx % 4u]; }
-    if (i == 0u) { st.a0 = v; } else { st.a1 = v; }
-  }
-  let G = params.K / GROUP;
+    st.a[i] = v;
+    var u = vec4<u32>(0u);
 #if OP == fwd
-  // 128 W rows × 2 pieces of 32 codes; the stage is one 64-group of every row.
-  let n = o0 + lid / 2u;
-  if (n < params.N) {
-    st.codes = q[n * (params.K / 32u) + r0 / 32u + lid % 2u];
-    st.sw = sm[n * G + r0 / GROUP];
-  } else {
-    st.codes = vec4<u32>(0u);
-    st.sw = 0u;
-  }
+    // 128 W rows × 4 pieces of 16 weights: the stage's 64 reduction columns of every row.
+    let n = o0 + idx / 4u;
+    if (n < params.N) { u = wq[n * w_row_vec4 + r0 / 16u + idx % 4u]; }
 #else
-  // 64 reduction rows of W × 4 pieces of 32 codes (128 output columns = 2 groups).
-  let n = r0 + lid / 4u;
-  let k = o0 + 32u * (lid % 4u);
-  if (n < params.N && k < params.K) {
-    st.codes = q[n * (params.K / 32u) + k / 32u];
-    st.sw = sm[n * G + k / GROUP];
-  } else {
-    st.codes = vec4<u32>(0u);
-    st.sw = 0u;
-  }
+    // 64 reduction rows of W × 8 pieces of 16 weights (128 output columns).
+    let n = r0 + idx / 8u;
+    let k = o0 + 16u * (idx % 8u);
+    if (n < params.N && k < params.K) { u = wq[n * w_row_vec4 + k / 16u]; }
 #endif
+    st.w[i] = u;
+  }
   return st;
+}
+
+fn store4(at: u32, v: vec4<u32>) {
+  smem[at] = bitcast<i32>(v.x);
+  smem[at + 1u] = bitcast<i32>(v.y);
+  smem[at + 2u] = bitcast<i32>(v.z);
+  smem[at + 3u] = bitcast<i32>(v.w);
 }
 
 fn store_stage(lid: u32, st: Staged, buf: u32) {
   let base = buf * STAGE_WORDS;
-  for (var i = 0u; i < 2u; i++) {
-    let idx = lid + 256u * i;
-    let at = base + (idx / 4u) * (A_ROW / 4u) + (idx % 4u) * 4u;
-    let v = select(st.a1, st.a0, i == 0u);
-    smem[at] = bitcast<i32>(v.x);
-    smem[at + 1u] = bitcast<i32>(v.y);
-    smem[at + 2u] = bitcast<i32>(v.z);
-    smem[at + 3u] = bitcast<i32>(v.w);
-  }
-  let sc = group_scale(st.sw);
+  for (var i = 0u; i < PIECES; i++) {
+    let idx = lid + THREADS * i;
+    store4(base + (idx / 4u) * (A_ROW / 4u) + (idx % 4u) * 4u, st.a[i]);
 #if OP == fwd
-  let row = lid / 2u;
-  let inv = winv[row];
-  let at = base + A_WORDS + row * (B_ROW / 4u) + (lid % 2u) * 8u;
+    store4(base + A_WORDS + (idx / 4u) * (B_ROW / 4u) + (idx % 4u) * 4u, st.w[i]);
 #else
-  let inv = winv[(lid % 4u) / 2u];
-  let at = base + A_WORDS + (lid / 4u) * (B_ROW / 4u) + (lid % 4u) * 8u;
+    store4(base + A_WORDS + (idx / 8u) * (B_ROW / 4u) + (idx % 8u) * 4u, st.w[i]);
 #endif
-  let a = sc.x * inv;
-  let b = sc.y * inv;
-  for (var i = 0u; i < 4u; i++) {
-    let word = st.codes[i];
-    smem[at + 2u * i] = bitcast<i32>(requant4(word, a, b));
-    smem[at + 2u * i + 1u] = bitcast<i32>(requant4(word >> 16u, a, b));
   }
 }
 
 // Where the subgroup's matrices of stage buffer `buf`, reduction step `ks` start (in int8 elements of smem):
 // left tile i (16 activation rows), right tile j (16 output columns).
 // With RESIDUAL, tile i is row tile i/2 of the subgroup's 32 rows, at level i%2 (0 hi, 1 residual): so the
-// accumulators of row tile h are acc[4h..4h+3] (hi j0, hi j1, residual j0, residual j1), as without it.
+// accumulators of row tile h are those of lefts 2h (hi) and 2h + 1 (residual), in the same half of the epilogue.
 fn left_at(buf: u32, sg_m: u32, i: u32, ks: u32) -> u32 {
 #if RESIDUAL
   let row = (i % 2u) * 64u + sg_m * 32u + 16u * (i / 2u);
@@ -312,14 +331,14 @@ fn left_at(buf: u32, sg_m: u32, i: u32, ks: u32) -> u32 {
 fn right_at(buf: u32, sg_o: u32, j: u32, ks: u32) -> u32 {
 #if OP == fwd
   // Wᵀ as a 32×16 (k × n) matrix, column-major: column n is W row n, contiguous in k.
-  return 4u * (buf * STAGE_WORDS + A_WORDS + (sg_o * 32u + 16u * j) * (B_ROW / 4u)) + ks;
+  return 4u * (buf * STAGE_WORDS + A_WORDS + (sg_o * SG_COLS + 16u * j) * (B_ROW / 4u)) + ks;
 #else
   // W as a 32×16 (n × k) matrix, row-major: row n, contiguous in k.
-  return 4u * (buf * STAGE_WORDS + A_WORDS) + ks * B_ROW + sg_o * 32u + 16u * j;
+  return 4u * (buf * STAGE_WORDS + A_WORDS) + ks * B_ROW + sg_o * SG_COLS + 16u * j;
 #endif
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 #if OP == fwd
 fn q4_mma_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let o0 = wid.x * TILE;   // first W row (output column)
@@ -332,8 +351,8 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
   let m0 = wid.y * TILE_M;
   let sg = lid / SG;
   let lane = lid % SG;
-  let sg_m = sg / 4u;
-  let sg_o = sg % 4u;
+  let sg_m = sg / 2u;
+  let sg_o = sg % 2u;
 
   // The weights' int8 grid.
 #if OP == fwd
@@ -342,7 +361,6 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     var mx = 0.0;
     if (o0 + lid < params.N) { mx = wmax[o0 + lid]; }
     wscale[lid] = mx * (1.0 / 127.0);
-    winv[lid] = select(0.0, 127.0 / mx, mx > 0.0);
   }
 #else
   if (lid < 2u) {
@@ -350,15 +368,16 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     var mx = 0.0;
     if (g < params.K / GROUP) { mx = colmax[g]; }
     wscale[lid] = mx * (1.0 / 127.0);
-    winv[lid] = select(0.0, 127.0 / mx, mx > 0.0);
   }
 #endif
   workgroupBarrier();
 
-  // The subgroup's 4×2 tiles of 16×16 (RESIDUAL: 2×2 tiles × 2 levels), as named variables: arrays of
+  // The subgroup's 4×NJ tiles of 16×16 (acc[NJ·i + j] for left i, right j), as named variables: arrays of
   // matrices indexed in loops were kept in addressable (local) memory by the driver.
   var acc0 = Acc(); var acc1 = Acc(); var acc2 = Acc(); var acc3 = Acc();
   var acc4 = Acc(); var acc5 = Acc(); var acc6 = Acc(); var acc7 = Acc();
+  var acc8 = Acc(); var acc9 = Acc(); var acc10 = Acc(); var acc11 = Acc();
+  var acc12 = Acc(); var acc13 = Acc(); var acc14 = Acc(); var acc15 = Acc();
 
   let stages = (depth_total + DEPTH - 1u) / DEPTH;
   store_stage(lid, load_stage(lid, m0, o0, 0u), 0u);
@@ -371,6 +390,8 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
   let h3 = subgroupMatrixLoad<Left>(&smem, left_at(0u, sg_m, 3u, 0u), false, A_ROW);
   let hr0 = subgroupMatrixLoad<Right>(&smem, right_at(0u, sg_o, 0u, 0u), RIGHT_COL_MAJOR, B_ROW);
   let hr1 = subgroupMatrixLoad<Right>(&smem, right_at(0u, sg_o, 1u, 0u), RIGHT_COL_MAJOR, B_ROW);
+  let hr2 = subgroupMatrixLoad<Right>(&smem, right_at(0u, sg_o, 2u, 0u), RIGHT_COL_MAJOR, B_ROW);
+  let hr3 = subgroupMatrixLoad<Right>(&smem, right_at(0u, sg_o, 3u, 0u), RIGHT_COL_MAJOR, B_ROW);
 #endif
   for (var s = 0u; s < stages; s++) {
     let more = s + 1u < stages;
@@ -382,6 +403,7 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     for (var ks = 0u; ks < DEPTH; ks += 32u) {
 #if PROBE_HOIST
       let l0 = h0; let l1 = h1; let l2 = h2; let l3 = h3; let r0 = hr0; let r1 = hr1;
+      let r2 = hr2; let r3 = hr3;
 #else
       let l0 = subgroupMatrixLoad<Left>(&smem, left_at(buf, sg_m, 0u, ks), false, A_ROW);
       let l1 = subgroupMatrixLoad<Left>(&smem, left_at(buf, sg_m, 1u, ks), false, A_ROW);
@@ -389,15 +411,25 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
       let l3 = subgroupMatrixLoad<Left>(&smem, left_at(buf, sg_m, 3u, ks), false, A_ROW);
       let r0 = subgroupMatrixLoad<Right>(&smem, right_at(buf, sg_o, 0u, ks), RIGHT_COL_MAJOR, B_ROW);
       let r1 = subgroupMatrixLoad<Right>(&smem, right_at(buf, sg_o, 1u, ks), RIGHT_COL_MAJOR, B_ROW);
+      let r2 = subgroupMatrixLoad<Right>(&smem, right_at(buf, sg_o, 2u, ks), RIGHT_COL_MAJOR, B_ROW);
+      let r3 = subgroupMatrixLoad<Right>(&smem, right_at(buf, sg_o, 3u, ks), RIGHT_COL_MAJOR, B_ROW);
 #endif
       acc0 = subgroupMatrixMultiplyAccumulate(l0, r0, acc0);
       acc1 = subgroupMatrixMultiplyAccumulate(l0, r1, acc1);
-      acc2 = subgroupMatrixMultiplyAccumulate(l1, r0, acc2);
-      acc3 = subgroupMatrixMultiplyAccumulate(l1, r1, acc3);
-      acc4 = subgroupMatrixMultiplyAccumulate(l2, r0, acc4);
-      acc5 = subgroupMatrixMultiplyAccumulate(l2, r1, acc5);
-      acc6 = subgroupMatrixMultiplyAccumulate(l3, r0, acc6);
-      acc7 = subgroupMatrixMultiplyAccumulate(l3, r1, acc7);
+      acc2 = subgroupMatrixMultiplyAccumulate(l0, r2, acc2);
+      acc3 = subgroupMatrixMultiplyAccumulate(l0, r3, acc3);
+      acc4 = subgroupMatrixMultiplyAccumulate(l1, r0, acc4);
+      acc5 = subgroupMatrixMultiplyAccumulate(l1, r1, acc5);
+      acc6 = subgroupMatrixMultiplyAccumulate(l1, r2, acc6);
+      acc7 = subgroupMatrixMultiplyAccumulate(l1, r3, acc7);
+      acc8 = subgroupMatrixMultiplyAccumulate(l2, r0, acc8);
+      acc9 = subgroupMatrixMultiplyAccumulate(l2, r1, acc9);
+      acc10 = subgroupMatrixMultiplyAccumulate(l2, r2, acc10);
+      acc11 = subgroupMatrixMultiplyAccumulate(l2, r3, acc11);
+      acc12 = subgroupMatrixMultiplyAccumulate(l3, r0, acc12);
+      acc13 = subgroupMatrixMultiplyAccumulate(l3, r1, acc13);
+      acc14 = subgroupMatrixMultiplyAccumulate(l3, r2, acc14);
+      acc15 = subgroupMatrixMultiplyAccumulate(l3, r3, acc15);
     }
 #if !PROBE_NO_STAGE
     if (more) { store_stage(lid, next, (s + 1u) % 2u); }
@@ -405,39 +437,48 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     workgroupBarrier();
   }
 
-  // Epilogue: the opaque tiles go through workgroup memory (4 at a time per subgroup) to be scaled.
-  let region = sg * 1024u;
+  // Epilogue: the opaque tiles go through workgroup memory (half of them at a time: lefts 0, 1 then 2, 3)
+  // to be scaled.
+  let region = sg * EPI_WORDS;
   for (var half = 0u; half < 2u; half++) {
     if (half == 0u) {
       subgroupMatrixStore(&smem, region, acc0, false, 16u);
       subgroupMatrixStore(&smem, region + 256u, acc1, false, 16u);
       subgroupMatrixStore(&smem, region + 512u, acc2, false, 16u);
       subgroupMatrixStore(&smem, region + 768u, acc3, false, 16u);
+      subgroupMatrixStore(&smem, region + 1024u, acc4, false, 16u);
+      subgroupMatrixStore(&smem, region + 1280u, acc5, false, 16u);
+      subgroupMatrixStore(&smem, region + 1536u, acc6, false, 16u);
+      subgroupMatrixStore(&smem, region + 1792u, acc7, false, 16u);
     } else {
-      subgroupMatrixStore(&smem, region, acc4, false, 16u);
-      subgroupMatrixStore(&smem, region + 256u, acc5, false, 16u);
-      subgroupMatrixStore(&smem, region + 512u, acc6, false, 16u);
-      subgroupMatrixStore(&smem, region + 768u, acc7, false, 16u);
+      subgroupMatrixStore(&smem, region, acc8, false, 16u);
+      subgroupMatrixStore(&smem, region + 256u, acc9, false, 16u);
+      subgroupMatrixStore(&smem, region + 512u, acc10, false, 16u);
+      subgroupMatrixStore(&smem, region + 768u, acc11, false, 16u);
+      subgroupMatrixStore(&smem, region + 1024u, acc12, false, 16u);
+      subgroupMatrixStore(&smem, region + 1280u, acc13, false, 16u);
+      subgroupMatrixStore(&smem, region + 1536u, acc14, false, 16u);
+      subgroupMatrixStore(&smem, region + 1792u, acc15, false, 16u);
     }
     workgroupBarrier();
 #if RESIDUAL
-    // Half h: row tile h, both column tiles, both levels (stored tiles 0, 1 hi; 2, 3 residual).
-    for (var t = 0u; t < 2u; t++) {
+    // Half h: row tile h, every column tile, both levels (stored tiles 0..NJ-1 hi, NJ..2NJ-1 residual).
+    for (var t = 0u; t < NJ; t++) {
       let ti = half;
       let tj = t;
       for (var e = lane; e < 256u; e += SG) {
         let m = m0 + sg_m * 32u + 16u * ti + e / 16u;
-        let sum = f32(smem[region + 256u * t + e]) + f32(smem[region + 256u * (t + 2u) + e]) * (1.0 / 254.0);
+        let sum = f32(smem[region + 256u * t + e]) + f32(smem[region + 256u * (t + NJ) + e]) * (1.0 / 254.0);
 #else
-    for (var t = 0u; t < 4u; t++) {
-      let tile = 4u * half + t;        // = 2·i + j
-      let ti = tile / 2u;
-      let tj = tile % 2u;
+    for (var t = 0u; t < EPI_TILES; t++) {
+      let tile = EPI_TILES * half + t;        // = NJ·i + j
+      let ti = tile / NJ;
+      let tj = tile % NJ;
       for (var e = lane; e < 256u; e += SG) {
         let m = m0 + sg_m * 64u + 16u * ti + e / 16u;
         let sum = f32(smem[region + 256u * t + e]);
 #endif
-        let col = sg_o * 32u + 16u * tj + e % 16u;   // within the output tile
+        let col = sg_o * SG_COLS + 16u * tj + e % 16u;   // within the output tile
         let o = o0 + col;
 #if OP == fwd
         if (m < params.M && o < params.N) {

@@ -1,5 +1,5 @@
-// The int8 tensor-core path's device-independent parts: the activation quantization pass and the weights'
-// column-group bound run on every adapter (SwiftShader here) and are checked against their CPU
+// The int8 tensor-core path's device-independent parts: the activation quantization pass, the weights'
+// column-group bound and the pass that puts W on its int8 grids run on every adapter (SwiftShader here) and are checked against their CPU
 // definitions; the scheme's accuracy against the exact f32 dequant matmul is measured on the CPU
 // reference (the subgroup-matrix kernels themselves need a GPU with them: bench/int8-matmul.bench.ts
 // checks them against the same references on the lent H100).
@@ -13,7 +13,9 @@ import {
   int8MatmulDxCpu,
   int8MatmulSupport,
   int8RowBytes,
+  largestQ4Block,
   prepareQ4ColAbsmax,
+  prepareQ4ToInt8,
   prepareQ4RowAbsmax,
   prepareQuantizeRows,
   quantizeRowsCpu,
@@ -43,7 +45,7 @@ describe('int8 activation quantization (quantize_rows)', () => {
       src.fill(0, 0, ld); // an all-zero row (first row's window included)
       for (let i = 0; i < 4; i++) src[ld + off + Math.floor(r() * cols)] = 400 * (r() - 0.5); // outliers in row 1
       const S = ctx.upload('src', [rows, ld], src);
-      const scratch = allocInt8Scratch(ctx, rows, cols + 64);
+      const scratch = allocInt8Scratch(ctx, rows, cols + 64, 0);
       ctx.fill32(scratch.q, 0xdeadbeef, 'u32');
       ctx.fill32(scratch.scale, Number.NaN);
       const { dispatch, rows: q } = await prepareQuantizeRows(ctx, S, scratch, { rows, cols, ld, off });
@@ -115,6 +117,46 @@ describe('int8 weight grid of the backward (q4_col_absmax)', () => {
     expect(got[2]).toBeGreaterThan(0.85);
     releaseQ4Weight(ctx, W);
     ctx.release(colmax);
+  });
+});
+
+describe('W on its int8 grids (q4_to_i8)', () => {
+  const seed = freshSeed();
+  it(`per row and per 64-column group, in ragged row blocks, match the CPU requantization, seed ${seed}`, async () => {
+    const ctx = await gpu();
+    const r = rng(seed);
+    const [N, K] = [70, 192];
+    const w = randn(N * K, r, 0.02);
+    w[3 * K + 70] = 0.7; // one large weight decides its row's and its column group's grid
+    const host = quantizeQ4Cpu(w, N, K);
+    const W = allocQ4Weight(ctx, 'W', N, K, 32); // row blocks of 32, 32, 6
+    writeQ4Rows(ctx, W, 0, host);
+    await cacheInt8Bounds(ctx, W);
+    const scratch = allocInt8Scratch(ctx, 1, 64, largestQ4Block([W]));
+    expect(scratch.maxWeight).toBe(32 * K);
+    for (const grid of ['row', 'colgroup'] as const) {
+      let flips = 0;
+      for (const b of W.blocks) {
+        ctx.fill32(scratch.w, 0xdeadbeef, 'u32');
+        await ctx.run([await prepareQ4ToInt8(ctx, b, K, grid === 'row' ? b.bounds!.rowmax : b.bounds!.colmax, grid, scratch)]);
+        const words = await ctx.read(scratch.w, 'u32');
+        const got = new Int8Array(words.buffer, words.byteOffset, b.rows * K);
+        const hostB = { q: host.q.subarray((b.row0 * K) / 8, ((b.row0 + b.rows) * K) / 8), sm: host.sm.subarray((b.row0 * K) / 64, ((b.row0 + b.rows) * K) / 64) };
+        const ref = requantizeQ4Cpu(hostB, b.rows, K, grid).codes;
+        for (let i = 0; i < ref.length; i++) {
+          // 127/bound is a GPU division (2.5 ulp): a weight on a rounding tie may land one step away.
+          const d = Math.abs(got[i]! - ref[i]!);
+          expect(d, `${grid} grid, block ${b.row0}, weight ${i}`).toBeLessThanOrEqual(1);
+          flips += d;
+        }
+      }
+      expect(flips, `${grid} grid: weights one step off`).toBeLessThanOrEqual(3);
+    }
+    const small = allocInt8Scratch(ctx, 1, 64, 16 * K);
+    await expect(prepareQ4ToInt8(ctx, W.blocks[0]!, K, W.blocks[0]!.bounds!.rowmax, 'row', small)).rejects.toThrow(/exceeds the int8 weight scratch/);
+    releaseInt8Scratch(ctx, small);
+    releaseInt8Scratch(ctx, scratch);
+    releaseQ4Weight(ctx, W);
   });
 });
 

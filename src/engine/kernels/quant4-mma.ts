@@ -11,7 +11,8 @@ import { grid1d } from './grid.ts';
 /**
  * The tensor-core path for the frozen 4-bit base (quant4_mma.wgsl): Y = X·Wᵀ and dX = dY·W as int8 × int8
  * → int32 subgroup-matrix products, activations quantized per token, W re-quantized to int8 per row
- * (forward) or per 64-column group (backward) as its tiles are staged. See the .wgsl header for the maths.
+ * (forward) or per 64-column group (backward) by a pass of its own, one row block of W at a time, into a
+ * scratch the matrix kernel stages as it is. See the .wgsl header for the maths.
  */
 export const QUANT4_MMA_SHADER = { name: 'quant4_mma.wgsl', code: quant4MmaWgsl };
 
@@ -44,31 +45,52 @@ export interface Int8Rows {
   levels: 1 | 2;
 }
 
-/** Scratch for the int8 path, sized for activations up to [rows, maxCols] and weights up to maxIn features. */
+/**
+ * Scratch for the int8 path, sized for activations up to [rows, maxCols] and row blocks of W up to
+ * maxWeight weights (rows × in features).
+ */
 export interface Int8Scratch {
   q: Tensor;
   scale: Tensor;
   /** The weights' int8 grid bounds: per row of W (forward) or per 64-column group (backward). */
   wbound: Tensor;
+  /** One row block of W on its int8 grid (q4_to_i8), one byte a weight. */
+  w: Tensor;
   rows: number;
   maxCols: number;
+  maxWeight: number;
 }
 
-export function allocInt8Scratch(ctx: GpuContext, rows: number, maxCols: number): Int8Scratch {
+/** Bytes of allocInt8Scratch's buffers (the memory plan counts them). */
+export function int8ScratchBytes(rows: number, maxCols: number, maxWeight: number): number {
+  return 2 * rows * int8RowBytes(maxCols) + rows * 4 + maxCols * 4 + maxWeight;
+}
+
+export function allocInt8Scratch(ctx: GpuContext, rows: number, maxCols: number, maxWeight: number): Int8Scratch {
   const rowBytes = int8RowBytes(maxCols);
   return {
     q: ctx.rawTensor('int8 activations', [rows, 2 * rowBytes], 'u32', 2 * rows * rowBytes),
     scale: ctx.tensor('int8 activation scales', [rows]),
     wbound: ctx.tensor('int8 weight grid bounds', [maxCols]),
+    w: ctx.rawTensor('int8 weights', [maxWeight], 'u32', Math.ceil(maxWeight / 16) * 16),
     rows,
     maxCols,
+    maxWeight,
   };
+}
+
+/** The largest row block of any of these weights, in weights: what allocInt8Scratch's `maxWeight` must hold. */
+export function largestQ4Block(weights: Iterable<Q4Weight>): number {
+  let most = 0;
+  for (const w of weights) for (const b of w.blocks) most = Math.max(most, b.rows * w.in);
+  return most;
 }
 
 export function releaseInt8Scratch(ctx: GpuContext, s: Int8Scratch): void {
   ctx.release(s.q);
   ctx.release(s.scale);
   ctx.release(s.wbound);
+  ctx.release(s.w);
 }
 
 interface Uniforms {
@@ -143,12 +165,13 @@ export async function prepareInt8Q4Matmul(ctx: GpuContext, X: Int8Rows, W: Q4Wei
     // The weight grid: cached with the weights (cacheInt8Bounds), else bound here every time.
     const bound = b.bounds?.rowmax ?? scratch.wbound;
     if (!b.bounds) out.push(await prepareQ4RowAbsmax(ctx, b, W.in, bound));
+    out.push(await prepareQ4ToInt8(ctx, b, W.in, bound, 'row', scratch));
     const label = `int8${residual ? '×2' : ''} q4 matmul ${M}×${W.in}·${b.q.label}ᵀ`;
     const uniforms = ctx.uniforms(`${label} params`, fields({ M, N: b.rows, K: W.in, ld: W.out, off: b.row0, lda: X.levels * X.rowBytes, lo: residual ? X.rowBytes : 0 }));
     out.push({
       label,
       pipeline,
-      bindGroup: ctx.bindGroup(label, pipeline, [uniforms, X.q, X.scale, b.q, b.sm, Y, bound]),
+      bindGroup: ctx.bindGroup(label, pipeline, [uniforms, X.q, X.scale, scratch.w, Y, bound]),
       workgroups: [Math.ceil(b.rows / TILE), Math.ceil(M / (residual ? TILE / 2 : TILE)), 1],
     });
   }
@@ -168,6 +191,20 @@ export async function cacheInt8Bounds(ctx: GpuContext, W: Q4Weight): Promise<voi
     await ctx.run([await prepareQ4RowAbsmax(ctx, b, W.in, rowmax), await prepareQ4ColAbsmax(ctx, b, W.in, colmax)]);
     b.bounds = { rowmax, colmax };
   }
+}
+
+/**
+ * One row block of W on its int8 grid into scratch.w (byte n·in + k = weight [n, k]): per row ('row', the
+ * forward's, from rowmax) or per 64-column group ('colgroup', the backward's, from colmax).
+ */
+export async function prepareQ4ToInt8(ctx: GpuContext, b: Q4Block, inFeatures: number, bound: Tensor, grid: 'row' | 'colgroup', scratch: Int8Scratch): Promise<KernelDispatch> {
+  const kern = 'q4 to int8';
+  if (b.rows * inFeatures > scratch.maxWeight) throw new Error(`${kern}: ${b.q.label} [${b.rows}, ${inFeatures}] exceeds the int8 weight scratch (${scratch.maxWeight} weights)`);
+  need(kern, 'bounds', bound, (grid === 'row' ? b.rows : inFeatures / Q4_GROUP) * 4);
+  const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_to_i8', defines: { OP: 'to_i8', ROW_GRID: grid === 'row' } });
+  const label = `q4 to int8 (${grid} grid) ${b.q.label}`;
+  const uniforms = ctx.uniforms(`${label} params`, fields({ M: 0, N: b.rows, K: inFeatures }));
+  return { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, b.q, b.sm, bound, scratch.w]), workgroups: grid1d(ctx, Math.ceil((b.rows * inFeatures) / 32 / 64), label) };
 }
 
 /** rowmax[n] = the largest |w| any code of row n can take (the forward's int8 grid), for one block. */
@@ -191,9 +228,10 @@ export async function prepareQ4ColAbsmax(ctx: GpuContext, b: Q4Block, inFeatures
 
 /**
  * dX (=, or += with accumulate) = dY·W through the tensor cores: per row block of W, quantize dY's
- * columns of that block, bound the block's column groups, multiply (later blocks add).
+ * columns of that block, bound the block's column groups, put the block on its int8 grid, multiply (later
+ * blocks add).
  */
-export async function prepareInt8Q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4Weight, dX: Tensor, M: number, scratch: Int8Scratch, accumulate = false): Promise<KernelDispatch[]> {
+export async function prepareInt8Q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4Weight, dX: Tensor, M: number, scratch: Int8Scratch, accumulate = false, opts: { variant?: Defines } = {}): Promise<KernelDispatch[]> {
   const kern = `int8 q4 dX ${W.label}`;
   need(kern, 'dY', dY, M * W.out * 4);
   need(kern, 'dX', dX, M * W.in * 4);
@@ -205,13 +243,14 @@ export async function prepareInt8Q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4We
     out.push(quant.dispatch);
     const bound = b.bounds?.colmax ?? scratch.wbound;
     if (!b.bounds) out.push(await prepareQ4ColAbsmax(ctx, b, W.in, bound));
-    const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_dx', defines: { OP: 'dx', ACCUMULATE: acc } });
+    out.push(await prepareQ4ToInt8(ctx, b, W.in, bound, 'colgroup', scratch));
+    const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_dx', defines: { OP: 'dx', ACCUMULATE: acc, ...opts.variant } });
     const label = `int8 q4 dX ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
     const uniforms = ctx.uniforms(`${label} params`, fields({ M, N: b.rows, K: W.in, ld: W.out, off: b.row0, lda: quant.rows.rowBytes }));
     out.push({
       label,
       pipeline,
-      bindGroup: ctx.bindGroup(label, pipeline, [uniforms, quant.rows.q, quant.rows.scale, b.q, b.sm, dX, bound]),
+      bindGroup: ctx.bindGroup(label, pipeline, [uniforms, quant.rows.q, quant.rows.scale, scratch.w, dX, bound]),
       workgroups: [Math.ceil(W.in / TILE), Math.ceil(M / TILE), 1],
     });
   }

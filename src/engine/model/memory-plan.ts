@@ -242,9 +242,16 @@ function ceTerms(spec: ModelSpec, c: TrainingMemoryConfig): MemoryTerm[] {
   ];
 }
 
-/** quant4-mma.ts's allocInt8Scratch: two int8 levels per row (64-byte padded), a scale per row, a bound per column. */
-function int8ScratchTerm(tokens: number, widest: number): MemoryTerm {
-  return { name: 'int8 activation scratch', bytes: 2 * tokens * Math.ceil(widest / 64) * 64 + tokens * F32 + widest * F32, note: `2 levels × [B·T, ${widest}] int8 + scales (tensor-core matmuls)` };
+/**
+ * quant4-mma.ts's allocInt8Scratch (int8ScratchBytes): two int8 levels per row (64-byte padded), a scale per
+ * row, a bound per column, and the largest projection on its int8 grid (one byte a weight).
+ */
+function int8ScratchTerm(tokens: number, widest: number, largest: number): MemoryTerm {
+  return {
+    name: 'int8 scratch',
+    bytes: 2 * tokens * Math.ceil(widest / 64) * 64 + tokens * F32 + widest * F32 + largest,
+    note: `2 levels × [B·T, ${widest}] int8 + scales, and one projection's ${largest} weights as int8 (tensor-core matmuls)`,
+  };
 }
 
 /**
@@ -252,7 +259,7 @@ function int8ScratchTerm(tokens: number, widest: number): MemoryTerm {
  * hidden states used in turn, one layer's forward scratch, the loss workspace with chunks of at most
  * EVAL_CE_CHUNK_TOKENS, and the int8 scratch where the base runs on int8.
  */
-function evaluationTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: readonly LoraModule[], widest: number): MemoryTerm[] {
+function evaluationTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: readonly LoraModule[], widest: number, largest: number): MemoryTerm[] {
   const T = c.evalSeqLen ?? 0;
   if (T <= 0) return [];
   const one: TrainingMemoryConfig = { ...c, seqLen: T, microBatch: 1, ceChunkTokens: Math.min(c.ceChunkTokens, EVAL_CE_CHUNK_TOKENS) };
@@ -262,7 +269,7 @@ function evaluationTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: read
     { name: 'eval: hidden states', bytes: 2 * T * spec.hidden * F32, note: `[${T}, hidden] × 2, used in turn (no backward: no saved layer inputs)` },
     ...layerForwardTerms(spec, one, targets).map(tag),
     ...ceTerms(spec, one).map(tag),
-    ...(c.int8Matmuls && c.quantBits === 4 ? [tag(int8ScratchTerm(T, widest))] : []),
+    ...(c.int8Matmuls && c.quantBits === 4 ? [tag(int8ScratchTerm(T, widest, largest))] : []),
     {
       name: 'eval: kernel scratch',
       bytes: Math.max(0, ...targets.map((m) => loraModuleShape(spec, m)).map((sh) => loraScratchElems(T, sh.in, sh.out, c.loraRank))) * F32 + (spec.headDim / 2) * F32 + 48 * 16,
@@ -288,6 +295,8 @@ export function planMemory(
   const projs = layerProjections(spec);
   /** The widest projection side: the int8 activation scratch holds rows of it. */
   const widest = Math.max(...projs.flatMap((m) => [m.in, m.out]));
+  /** The largest projection: the int8 path puts one at a time on its int8 grid. */
+  const largest = Math.max(...projs.map((m) => m.in * m.out));
   const linearBytes = L * projs.reduce((s, m) => s + matrixBytes(m.out, m.in, c, a), 0);
   const q = spec.nHeads * spec.headDim;
   const kv = spec.nKvHeads * spec.headDim;
@@ -336,7 +345,7 @@ export function planMemory(
     { name: 'input ids, positions, document ids, labels', bytes: 4 * bt * 4, note: 'int32 [B·T] × 4' },
     { name: 'rope inverse frequencies', bytes: (spec.headDim / 2) * F32, note: '[headDim/2]' },
     { name: 'fixed', bytes: a.fixedWorkspaceBytes, note: 'uniforms, reduction partials, grad norm, kernel scratch' },
-    ...(c.int8Matmuls && c.quantBits === 4 ? [int8ScratchTerm(bt, widest)] : []),
+    ...(c.int8Matmuls && c.quantBits === 4 ? [int8ScratchTerm(bt, widest, largest)] : []),
   ]);
 
   // ---- activations and loss
@@ -366,7 +375,7 @@ export function planMemory(
     ce = section([]);
     trainingPhase = 'layer-backward';
   }
-  const evaluation = section(evaluationTerms(spec, c, targets, widest));
+  const evaluation = section(evaluationTerms(spec, c, targets, widest, largest));
   const trainingPeakBytes = weights.bytes + lora.bytes + optimizer.bytes + workspace.bytes + activations.bytes + ce.bytes + evaluation.bytes;
 
   // ---- loading: the weights fill up while one f32 staging chunk is quantized

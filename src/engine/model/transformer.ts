@@ -23,6 +23,7 @@ import { loraScratchElems, prepareLoraProduct, prepareLoraQ4Dx, type LoraPass } 
 import { prepareQ4Matmul, prepareQ4MatmulDx, q4DxCanFuseLora, type Q4Weight } from '../kernels/quant4.ts';
 import {
   allocInt8Scratch,
+  largestQ4Block,
   int8MatmulSupport,
   prepareInt8Q4Matmul,
   prepareInt8Q4MatmulDx,
@@ -331,8 +332,14 @@ export class StepPlan {
     this.scratch = this.makeLayerScratch();
     if (this.model.matmulPrecision === 'int8') {
       let widest = 0;
-      for (const layer of this.model.weights.layers) for (const p of Object.values(layer.proj)) if (p.kind === 'q4') widest = Math.max(widest, p.in, p.out);
-      if (widest > 0) this.int8 = allocInt8Scratch(ctx, T, widest);
+      const q4: Q4Weight[] = [];
+      for (const layer of this.model.weights.layers)
+        for (const p of Object.values(layer.proj))
+          if (p.kind === 'q4') {
+            widest = Math.max(widest, p.in, p.out);
+            q4.push(p.w);
+          }
+      if (widest > 0) this.int8 = allocInt8Scratch(ctx, T, widest, largestQ4Block(q4));
     }
     const lora = this.model.lora;
     if (lora) {
