@@ -217,7 +217,7 @@ async function main(): Promise<void> {
   const quick = process.argv.includes('quick');
   const ctx = await createNodeGpuContext();
   const support = int8MatmulSupport(ctx.features);
-  console.log(`adapter: ${ctx.summary().adapter.description || ctx.summary().adapter.device}; int8 path: ${support.why}`);
+  console.log(`adapter: ${ctx.summary().adapter.description || ctx.summary().adapter.device}; int8 path: ${support.why}; workgroup storage ${ctx.limits.maxComputeWorkgroupStorageSize} B, ${ctx.limits.maxComputeInvocationsPerWorkgroup} invocations`);
   if (!support.ok) {
     console.log('nothing to measure here');
     return;

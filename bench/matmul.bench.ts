@@ -38,6 +38,8 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     await run(`${name} dX = dY·W`, M, K, N, false, false);
   }
   await run('dW 2048×2048 = dYᵀ·X (tokens 2048)', 2048, 2048, TOKENS, true, false);
+  // The loss's d(hidden) = dlogits·W_lm per chunk of ~1087 tokens: a 92544-long reduction onto few output tiles.
+  for (const M of [1087, 961]) for (const tile of ['wide', 'narrow'] as const) await run(`lm_head dX ${M} tokens (loss chunk) ${tile}`, M, 2048, 92544, false, false, false, { tile });
   // The LoRA epilogue Y += s·U·Bᵀ of the int8 forward (rank 64): C's read-modify-write is the cost.
   await run('LoRA epilogue tokens×64 → 8192 (Y +=)', TOKENS, 8192, 64, false, true, true);
   await run('LoRA epilogue tokens×64 → 2048 (Y +=)', TOKENS, 2048, 64, false, true, true);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
+  ceChunkTokens,
   countSupervised,
   IGNORE_INDEX,
   prepareCrossEntropy,
@@ -342,3 +343,21 @@ function lossF64(h: Float64Array, W: Float32Array, labels: Int32Array, N: number
     }
   return referenceFromLogits(logits, labels, N, T, V).loss;
 }
+
+describe('loss chunk size (ceChunkTokens)', () => {
+  it('splits the tokens evenly into the fewest chunks the workspace holds, in whole 128-row tiles where it fits', () => {
+    const vocab = 92544; // InternLM2: the default 384 MiB workspace holds 1087 tokens of logits
+    expect(ceChunkTokens(vocab, 2048)).toBe(1024); // not 1087 + 961
+    expect(ceChunkTokens(vocab, 4096)).toBe(1024);
+    expect(ceChunkTokens(vocab, 3000)).toBe(1024); // 3 chunks: 1000 → 1024 still fits
+    expect(ceChunkTokens(vocab, 512)).toBe(512);
+    expect(ceChunkTokens(vocab, 1087)).toBe(1087);
+    expect(ceChunkTokens(vocab, 1088)).toBe(640); // 2 chunks: 544 → 640
+    // A budget of 300 tokens over 1000: 4 chunks of 250 → 256; over 590: 2 of 295 (384 does not fit).
+    expect(ceChunkTokens(1000, 1000, { workspaceBytes: 300 * 4000 })).toBe(256);
+    expect(ceChunkTokens(1000, 590, { workspaceBytes: 300 * 4000 })).toBe(295);
+    // An explicit chunk is kept as given.
+    expect(ceChunkTokens(vocab, 2048, { chunkTokens: 1087 })).toBe(1087);
+    expect(ceChunkTokens(vocab, 100, { chunkTokens: 256 })).toBe(100);
+  });
+});
