@@ -48,3 +48,12 @@ export function formatTable(rows: readonly BenchRow[]): string {
   }
   return lines.join('\n');
 }
+
+/**
+ * `INT8_RECOMPUTE_RESIDUAL=0|1`: whether the int8 path's recomputed forwards carry the residual level
+ * (TransformerOptions.int8RecomputeResidual), for the step and gate benches; unset: the engine's default.
+ */
+export function recomputeKnob(): { int8RecomputeResidual?: boolean } {
+  const v = process.env.INT8_RECOMPUTE_RESIDUAL;
+  return v === undefined || v === '' ? {} : { int8RecomputeResidual: v !== '0' };
+}

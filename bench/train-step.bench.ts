@@ -17,7 +17,7 @@ import { Transformer } from '../src/engine/model/transformer.ts';
 import { initLoraParams } from '../src/engine/train/trainer.ts';
 import { int8MatmulSupport, type MatmulPrecision } from '../src/engine/kernels/quant4-mma.ts';
 import { ceChunkTokens } from '../src/engine/kernels/cross_entropy.ts';
-import type { BenchRow } from './harness.ts';
+import { recomputeKnob, type BenchRow } from './harness.ts';
 
 export const INTERNLM2_1_8B = {
   architectures: ['InternLM2ForCausalLM'],
@@ -96,7 +96,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
   const breakdownOf = process.env.STEP_BREAKDOWN ?? `${chosen[chosen.length - 1]![0]}x${chosen[chosen.length - 1]![1]}`;
   const runs = precisions.flatMap((precision) => chosen.map(([seq, batch]) => [precision, seq, batch] as const));
   for (const [precision, seq, batch] of runs) {
-    const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: precision });
+    const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: precision, ...recomputeKnob() });
     ctx.pool.trim();
     ctx.pool.resetPeak();
     // The cross-entropy chunk the app's trainer gets (its default workspace), unless STEP_CE_CHUNK sets one.
