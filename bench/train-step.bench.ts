@@ -96,6 +96,8 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
   const breakdownOf = process.env.STEP_BREAKDOWN ?? `${chosen[chosen.length - 1]![0]}x${chosen[chosen.length - 1]![1]}`;
   const runs = precisions.flatMap((precision) => chosen.map(([seq, batch]) => [precision, seq, batch] as const));
   for (const [precision, seq, batch] of runs) {
+    // Every run from the same adapter (the timed steps update it), so the losses printed compare across runs.
+    ctx.write(state.params, initLoraParams(layout, 1));
     const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: precision, ...recomputeKnob() });
     ctx.pool.trim();
     ctx.pool.resetPeak();
