@@ -9,7 +9,7 @@ import { importAdapterZip } from '../../src/engine/share/adapter-zip.ts';
 import { modelSpecFromConfig, parseModelConfig } from '../../src/engine/model/config.ts';
 import { CURATED_MODELS } from '../../src/engine/model/curated.ts';
 import { planMemory } from '../../src/engine/model/memory-plan.ts';
-import { DEFAULT_CE_WORKSPACE_BYTES } from '../../src/engine/kernels/cross_entropy.ts';
+import { ceChunkTokens } from '../../src/engine/kernels/cross_entropy.ts';
 import { DEMO_CONFIG } from '../../src/engine/demo/demo-model.ts';
 import type { TrainProgress } from '../../src/engine/train/trainer.ts';
 import { gpu } from '../helpers/gpu.ts';
@@ -62,8 +62,8 @@ it('plans each curated model card before anything is downloaded, ignoring anothe
   }
   // The planner's own numbers for InternLM2 (the engine adds only the chunk size its limits allow).
   const spec = modelSpecFromConfig(CURATED_MODELS[0]!.config);
-  const ceChunkTokens = Math.min(2048, Math.floor(Math.min(DEFAULT_CE_WORKSPACE_BYTES, ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize) / (spec.vocabSize * 4)));
-  const direct = planMemory(spec, { seqLen: 2048, microBatch: 1, loraRank: 64, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens, int8Matmuls: false }, { budgetBytes: 8 * 2 ** 30 });
+  const chunk = ceChunkTokens(spec.vocabSize, 2048, { limits: ctx.limits });
+  const direct = planMemory(spec, { seqLen: 2048, microBatch: 1, loraRank: 64, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens: chunk, int8Matmuls: false }, { budgetBytes: 8 * 2 ** 30 });
   expect(plans[0]).toMatchObject({ totalBytes: direct.totalBytes, fits: direct.fits });
   // An f32 base of 1.8B parameters (7 GB of weights) does not fit 8 GiB for training.
   const f32 = await engine.planCuratedTraining(qlora, 2048, false, 8 * 2 ** 30);
