@@ -61,11 +61,6 @@ export interface Int8Scratch {
   maxWeight: number;
 }
 
-/** Bytes of allocInt8Scratch's buffers (the memory plan counts them). */
-export function int8ScratchBytes(rows: number, maxCols: number, maxWeight: number): number {
-  return 2 * rows * int8RowBytes(maxCols) + rows * 4 + maxCols * 4 + maxWeight;
-}
-
 export function allocInt8Scratch(ctx: GpuContext, rows: number, maxCols: number, maxWeight: number): Int8Scratch {
   const rowBytes = int8RowBytes(maxCols);
   return {

@@ -243,7 +243,7 @@ function ceTerms(spec: ModelSpec, c: TrainingMemoryConfig): MemoryTerm[] {
 }
 
 /**
- * quant4-mma.ts's allocInt8Scratch (int8ScratchBytes): two int8 levels per row (64-byte padded), a scale per
+ * quant4-mma.ts's allocInt8Scratch: two int8 levels per row (64-byte padded), a scale per
  * row, a bound per column, and the largest projection on its int8 grid (one byte a weight).
  */
 function int8ScratchTerm(tokens: number, widest: number, largest: number): MemoryTerm {
