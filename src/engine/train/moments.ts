@@ -10,8 +10,6 @@ export interface MomentStore {
   readonly length: number;
   read(offset: number, length: number, m: Float32Array, v: Float32Array): void;
   write(offset: number, m: Float32Array, v: Float32Array): void;
-  /** The stored values themselves, where the store holds them in memory (uploads then skip a copy). */
-  views?(offset: number, length: number): { m: Float32Array; v: Float32Array };
   close(): void;
 }
 
@@ -28,9 +26,6 @@ export function memoryMomentStore(length: number): MomentStore {
     write(offset, m, v) {
       M.set(m, offset);
       V.set(v, offset);
-    },
-    views(offset, n) {
-      return { m: M.subarray(offset, offset + n), v: V.subarray(offset, offset + n) };
     },
     close() {},
   };

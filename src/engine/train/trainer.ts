@@ -104,6 +104,9 @@ interface OffloadChunk {
   /** Its own readback buffers (mappable host memory, not GPU memory): every chunk is mapped at once. */
   readM: GPUBuffer;
   readV: GPUBuffer;
+  /** Its own upload buffers (mappable host memory too), filled from the store while micro-batches run. */
+  upM: GPUBuffer;
+  upV: GPUBuffer;
 }
 
 /** A chunk's GPU home while it is updated. */
@@ -216,13 +219,13 @@ export class Trainer {
   private offload: {
     chunks: OffloadChunk[];
     slots: OffloadSlot[];
-    /** Host staging for stores that cannot lend their memory (a file): one chunk of m and v. */
-    host: { m: Float32Array; v: Float32Array } | null;
+    /** Whether the upload buffers hold the store's moments (false until filled, and after each step uses them). */
+    filled: boolean;
   } | null = null;
   /**
-   * The last offloaded optimizer step's readbacks into the store: prepared by the step, started once the
-   * next step's micro-batches are submitted (so its copies overlap that GPU work), awaited before the next
-   * optimizer step or any read of the moments.
+   * The last offloaded optimizer step's readbacks into the store, then the store into the upload buffers:
+   * prepared by the step, started once the next step's micro-batches are submitted (so its host copies
+   * overlap that GPU work), awaited before the next optimizer step or any read of the moments.
    */
   private drain: Promise<void> | null = null;
   private drainLater: (() => Promise<void>) | null = null;
@@ -312,15 +315,44 @@ export class Trainer {
     spans.push({ offset: start, length: this.layout.optimizer.total - start });
     const most = Math.max(...spans.map((s) => s.length));
     const read = (label: string, elems: number) => ctx.device.createBuffer({ label, size: elems * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const upload = (label: string, elems: number) => ctx.device.createBuffer({ label, size: elems * 4, usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC });
     const staging: OffloadSlot[] = [0, 1].map((i) => ({ m: ctx.tensor(`adamw m chunk ${i}`, [most]), v: ctx.tensor(`adamw v chunk ${i}`, [most]) }));
     const chunks: OffloadChunk[] = [];
     for (const [i, span] of spans.entries()) {
       const slot = staging[i % 2]!;
       const update = await this.optimizer!.prepareUpdate({ ...span, moments: { m: slot.m, v: slot.v, stateOffset: 0 }, zeroGrad: true });
-      chunks.push({ ...span, slot, update, readM: read(`adamw m readback ${span.offset}`, span.length), readV: read(`adamw v readback ${span.offset}`, span.length) });
+      chunks.push({
+        ...span,
+        slot,
+        update,
+        readM: read(`adamw m readback ${span.offset}`, span.length),
+        readV: read(`adamw v readback ${span.offset}`, span.length),
+        upM: upload(`adamw m upload ${span.offset}`, span.length),
+        upV: upload(`adamw v upload ${span.offset}`, span.length),
+      });
     }
-    const host = this.moments!.views ? null : { m: new Float32Array(most), v: new Float32Array(most) };
-    this.offload = { chunks, slots: staging, host };
+    this.offload = { chunks, slots: staging, filled: false };
+  }
+
+  /**
+   * The store's moments into every chunk's upload buffers (mapped for writing, filled, unmapped). Why not
+   * queue.writeBuffer at the optimizer step: its host copy (0.5 GB for 62.9M parameters) then ran while the
+   * GPU waited, and the round trip cost as much at accumulation 16 as at 1 (+461 ms on a 2.4 s step).
+   */
+  private async fillUploads(): Promise<void> {
+    const { chunks } = this.offload!;
+    const maps = await Promise.allSettled(chunks.flatMap((c) => [c.upM, c.upV].filter((b) => b.mapState === 'unmapped').map((b) => b.mapAsync(GPUMapMode.WRITE))));
+    try {
+      const failed = maps.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
+      for (const c of chunks) this.moments!.read(c.offset, c.length, new Float32Array(c.upM.getMappedRange()), new Float32Array(c.upV.getMappedRange()));
+      this.offload!.filled = true;
+    } finally {
+      for (const c of chunks) {
+        if (c.upM.mapState === 'mapped') c.upM.unmap();
+        if (c.upV.mapState === 'mapped') c.upV.unmap();
+      }
+    }
   }
 
   /**
@@ -335,26 +367,25 @@ export class Trainer {
       return;
     }
     await ctx.run(this.optimizer!.normDispatches, `grad norm ${this.step}`);
-    const { chunks, host } = this.offload;
-    await this.settleMoments(); // the previous step's moments are in the store and its readbacks unmapped
+    const offload = this.offload;
+    const { chunks } = offload;
+    await this.settleMoments(); // the previous step's moments are in the store and the upload buffers
+    if (!offload.filled) await this.fillUploads(); // the first step, or moments restored from a checkpoint
     // Every chunk goes up, is updated and copied to its own readback without waiting (queue order keeps a
-    // slot's next upload behind its previous update). The readbacks then drain into the store while the
-    // next step's micro-batches run: that step needs the moments only at its own optimizer step.
+    // slot's next upload behind its previous update). The readbacks then drain into the store, and the store
+    // into the upload buffers, while the next step's micro-batches run: that step needs the moments only at
+    // its own optimizer step.
+    const enc = ctx.device.createCommandEncoder({ label: `optimizer step ${this.step}, ${chunks.length} chunks` });
     for (const c of chunks) {
       const { slot } = c;
-      let up = this.moments!.views?.(c.offset, c.length);
-      if (!up) {
-        up = { m: host!.m.subarray(0, c.length), v: host!.v.subarray(0, c.length) };
-        this.moments!.read(c.offset, c.length, up.m, up.v);
-      }
-      ctx.write(slot.m, up.m);
-      ctx.write(slot.v, up.v);
-      const enc = ctx.device.createCommandEncoder({ label: `optimizer chunk [${c.offset}, ${c.offset + c.length})` });
+      enc.copyBufferToBuffer(c.upM, 0, slot.m.buffer, 0, c.length * 4);
+      enc.copyBufferToBuffer(c.upV, 0, slot.v.buffer, 0, c.length * 4);
       ctx.encode(enc, [c.update]);
       enc.copyBufferToBuffer(slot.m.buffer, 0, c.readM, 0, c.length * 4);
       enc.copyBufferToBuffer(slot.v.buffer, 0, c.readV, 0, c.length * 4);
-      ctx.device.queue.submit([enc.finish()]);
     }
+    ctx.device.queue.submit([enc.finish()]);
+    offload.filled = false;
     this.drainLater = async () => {
       const maps = await Promise.allSettled(chunks.flatMap((c) => [c.readM.mapAsync(GPUMapMode.READ), c.readV.mapAsync(GPUMapMode.READ)]));
       try {
@@ -367,6 +398,7 @@ export class Trainer {
           if (c.readV.mapState === 'mapped') c.readV.unmap();
         }
       }
+      await this.fillUploads();
     };
   }
 
@@ -599,7 +631,10 @@ export class Trainer {
     if (this.state.m && this.state.v) {
       this.ctx.write(this.state.m, m);
       this.ctx.write(this.state.v, v);
-    } else this.moments!.write(0, m, v);
+    } else {
+      this.moments!.write(0, m, v);
+      if (this.offload) this.offload.filled = false; // the upload buffers hold the moments replaced here
+    }
   }
 
   release(): void {
@@ -617,10 +652,7 @@ export class Trainer {
         this.ctx.release(slot.m);
         this.ctx.release(slot.v);
       }
-      for (const c of this.offload.chunks) {
-        c.readM.destroy();
-        c.readV.destroy();
-      }
+      for (const c of this.offload.chunks) for (const b of [c.readM, c.readV, c.upM, c.upV]) b.destroy();
     }
     this.moments?.close();
     releaseOptimizerState(this.ctx, this.state);
