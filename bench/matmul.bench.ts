@@ -30,6 +30,15 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       ctx.pool.trim();
     }
   };
+  if (process.env.MATMUL_SWEEP) {
+    // `MATMUL_SWEEP=1`: the tuning knobs of dY·W (A·B, the input gradient of a linear layer) at the 1.8B shapes.
+    for (const [name, M, N, K] of [['dY·W tokens×8192 → 2048', TOKENS, 2048, 8192], ['dY·W tokens×2048 → 8192', TOKENS, 8192, 2048], ['dY·W tokens×4096 → 2048', TOKENS, 2048, 4096]] as const)
+      for (const tileK of [8, 16, 32] as const)
+        for (const prefetch of [true, false])
+          for (const kcontig of prefetch ? [false, true] : [false])
+            await run(`${name} tileK ${tileK}${prefetch ? ' prefetch' : ''}${kcontig ? ' kcontig' : ''}`, M, N, K, false, false, false, { tileK, prefetch, kcontig });
+    return rows;
+  }
   const squares = quick ? [256] : [1024, 2048, 4096];
   for (const n of squares) await run(`${n}³`, n, n, n, false, false);
   if (quick) return rows;
