@@ -106,7 +106,11 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     const plan = await model.plan({ batch, seq }, 'train', { ceChunkTokens: ce });
     const T = batch * seq;
     const ids = Int32Array.from({ length: T }, (_, i) => (i * 7919) % spec.vocabSize);
-    plan.setBatch({ inputIds: ids, labels: ids, positionIds: Int32Array.from({ length: T }, (_, i) => i % seq), documentIds: new Int32Array(T) });
+    // STEP_DOC_TOKENS=N: rows packed with documents of N tokens (positions restart in each), as the app packs
+    // short samples; unset: one document per row.
+    const docTokens = Number(process.env.STEP_DOC_TOKENS) || seq;
+    const pos = (i: number) => (i % seq) % docTokens;
+    plan.setBatch({ inputIds: ids, labels: ids, positionIds: Int32Array.from({ length: T }, (_, i) => pos(i)), documentIds: Int32Array.from({ length: T }, (_, i) => Math.floor((i % seq) / docTokens)) });
     const step = async () => {
       const enc = ctx.device.createCommandEncoder();
       plan.encode(enc);
@@ -130,7 +134,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     rows.push({
       name: `QLoRA step seq ${seq} batch ${batch}${precision === 'int8' ? ' int8 matmuls' : ''}`,
       ms,
-      note: `${((T / ms) * 1000).toFixed(0)} tok/s; loss chunks of ${ce} tokens; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%); ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
+      note: `${((T / ms) * 1000).toFixed(0)} tok/s;${docTokens < seq ? ` documents of ${docTokens} tokens;` : ''} loss chunks of ${ce} tokens; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%); ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
     });
     console.log(rows[rows.length - 1]!.name, rows[rows.length - 1]!.note);
     if (`${seq}x${batch}` === breakdownOf) console.log(`\n### where the time goes: seq ${seq} batch ${batch}\n${await stepBreakdown(ctx, [...plan.dispatches, ...update], ms)}\n`);

@@ -8,6 +8,13 @@
 //                                                        -(d+2): padding whose query sees document d
 //                                                        while no query sees it as a key (transformers'
 //                                                        right padding under an attention_mask)
+//   doc_span (DOCS)  [tokens] vec2<u32>                  x: the first key position (in the row) the token
+//                                                        sees as a query (seq: none); y: one past the last
+//                                                        query position that sees it as a key (0: none).
+//                                                        attention.ts's documentSpans computes them. The
+//                                                        tiles start (forward, dq) or stop (dkv) there:
+//                                                        packed rows of short documents skip the key
+//                                                        (query) blocks no token of the tile can see.
 //   k/v cache        [max_tokens, n_kv_heads, HEAD_DIM]  decode only; keys 0..kv_len-1 are valid
 //
 // Mask: query position i may see key position j of the same batch row iff j <= i (causal) and, with DOCS,
@@ -62,6 +69,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
 #if DOCS
 @group(0) @binding(4) var<storage, read> doc: array<i32>;
+@group(0) @binding(13) var<storage, read> doc_span: array<vec2<u32>>;
 #endif
 @group(0) @binding(5) var<storage, read_write> o: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
@@ -94,7 +102,40 @@ var<workgroup> trow: array<vec2<f32>, BLOCK_Q>; // dkv: (lse, delta) of the quer
 #if DOCS
 var<workgroup> qdoc: array<i32, BLOCK_Q>;
 var<workgroup> kdoc: array<i32, BLOCK_K>;
+var<workgroup> span_bound: u32;
 #endif
+
+// The first key block the query tile [q0, q0 + BLOCK_Q) of a row can see (forward, dq): workgroup-uniform.
+fn first_key_block(q0: u32, row_base: u32, tid: u32) -> u32 {
+#if DOCS
+  if (tid == 0u) {
+    var lo = params.seq;
+    for (var i = 0u; i < BLOCK_Q; i++) {
+      if (q0 + i < params.seq) { lo = min(lo, doc_span[row_base + q0 + i].x); }
+    }
+    span_bound = lo;
+  }
+  return (workgroupUniformLoad(&span_bound) / BLOCK_K) * BLOCK_K;
+#else
+  return 0u;
+#endif
+}
+
+// One past the last query position that sees a key of the tile [k0, k0 + BLOCK_K) (dkv): workgroup-uniform.
+fn query_stop(k0: u32, row_base: u32, tid: u32) -> u32 {
+#if DOCS
+  if (tid == 0u) {
+    var hi = 0u;
+    for (var j = 0u; j < BLOCK_K; j++) {
+      if (k0 + j < params.seq) { hi = max(hi, doc_span[row_base + k0 + j].y); }
+    }
+    span_bound = hi;
+  }
+  return min(params.seq, workgroupUniformLoad(&span_bound));
+#else
+  return params.seq;
+#endif
+}
 
 fn row4() -> u32 { return HEAD_DIM / 4u; }
 fn group_size() -> u32 { return params.n_q_heads / params.n_kv_heads; }
@@ -223,7 +264,7 @@ fn attention_forward(
   var acc3: array<vec4<f32>, RB_MAXC>;
   let k_end = min(q0 + BLOCK_Q, seq);
 
-  for (var k0 = 0u; k0 < k_end; k0 += BLOCK_K) {
+  for (var k0 = first_key_block(q0, row_base, tid); k0 < k_end; k0 += BLOCK_K) {
     var s0 = vec4<f32>(0.0);
     var s1 = vec4<f32>(0.0);
     var s2 = vec4<f32>(0.0);
@@ -377,6 +418,7 @@ struct SwQuery {
   qi: u32,
   qd: i32,
   qb: u32,
+  first: u32,  // the first key position it can see
 }
 
 fn sw_query(idx: u32) -> SwQuery {
@@ -388,6 +430,11 @@ fn sw_query(idx: u32) -> SwQuery {
   q.qi = q.t - q.row_base;
   q.qd = query_doc(load_doc(q.row_base, q.qi));
   q.qb = q_index(q.t, q.h);
+#if DOCS
+  q.first = doc_span[q.t].x;
+#else
+  q.first = 0u;
+#endif
   return q;
 }
 
@@ -409,7 +456,7 @@ fn attention_forward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builti
   var acc: array<vec4<f32>, SW_MAX_R>;
   var m = NEG;
   var l = 0.0;
-  for (var j = 0u; j <= q.qi; j++) {
+  for (var j = q.first; j <= q.qi; j++) {
     if (!sw_sees(q, j)) { continue; }
     let kb = kv_index(q.row_base + j, q.hk);
     let s = sw_dot(qb, kb) * params.scale;
@@ -438,7 +485,7 @@ fn attention_backward_dq_rows(@builtin(global_invocation_id) gid: vec3<u32>, @bu
   let lse_i = lse[q.h * params.tokens + q.t];
   let delta_i = delta[q.h * params.tokens + q.t];
   var acc: array<vec4<f32>, SW_MAX_R>;
-  for (var j = 0u; j <= q.qi; j++) {
+  for (var j = q.first; j <= q.qi; j++) {
     if (!sw_sees(q, j)) { continue; }
     let kb = kv_index(q.row_base + j, q.hk);
     let p = exp(sw_dot(qb, kb) * params.scale - lse_i);
@@ -463,7 +510,12 @@ fn attention_backward_dkv_rows(@builtin(global_invocation_id) gid: vec3<u32>, @b
   var acc_k: array<vec4<f32>, SW_MAX_R>;
   var acc_v: array<vec4<f32>, SW_MAX_R>;
   for (var h = hk * g; h < hk * g + g; h++) {
-    for (var i = kj; i < params.seq; i++) {
+#if DOCS
+    let stop = min(params.seq, doc_span[t].y);
+#else
+    let stop = params.seq;
+#endif
+    for (var i = kj; i < stop; i++) {
 #if DOCS
       let qd = query_doc(load_doc(row_base, i));
       if (qd < 0 || qd != kd) { continue; }
@@ -566,7 +618,7 @@ fn attention_backward_dq(
   var acc3: array<vec4<f32>, RB_MAXC>;
   let k_end = min(q0 + BLOCK_Q, seq);
 
-  for (var k0 = 0u; k0 < k_end; k0 += BLOCK_K) {
+  for (var k0 = first_key_block(q0, row_base, tid); k0 < k_end; k0 += BLOCK_K) {
     var s0 = vec4<f32>(0.0);
     var s1 = vec4<f32>(0.0);
     var s2 = vec4<f32>(0.0);
@@ -731,6 +783,7 @@ fn attention_backward_dkv(
 #if DOCS
   for (var j = tid; j < BLOCK_K; j += threads) { kdoc[j] = load_doc(row_base, k0 + j); }
 #endif
+  let q_stop = query_stop(k0, row_base, tid);
 
   var ak0: array<vec4<f32>, RB_MAXC>;
   var ak1: array<vec4<f32>, RB_MAXC>;
@@ -743,7 +796,7 @@ fn attention_backward_dkv(
 
   for (var g = 0u; g < G; g++) {
     let h = hk * G + g;
-    for (var q0 = k0; q0 < seq; q0 += BLOCK_Q) {
+    for (var q0 = k0; q0 < q_stop; q0 += BLOCK_Q) {
       var s0 = vec4<f32>(0.0);
       var s1 = vec4<f32>(0.0);
       var s2 = vec4<f32>(0.0);

@@ -5,6 +5,7 @@ import {
   attentionBackward,
   attentionForward,
   documentIdsFromAttentionMask,
+  documentSpans,
   documentIdsFromLengths,
   LSE_MASKED,
   prepareAttentionDecode,
@@ -148,8 +149,10 @@ async function runGpu(ctx: GpuContext, s: Shape, x: ReturnType<typeof inputs>, d
   const o = poisoned(ctx, 'o', [tokens, s.nQ, s.d]);
   const lse = poisoned(ctx, 'lse', [s.nQ, tokens]);
   const docIds = docs ? ctx.upload('docIds', [tokens], docs) : undefined;
-  const made: Tensor[] = [q, k, v, o, lse, ...(docIds ? [docIds] : [])];
-  await attentionForward(ctx, { q, k, v, o, lse, ...(docIds ? { docIds } : {}) }, shape, opts);
+  const docSpans = docs ? ctx.upload('docSpans', [tokens, 2], documentSpans(docs, s.seq)) : undefined;
+  const docT = docIds && docSpans ? { docIds, docSpans } : {};
+  const made: Tensor[] = [q, k, v, o, lse, ...(docIds && docSpans ? [docIds, docSpans] : [])];
+  await attentionForward(ctx, { q, k, v, o, lse, ...docT }, shape, opts);
   const empty: Float32Array = new Float32Array(0);
   const out = { o: await ctx.read(o), lse: await ctx.read(lse), dq: empty, dk: empty, dv: empty };
   if (backward) {
@@ -159,7 +162,7 @@ async function runGpu(ctx: GpuContext, s: Shape, x: ReturnType<typeof inputs>, d
     const dk = poisoned(ctx, 'dk', [tokens, s.nKv, s.d]);
     const dv = poisoned(ctx, 'dv', [tokens, s.nKv, s.d]);
     made.push(dout, delta, dq, dk, dv);
-    await attentionBackward(ctx, { q, k, v, o, lse, dout, delta, dq, dk, dv, ...(docIds ? { docIds } : {}) }, shape, opts);
+    await attentionBackward(ctx, { q, k, v, o, lse, dout, delta, dq, dk, dv, ...docT }, shape, opts);
     out.dq = await ctx.read(dq);
     out.dk = await ctx.read(dk);
     out.dv = await ctx.read(dv);
@@ -227,6 +230,23 @@ describe('attention (tiled flash, f32)', () => {
     const s = { batch: 1, seq: 61, nQ: 4, nKv: 2, d: 64 };
     await check(await gpu(), s, packedDocs(61, [20, 26, 11]), 'packed', { software: false });
     await check(await gpu(), s, packedDocs(61, [20, 26, 11]), 'packed rows', { software: true });
+  });
+
+  it('document spans: where each query starts seeing keys and each key stops being seen', () => {
+    // Row 0: documents 0 (3 tokens), 1 (2), a -1 padding token; row 1: document 0 (2), then right padding
+    // whose queries see document 0 (-(0+2) = -2) and which no query sees.
+    const spans = documentSpans(Int32Array.from([0, 0, 0, 1, 1, -1, 0, 0, -2, -2, -2, -2]), 6);
+    const pairs = Array.from({ length: 12 }, (_, i) => [spans[2 * i], spans[2 * i + 1]]);
+    expect(pairs).toEqual([[0, 3], [0, 3], [0, 3], [3, 5], [3, 5], [6, 0], [0, 6], [0, 6], [0, 0], [0, 0], [0, 0], [0, 0]]);
+    expect(() => documentSpans(new Int32Array(5), 2)).toThrow(/whole rows/);
+  });
+
+  it('many short packed documents in long ragged rows (the kernels skip blocks no token of a tile sees)', async () => {
+    const s = { batch: 2, seq: 150, nQ: 4, nKv: 2, d: 64 };
+    const docs = new Int32Array(300);
+    docs.set(packedDocs(150, [7, 31, 5, 19, 3, 40, 11, 22]), 0); // 12 padding tokens at the end
+    docs.set(packedDocs(150, [90, 2, 58]), 150);
+    for (const software of [false, true]) await check(await gpu(), s, docs, `short documents${software ? ' rows' : ''}`, { software });
   });
 
   it('batch 2 with different padding (attention_mask), padded rows give zeros and zero grads', async () => {

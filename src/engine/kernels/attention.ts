@@ -54,6 +54,40 @@ export interface AttentionForwardTensors {
    * token sees nothing and gets o = 0). Same convention as TokenRow.documentIds. Omit for plain causal.
    */
   docIds?: Tensor;
+  /**
+   * With docIds: u32 [tokens, 2], documentSpans(docIds) — where each token's visible keys start and its
+   * watching queries stop, so the kernels skip the blocks no token of a tile can see (packed rows of short
+   * documents do a fraction of the causal work).
+   */
+  docSpans?: Tensor;
+}
+
+/**
+ * Per token of rows of `seq` tokens (positions within the row): [x, y] = the first key position its query
+ * sees (the first token of its query document; seq when it sees nothing) and one past the last query
+ * position that sees it as a key (0 when none does). Document ids as in AttentionForwardTensors.docIds.
+ */
+export function documentSpans(docIds: Int32Array, seq: number): Uint32Array {
+  if (seq < 1 || docIds.length % seq !== 0) throw new Error(`documentSpans: ${docIds.length} ids are not whole rows of ${seq}`);
+  const out = new Uint32Array(docIds.length * 2);
+  const queryDoc = (d: number) => (d < -1 ? -(d + 2) : d);
+  for (let row = 0; row < docIds.length; row += seq) {
+    const firstKey = new Map<number, number>();
+    const lastQuery = new Map<number, number>();
+    for (let p = 0; p < seq; p++) {
+      const d = docIds[row + p]!;
+      if (d >= 0 && !firstKey.has(d)) firstKey.set(d, p);
+      const qd = queryDoc(d);
+      if (qd >= 0) lastQuery.set(qd, p);
+    }
+    for (let p = 0; p < seq; p++) {
+      const d = docIds[row + p]!;
+      const qd = queryDoc(d);
+      out[2 * (row + p)] = qd >= 0 ? (firstKey.get(qd) ?? seq) : seq;
+      out[2 * (row + p) + 1] = d >= 0 ? (lastQuery.get(d) ?? -1) + 1 : 0;
+    }
+  }
+  return out;
 }
 
 export interface AttentionBackwardTensors extends AttentionForwardTensors {
@@ -95,7 +129,7 @@ export function attentionForwardBytes(headDim: number, t: AttentionForwardTiles,
   if (kind === 'dq') sgTeam = true;
   const stage = chunks * (t.BLOCK_Q + t.BLOCK_K) * (t.DC / 4 + 1) * 16 + t.KC * headDim * 4;
   const p = t.BLOCK_K * (t.BLOCK_Q / 4 + 1) * 16;
-  return stage + p + (sgTeam ? 0 : (t.BLOCK_Q / 4) * (t.BLOCK_K / 4) * 16) + (docs ? (t.BLOCK_Q + t.BLOCK_K) * 4 : 0);
+  return stage + p + (sgTeam ? 0 : (t.BLOCK_Q / 4) * (t.BLOCK_K / 4) * 16) + (docs ? (t.BLOCK_Q + t.BLOCK_K + 1) * 4 : 0);
 }
 
 /**
@@ -136,7 +170,7 @@ export function chooseAttentionForwardTiles(ctx: GpuContext, headDim: number, do
 /** Workgroup bytes of dkv (mirrors its var<workgroup> arrays). */
 export function attentionDkvBytes(headDim: number, t: AttentionForwardTiles, docs: boolean): number {
   const stage = 2 * (t.BLOCK_Q + t.BLOCK_K) * (t.DC / 4 + 1) * 16 + 2 * t.KC * headDim * 4;
-  return stage + 2 * t.BLOCK_Q * (t.BLOCK_K / 4 + 1) * 16 + t.BLOCK_Q * 8 + (docs ? (t.BLOCK_Q + t.BLOCK_K) * 4 : 0);
+  return stage + 2 * t.BLOCK_Q * (t.BLOCK_K / 4 + 1) * 16 + t.BLOCK_Q * 8 + (docs ? (t.BLOCK_Q + t.BLOCK_K + 1) * 4 : 0);
 }
 
 /**
@@ -184,7 +218,19 @@ function checkShape(s: AttentionShape): void {
   if (s.headDim % 4 !== 0 || s.headDim > 256) throw new Error(`attention: headDim ${s.headDim} must be a multiple of 4 and at most 256`);
 }
 
-function checkTensor(what: string, t: Tensor, elems: number, dtype: 'f32' | 'i32' = 'f32'): void {
+/** The document bindings (ids and spans, both or neither). */
+function docEntries(t: AttentionForwardTensors, tokens: number): [number, GPUBuffer | Tensor][] {
+  if (!t.docIds && !t.docSpans) return [];
+  if (!t.docIds || !t.docSpans) throw new Error('attention: docIds and docSpans come together (documentSpans computes the spans)');
+  checkTensor('docIds', t.docIds, tokens, 'i32');
+  checkTensor('docSpans', t.docSpans, 2 * tokens, 'u32');
+  return [
+    [4, t.docIds],
+    [13, t.docSpans],
+  ];
+}
+
+function checkTensor(what: string, t: Tensor, elems: number, dtype: 'f32' | 'i32' | 'u32' = 'f32'): void {
   if (t.dtype !== dtype) throw new Error(`attention: ${what} '${t.label}' must be ${dtype}, is ${t.dtype}`);
   const have = t.byteSize / 4;
   if (have < elems) throw new Error(`attention: ${what} '${t.label}' ${shapeString(t.shape)} holds ${have} elements, needs ${elems}`);
@@ -248,13 +294,12 @@ export async function prepareAttentionForward(ctx: GpuContext, t: AttentionForwa
   checkTensor('v', t.v, tokens * s.nKvHeads * s.headDim);
   checkTensor('o', t.o, tokens * s.nQHeads * s.headDim);
   checkTensor('lse', t.lse, tokens * s.nQHeads);
-  if (t.docIds) checkTensor('docIds', t.docIds, tokens, 'i32');
-  const docs = !!t.docIds;
+  const doc = docEntries(t, tokens);
+  const docs = doc.length > 0;
   const label = `attention forward ${shapeLabel(s)}${docs ? ' docs' : ''}`;
   if (opts.software ?? ctx.features.software) {
     const pipeline = await ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_forward_rows', defines: { DOCS: docs }, constants: { HEAD_DIM: s.headDim } });
-    const entries: [number, GPUBuffer | Tensor][] = [[0, ctx.uniforms(`${label} params`, uniformFields(s))], [1, t.q], [2, t.k], [3, t.v], [5, t.o], [6, t.lse]];
-    if (t.docIds) entries.push([4, t.docIds]);
+    const entries: [number, GPUBuffer | Tensor][] = [[0, ctx.uniforms(`${label} params`, uniformFields(s))], [1, t.q], [2, t.k], [3, t.v], [5, t.o], [6, t.lse], ...doc];
     return { label: `${label} (rows)`, pipeline, bindGroup: bind(ctx, label, pipeline, entries), workgroups: rowsGrid(ctx, label, tokens * s.nQHeads) };
   }
   const { tiles, sgTeam } = chooseAttentionForwardTiles(ctx, s.headDim, docs, opts);
@@ -265,8 +310,7 @@ export async function prepareAttentionForward(ctx: GpuContext, t: AttentionForwa
     constants: { HEAD_DIM: s.headDim, ...tiles },
   });
   const uniforms = ctx.uniforms(`${label} params`, uniformFields(s));
-  const entries: [number, GPUBuffer | Tensor][] = [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [5, t.o], [6, t.lse]];
-  if (t.docIds) entries.push([4, t.docIds]);
+  const entries: [number, GPUBuffer | Tensor][] = [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [5, t.o], [6, t.lse], ...doc];
   return {
     label,
     pipeline,
@@ -294,11 +338,10 @@ export async function prepareAttentionBackward(ctx: GpuContext, t: AttentionBack
   checkTensor('dq', t.dq, qElems);
   checkTensor('dk', t.dk, kvElems);
   checkTensor('dv', t.dv, kvElems);
-  if (t.docIds) checkTensor('docIds', t.docIds, tokens, 'i32');
-  const docs = !!t.docIds;
+  const doc = docEntries(t, tokens);
+  const docs = doc.length > 0;
   const name = `${shapeLabel(s)}${docs ? ' docs' : ''}`;
   const uniforms = ctx.uniforms(`attention backward ${name} params`, uniformFields(s));
-  const doc: [number, GPUBuffer | Tensor][] = t.docIds ? [[4, t.docIds]] : [];
 
   const deltaPipeline = await ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_delta', constants: { HEAD_DIM: s.headDim } });
   const rowsWg = Math.ceil((tokens * s.nQHeads) / 64);

@@ -18,7 +18,7 @@
  *   scratch (reused by every layer and by the recompute) and one layer's gradient scratch.
  * - ce: the final norm output, per-token losses and the cross-entropy workspace (one chunk of logits,
  *   which the loss kernel overwrites with dlogits, plus the chunk copies of hidden / dhidden and stats).
- * - workspace: token ids, labels, positions, document ids, rope frequencies, fixed small buffers.
+ * - workspace: token ids, labels, positions, document ids and spans, rope frequencies, fixed small buffers.
  *
  * The engine's StepPlan allocates every buffer of a step once and keeps it (no allocation inside a step),
  * so by default the training peak is the sum of all sections. With `stepBuffersPersistent: false` the plan
@@ -265,7 +265,7 @@ function evaluationTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: read
   const one: TrainingMemoryConfig = { ...c, seqLen: T, microBatch: 1, ceChunkTokens: Math.min(c.ceChunkTokens, EVAL_CE_CHUNK_TOKENS) };
   const tag = (t: MemoryTerm): MemoryTerm => ({ ...t, name: `eval: ${t.name}` });
   return [
-    { name: 'eval: input ids, positions, document ids, labels', bytes: 4 * T * 4, note: `int32 [${T}] × 4 (one held-out row)` },
+    { name: 'eval: input ids, positions, document ids and spans, labels', bytes: 6 * T * 4, note: `int32 [${T}] × 6 (one held-out row)` },
     { name: 'eval: hidden states', bytes: 2 * T * spec.hidden * F32, note: `[${T}, hidden] × 2, used in turn (no backward: no saved layer inputs)` },
     ...layerForwardTerms(spec, one, targets).map(tag),
     ...ceTerms(spec, one).map(tag),
@@ -342,7 +342,7 @@ export function planMemory(
 
   // ---- workspace (persistent)
   const workspace = section([
-    { name: 'input ids, positions, document ids, labels', bytes: 4 * bt * 4, note: 'int32 [B·T] × 4' },
+    { name: 'input ids, positions, document ids and spans, labels', bytes: 6 * bt * 4, note: 'int32 [B·T] × 6' },
     { name: 'rope inverse frequencies', bytes: (spec.headDim / 2) * F32, note: '[headDim/2]' },
     { name: 'fixed', bytes: a.fixedWorkspaceBytes, note: 'uniforms, reduction partials, grad norm, kernel scratch' },
     ...(c.int8Matmuls && c.quantBits === 4 ? [int8ScratchTerm(bt, widest, largest)] : []),

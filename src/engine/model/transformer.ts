@@ -14,7 +14,7 @@
  */
 import type { GpuContext, KernelDispatch } from '../gpu/context.ts';
 import type { Tensor } from '../gpu/tensor.ts';
-import { prepareAttentionBackward, prepareAttentionForward } from '../kernels/attention.ts';
+import { documentSpans, prepareAttentionBackward, prepareAttentionForward } from '../kernels/attention.ts';
 import { countSupervised, prepareCrossEntropy, prepareLmHeadLogits, type PreparedCrossEntropy } from '../kernels/cross_entropy.ts';
 import { prepareAdd, prepareBiasAdd } from '../kernels/elementwise.ts';
 import { prepareEmbeddingForward } from '../kernels/embedding.ts';
@@ -130,6 +130,11 @@ class Allocator {
     this.owned.push(t);
     return t;
   }
+  u32(label: string, shape: number[]): Tensor {
+    const t = this.ctx.tensor(label, shape, 'u32');
+    this.owned.push(t);
+    return t;
+  }
   releaseAll(): void {
     for (const t of this.owned) this.ctx.release(t);
     this.owned.length = 0;
@@ -218,6 +223,8 @@ export class StepPlan {
   readonly ids: Tensor;
   readonly positions: Tensor;
   readonly docIds: Tensor;
+  /** documentSpans(docIds): where each token's visible keys start and its watching queries stop. */
+  readonly docSpans: Tensor;
   readonly labels: Tensor | null;
   /** hs[ℓ]: input of layer ℓ; hs[L]: the final hidden state (before the final norm). Forward-only plans alternate two buffers. */
   readonly hs: Tensor[] = [];
@@ -260,6 +267,7 @@ export class StepPlan {
     this.ids = this.alloc.i32('input_ids', [T]);
     this.positions = this.alloc.i32('position_ids', [T]);
     this.docIds = this.alloc.i32('document_ids', [T]);
+    this.docSpans = this.alloc.u32('document spans', [T, 2]);
     this.labels = mode === 'logits' ? null : this.alloc.i32('labels', [T]);
     // Training keeps every layer's input (the backward recomputes from them); a forward-only plan needs
     // two buffers used in turn (layer ℓ reads hs[ℓ] and writes hs[ℓ + 1]).
@@ -293,6 +301,7 @@ export class StepPlan {
     this.ctx.write(this.ids, b.inputIds);
     this.ctx.write(this.positions, b.positionIds);
     this.ctx.write(this.docIds, b.documentIds);
+    this.ctx.write(this.docSpans, documentSpans(b.documentIds, this.shape.seq));
     if (this.labels) {
       if (!b.labels || b.labels.length !== T) throw new Error(`batch labels: need ${T} entries`);
       this.ctx.write(this.labels, b.labels);
@@ -623,7 +632,7 @@ export class StepPlan {
     }
     out.push(...(await prepareRope(ctx, s.q, this.positions, this.invFreq, { tokens: T, heads: spec.nHeads, headDim: spec.headDim })));
     out.push(...(await prepareRope(ctx, s.k, this.positions, this.invFreq, { tokens: T, heads: spec.nKvHeads, headDim: spec.headDim })));
-    out.push(await prepareAttentionForward(ctx, { q: s.q, k: s.k, v: s.v, o: s.attn, lse: s.lse, docIds: this.docIds }, this.attentionShape()));
+    out.push(await prepareAttentionForward(ctx, { q: s.q, k: s.k, v: s.v, o: s.attn, lse: s.lse, docIds: this.docIds, docSpans: this.docSpans }, this.attentionShape()));
     out.push(...(await this.linearForward(l, 'o', s.attn, s.a)));
     // h2 = h + attention out and its norm in one pass (h is kept: the backward reads it).
     out.push(...(await prepareRmsNormForward(ctx, h, w.mlpNorm, s.n2, s.rstd2, { rows: T, dim: H, eps }, { residualDelta: s.a, residualOut: s.h2 })));
@@ -658,7 +667,7 @@ export class StepPlan {
     out.push(
       ...(await prepareAttentionBackward(
         ctx,
-        { q: s.q, k: s.k, v: s.v, o: s.attn, lse: s.lse, docIds: this.docIds, dout: b.dAttn, delta: b.delta, dq: b.dq, dk: b.dk, dv: b.dv },
+        { q: s.q, k: s.k, v: s.v, o: s.attn, lse: s.lse, docIds: this.docIds, docSpans: this.docSpans, dout: b.dAttn, delta: b.delta, dq: b.dq, dk: b.dk, dv: b.dv },
         this.attentionShape(),
       )),
     );
