@@ -59,7 +59,9 @@ export function outOfMemorySuggestions(plan: MemoryPlan | null, c: TrainingMemor
       ];
   // The pool's cap is the user's own budget (the Train form): the GPU itself may have room.
   if (budgetBytes !== null) out.push(`Or raise the GPU memory budget (now ${formatBytes(budgetBytes)}) in the Train section if this GPU has more free memory`);
-  else out.push('Close other tabs or programs that use the GPU, then try again');
+  // The device itself refused: whatever else holds the GPU is the first thing to look at (on the lent H100,
+  // filled by another program, a run holding 402 KiB was refused).
+  else out.unshift('Close other tabs or programs that use the GPU, then try again');
   return out;
 }
 
@@ -69,7 +71,9 @@ export function explainTrainingOutOfMemory(err: GpuOutOfMemoryError, plan: Memor
   const settings = `maximum length ${c.seqLen}, micro-batch ${c.microBatch}, LoRA rank ${c.loraRank}, ${c.quantBits === 4 ? '4-bit' : 'f32'} base, optimizer state on ${c.optimizerOffload === 'gpu' ? 'the GPU' : c.optimizerOffload === 'cpu' ? 'the CPU' : 'disk'}`;
   const lines = [
     `Training ran out of GPU memory ${err.message.replace(/^out of GPU memory /, '')}.`,
-    `Memory plan for these settings (${settings}), against about ${formatBytes(availableBytes(err))} available:`,
+    err.budgetBytes === null
+      ? `Memory plan for these settings (${settings}); the GPU refused more while this run held ${formatBytes(err.liveBytes)} (other tabs or programs may hold the rest):`
+      : `Memory plan for these settings (${settings}), against about ${formatBytes(availableBytes(err))} available:`,
     `  ${plan ? describePlan(plan) : 'not available'}`,
     'What to change:',
     ...suggestions.map((s) => `  • ${s}`),

@@ -5,6 +5,8 @@ import { describe, expect, it } from 'vitest';
 import { parameterCount, parseModelConfig, type ModelSpec } from '../../../src/engine/model/config.ts';
 import { DEFAULT_BUDGET_BYTES, planMemory, type MemoryPlan, type TrainingMemoryConfig } from '../../../src/engine/model/memory-plan.ts';
 import { expectedLoraTensors, loraModules } from '../../../src/engine/model/peft.ts';
+import { GpuOutOfMemoryError } from '../../../src/engine/gpu/errors.ts';
+import { explainTrainingOutOfMemory } from '../../../src/engine/train/out-of-memory.ts';
 import { fixturesDir } from '../../helpers/fixtures.ts';
 
 const CONFIGS = join(dirname(fileURLToPath(import.meta.url)), '../../../src/engine/model/curated');
@@ -197,5 +199,22 @@ describe('memory plan: budget and advice', () => {
     expect(term(b, 'weights', 'embedding')).toBe(term(a, 'weights', 'embedding') / 2);
     expect(term(b, 'weights', 'lm_head')).toBe(0); // tied
     expect(term(a, 'weights', 'projections (4-bit + scales)') - term(b, 'weights', 'projections (4-bit + scales)')).toBeGreaterThan(0);
+  });
+});
+
+describe('out of memory explained: the pool budget against the device refusing', () => {
+  const spec = target('internlm2-chat-1_8b');
+  const plan = planMemory(spec, qlora, { budgetBytes: 3 * 2 ** 30 });
+  it('a pool budget (the user\'s cap) is named, and raising it is the last advice', () => {
+    const e = explainTrainingOutOfMemory(new GpuOutOfMemoryError('step buffers', 2 ** 20, 3 * 2 ** 30 - 1, 3 * 2 ** 30), plan, qlora, 'Nothing was lost.');
+    expect(e.message).toMatch(/against about 3\.00 GiB available:/);
+    expect(e.suggestions[e.suggestions.length - 1]).toMatch(/^Or raise the GPU memory budget \(now 3\.00 GiB\)/);
+  });
+  it('a refusal by the device itself (other programs may hold the GPU): says what this run held, and points at the others first', () => {
+    const e = explainTrainingOutOfMemory(new GpuOutOfMemoryError('step buffers (vkAllocateMemory failed)', 0, 402 * 1024), plan, qlora, 'Nothing was lost.');
+    expect(e.message).toMatch(/; the GPU refused more while this run held 402\.0 KiB \(other tabs or programs may hold the rest\):/);
+    expect(e.message).not.toMatch(/available:/);
+    expect(e.suggestions[0]).toBe('Close other tabs or programs that use the GPU, then try again');
+    expect(e.message).toMatch(/What to change:\n {2}• Close other tabs/);
   });
 });
