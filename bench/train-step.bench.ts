@@ -3,6 +3,7 @@
  * seven projections, AdamW, activation checkpointing) at (seq 512, batch 1), (512, 4), (2048, 1):
  * tokens/s, the buffer pool's peak against the memory planner's prediction, and dispatches per step.
  */
+import { CURATED_MODELS } from '../src/engine/model/curated.ts';
 import type { GpuContext, KernelDispatch } from '../src/engine/gpu/context.ts';
 import { PassTimer } from '../src/engine/gpu/timer.ts';
 import { formatBytes } from '../src/engine/gpu/errors.ts';
@@ -74,7 +75,10 @@ async function stepBreakdown(ctx: GpuContext, dispatches: readonly KernelDispatc
 }
 
 export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]> {
-  const spec: ModelSpec = modelSpecFromConfig(quick ? TINY : INTERNLM2_1_8B, 'InternLM2-1.8B shape');
+  // STEP_MODEL=<curated Hub id> (e.g. Qwen/Qwen2.5-1.5B-Instruct): that model's shapes instead of InternLM2-1.8B's.
+  const curated = process.env.STEP_MODEL ? CURATED_MODELS.find((m) => m.id === process.env.STEP_MODEL) : undefined;
+  if (process.env.STEP_MODEL && !curated) throw new Error(`STEP_MODEL ${process.env.STEP_MODEL} is not a curated model: ${CURATED_MODELS.map((m) => m.id).join(', ')}`);
+  const spec: ModelSpec = quick ? modelSpecFromConfig(TINY, 'InternLM2 tiny') : curated ? modelSpecFromConfig(curated.config, `${curated.id} shape`) : modelSpecFromConfig(INTERNLM2_1_8B, 'InternLM2-1.8B shape');
   const settings: [number, number][] = quick ? [[32, 1]] : [[512, 1], [512, 4], [2048, 1]];
   const rows: BenchRow[] = [];
   ctx.pool.resetPeak();
@@ -132,7 +136,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     const predicted = planMemory(spec, { seqLen: seq, microBatch: batch, loraRank: rank, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens: ce, int8Matmuls: model.matmulPrecision === 'int8' }).totalBytes;
     const loss = (await ctx.read(plan.loss!))[0]!;
     rows.push({
-      name: `QLoRA step seq ${seq} batch ${batch}${precision === 'int8' ? ' int8 matmuls' : ''}`,
+      name: `QLoRA step${curated ? ` ${curated.id}` : ''} seq ${seq} batch ${batch}${precision === 'int8' ? ' int8 matmuls' : ''}`,
       ms,
       note: `${((T / ms) * 1000).toFixed(0)} tok/s;${docTokens < seq ? ` documents of ${docTokens} tokens;` : ''} loss chunks of ${ce} tokens; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%); ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
     });
