@@ -122,8 +122,9 @@ fn first_key_block(q0: u32, row_base: u32, tid: u32) -> u32 {
 }
 
 // One past the last query position that sees a key of the tile [k0, k0 + BLOCK_K) (dkv): workgroup-uniform.
+// KEY_SPANS: the spans are bound here too (a 10th storage buffer for dkv; adapters with fewer run to the end).
 fn query_stop(k0: u32, row_base: u32, tid: u32) -> u32 {
-#if DOCS
+#if DOCS && KEY_SPANS
   if (tid == 0u) {
     var hi = 0u;
     for (var j = 0u; j < BLOCK_K; j++) {
@@ -510,7 +511,7 @@ fn attention_backward_dkv_rows(@builtin(global_invocation_id) gid: vec3<u32>, @b
   var acc_k: array<vec4<f32>, SW_MAX_R>;
   var acc_v: array<vec4<f32>, SW_MAX_R>;
   for (var h = hk * g; h < hk * g + g; h++) {
-#if DOCS
+#if DOCS && KEY_SPANS
     let stop = min(params.seq, doc_span[t].y);
 #else
     let stop = params.seq;

@@ -39,7 +39,15 @@ export interface AttentionOptions {
   subgroups?: boolean;
   /** One invocation per query (key) row, no workgroup memory or barriers (default: on CPU adapters). */
   software?: boolean;
+  /**
+   * dk/dv read the document spans to stop early (default: where the adapter allows the 10 storage buffers
+   * per stage that takes; the spec's minimum is 8, and without them the kernels run to the end of the row).
+   */
+  keySpans?: boolean;
 }
+
+/** Storage buffers of the dk/dv kernels with the document spans bound: q, k, v, lse, dout, delta, dk, dv, doc, spans. */
+const DKV_SPAN_BUFFERS = 10;
 
 export interface AttentionForwardTensors {
   q: Tensor;
@@ -340,6 +348,8 @@ export async function prepareAttentionBackward(ctx: GpuContext, t: AttentionBack
   checkTensor('dv', t.dv, kvElems);
   const doc = docEntries(t, tokens);
   const docs = doc.length > 0;
+  const keySpans = docs && (opts.keySpans ?? ctx.limits.maxStorageBuffersPerShaderStage >= DKV_SPAN_BUFFERS);
+  const dkvDoc = keySpans ? doc : doc.filter(([binding]) => binding !== 13);
   const name = `${shapeLabel(s)}${docs ? ' docs' : ''}`;
   const uniforms = ctx.uniforms(`attention backward ${name} params`, uniformFields(s));
 
@@ -354,15 +364,15 @@ export async function prepareAttentionBackward(ctx: GpuContext, t: AttentionBack
   };
 
   if (opts.software ?? ctx.features.software) {
-    const rows = async (entryPoint: string, what: string, items: number, entries: [number, GPUBuffer | Tensor][]): Promise<KernelDispatch> => {
-      const pipeline = await ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint, defines: { DOCS: docs }, constants: { HEAD_DIM: s.headDim } });
+    const rows = async (entryPoint: string, what: string, items: number, entries: [number, GPUBuffer | Tensor][], dkv = false): Promise<KernelDispatch> => {
+      const pipeline = await ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint, defines: { DOCS: docs, KEY_SPANS: dkv && keySpans }, constants: { HEAD_DIM: s.headDim } });
       const label = `attention backward ${what} ${name} (rows)`;
-      return { label, pipeline, bindGroup: bind(ctx, label, pipeline, [...entries, ...doc]), workgroups: rowsGrid(ctx, label, items) };
+      return { label, pipeline, bindGroup: bind(ctx, label, pipeline, [...entries, ...(dkv ? dkvDoc : doc)]), workgroups: rowsGrid(ctx, label, items) };
     };
     return [
       deltaDispatch,
       await rows('attention_backward_dq_rows', 'dq', tokens * s.nQHeads, [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [6, t.lse], [7, t.dout], [8, t.delta], [9, t.dq]]),
-      await rows('attention_backward_dkv_rows', 'dkv', tokens * s.nKvHeads, [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [6, t.lse], [7, t.dout], [8, t.delta], [10, t.dk], [11, t.dv]]),
+      await rows('attention_backward_dkv_rows', 'dkv', tokens * s.nKvHeads, [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [6, t.lse], [7, t.dout], [8, t.delta], [10, t.dk], [11, t.dv]], true),
     ];
   }
 
@@ -378,11 +388,11 @@ export async function prepareAttentionBackward(ctx: GpuContext, t: AttentionBack
 
   const dkvLabel = `attention backward dkv ${name}`;
   const dkvT = chooseAttentionDkvTiles(ctx, s.headDim, docs, opts);
-  const dkvPipeline = await ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_backward_dkv', defines: { DOCS: docs }, constants: { HEAD_DIM: s.headDim, ...dkvT } });
+  const dkvPipeline = await ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_backward_dkv', defines: { DOCS: docs, KEY_SPANS: keySpans }, constants: { HEAD_DIM: s.headDim, ...dkvT } });
   const dkvDispatch: KernelDispatch = {
     label: dkvLabel,
     pipeline: dkvPipeline,
-    bindGroup: bind(ctx, dkvLabel, dkvPipeline, [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [6, t.lse], [7, t.dout], [8, t.delta], [10, t.dk], [11, t.dv], ...doc]),
+    bindGroup: bind(ctx, dkvLabel, dkvPipeline, [[0, uniforms], [1, t.q], [2, t.k], [3, t.v], [6, t.lse], [7, t.dout], [8, t.delta], [10, t.dk], [11, t.dv], ...dkvDoc]),
     workgroups: [workgroupCount(ctx, dkvLabel, Math.ceil(s.seq / dkvT.BLOCK_K)), s.nKvHeads, workgroupCount(ctx, dkvLabel, s.batch)],
   };
   return [deltaDispatch, dqDispatch, dkvDispatch];
