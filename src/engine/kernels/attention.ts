@@ -48,6 +48,9 @@ export interface AttentionOptions {
 
 /** Storage buffers of the dk/dv kernels with the document spans bound: q, k, v, lse, dout, delta, dk, dv, doc, spans. */
 const DKV_SPAN_BUFFERS = 10;
+/** attention.wgsl's bindings of the document ids and their spans. */
+const DOC_IDS_BINDING = 4;
+const DOC_SPANS_BINDING = 13;
 
 export interface AttentionForwardTensors {
   q: Tensor;
@@ -233,8 +236,8 @@ function docEntries(t: AttentionForwardTensors, tokens: number): [number, GPUBuf
   checkTensor('docIds', t.docIds, tokens, 'i32');
   checkTensor('docSpans', t.docSpans, 2 * tokens, 'u32');
   return [
-    [4, t.docIds],
-    [13, t.docSpans],
+    [DOC_IDS_BINDING, t.docIds],
+    [DOC_SPANS_BINDING, t.docSpans],
   ];
 }
 
@@ -349,7 +352,7 @@ export async function prepareAttentionBackward(ctx: GpuContext, t: AttentionBack
   const doc = docEntries(t, tokens);
   const docs = doc.length > 0;
   const keySpans = docs && (opts.keySpans ?? ctx.limits.maxStorageBuffersPerShaderStage >= DKV_SPAN_BUFFERS);
-  const dkvDoc = keySpans ? doc : doc.filter(([binding]) => binding !== 13);
+  const dkvDoc = keySpans ? doc : doc.filter(([binding]) => binding !== DOC_SPANS_BINDING);
   const name = `${shapeLabel(s)}${docs ? ' docs' : ''}`;
   const uniforms = ctx.uniforms(`attention backward ${name} params`, uniformFields(s));
 

@@ -295,7 +295,6 @@ function uniformFields(u: Q4Uniforms): UniformField[] {
   ];
 }
 
-
 /** Throws, naming kernel, operand, shape and both sizes, when `t` holds fewer than `bytes` bytes. */
 export function need(kernel: string, what: string, t: Tensor, bytes: number): void {
   if (t.byteSize < bytes) throw new Error(`${kernel}: ${what} '${t.label}' ${shapeString(t.shape)} has ${t.byteSize} bytes, needs ${bytes}`);

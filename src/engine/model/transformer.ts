@@ -121,17 +121,16 @@ class Allocator {
   readonly owned: Tensor[] = [];
   constructor(private readonly ctx: GpuContext) {}
   f32(label: string, shape: number[]): Tensor {
-    const t = this.ctx.tensor(label, shape);
-    this.owned.push(t);
-    return t;
+    return this.take(label, shape, 'f32');
   }
   i32(label: string, shape: number[]): Tensor {
-    const t = this.ctx.tensor(label, shape, 'i32');
-    this.owned.push(t);
-    return t;
+    return this.take(label, shape, 'i32');
   }
   u32(label: string, shape: number[]): Tensor {
-    const t = this.ctx.tensor(label, shape, 'u32');
+    return this.take(label, shape, 'u32');
+  }
+  private take(label: string, shape: number[], dtype: 'f32' | 'i32' | 'u32'): Tensor {
+    const t = this.ctx.tensor(label, shape, dtype);
     this.owned.push(t);
     return t;
   }
@@ -358,15 +357,9 @@ export class StepPlan {
     this.invFreq = uploadInvFreq(ctx, ropeInvFreq(spec, this.shape.seq));
     this.scratch = this.makeLayerScratch();
     if (this.model.matmulPrecision === 'int8') {
-      let widest = 0;
-      const q4: Q4Weight[] = [];
-      for (const layer of this.model.weights.layers)
-        for (const p of Object.values(layer.proj))
-          if (p.kind === 'q4') {
-            widest = Math.max(widest, p.in, p.out);
-            q4.push(p.w);
-          }
-      if (widest > 0) this.int8 = allocInt8Scratch(ctx, T, widest, largestQ4Block(q4));
+      const q4 = this.model.weights.layers.flatMap((layer) => Object.values(layer.proj).flatMap((p) => (p.kind === 'q4' ? [p.w] : [])));
+      // Activations as wide as the widest projection side; one projection at a time on its int8 grid.
+      if (q4.length) this.int8 = allocInt8Scratch(ctx, T, Math.max(...q4.flatMap((w) => [w.in, w.out])), largestQ4Block(q4));
     }
     const lora = this.model.lora;
     if (lora) {

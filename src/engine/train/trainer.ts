@@ -281,6 +281,11 @@ export class Trainer {
     return this.weights.spec;
   }
 
+  /** The id that pads short rows (the model's pad token, else its first end-of-sequence token). */
+  private get padId(): number {
+    return this.spec.padTokenId ?? this.spec.eosTokenIds[0] ?? 0;
+  }
+
   get stepsPerEpoch(): number {
     return Math.ceil(this.rows.length / (this.config.microBatch * this.config.gradAccum));
   }
@@ -439,7 +444,6 @@ export class Trainer {
     const warmupSteps = Math.round(c.warmupRatio * total);
     const zero = await prepareZeroGrad(ctx, this.state.grads, 0, this.layout.optimizer.total);
     const update = this.offload ? [] : await opt.stepDispatches({ zeroGrad: true });
-    const padId = this.spec.padTokenId ?? this.spec.eosTokenIds[0] ?? 0;
     const perStep = c.microBatch * c.gradAccum;
     const t0 = performance.now();
     const firstStep = this.step; // a resumed run's ETA counts only the steps timed here
@@ -456,7 +460,7 @@ export class Trainer {
       const microBatches = Math.min(c.gradAccum, Math.ceil((order.length - first) / c.microBatch));
       for (let a = 0; a < microBatches; a++) {
         const idx = order.slice(first + a * c.microBatch, first + (a + 1) * c.microBatch);
-        const batch = makeBatch(idx.map((i) => this.rows[i]!), c.microBatch, this.seq, padId);
+        const batch = makeBatch(idx.map((i) => this.rows[i]!), c.microBatch, this.seq, this.padId);
         tokens += batch.realTokens;
         // Each micro-batch's mean loss carries weight 1/microBatches in the accumulated gradient.
         plan.setBatch(batch, microBatches);
@@ -582,11 +586,10 @@ export class Trainer {
       });
     }
     const plan = this.evalPlan!;
-    const padId = this.spec.padTokenId ?? this.spec.eosTokenIds[0] ?? 0;
     let sum = 0;
     let tokens = 0;
     for (const [i, row] of rows.entries()) {
-      const batch = makeBatch([row], 1, seq, padId);
+      const batch = makeBatch([row], 1, seq, this.padId);
       const n = countSupervised(batch.labels, seq, this.spec.vocabSize);
       if (n === 0) continue; // nothing to score (a row whose answer was cut off): no 0/0
       plan.setBatch(batch);
