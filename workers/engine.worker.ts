@@ -225,9 +225,10 @@ const api: EngineApi = {
     // A tab closed mid-export cannot clean up: a note written first, kept up to date with the files written,
     // and removed last says what the folder is, and lets the next page load remove exactly those files.
     const written: string[] = [];
-    const note = (writing: string | null) => writeFileTo(opfsSinks(dir!), INCOMPLETE_EXPORT_NOTE, new TextEncoder().encode(exportNoteText(written, writing)));
-    const sinks = dir ? recordingSinks(opfsSinks(dir), written, note) : null;
-    if (dir) await note(null);
+    const folder = dir ? opfsSinks(dir) : null;
+    const note = (writing: string | null) => writeFileTo(folder!, INCOMPLETE_EXPORT_NOTE, new TextEncoder().encode(exportNoteText(written, writing)));
+    const sinks = folder ? recordingSinks(folder, written, note) : null;
+    if (folder) await note(null);
     try {
       const { result, zip } = await (await engine()).exportMerged(dtype, sinks, onProgress && ((p) => void onProgress(p)));
       if (dir) await dir.removeEntry(INCOMPLETE_EXPORT_NOTE).catch(() => undefined);

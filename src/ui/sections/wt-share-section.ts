@@ -6,7 +6,7 @@ import { formatBytes } from '../../engine/gpu/errors.ts';
 import { getEngine } from '../engine-client.ts';
 import { theme } from '../theme.ts';
 import type { RecipeData } from '../data/wt-data-section.ts';
-import { removeExportLeftovers } from '../../engine/share/export-note.ts';
+import { INCOMPLETE_EXPORT_NOTE, removeExportLeftovers } from '../../engine/share/export-note.ts';
 import { PendingExports, type PendingExport } from '../store/pending-export.ts';
 
 /** The File System Access API's folder picker (Chromium); absent elsewhere, then folders come from <input webkitdirectory>. */
@@ -121,7 +121,7 @@ export class WtShareSection extends LitElement {
           ? `“${p.folderName}” holds no unfinished export any more: nothing to remove.`
           : `Removed the unfinished export from “${p.folderName}”: ${removed.length ? removed.join(', ') : 'no files'} and its note. Files of your own there were not touched.`;
     } catch (e) {
-      this.leftoverNote = `Could not clean up “${p.folderName}”: ${errorText(e)}. Delete the files listed in its WEBTUNE-EXPORT-INCOMPLETE.txt by hand.`;
+      this.leftoverNote = `Could not clean up “${p.folderName}”: ${errorText(e)}. Delete the files listed in its ${INCOMPLETE_EXPORT_NOTE} by hand.`;
       return;
     }
     this.leftover = null;
