@@ -50,10 +50,17 @@ export function formatTable(rows: readonly BenchRow[]): string {
 }
 
 /**
- * `INT8_RECOMPUTE_RESIDUAL=0|1`: whether the int8 path's recomputed forwards carry the residual level
- * (TransformerOptions.int8RecomputeResidual), for the step and gate benches; unset: the engine's default.
+ * Transformer options from the environment, for the step and gate benches (unset: the engine's defaults):
+ * `INT8_RECOMPUTE_RESIDUAL=0|1` whether the int8 path's recomputed forwards carry the residual level
+ * (TransformerOptions.int8RecomputeResidual); `KEEP_ATTENTION=0|1` whether training plans keep each
+ * layer's attention output for the backward (TransformerOptions.keepAttention).
  */
-export function recomputeKnob(): { int8RecomputeResidual?: boolean } {
-  const v = process.env.INT8_RECOMPUTE_RESIDUAL;
-  return v === undefined || v === '' ? {} : { int8RecomputeResidual: v !== '0' };
+export function transformerKnobs(): { int8RecomputeResidual?: boolean; keepAttention?: boolean } {
+  const flag = (name: string) => {
+    const v = process.env[name];
+    return v === undefined || v === '' ? undefined : v !== '0';
+  };
+  const residual = flag('INT8_RECOMPUTE_RESIDUAL');
+  const keep = flag('KEEP_ATTENTION');
+  return { ...(residual === undefined ? {} : { int8RecomputeResidual: residual }), ...(keep === undefined ? {} : { keepAttention: keep }) };
 }

@@ -9,7 +9,7 @@
  * `node bench/build.mjs bench/int8-gate.bench.ts`, copy the fixtures to dist-bench/fixtures, then on the
  * GPU `node dist-bench/int8-gate.bench.mjs dist-bench/fixtures`.
  */
-import { recomputeKnob } from './harness.ts';
+import { transformerKnobs } from './harness.ts';
 import type { GpuContext } from '../src/engine/gpu/context.ts';
 import { createNodeGpuContext } from '../src/node/gpu.ts';
 import { directoryAccess } from '../src/node/fixture-dir.ts';
@@ -58,7 +58,7 @@ async function lossCurve(
   const lr = o.lr ?? 1e-3;
   const optimizer = await AdamW.create(ctx, state, { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, maxGradNorm: 1 });
   const update = await optimizer.stepDispatches({ zeroGrad: true });
-  const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: precision, int8Residual: o.residual ?? true, ...recomputeKnob() });
+  const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: precision, int8Residual: o.residual ?? true, ...transformerKnobs() });
   if (model.matmulPrecision !== precision) throw new Error(`asked for ${precision}, got ${model.matmulPrecision}`);
   const plan = await model.plan(shape, 'train', { ceChunkTokens: Math.min(1024, shape.batch * shape.seq) });
   const losses: number[] = [];

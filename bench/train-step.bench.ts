@@ -18,7 +18,7 @@ import { Transformer } from '../src/engine/model/transformer.ts';
 import { initLoraParams } from '../src/engine/train/trainer.ts';
 import { int8MatmulSupport, type MatmulPrecision } from '../src/engine/kernels/quant4-mma.ts';
 import { ceChunkTokens } from '../src/engine/kernels/cross_entropy.ts';
-import { recomputeKnob, type BenchRow } from './harness.ts';
+import { transformerKnobs, type BenchRow } from './harness.ts';
 
 export const INTERNLM2_1_8B = {
   architectures: ['InternLM2ForCausalLM'],
@@ -102,7 +102,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
   for (const [precision, seq, batch] of runs) {
     // Every run from the same adapter (the timed steps update it), so the losses printed compare across runs.
     ctx.write(state.params, initLoraParams(layout, 1));
-    const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: precision, ...recomputeKnob() });
+    const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: precision, ...transformerKnobs() });
     ctx.pool.trim();
     ctx.pool.resetPeak();
     // The cross-entropy chunk the app's trainer gets (its default workspace), unless STEP_CE_CHUNK sets one.
@@ -133,7 +133,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     times.sort((a, b) => a - b);
     const ms = times[Math.floor(times.length / 2)]!;
     const peak = ctx.pool.peakBytes;
-    const predicted = planMemory(spec, { seqLen: seq, microBatch: batch, loraRank: rank, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, ceChunkTokens: ce, int8Matmuls: model.matmulPrecision === 'int8' }).totalBytes;
+    const predicted = planMemory(spec, { seqLen: seq, microBatch: batch, loraRank: rank, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, keepAttention: model.keepAttention, ceChunkTokens: ce, int8Matmuls: model.matmulPrecision === 'int8' }).totalBytes;
     const loss = (await ctx.read(plan.loss!))[0]!;
     rows.push({
       name: `QLoRA step${curated ? ` ${curated.id}` : ''} seq ${seq} batch ${batch}${precision === 'int8' ? ' int8 matmuls' : ''}`,

@@ -51,6 +51,8 @@ printing one line per optimizer step, and saves the adapter as PEFT writes it.
   --offload <where>      AdamW moments on the gpu (default), in cpu memory, or on disk (a file in --out)
   --matmul-precision <p> int8 (default): the 4-bit base's matmuls on tensor cores where the GPU has
                          integer subgroup matrices (f32 elsewhere); f32: always the exact kernels
+  --recompute-attention  recompute attention in the backward instead of keeping each layer's output
+                         (less GPU memory: tokens × heads × (head size + 1) × 4 bytes per layer; slower)
   --loss-chunk <n>       tokens per cross-entropy chunk (default: as many as fit 384 MiB of logits);
                          fewer save GPU memory (vocab × 4 bytes per token), cost speed
   --seed <n>             LoRA init and shuffling seed (default ${d.seed})
@@ -93,7 +95,7 @@ export const trainCommand: CliCommand = {
         model: { type: 'string' }, data: { type: 'string' }, out: { type: 'string', default: 'adapter' }, f32: { type: 'boolean', default: false },
         rank: { type: 'string' }, alpha: { type: 'string' }, targets: { type: 'string' }, lr: { type: 'string' }, schedule: { type: 'string' },
         'warmup-ratio': { type: 'string' }, epochs: { type: 'string' }, 'max-steps': { type: 'string' }, batch: { type: 'string' },
-        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' }, 'max-length': { type: 'string' }, 'budget-gib': { type: 'string' }, force: { type: 'boolean', default: false }, dropout: { type: 'string' }, offload: { type: 'string' }, 'matmul-precision': { type: 'string' }, 'loss-chunk': { type: 'string' },
+        'grad-accum': { type: 'string' }, 'weight-decay': { type: 'string' }, 'max-grad-norm': { type: 'string' }, seed: { type: 'string' }, 'max-length': { type: 'string' }, 'budget-gib': { type: 'string' }, force: { type: 'boolean', default: false }, dropout: { type: 'string' }, offload: { type: 'string' }, 'matmul-precision': { type: 'string' }, 'loss-chunk': { type: 'string' }, 'recompute-attention': { type: 'boolean', default: false },
       },
     });
     if (!values.model || !values.data) throw new Error('needs --model <dir> and --data <rows.jsonl>; see --help');
@@ -112,6 +114,7 @@ export const trainCommand: CliCommand = {
         optimizerOffload: values.offload,
         matmulPrecision: precision,
         lossChunkTokens: num(values['loss-chunk'], '--loss-chunk'),
+        keepAttention: values['recompute-attention'] ? false : undefined,
         targets: values.targets ? (values.targets.split(',').map((t) => t.trim()) as LoraModule[]) : undefined,
       }).filter(([, v]) => v !== undefined),
     );
@@ -125,7 +128,7 @@ export const trainCommand: CliCommand = {
     const plan = planMemory(
       spec,
       { seqLen, microBatch: c0.microBatch, loraRank: c0.loraRank, ...(c0.targets ? { targets: c0.targets } : {}), quantBits: values.f32 ? 32 : 4, groupSize: 64,
-        optimizerOffload: c0.optimizerOffload ?? 'gpu', activationCheckpointing: true, ceChunkTokens: ceChunkTokens(spec.vocabSize, seqLen * c0.microBatch, { chunkTokens: c0.lossChunkTokens }) },
+        optimizerOffload: c0.optimizerOffload ?? 'gpu', activationCheckpointing: true, keepAttention: c0.keepAttention ?? true, ceChunkTokens: ceChunkTokens(spec.vocabSize, seqLen * c0.microBatch, { chunkTokens: c0.lossChunkTokens }) },
       { budgetBytes: Number(values['budget-gib'] ?? 8) * 2 ** 30 },
     );
     console.log(`memory plan: ${formatBytes(plan.totalBytes)} of a ${formatBytes(plan.budgetBytes)} budget (weights ${formatBytes(plan.weights.bytes)}, LoRA ${formatBytes(plan.lora.bytes)}, optimizer ${formatBytes(plan.optimizer.bytes)}, activations ${formatBytes(plan.activations.bytes)}, loss ${formatBytes(plan.ce.bytes)})`);

@@ -611,6 +611,7 @@ export class EngineSession {
       groupSize: 64,
       optimizerOffload: c.optimizerOffload ?? 'gpu',
       activationCheckpointing: true,
+      keepAttention: c.keepAttention ?? true,
       ceChunkTokens: ceChunkTokens(spec.vocabSize, seqLen * c.microBatch, { chunkTokens: c.lossChunkTokens, limits: this.ctx.limits }),
       int8Matmuls: (c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION) === 'int8' && int8MatmulSupport(this.ctx.features).ok,
       ...(evalSeqLen > 0 ? { evalSeqLen } : {}),

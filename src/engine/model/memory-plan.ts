@@ -48,6 +48,11 @@ export interface TrainingMemoryConfig {
   readonly optimizerOffload: OptimizerOffload;
   /** Recompute each layer in the backward (keep only layer inputs). */
   readonly activationCheckpointing: boolean;
+  /**
+   * With checkpointing, also keep each layer's attention output and lse so the recompute skips attention
+   * (TransformerOptions.keepAttention; default true, as in the engine).
+   */
+  readonly keepAttention?: boolean;
   /** Tokens per cross-entropy chunk: the logits buffer is ceChunkTokens × vocab. */
   readonly ceChunkTokens: number;
   /** The 4-bit base's matmuls run on int8 tensor cores (adds their activation scratch). */
@@ -183,8 +188,11 @@ function matrixBytes(out: number, inF: number, c: TrainingMemoryConfig, a: Memor
   return (out * inF) / 2 + out * (inF / c.groupSize) * a.scaleBytesPerGroup;
 }
 
-/** One layer's forward scratch (StepPlan's LayerScratch), shared by every layer and by the recompute. */
-function layerForwardTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: readonly LoraModule[]): MemoryTerm[] {
+/**
+ * One layer's forward scratch (StepPlan's LayerScratch), shared by every layer and by the recompute; without
+ * the attention output and lse when the training plan keeps those per layer (`attentionKept`).
+ */
+function layerForwardTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: readonly LoraModule[], attentionKept = false): MemoryTerm[] {
   const bt = c.seqLen * c.microBatch;
   const { hidden: h, intermediate: inter, headDim: d, nHeads, nKvHeads } = spec;
   const q = nHeads * d;
@@ -195,9 +203,13 @@ function layerForwardTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: re
     t('q, k, v', bt * (q + 2 * kv), 'projected (+bias, +rope) [B·T, (nHeads + 2·nKv)·headDim]'),
   ];
   if (spec.qkNorm) terms.push(t('q, k before q_norm/k_norm (+ rstd)', bt * (q + kv + nHeads + nKvHeads), 'per-head RMSNorm inputs and 1/rms'));
+  if (!attentionKept) {
+    terms.push(
+      t('attention out', bt * q, 'softmax(QKᵀ)V [B·T, nHeads·headDim]'),
+      t('attention lse', bt * nHeads, 'log-sum-exp per query row for the flash-style backward [nHeads, B·T]'),
+    );
+  }
   terms.push(
-    t('attention out', bt * q, 'softmax(QKᵀ)V [B·T, nHeads·headDim]'),
-    t('attention lse', bt * nHeads, 'log-sum-exp per query row for the flash-style backward [nHeads, B·T]'),
     t('o proj out, h mid', 2 * bt * h, 'attention output projection and the residual after it [B·T, hidden] × 2'),
     t('n2, rstd2', bt * (h + 1), 'MLP RMSNorm output and 1/rms'),
     t('gate, up, swiglu', 3 * bt * inter, '[B·T, intermediate] × 3'),
@@ -349,11 +361,15 @@ export function planMemory(
   ]);
 
   // ---- activations and loss
-  const forwardSet = layerForwardTerms(spec, c, targets);
+  const attentionKept = c.activationCheckpointing && (c.keepAttention ?? true);
+  const forwardSet = layerForwardTerms(spec, c, targets, attentionKept);
   const forwardBytes = forwardSet.reduce((s, t) => s + t.bytes, 0);
   const saved: MemoryTerm[] = [
     { name: 'saved layer inputs + final hidden', bytes: (L + 1) * bt * h * F32, note: `${L + 1} × [B·T, hidden]: the checkpoints the backward recomputes from` },
   ];
+  if (attentionKept) {
+    saved.push({ name: 'kept attention outputs', bytes: L * bt * spec.nHeads * (spec.headDim + 1) * F32, note: `${L} × [B·T, nHeads·(headDim + 1)]: each layer's attention output and lse, so the recompute skips attention` });
+  }
   if (!c.activationCheckpointing) saved.push({ name: 'saved intermediates (no checkpointing)', bytes: (L - 1) * forwardBytes, note: `every other layer's forward scratch: ${L - 1} × ${forwardBytes}` });
   const layerScratch = [...forwardSet, ...layerBackwardTerms(spec, c, targets)];
   const layerPhase = layerScratch.reduce((s, t) => s + t.bytes, 0);
@@ -432,8 +448,8 @@ function longestFitting(c: TrainingMemoryConfig, below: number, budget: number, 
 /**
  * Advice when the plan is over budget: first each single change that helps (marked when it alone
  * fits), then, if none fits alone, the combination found by applying them in order of least harm to
- * the training result (offload, 4-bit, loss chunking, micro-batch 1 with accumulation, shorter rows,
- * lower rank) until it fits.
+ * the training result (recomputed attention, offload, 4-bit, loss chunking, micro-batch 1 with
+ * accumulation, shorter rows, lower rank) until it fits.
  */
 function adviseFor(
   spec: ModelSpec,
@@ -452,6 +468,8 @@ function adviseFor(
     if (t <= budget) firstFit ??= cfg;
   };
   const offloaded: OptimizerOffload = c.optimizerOffload === 'gpu' ? 'cpu' : c.optimizerOffload;
+  const keepsAttention = c.activationCheckpointing && (c.keepAttention ?? true);
+  if (keepsAttention) suggest({ ...c, keepAttention: false }, 'Recompute attention in the backward instead of keeping its output (Train › keep attention outputs)');
   if (c.optimizerOffload === 'gpu') suggest({ ...c, optimizerOffload: 'cpu' }, 'Keep the optimizer state in CPU memory (optimizer offload)');
   if (c.quantBits === 32) suggest({ ...c, quantBits: 4 }, 'Load the base model in 4 bits (QLoRA)');
   if (Math.min(c.ceChunkTokens, c.seqLen * c.microBatch) > 256) suggest({ ...c, ceChunkTokens: 256 }, 'Compute the loss in chunks of 256 tokens (Train › loss chunk)');
@@ -468,6 +486,7 @@ function adviseFor(
   if (firstFit) return { advice: out, suggestedConfig: firstFit };
 
   const steps: Array<{ apply: (x: TrainingMemoryConfig) => TrainingMemoryConfig; text: (x: TrainingMemoryConfig) => string }> = [
+    { apply: (x) => ({ ...x, keepAttention: false }), text: () => 'attention recomputed' },
     { apply: (x) => ({ ...x, optimizerOffload: offloaded }), text: () => `optimizer offload (${offloaded})` },
     { apply: (x) => ({ ...x, quantBits: 4 }), text: () => '4-bit base' },
     { apply: (x) => ({ ...x, ceChunkTokens: Math.min(x.ceChunkTokens, 256) }), text: () => 'loss chunks of 256 tokens' },

@@ -83,8 +83,9 @@ interface LayerScratch {
   q: Tensor;
   k: Tensor;
   v: Tensor;
-  attn: Tensor;
-  lse: Tensor;
+  /** Null where the plan keeps one per layer (StepPlan.attentionOf). */
+  attn: Tensor | null;
+  lse: Tensor | null;
   a: Tensor;
   h2: Tensor;
   n2: Tensor;
@@ -158,6 +159,13 @@ export interface TransformerOptions {
    * loss comes from the first forward, which keeps int8Residual. Measurement knob.
    */
   int8RecomputeResidual?: boolean;
+  /**
+   * Training plans keep every layer's attention output and log-sum-exp from the forward (default true), so
+   * the backward's recomputed layer forwards skip attention, the costliest kernel of a long row: one
+   * attention forward less per layer, at [B·T, nHeads·(headDim + 1)] f32 per layer (memory-plan.ts
+   * 'kept attention outputs'). Off: only the layer inputs are kept, as with plain checkpointing.
+   */
+  keepAttention?: boolean;
 }
 
 /**
@@ -174,6 +182,8 @@ export class Transformer {
   readonly int8Residual: boolean;
   /** The same for the backward's recomputed forwards (TransformerOptions.int8RecomputeResidual). */
   readonly int8RecomputeResidual: boolean;
+  /** Whether training plans keep each layer's attention output for the backward (TransformerOptions.keepAttention). */
+  readonly keepAttention: boolean;
   /** Why the int8 path was dropped after all (its kernels failed to build on this device), or null. */
   int8Fallback: string | null = null;
   constructor(
@@ -186,6 +196,7 @@ export class Transformer {
     this.precision = opts.matmulPrecision === 'int8' && int8MatmulSupport(ctx.features).ok ? 'int8' : 'f32';
     this.int8Residual = opts.int8Residual ?? true;
     this.int8RecomputeResidual = this.int8Residual && (opts.int8RecomputeResidual ?? DEFAULT_INT8_RECOMPUTE_RESIDUAL);
+    this.keepAttention = opts.keepAttention ?? true;
   }
 
   /** The precision in effect: the requested one where the device supports it (and its kernels build), else 'f32'. */
@@ -252,6 +263,8 @@ export class StepPlan {
   private int8Holds: { x: Tensor; layer: number; rows: Int8Rows } | null = null;
   /** Set while the backward's recomputed layer forwards are built. */
   private recomputing = false;
+  /** Training with TransformerOptions.keepAttention: each layer's attention output and lse, else null (scratch.attn/lse serve every layer). */
+  private keptAttention: { o: Tensor; lse: Tensor }[] | null = null;
 
   constructor(
     readonly model: Transformer,
@@ -277,6 +290,10 @@ export class StepPlan {
 
   get ctx(): GpuContext {
     return this.model.ctx;
+  }
+  /** Training plans of a model with TransformerOptions.keepAttention keep each layer's attention output. */
+  private get keepsAttention(): boolean {
+    return this.mode === 'train' && this.model.keepAttention;
   }
   get spec(): ModelSpec {
     return this.model.spec;
@@ -356,6 +373,10 @@ export class StepPlan {
     const H = spec.hidden;
     this.invFreq = uploadInvFreq(ctx, ropeInvFreq(spec, this.shape.seq));
     this.scratch = this.makeLayerScratch();
+    if (this.keepsAttention) {
+      const qd = spec.nHeads * spec.headDim;
+      this.keptAttention = Array.from({ length: spec.layers }, (_, l) => ({ o: this.alloc.f32(`attention out ${l}`, [T, qd]), lse: this.alloc.f32(`attention lse ${l}`, [spec.nHeads, T]) }));
+    }
     if (this.model.matmulPrecision === 'int8') {
       const q4 = this.model.weights.layers.flatMap((layer) => Object.values(layer.proj).flatMap((p) => (p.kind === 'q4' ? [p.w] : [])));
       // Activations as wide as the widest projection side; one projection at a time on its int8 grid.
@@ -440,8 +461,9 @@ export class StepPlan {
       q: a.f32('q', [T, qd]),
       k: a.f32('k', [T, kvd]),
       v: a.f32('v', [T, kvd]),
-      attn: a.f32('attention out', [T, qd]),
-      lse: a.f32('attention lse', [spec.nHeads, T]),
+      // (Kept per layer instead when the plan keeps attention for the backward: see attentionOf.)
+      attn: this.keepsAttention ? null : a.f32('attention out', [T, qd]),
+      lse: this.keepsAttention ? null : a.f32('attention lse', [spec.nHeads, T]),
       a: a.f32('o proj out', [T, H]),
       h2: a.f32('h mid', [T, H]),
       n2: a.f32('n2', [T, H]),
@@ -531,7 +553,7 @@ export class StepPlan {
       out.push(...pass.dispatches);
     }
     if (this.int8 && p.kind === 'q4') {
-      out.push(...(await this.int8Forward(l, p.w, x, y)));
+      out.push(...(await this.int8Forward(l, kind, p.w, x, y)));
       if (lo) out.push(await prepareMatmul(ctx, this.uFor(lo.group), lo.B, y, { M, N: p.out, K: lo.rank }, { transB: true, accumulate: true, alpha: lo.scale }));
     } else if (lo && p.kind === 'q4') {
       // s·U·Bᵀ as more reduction steps of the 4-bit matmul: y is written once.
@@ -546,11 +568,14 @@ export class StepPlan {
   }
 
   /** y = x·Wᵀ on the tensor cores; x is quantized once for the projections that share it (q/k/v, gate/up). */
-  private async int8Forward(l: number, w: Q4Weight, x: Tensor, y: Tensor): Promise<KernelDispatch[]> {
+  private async int8Forward(l: number, kind: ProjectionKind, w: Q4Weight, x: Tensor, y: Tensor): Promise<KernelDispatch[]> {
     const scratch = this.int8!;
     const out: KernelDispatch[] = [];
     const M = this.tokens;
-    const residual = this.recomputing ? this.model.int8RecomputeResidual : this.model.int8Residual;
+    // With kept attention the recomputed q/k/v must equal the forward's bit for bit (the kept output and
+    // lse were computed from those): they take the forward's levels.
+    const asForward = !this.recomputing || (this.keptAttention !== null && (kind === 'q' || kind === 'k' || kind === 'v'));
+    const residual = asForward ? this.model.int8Residual : this.model.int8RecomputeResidual;
     if (this.int8Holds?.x !== x || this.int8Holds.layer !== l || this.int8Holds.rows.levels !== (residual ? 2 : 1)) {
       const q = await prepareQuantizeRows(this.ctx, x, scratch, { rows: M, cols: w.in, residual });
       out.push(q.dispatch);
@@ -606,6 +631,11 @@ export class StepPlan {
     return { batch: this.shape.batch, seq: this.shape.seq, nQHeads: spec.nHeads, nKvHeads: spec.nKvHeads, headDim: spec.headDim };
   }
 
+  /** Layer ℓ's attention output and log-sum-exp: its own when the plan keeps them, else the shared scratch. */
+  private attentionOf(l: number): { o: Tensor; lse: Tensor } {
+    return this.keptAttention?.[l] ?? { o: this.scratch.attn!, lse: this.scratch.lse! };
+  }
+
   private async layerForward(l: number): Promise<KernelDispatch[]> {
     const { ctx, spec } = this;
     const s = this.scratch;
@@ -625,8 +655,12 @@ export class StepPlan {
     }
     out.push(...(await prepareRope(ctx, s.q, this.positions, this.invFreq, { tokens: T, heads: spec.nHeads, headDim: spec.headDim })));
     out.push(...(await prepareRope(ctx, s.k, this.positions, this.invFreq, { tokens: T, heads: spec.nKvHeads, headDim: spec.headDim })));
-    out.push(await prepareAttentionForward(ctx, { q: s.q, k: s.k, v: s.v, o: s.attn, lse: s.lse, docIds: this.docIds, docSpans: this.docSpans }, this.attentionShape()));
-    out.push(...(await this.linearForward(l, 'o', s.attn, s.a)));
+    const att = this.attentionOf(l);
+    // The recompute needs q, k, v (the attention backward reads them) but not the attention output when it was kept.
+    if (!(this.recomputing && this.keptAttention)) {
+      out.push(await prepareAttentionForward(ctx, { q: s.q, k: s.k, v: s.v, o: att.o, lse: att.lse, docIds: this.docIds, docSpans: this.docSpans }, this.attentionShape()));
+    }
+    out.push(...(await this.linearForward(l, 'o', att.o, s.a)));
     // h2 = h + attention out and its norm in one pass (h is kept: the backward reads it).
     out.push(...(await prepareRmsNormForward(ctx, h, w.mlpNorm, s.n2, s.rstd2, { rows: T, dim: H, eps }, { residualDelta: s.a, residualOut: s.h2 })));
     out.push(...(await this.linearForward(l, 'gate', s.n2, s.g)));
@@ -656,11 +690,12 @@ export class StepPlan {
     out.push(...(await prepareRmsNormBackward(ctx, b.dn, s.h2, w.mlpNorm, s.rstd2, b.tmpH, { rows: T, dim: H, eps })));
     out.push(...(await prepareAdd(ctx, b.dh, b.tmpH, b.dh2)));
     // Attention
-    out.push(...(await this.linearBackward(l, 'o', s.attn, b.dh2, b.dAttn, false)));
+    const att = this.attentionOf(l);
+    out.push(...(await this.linearBackward(l, 'o', att.o, b.dh2, b.dAttn, false)));
     out.push(
       ...(await prepareAttentionBackward(
         ctx,
-        { q: s.q, k: s.k, v: s.v, o: s.attn, lse: s.lse, docIds: this.docIds, docSpans: this.docSpans, dout: b.dAttn, delta: b.delta, dq: b.dq, dk: b.dk, dv: b.dv },
+        { q: s.q, k: s.k, v: s.v, o: att.o, lse: att.lse, docIds: this.docIds, docSpans: this.docSpans, dout: b.dAttn, delta: b.delta, dq: b.dq, dk: b.dk, dv: b.dv },
         this.attentionShape(),
       )),
     );

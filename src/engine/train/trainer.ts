@@ -64,6 +64,12 @@ export interface TrainConfig {
    * GPU memory and cost speed (the lm_head products get few rows).
    */
   lossChunkTokens?: number;
+  /**
+   * Keep each layer's attention output for the backward (default true): the recomputed forwards then skip
+   * attention, at [tokens, heads·(headDim + 1)] f32 per layer (TransformerOptions.keepAttention). false:
+   * attention is recomputed too, for the least memory.
+   */
+  keepAttention?: boolean;
 }
 
 export interface TrainerOptions {
@@ -555,7 +561,7 @@ export class Trainer {
   /** The model over this trainer's adapter (the step plan with the run's dropout, the eval plan without). */
   private model(dropout: number): Transformer {
     const c = this.config;
-    return new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout }, { matmulPrecision: c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION });
+    return new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout }, { matmulPrecision: c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION, keepAttention: c.keepAttention ?? true });
   }
 
   /** Whether there are held-out rows to measure (TrainerOptions.evalRows). */

@@ -518,6 +518,9 @@ export class WtTrainSection extends LitElement {
             ${(['cosine', 'linear', 'constant'] as const).map((v) => html`<option value=${v} ?selected=${(s.config.schedule ?? 'cosine') === v}>${v}</option>`)}
           </select>
           <small>the learning rate after warmup: cosine decay (XTuner's default), linear decay, or constant</small></label>
+        <label><span><input type="checkbox" data-testid="keep-attention" .checked=${s.config.keepAttention !== false} ?disabled=${busy}
+            @change=${(e: Event) => this.saveSettings({ config: { ...s.config, keepAttention: (e.target as HTMLInputElement).checked } })} /> Keep attention outputs</span>
+          <small>faster backward (attention is not recomputed); costs tokens × heads × (head size + 1) × 4 bytes per layer — unchecked: the least memory</small></label>
         <label>Loss chunk (tokens)<input type="number" min="1" step="1" placeholder="automatic" data-testid="loss-chunk" .value=${s.config.lossChunkTokens ? String(s.config.lossChunkTokens) : ''} ?disabled=${busy}
             @change=${(e: Event) => this.setLossChunk((e.target as HTMLInputElement).value)} /><small>tokens per cross-entropy chunk; empty: automatic (about 1000); fewer save GPU memory (vocabulary × 4 bytes each) and cost speed</small></label>
       </div>

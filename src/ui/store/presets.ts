@@ -10,7 +10,7 @@ export const PRESETS: Record<string, { label: string; config: Partial<TrainConfi
   // Chromium on SwiftShader (2 CPU cores), 40 s in Node's Dawn, with the CPU-adapter kernels.
   quick: { label: 'Quick test (at most 40 steps)', config: { loraRank: 16, loraAlpha: 32, loraDropout: 0, lr: 2e-2, schedule: 'cosine', epochs: 20, maxSteps: 40, microBatch: 4, gradAccum: 2, warmupRatio: 0 } },
   qlora: { label: 'QLoRA all-linear r=64 (XTuner 1.8B)', config: { loraRank: 64, loraAlpha: 16, loraDropout: 0.1, lr: 2e-4, epochs: 3, microBatch: 1, gradAccum: 16, warmupRatio: 0.03 } },
-  low: { label: 'Low memory (r=16, batch 1)', config: { loraRank: 16, loraAlpha: 32, loraDropout: 0.05, lr: 2e-4, epochs: 3, microBatch: 1, gradAccum: 16, warmupRatio: 0.03, optimizerOffload: 'cpu', lossChunkTokens: 256 } },
+  low: { label: 'Low memory (r=16, batch 1)', config: { loraRank: 16, loraAlpha: 32, loraDropout: 0.05, lr: 2e-4, epochs: 3, microBatch: 1, gradAccum: 16, warmupRatio: 0.03, optimizerOffload: 'cpu', lossChunkTokens: 256, keepAttention: false } },
 };
 
 /** The training config the Train form holds: the preset's values under the user's own changes. */

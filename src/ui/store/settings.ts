@@ -52,6 +52,7 @@ function cleanConfig(raw: unknown): Partial<TrainConfig> {
   if (r.schedule === 'cosine' || r.schedule === 'constant' || r.schedule === 'linear') out.schedule = r.schedule;
   if (r.optimizerOffload === 'gpu' || r.optimizerOffload === 'cpu' || r.optimizerOffload === 'disk') out.optimizerOffload = r.optimizerOffload;
   if (r.matmulPrecision === 'f32' || r.matmulPrecision === 'int8') out.matmulPrecision = r.matmulPrecision;
+  if (typeof r.keepAttention === 'boolean') out.keepAttention = r.keepAttention;
   if (Array.isArray(r.targets) && r.targets.every((t) => typeof t === 'string')) out.targets = r.targets;
   return out as Partial<TrainConfig>;
 }

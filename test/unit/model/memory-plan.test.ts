@@ -50,10 +50,17 @@ describe('memory plan: terms', () => {
   it("one layer's scratch is the engine StepPlan's buffers (LayerScratch + BackwardScratch), fixture shape", () => {
     const spec = fixture('llama');
     const [T, H, Q, KV, I, r, nH, mods] = [48, 64, 64, 32, 160, 8, 4, 7];
+    // Without kept attention the scratch holds one attention output and lse that every layer reuses.
     const forward = T * H + T + T * Q + 2 * T * KV + T * Q + nH * T + 2 * T * H + T * H + T + 3 * T * I + T * H + mods * T * r;
     const backward = 5 * T * H + 3 * T * I + 2 * T * Q + 2 * T * KV + nH * T + mods * T * r;
+    const recomputed = planMemory(spec, { ...qlora, seqLen: 24, microBatch: 2, loraRank: r, ceChunkTokens: 48, keepAttention: false });
+    expect(recomputed.phaseBytes.layerBackward).toBe((forward + backward) * 4);
+    expect(() => term(recomputed, 'activations', 'kept attention outputs')).toThrow();
+    // Kept (the default): one per layer among the saved activations instead.
     const p = planMemory(spec, { ...qlora, seqLen: 24, microBatch: 2, loraRank: r, ceChunkTokens: 48 });
-    expect(p.phaseBytes.layerBackward).toBe((forward + backward) * 4);
+    expect(p.phaseBytes.layerBackward).toBe((forward - T * Q - nH * T + backward) * 4);
+    expect(term(p, 'activations', 'kept attention outputs')).toBe(spec.layers * (T * Q + nH * T) * 4);
+    expect(p.trainingPeakBytes - recomputed.trainingPeakBytes).toBe((spec.layers - 1) * (T * Q + nH * T) * 4);
     // one CE chunk: no hidden/dhidden copies; final normed + rstd, losses + loss, logits, stats + lse
     expect(p.phaseBytes.loss).toBe((T * (H + 1) + T + 1 + T * 512 + 4 * T + T) * 4);
     expect(term(p, 'activations', 'saved layer inputs + final hidden')).toBe(3 * T * H * 4);
@@ -134,8 +141,9 @@ describe('memory plan: terms', () => {
 
   it('qwen3 keeps the pre-norm q/k and their gradients; attention lse is B·nHeads·T', () => {
     const spec = target('Qwen3-1.7B');
-    const p = planMemory(spec, qlora);
+    const p = planMemory(spec, { ...qlora, keepAttention: false });
     expect(term(p, 'activations', 'attention lse')).toBe(2048 * 16 * 4);
+    expect(term(planMemory(spec, qlora), 'activations', 'kept attention outputs')).toBe(28 * 2048 * 16 * (128 + 1) * 4);
     expect(term(p, 'activations', 'q, k before q_norm/k_norm (+ rstd)')).toBe(2048 * ((16 + 8) * 128 + 16 + 8) * 4);
     expect(term(p, 'activations', 'dq, dk before norm')).toBe(2048 * (16 + 8) * 128 * 4);
     expect(() => term(planMemory(target('Qwen2.5-1.5B-Instruct'), qlora), 'activations', 'dq, dk before norm')).toThrow();
@@ -150,6 +158,7 @@ describe('memory plan: budget and advice', () => {
     expect(p.fits).toBe(false);
     const text = p.advice.join('\n');
     expect(text).toMatch(/exceeds the 8\.00 GiB budget/);
+    expect(text).toMatch(/Recompute attention in the backward/);
     expect(text).toMatch(/optimizer offload/i);
     expect(text).toMatch(/4 bits/);
     expect(text).toMatch(/micro-batch of 1/);
@@ -157,7 +166,7 @@ describe('memory plan: budget and advice', () => {
     expect(text).toMatch(/LoRA rank to 64/);
     expect(p.advice[p.advice.length - 1]).toMatch(/^Combined: .* \(fits\)$/);
     const s = p.suggestedConfig!;
-    expect(s).toMatchObject({ optimizerOffload: 'cpu', quantBits: 4, microBatch: 1, seqLen: 8192, loraRank: 128 });
+    expect(s).toMatchObject({ keepAttention: false, optimizerOffload: 'cpu', quantBits: 4, microBatch: 1, seqLen: 8192, loraRank: 128 });
     expect(planMemory(spec, s).fits).toBe(true);
   });
 
