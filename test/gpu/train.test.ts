@@ -44,6 +44,17 @@ function patternRows(n: number, len: number, vocab: number): TrainRow[] {
   });
 }
 
+/** A rank-4 adapter on every module with random A and a non-zero B (so that dA is non-zero too), and its optimizer state. */
+function randomAdapter(ctx: GpuContext, weights: BaseWeights) {
+  const layout = new LoraLayout(weights.spec, { r: 4, loraAlpha: 8, targetModules: loraModules(weights.spec.family) });
+  const state = createOptimizerState(ctx, layout.optimizer);
+  const seed = freshSeed();
+  const params = initLoraParams(layout, seed);
+  const r = rng(seed);
+  for (const g of layout.groups) for (const m of g.members) { const s = layout.optimizer.slot(m.bName); for (let i = 0; i < s.length; i++) params[s.offset + i] = (r() - 0.5) * 0.2; }
+  return { layout, state, seed, params, r };
+}
+
 describe('training engine', () => {
   // The 4-bit base takes other kernels: the adapter's s·U·Bᵀ fused into the q4 matmul, and without dropout
   // s·G·A fused into the q4 dX.
@@ -52,13 +63,7 @@ describe('training engine', () => {
     const ctx = await gpu();
     const weights = await fixtureModel(ctx, 'llama', quantize);
     const spec = weights.spec;
-    const layout = new LoraLayout(spec, { r: 4, loraAlpha: 8, targetModules: loraModules(spec.family) });
-    const state = createOptimizerState(ctx, layout.optimizer);
-    const seed = freshSeed();
-    const params = initLoraParams(layout, seed);
-    // Non-zero B so that dA is non-zero too.
-    const r = rng(seed);
-    for (const g of layout.groups) for (const m of g.members) { const s = layout.optimizer.slot(m.bName); for (let i = 0; i < s.length; i++) params[s.offset + i] = (r() - 0.5) * 0.2; }
+    const { layout, state, seed, params, r } = randomAdapter(ctx, weights);
     ctx.write(state.params, params);
     const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads, dropout });
     const plan = await model.plan({ batch: 1, seq: 12 }, 'train');
@@ -98,12 +103,7 @@ describe('training engine', () => {
     const ctx = await gpu();
     const weights = await fixtureModel(ctx, 'qwen2', true);
     const spec = weights.spec;
-    const layout = new LoraLayout(spec, { r: 4, loraAlpha: 8, targetModules: loraModules(spec.family) });
-    const state = createOptimizerState(ctx, layout.optimizer);
-    const seed = freshSeed();
-    const params = initLoraParams(layout, seed);
-    const r = rng(seed);
-    for (const g of layout.groups) for (const m of g.members) { const s = layout.optimizer.slot(m.bName); for (let i = 0; i < s.length; i++) params[s.offset + i] = (r() - 0.5) * 0.2; }
+    const { layout, state, seed, params } = randomAdapter(ctx, weights);
     // Two rows, the second packed with two documents (positions restart).
     const [a, b] = patternRows(2, 13, spec.vocabSize);
     const cat = (x: Int32Array, y: Int32Array) => Int32Array.from([...x, ...y]);
