@@ -1,8 +1,8 @@
 /**
  * The decoder-only transformer (Llama / Qwen2 / Qwen3 / InternLM2) composed from the kernel families:
  * forward to logits or to the loss, and the backward to the LoRA gradients with activation
- * checkpointing (only each layer's input is kept; a layer's forward is recomputed right before its
- * backward). Everything for one batch shape is prepared once as a `StepPlan` — tensors allocated,
+ * checkpointing (each layer's input is kept, and by default its attention output and lse; a layer's
+ * forward, less attention when that was kept, is recomputed right before its backward). Everything for one batch shape is prepared once as a `StepPlan` — tensors allocated,
  * bind groups made — and re-encoded every step: no allocation, no readback and no recompilation
  * inside a step.
  *
