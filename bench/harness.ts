@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import type { GpuContext, KernelDispatch } from '../src/engine/gpu/context.ts';
 import { PassTimer } from '../src/engine/gpu/timer.ts';
 
@@ -63,4 +64,19 @@ export function transformerKnobs(): { int8RecomputeResidual?: boolean; keepAtten
   const residual = flag('INT8_RECOMPUTE_RESIDUAL');
   const keep = flag('KEEP_ATTENTION');
   return { ...(residual === undefined ? {} : { int8RecomputeResidual: residual }), ...(keep === undefined ? {} : { keepAttention: keep }) };
+}
+
+/**
+ * GPU memory this process holds as nvidia-smi sees it (its buffers plus the driver's context and Dawn's
+ * own allocations), in bytes; null where there is no nvidia-smi or it lists no such process (CPU adapters,
+ * other vendors).
+ */
+export function nvidiaSmiProcessBytes(): number | null {
+  const r = spawnSync('nvidia-smi', ['--query-compute-apps=pid,used_memory', '--format=csv,noheader,nounits'], { encoding: 'utf8' });
+  if (r.status !== 0 || typeof r.stdout !== 'string') return null;
+  for (const line of r.stdout.split('\n')) {
+    const [pid, mib] = line.split(',').map((x) => Number(x.trim()));
+    if (pid === process.pid && Number.isFinite(mib)) return mib! * 2 ** 20;
+  }
+  return null;
 }

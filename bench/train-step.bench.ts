@@ -18,7 +18,7 @@ import { Transformer } from '../src/engine/model/transformer.ts';
 import { initLoraParams } from '../src/engine/train/trainer.ts';
 import { int8MatmulSupport, type MatmulPrecision } from '../src/engine/kernels/quant4-mma.ts';
 import { ceChunkTokens } from '../src/engine/kernels/cross_entropy.ts';
-import { transformerKnobs, type BenchRow } from './harness.ts';
+import { nvidiaSmiProcessBytes, transformerKnobs, type BenchRow } from './harness.ts';
 
 export const INTERNLM2_1_8B = {
   architectures: ['InternLM2ForCausalLM'],
@@ -133,12 +133,14 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
     times.sort((a, b) => a - b);
     const ms = times[Math.floor(times.length / 2)]!;
     const peak = ctx.pool.peakBytes;
+    // The driver's view while the step's buffers are all still held (the pool's peak counts buffers only).
+    const smi = nvidiaSmiProcessBytes();
     const predicted = planMemory(spec, { seqLen: seq, microBatch: batch, loraRank: rank, quantBits: 4, groupSize: 64, optimizerOffload: 'gpu', activationCheckpointing: true, keepAttention: model.keepAttention, ceChunkTokens: ce, int8Matmuls: model.matmulPrecision === 'int8' }).totalBytes;
     const loss = (await ctx.read(plan.loss!))[0]!;
     rows.push({
       name: `QLoRA step${curated ? ` ${curated.id}` : ''} seq ${seq} batch ${batch}${precision === 'int8' ? ' int8 matmuls' : ''}`,
       ms,
-      note: `${((T / ms) * 1000).toFixed(0)} tok/s;${docTokens < seq ? ` documents of ${docTokens} tokens;` : ''} loss chunks of ${ce} tokens; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%); ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
+      note: `${((T / ms) * 1000).toFixed(0)} tok/s;${docTokens < seq ? ` documents of ${docTokens} tokens;` : ''} loss chunks of ${ce} tokens; pool peak ${formatBytes(peak)} vs planned ${formatBytes(predicted)} (${((predicted / peak - 1) * 100).toFixed(1)}%)${smi === null ? '' : `, nvidia-smi ${formatBytes(smi)} for this process`}; ${plan.dispatches.length + update.length} dispatches, 1 submit; loss ${loss.toFixed(3)}`,
     });
     console.log(rows[rows.length - 1]!.name, rows[rows.length - 1]!.note);
     if (`${seq}x${batch}` === breakdownOf) console.log(`\n### where the time goes: seq ${seq} batch ${batch}\n${await stepBreakdown(ctx, [...plan.dispatches, ...update], ms)}\n`);
