@@ -1,6 +1,7 @@
 import type { GpuContext } from '../src/engine/gpu/context.ts';
 import type { Tensor } from '../src/engine/gpu/tensor.ts';
 import {
+  chooseAttentionDkvTiles,
   chooseAttentionForwardTiles,
   prepareAttentionBackward,
   prepareAttentionDecode,
@@ -57,6 +58,12 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       rows.push({ name: `backward b${batch} seq${seq}`, ms: await timeDispatches(ctx, bwd, reps, reps), flops: 2.5 * flops, note: 'delta + dq + dkv' });
       for (const [i, part] of ['delta', 'dq', 'dkv'].entries()) {
         rows.push({ name: `  backward ${part} b${batch} seq${seq}`, ms: await timeDispatches(ctx, [bwd[i]!], reps, reps), ...(part === 'delta' ? { bytes: 2 * tokens * N_Q * D * 4 } : { flops: (part === 'dq' ? 1.5 : 2) * flops }) });
+      }
+      // ATTN_DKV_STAGING=16x8,32x16: dk/dv again with those staging depths (DC columns × KC queries).
+      for (const variant of (process.env.ATTN_DKV_STAGING ?? '').split(',').filter(Boolean)) {
+        const [DC, KC] = variant.split('x').map(Number) as [number, number];
+        const dkv = (await prepareAttentionBackward(ctx, { q, k, v, o, lse, dout, delta, dq, dk, dv }, s, { dkvStaging: { DC, KC } }))[2]!;
+        rows.push({ name: `  backward dkv b${batch} seq${seq} staging ${variant}`, ms: await timeDispatches(ctx, [dkv], reps, reps), flops: 2 * flops, note: `tiles ${JSON.stringify(chooseAttentionDkvTiles(ctx, D, false, { dkvStaging: { DC, KC } }))}` });
       }
     } finally {
       for (const x of made) ctx.release(x);

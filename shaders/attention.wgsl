@@ -87,6 +87,8 @@ override BLOCK_K: u32 = 16u;
 // head_dim columns of Q/K (dO/V) staged per step; rows (keys of V or K, queries of dO/Q) staged per step.
 override DC: u32 = 16u;
 override KC: u32 = 16u;
+// dkv: vec4 of its one staging region (attention.ts: the larger of its two phases' needs, see dkv below).
+override DKV_STAGE: u32 = 1u;
 // Decode: invocations per workgroup (a multiple of HEAD_DIM / 4).
 override DECODE_THREADS: u32 = 64u;
 // Decode: fewest keys per split. Splits are sized by the valid length (not the cache), so a short context
@@ -733,7 +735,11 @@ fn attention_backward_dq(
 // from K, V, Q, dO staged DC columns at a time; Pᵀ and dSᵀ go to workgroup memory query-major (4 keys
 // per vec4); dv and dk of its 4 keys (vec4 columns x, x + BLOCK_Q/4, ...) accumulate from dO and Q rows
 // staged KC queries at a time. Query heads of the group and query tiles in a fixed order: deterministic.
-var<workgroup> fq2: array<vec4<f32>, KC * (HEAD_DIM / 4u)>;
+// The two phases never stage at the same time (a barrier opens each staging round), so they share one
+// region: Q | dO | K | V chunks (DC columns) in the first, dO | Q rows (KC queries) in the second. That
+// leaves room for deeper chunks than two separate sets of arrays would (fewer staging rounds and barriers;
+// attention.ts chooses the depths).
+var<workgroup> dkv_stage: array<vec4<f32>, DKV_STAGE>;
 var<workgroup> fpt: array<vec4<f32>, BLOCK_Q * (BLOCK_K / 4u + 1u)>;
 var<workgroup> fdst: array<vec4<f32>, BLOCK_Q * (BLOCK_K / 4u + 1u)>;
 
@@ -780,6 +786,13 @@ fn attention_backward_dkv(
   let lx = lid.x;
   let ncol = R / WX;
   let G = group_size();
+  // dkv_stage offsets: first phase Q, dO (BLOCK_Q rows each), K, V (BLOCK_K rows); second phase dO, Q (KC rows).
+  let at_q = 0u;
+  let at_do = BLOCK_Q * DQ;
+  let at_k = 2u * BLOCK_Q * DQ;
+  let at_v = at_k + BLOCK_K * DQ;
+  let at_do2 = 0u;
+  let at_q2 = KC * R;
 
 #if DOCS
   for (var j = tid; j < BLOCK_K; j += threads) { kdoc[j] = load_doc(row_base, k0 + j); }
@@ -818,8 +831,8 @@ fn attention_backward_dkv(
             x = q[at];
             y = dout[at];
           }
-          fq[i * DQ + c] = x;
-          fdo[i * DQ + c] = y;
+          dkv_stage[at_q + i * DQ + c] = x;
+          dkv_stage[at_do + i * DQ + c] = y;
         }
         for (var idx = tid; idx < BLOCK_K * D4; idx += threads) {
           let j = idx / D4;
@@ -831,8 +844,8 @@ fn attention_backward_dkv(
             x = k[at];
             y = v[at];
           }
-          fk[j * DQ + c] = x;
-          fvc[j * DQ + c] = y;
+          dkv_stage[at_k + j * DQ + c] = x;
+          dkv_stage[at_v + j * DQ + c] = y;
         }
         if (dc0 == 0u) {
           for (var i = tid; i < BLOCK_Q; i += threads) {
@@ -849,22 +862,22 @@ fn attention_backward_dkv(
         }
         workgroupBarrier();
         for (var c = 0u; c < D4; c++) {
-          let b0 = fq[(lx + 0u * WX) * DQ + c];
-          let b1 = fq[(lx + 1u * WX) * DQ + c];
-          let b2 = fq[(lx + 2u * WX) * DQ + c];
-          let b3 = fq[(lx + 3u * WX) * DQ + c];
-          s0 += dots4(fk[(j0 + 0u) * DQ + c], b0, b1, b2, b3);
-          s1 += dots4(fk[(j0 + 1u) * DQ + c], b0, b1, b2, b3);
-          s2 += dots4(fk[(j0 + 2u) * DQ + c], b0, b1, b2, b3);
-          s3 += dots4(fk[(j0 + 3u) * DQ + c], b0, b1, b2, b3);
-          let w0 = fdo[(lx + 0u * WX) * DQ + c];
-          let w1 = fdo[(lx + 1u * WX) * DQ + c];
-          let w2 = fdo[(lx + 2u * WX) * DQ + c];
-          let w3 = fdo[(lx + 3u * WX) * DQ + c];
-          e0 += dots4(fvc[(j0 + 0u) * DQ + c], w0, w1, w2, w3);
-          e1 += dots4(fvc[(j0 + 1u) * DQ + c], w0, w1, w2, w3);
-          e2 += dots4(fvc[(j0 + 2u) * DQ + c], w0, w1, w2, w3);
-          e3 += dots4(fvc[(j0 + 3u) * DQ + c], w0, w1, w2, w3);
+          let b0 = dkv_stage[at_q + (lx + 0u * WX) * DQ + c];
+          let b1 = dkv_stage[at_q + (lx + 1u * WX) * DQ + c];
+          let b2 = dkv_stage[at_q + (lx + 2u * WX) * DQ + c];
+          let b3 = dkv_stage[at_q + (lx + 3u * WX) * DQ + c];
+          s0 += dots4(dkv_stage[at_k + (j0 + 0u) * DQ + c], b0, b1, b2, b3);
+          s1 += dots4(dkv_stage[at_k + (j0 + 1u) * DQ + c], b0, b1, b2, b3);
+          s2 += dots4(dkv_stage[at_k + (j0 + 2u) * DQ + c], b0, b1, b2, b3);
+          s3 += dots4(dkv_stage[at_k + (j0 + 3u) * DQ + c], b0, b1, b2, b3);
+          let w0 = dkv_stage[at_do + (lx + 0u * WX) * DQ + c];
+          let w1 = dkv_stage[at_do + (lx + 1u * WX) * DQ + c];
+          let w2 = dkv_stage[at_do + (lx + 2u * WX) * DQ + c];
+          let w3 = dkv_stage[at_do + (lx + 3u * WX) * DQ + c];
+          e0 += dots4(dkv_stage[at_v + (j0 + 0u) * DQ + c], w0, w1, w2, w3);
+          e1 += dots4(dkv_stage[at_v + (j0 + 1u) * DQ + c], w0, w1, w2, w3);
+          e2 += dots4(dkv_stage[at_v + (j0 + 2u) * DQ + c], w0, w1, w2, w3);
+          e3 += dots4(dkv_stage[at_v + (j0 + 3u) * DQ + c], w0, w1, w2, w3);
         }
       }
 
@@ -900,8 +913,8 @@ fn attention_backward_dkv(
             x = dout[at];
             y = q[at];
           }
-          fv[idx] = x;
-          fq2[idx] = y;
+          dkv_stage[at_do2 + idx] = x;
+          dkv_stage[at_q2 + idx] = y;
         }
         workgroupBarrier();
         for (var i = 0u; i < KC; i++) {
@@ -909,8 +922,8 @@ fn attention_backward_dkv(
           let dv4 = fdst[(kc0 + i) * PK + lid.y];
           for (var c = 0u; c < RB_MAXC; c++) {
             if (c >= ncol) { break; }
-            let dov = fv[i * R + lx + c * WX];
-            let qv = fq2[i * R + lx + c * WX];
+            let dov = dkv_stage[at_do2 + i * R + lx + c * WX];
+            let qv = dkv_stage[at_q2 + i * R + lx + c * WX];
             av0[c] = fma(vec4<f32>(pv.x), dov, av0[c]);
             av1[c] = fma(vec4<f32>(pv.y), dov, av1[c]);
             av2[c] = fma(vec4<f32>(pv.z), dov, av2[c]);

@@ -226,6 +226,13 @@ describe('attention (tiled flash, f32)', () => {
         await check(await gpu(), s, undefined, name, { software });
       });
 
+  it('dk/dv with several staging depths in their shared staging region (wide, narrow, more queries than columns)', async () => {
+    const s = { batch: 1, seq: 37, nQ: 4, nKv: 2, d: 32 };
+    for (const dkvStaging of [{ DC: 32, KC: 16 }, { DC: 4, KC: 8 }, { DC: 16, KC: 4 }]) {
+      await check(await gpu(), s, packedDocs(37, [15, 22]), `dkv staging ${dkvStaging.DC}/${dkvStaging.KC}`, { software: false, tiles: { BLOCK_Q: 16, BLOCK_K: 8 }, dkvStaging });
+    }
+  });
+
   it('packed row with 3 documents and trailing padding', async () => {
     const s = { batch: 1, seq: 61, nQ: 4, nKv: 2, d: 64 };
     await check(await gpu(), s, packedDocs(61, [20, 26, 11]), 'packed', { software: false });

@@ -44,6 +44,8 @@ export interface AttentionOptions {
    * per stage that takes; the spec's minimum is 8, and without them the kernels run to the end of the row).
    */
   keySpans?: boolean;
+  /** dk/dv's staging depths (head_dim columns per chunk, queries per round), instead of the chosen ones: benches. */
+  dkvStaging?: { DC: number; KC: number };
 }
 
 /** Storage buffers of the dk/dv kernels with the document spans bound: q, k, v, lse, dout, delta, dk, dv, doc, spans. */
@@ -178,17 +180,24 @@ export function chooseAttentionForwardTiles(ctx: GpuContext, headDim: number, do
   return { tiles: make(), sgTeam };
 }
 
+/** vec4 of dkv's one staging region: Q, dO, K, V chunks of DC columns, or dO and Q rows of KC queries. */
+export function attentionDkvStageVec4(headDim: number, t: AttentionForwardTiles): number {
+  return Math.max(2 * (t.BLOCK_Q + t.BLOCK_K) * (t.DC / 4 + 1), 2 * t.KC * (headDim / 4));
+}
+
 /** Workgroup bytes of dkv (mirrors its var<workgroup> arrays). */
 export function attentionDkvBytes(headDim: number, t: AttentionForwardTiles, docs: boolean): number {
-  const stage = 2 * (t.BLOCK_Q + t.BLOCK_K) * (t.DC / 4 + 1) * 16 + 2 * t.KC * headDim * 4;
-  return stage + 2 * t.BLOCK_Q * (t.BLOCK_K / 4 + 1) * 16 + t.BLOCK_Q * 8 + (docs ? (t.BLOCK_Q + t.BLOCK_K + 1) * 4 : 0);
+  return attentionDkvStageVec4(headDim, t) * 16 + 2 * t.BLOCK_Q * (t.BLOCK_K / 4 + 1) * 16 + t.BLOCK_Q * 8 + (docs ? (t.BLOCK_Q + t.BLOCK_K + 1) * 4 : 0);
 }
 
 /**
  * dkv tiles: (BLOCK_Q/4)×(BLOCK_K/4) invocations, a team of BLOCK_Q/4 (≤ 16, dividing headDim/4, ≤ 8 vec4
- * columns each) per 4 key rows, up to 32 keys; DC 16, KC 16, shrunk (KC to 8, then the query block, then
- * DC, then the key block) until workgroup memory suffices. On the H100 at d128: 64 queries × 32 keys,
- * KC 8 (b1 seq 2048: 2.84 ms; 32 × 64: 3.54; 32 × 32: 5.66; 16 × 64: 16.6).
+ * columns each) per 4 key rows, up to 32 keys; DC 16, KC 8 (what the H100 ran at d128 when the two phases had
+ * separate staging arrays: 64 queries × 32 keys, b1 seq 2048 2.84 ms; 32 × 64: 3.54; 32 × 32: 5.66; 16 × 64:
+ * 16.6), shrunk (the query block, then DC, then the key block) until workgroup memory suffices. The phases
+ * now share one region, which leaves room for DC 32 and KC 16 (46 KiB) on a 48 KiB device; whether those
+ * are faster is not measured yet (`ATTN_DKV_STAGING=16x8,32x16 node dist-bench/bench.mjs attention`), so
+ * opts.dkvStaging only asks for them.
  */
 export function chooseAttentionDkvTiles(ctx: GpuContext, headDim: number, docs: boolean, opts: AttentionOptions = {}): AttentionForwardTiles {
   const r = headDim / 4;
@@ -200,9 +209,9 @@ export function chooseAttentionDkvTiles(ctx: GpuContext, headDim: number, docs: 
   if (opts.tiles?.BLOCK_K !== undefined) wy = opts.tiles.BLOCK_K / 4;
   if (!Number.isInteger(wy) || wy < 1 || wx * wy > ctx.limits.maxComputeInvocationsPerWorkgroup) throw new Error(`attention dkv: BLOCK_K must be a multiple of 4 within the invocation limit`);
   const dcFits = (dc: number) => dc >= 4 && r % (dc / 4) === 0;
-  let dc = 16;
+  let dc = opts.dkvStaging?.DC ?? 16;
   while (!dcFits(dc)) dc -= 4;
-  let kc = 16;
+  let kc = opts.dkvStaging?.KC ?? 8;
   const fixKc = () => {
     while (kc > 1 && (wx * 4) % kc !== 0) kc /= 2;
   };
@@ -210,7 +219,8 @@ export function chooseAttentionDkvTiles(ctx: GpuContext, headDim: number, docs: 
   const make = (): AttentionForwardTiles => ({ BLOCK_Q: wx * 4, BLOCK_K: wy * 4, DC: dc, KC: kc });
   const limit = ctx.limits.maxComputeWorkgroupStorageSize;
   while (attentionDkvBytes(headDim, make(), docs) > limit) {
-    if (kc > 8) kc /= 2;
+    if (dc > 16 && dcFits(dc / 2)) dc /= 2;
+    else if (kc > 8) kc /= 2;
     else if (wx > 2 && opts.tiles?.BLOCK_Q === undefined && r % (wx / 2) === 0 && r / (wx / 2) <= MAX_V4) {
       wx /= 2;
       fixKc();
@@ -391,7 +401,7 @@ export async function prepareAttentionBackward(ctx: GpuContext, t: AttentionBack
 
   const dkvLabel = `attention backward dkv ${name}`;
   const dkvT = chooseAttentionDkvTiles(ctx, s.headDim, docs, opts);
-  const dkvPipeline = await ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_backward_dkv', defines: { DOCS: docs, KEY_SPANS: keySpans }, constants: { HEAD_DIM: s.headDim, ...dkvT } });
+  const dkvPipeline = await ctx.pipeline({ shader: ATTENTION_SHADER, entryPoint: 'attention_backward_dkv', defines: { DOCS: docs, KEY_SPANS: keySpans }, constants: { HEAD_DIM: s.headDim, ...dkvT, DKV_STAGE: attentionDkvStageVec4(s.headDim, dkvT) } });
   const dkvDispatch: KernelDispatch = {
     label: dkvLabel,
     pipeline: dkvPipeline,
