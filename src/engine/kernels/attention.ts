@@ -181,7 +181,7 @@ export function chooseAttentionForwardTiles(ctx: GpuContext, headDim: number, do
 }
 
 /** vec4 of dkv's one staging region: Q, dO, K, V chunks of DC columns, or dO and Q rows of KC queries. */
-export function attentionDkvStageVec4(headDim: number, t: AttentionForwardTiles): number {
+function attentionDkvStageVec4(headDim: number, t: AttentionForwardTiles): number {
   return Math.max(2 * (t.BLOCK_Q + t.BLOCK_K) * (t.DC / 4 + 1), 2 * t.KC * (headDim / 4));
 }
 
