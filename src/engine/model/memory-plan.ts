@@ -189,6 +189,11 @@ function matrixBytes(out: number, inF: number, c: TrainingMemoryConfig, a: Memor
   return (out * inF) / 2 + out * (inF / c.groupSize) * a.scaleBytesPerGroup;
 }
 
+/** Whether the plan keeps each layer's attention output (only with checkpointing; default on, as in the engine). */
+function keepsAttention(c: TrainingMemoryConfig): boolean {
+  return c.activationCheckpointing && (c.keepAttention ?? true);
+}
+
 /**
  * One layer's forward scratch (StepPlan's LayerScratch), shared by every layer and by the recompute; without
  * the attention output and lse when the training plan keeps those per layer (`attentionKept`).
@@ -362,7 +367,7 @@ export function planMemory(
   ]);
 
   // ---- activations and loss
-  const attentionKept = c.activationCheckpointing && (c.keepAttention ?? true);
+  const attentionKept = keepsAttention(c);
   const forwardSet = layerForwardTerms(spec, c, targets, attentionKept);
   const forwardBytes = forwardSet.reduce((s, t) => s + t.bytes, 0);
   const saved: MemoryTerm[] = [
@@ -469,8 +474,7 @@ function adviseFor(
     if (t <= budget) firstFit ??= cfg;
   };
   const offloaded: OptimizerOffload = c.optimizerOffload === 'gpu' ? 'cpu' : c.optimizerOffload;
-  const keepsAttention = c.activationCheckpointing && (c.keepAttention ?? true);
-  if (keepsAttention) suggest({ ...c, keepAttention: false }, 'Recompute attention in the backward instead of keeping its output (Train › keep attention outputs)');
+  if (keepsAttention(c)) suggest({ ...c, keepAttention: false }, 'Recompute attention in the backward instead of keeping its output (Train › keep attention outputs)');
   if (c.optimizerOffload === 'gpu') suggest({ ...c, optimizerOffload: 'cpu' }, 'Keep the optimizer state in CPU memory (optimizer offload)');
   if (c.quantBits === 32) suggest({ ...c, quantBits: 4 }, 'Load the base model in 4 bits (QLoRA)');
   if (Math.min(c.ceChunkTokens, c.seqLen * c.microBatch) > 256) suggest({ ...c, ceChunkTokens: 256 }, 'Compute the loss in chunks of 256 tokens (Train › loss chunk)');
