@@ -130,6 +130,27 @@ describe('training engine', () => {
     expect(Buffer.from(results[0]!.grads.buffer).equals(Buffer.from(results[1]!.grads.buffer)), `seed ${seed}`).toBe(true);
   }, 300_000);
 
+  it('the kept attention outputs take what the memory plan says they take, per layer', async () => {
+    const ctx = await gpu();
+    const weights = await fixtureModel(ctx, 'llama', true);
+    const spec = weights.spec;
+    const { layout, state } = randomAdapter(ctx, weights);
+    const shape = { batch: 2, seq: 12 };
+    const held: number[] = [];
+    for (const keepAttention of [true, false]) {
+      const before = ctx.pool.liveBytes;
+      const plan = await new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { keepAttention, matmulPrecision: 'f32' }).plan(shape, 'train');
+      held.push(ctx.pool.liveBytes - before);
+      plan.release();
+    }
+    const c = { seqLen: 12, microBatch: 2, loraRank: 4, quantBits: 4 as const, groupSize: 64, optimizerOffload: 'gpu' as const, activationCheckpointing: true, ceChunkTokens: 1 << 20 };
+    const planned = planMemory(spec, c).trainingPeakBytes - planMemory(spec, { ...c, keepAttention: false }).trainingPeakBytes;
+    // One [tokens, heads·headDim] output and [heads, tokens] lse per layer, less the one shared pair.
+    expect(spec.layers).toBeGreaterThan(1);
+    expect(planned).toBe((spec.layers - 1) * 24 * spec.nHeads * (spec.headDim + 1) * 4);
+    expect(held[0]! - held[1]!).toBe(planned);
+  }, 300_000);
+
   it('a short run on the llama fixture lowers the loss (gradient accumulation, cosine schedule, dropout)', async () => {
     const ctx = await gpu();
     const weights = await fixtureModel(ctx, 'llama');
