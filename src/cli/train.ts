@@ -16,7 +16,7 @@ import { detectMapper, mapRecords } from '../data/mappers.ts';
 import { prepareDataset } from '../data/pipeline.ts';
 import { describeSource } from '../data/types.ts';
 import { formatBytes } from '../engine/gpu/errors.ts';
-import { planMemory } from '../engine/model/memory-plan.ts';
+import { planMemory, withAttentionChoice } from '../engine/model/memory-plan.ts';
 import { ceChunkTokens } from '../engine/kernels/cross_entropy.ts';
 import type { LoraModule } from '../engine/model/peft.ts';
 import { fileMomentStore } from '../engine/train/moments.ts';
@@ -52,7 +52,8 @@ printing one line per optimizer step, and saves the adapter as PEFT writes it.
   --matmul-precision <p> int8 (default): the 4-bit base's matmuls on tensor cores where the GPU has
                          integer subgroup matrices (f32 elsewhere); f32: always the exact kernels
   --recompute-attention  recompute attention in the backward instead of keeping each layer's output
-                         (less GPU memory: tokens × heads × (head size + 1) × 4 bytes per layer; slower)
+                         (less GPU memory: tokens × heads × (head size + 1) × 4 bytes per layer; slower);
+                         by default they are kept where the plan then fits the budget
   --loss-chunk <n>       tokens per cross-entropy chunk (default: as many as fit 384 MiB of logits);
                          fewer save GPU memory (vocab × 4 bytes per token), cost speed
   --seed <n>             LoRA init and shuffling seed (default ${d.seed})
@@ -125,12 +126,16 @@ export const trainCommand: CliCommand = {
     // The memory plan before anything is allocated: say what to change rather than fail mid-run.
     const c0 = { ...DEFAULT_TRAIN_CONFIG, ...overrides };
     const seqLen = Math.max(...rows.map((r) => r.inputIds.length));
-    const plan = planMemory(
+    const budgetBytes = Number(values['budget-gib'] ?? 8) * 2 ** 30;
+    // Attention outputs are kept where the plan then fits the budget (unless --recompute-attention): the trainer gets the choice.
+    const planned = withAttentionChoice(
       spec,
       { seqLen, microBatch: c0.microBatch, loraRank: c0.loraRank, ...(c0.targets ? { targets: c0.targets } : {}), quantBits: values.f32 ? 32 : 4, groupSize: 64,
-        optimizerOffload: c0.optimizerOffload ?? 'gpu', activationCheckpointing: true, keepAttention: c0.keepAttention ?? true, ceChunkTokens: ceChunkTokens(spec.vocabSize, seqLen * c0.microBatch, { chunkTokens: c0.lossChunkTokens }) },
-      { budgetBytes: Number(values['budget-gib'] ?? 8) * 2 ** 30 },
+        optimizerOffload: c0.optimizerOffload ?? 'gpu', activationCheckpointing: true, ...(c0.keepAttention === undefined ? {} : { keepAttention: c0.keepAttention }), ceChunkTokens: ceChunkTokens(spec.vocabSize, seqLen * c0.microBatch, { chunkTokens: c0.lossChunkTokens }) },
+      budgetBytes,
     );
+    overrides.keepAttention = planned.keepAttention;
+    const plan = planMemory(spec, planned, { budgetBytes });
     console.log(`memory plan: ${formatBytes(plan.totalBytes)} of a ${formatBytes(plan.budgetBytes)} budget (weights ${formatBytes(plan.weights.bytes)}, LoRA ${formatBytes(plan.lora.bytes)}, optimizer ${formatBytes(plan.optimizer.bytes)}, activations ${formatBytes(plan.activations.bytes)}, loss ${formatBytes(plan.ce.bytes)})`);
     if (!plan.fits) {
       for (const a of plan.advice) console.log(`  - ${a}`);

@@ -29,7 +29,7 @@ import { loraModules, type PeftLoraConfig } from './model/peft.ts';
 import { MemoryBlobStore, type BlobStore } from './share/checkpoint.ts';
 import { DEFAULT_MATMUL_PRECISION, DEFAULT_TRAIN_CONFIG } from './train/trainer.ts';
 import { ceChunkTokens } from './kernels/cross_entropy.ts';
-import { formatBytes, planMemory, type MemoryPlan, type TrainingMemoryConfig } from './model/memory-plan.ts';
+import { formatBytes, planMemory, withAttentionChoice, type MemoryPlan, type TrainingMemoryConfig } from './model/memory-plan.ts';
 import { RunCheckpointer, DEFAULT_CHECKPOINT_POLICY, type CheckpointPolicy } from './runs/checkpointer.ts';
 import * as runStore from './runs/run-store.ts';
 import { DeviceLostError, GpuOutOfMemoryError } from './gpu/errors.ts';
@@ -301,6 +301,13 @@ export class EngineSession {
     this.trainer?.release();
     this.trainer = null;
     this.tunedVersion++;
+    // Under a memory budget, unset keepAttention becomes the plan's choice (kept where it then fits); the
+    // trainer's config, which the run stores, carries it, so a resumed run makes the same choice.
+    const budget = this.ctx.pool.budgetBytes;
+    if (config.keepAttention === undefined && budget !== null && rows.length > 0) {
+      const mc = this.memoryConfig(this.spec!, config, longestRow(rows), { evalSeqLen: longestRow(evalRows), budgetBytes: budget });
+      config = { ...config, keepAttention: mc.keepAttention ?? true };
+    }
     // The adapter and optimizer state: on failure half-way, what was allocated goes back to the pool.
     const scope = this.ctx.pool.openScope();
     try {
@@ -577,7 +584,7 @@ export class EngineSession {
     return CURATED_MODELS.map((m) => {
       try {
         const spec = modelSpecFromConfig(m.config, `${m.id} config.json`);
-        const plan = planMemory(spec, this.memoryConfig(spec, rest, seqLen, { quantized }), budgetBytes === undefined ? {} : { budgetBytes });
+        const plan = planMemory(spec, this.memoryConfig(spec, rest, seqLen, { quantized, budgetBytes }), budgetBytes === undefined ? {} : { budgetBytes });
         return { id: m.id, totalBytes: plan.totalBytes, fits: plan.fits, parameters: parameterCount(spec) };
       } catch (e) {
         return { id: m.id, error: e instanceof Error ? e.message : String(e) };
@@ -591,18 +598,18 @@ export class EngineSession {
    */
   planTraining(config: Partial<TrainConfig>, seqLen: number, budgetBytes?: number, evalSeqLen = 0): MemoryPlan {
     const spec = this.requireSpec();
-    return planMemory(spec, this.memoryConfig(spec, config, seqLen, { evalSeqLen }), budgetBytes === undefined ? {} : { budgetBytes });
+    return planMemory(spec, this.memoryConfig(spec, config, seqLen, { evalSeqLen, budgetBytes }), budgetBytes === undefined ? {} : { budgetBytes });
   }
 
   /**
    * The planner's view of a training config on the loaded model (or, while loading, one `quantized` or not),
    * with held-out rows of `evalSeqLen` tokens when the run measures an eval loss.
    */
-  private memoryConfig(spec: ModelSpec, config: Partial<TrainConfig>, seqLen: number, opts: { quantized?: boolean; evalSeqLen?: number } = {}): TrainingMemoryConfig {
+  private memoryConfig(spec: ModelSpec, config: Partial<TrainConfig>, seqLen: number, opts: { quantized?: boolean; evalSeqLen?: number; budgetBytes?: number } = {}): TrainingMemoryConfig {
     const quantized = opts.quantized ?? this.weights?.quantized ?? false;
     const evalSeqLen = opts.evalSeqLen ?? 0;
     const c = { ...DEFAULT_TRAIN_CONFIG, ...config };
-    return {
+    const mc: TrainingMemoryConfig = {
       seqLen,
       microBatch: c.microBatch,
       loraRank: c.loraRank,
@@ -611,11 +618,13 @@ export class EngineSession {
       groupSize: 64,
       optimizerOffload: c.optimizerOffload ?? 'gpu',
       activationCheckpointing: true,
-      keepAttention: c.keepAttention ?? true,
+      ...(c.keepAttention === undefined ? {} : { keepAttention: c.keepAttention }),
       ceChunkTokens: ceChunkTokens(spec.vocabSize, seqLen * c.microBatch, { chunkTokens: c.lossChunkTokens, limits: this.ctx.limits }),
       int8Matmuls: (c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION) === 'int8' && int8MatmulSupport(this.ctx.features).ok,
       ...(evalSeqLen > 0 ? { evalSeqLen } : {}),
     };
+    // Unset keepAttention against a budget: kept where the plan then fits, as newTrainer decides it.
+    return opts.budgetBytes === undefined ? mc : withAttentionChoice(spec, mc, opts.budgetBytes);
   }
 
   /** One chat turn with the base model or the tuned one (each keeps its own conversation and cache). */

@@ -12,10 +12,11 @@ import { EngineSession, type RunEvent } from '../../src/engine/session.ts';
 import { formatBytes, GpuOutOfMemoryError } from '../../src/engine/gpu/errors.ts';
 import { ExplainedOutOfMemoryError } from '../../src/engine/train/out-of-memory.ts';
 import { NodeDirBlobStore } from '../../src/engine/share/node.ts';
+import { readRunManifest } from '../../src/engine/runs/run-store.ts';
 import type { GpuContext } from '../../src/engine/gpu/context.ts';
 import type { TrainConfig, TrainRow } from '../../src/engine/train/trainer.ts';
 import { createNodeGpuContext } from '../../src/node/gpu.ts';
-import { DEMO_MODEL_ID } from '../../src/engine/demo/demo-model.ts';
+import { DEMO_CONFIG, DEMO_MODEL_ID, demoModelFiles } from '../../src/engine/demo/demo-model.ts';
 import { identityDataset } from '../helpers/identity.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'webtune-oom-'));
@@ -103,6 +104,29 @@ it("a run is held to the user's memory budget (RunOptions.memoryBudgetBytes): re
   const ok = await session.trainRun(rows, config, { runId: 'budget-ok', memoryBudgetBytes: 2 ** 30 }, () => undefined);
   expect(ok).toMatchObject({ steps: 4, stopped: false, paused: false });
   expect(ctx.pool.budgetBytes).toBeNull();
+}, 600_000);
+
+it('under a budget that fits only with attention recomputed, the run recomputes it (and stores that) instead of being refused', async () => {
+  // Two layers (with one, the kept output replaces the shared scratch and costs nothing).
+  const session = new EngineSession(ctx, new NodeDirBlobStore(dir));
+  await session.loadModelFiles(demoModelFiles(3, { ...DEMO_CONFIG, num_hidden_layers: 2 }), { id: 'demo-2-layers', quantize: false });
+  const seq = Math.max(...rows.map((r) => r.inputIds.length));
+  const kept = session.planTraining({ ...config, keepAttention: true }, seq);
+  const recomputed = session.planTraining({ ...config, keepAttention: false }, seq);
+  expect(kept.totalBytes).toBeGreaterThan(recomputed.totalBytes);
+  const budget = Math.floor((kept.totalBytes + recomputed.totalBytes) / 2);
+  // The Train section's plan makes the same choice as the run.
+  const shown = session.planTraining(config, seq, budget);
+  expect(shown.fits).toBe(true);
+  expect(shown.activations.terms.some((t) => t.name === 'kept attention outputs')).toBe(false);
+  expect(session.planTraining(config, seq, kept.totalBytes).activations.terms.some((t) => t.name === 'kept attention outputs')).toBe(true);
+  const done = await session.trainRun(rows, config, { runId: 'recomputed', memoryBudgetBytes: budget }, () => undefined);
+  expect(done).toMatchObject({ steps: 4, stopped: false, paused: false });
+  expect((await readRunManifest(new NodeDirBlobStore(dir), 'recomputed')).config.keepAttention).toBe(false);
+  // A roomy budget keeps them.
+  await session.trainRun(rows, config, { runId: 'kept-attention', memoryBudgetBytes: 2 ** 30 }, () => undefined);
+  expect((await readRunManifest(new NodeDirBlobStore(dir), 'kept-attention')).config.keepAttention).toBe(true);
+  session.unload();
 }, 600_000);
 
 it('a run that runs out of memory on resume keeps its checkpoint and resumes to the end later', async () => {

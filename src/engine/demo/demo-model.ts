@@ -52,8 +52,9 @@ export const DEMO_CONFIG = {
  */
 export const DEMO_INIT_STD = { embedding: 1, head: 0.25 };
 
-export function demoModelFiles(seed = 1): Map<string, string | Uint8Array> {
-  const spec = modelSpecFromConfig(DEMO_CONFIG, 'demo model');
+/** The demo model's HF folder; `config` changes its shape (tests: more layers), DEMO_CONFIG by default. */
+export function demoModelFiles(seed = 1, config: typeof DEMO_CONFIG = DEMO_CONFIG): Map<string, string | Uint8Array> {
+  const spec = modelSpecFromConfig(config, 'demo model');
   const names = new Map(hfCheckpointLayout(spec).map(({ param, source }) => [param.name, source.tensor]));
   const tensors: TensorToWrite[] = [];
   modelParams(spec).forEach((p, i) => {
@@ -65,7 +66,7 @@ export function demoModelFiles(seed = 1): Map<string, string | Uint8Array> {
   });
   const tok = fallbackTokenizerSource();
   const files = new Map<string, string | Uint8Array>();
-  files.set('config.json', JSON.stringify(DEMO_CONFIG, null, 2));
+  files.set('config.json', JSON.stringify(config, null, 2));
   files.set('generation_config.json', JSON.stringify({ eos_token_id: [258], pad_token_id: 256 }, null, 2));
   files.set('model.safetensors', writeSafetensors(tensors, { format: 'pt' }));
   files.set('tokenizer.json', JSON.stringify(tok.tokenizerJson));

@@ -51,7 +51,8 @@ export interface TrainingMemoryConfig {
   readonly activationCheckpointing: boolean;
   /**
    * With checkpointing, also keep each layer's attention output and lse so the recompute skips attention
-   * (TransformerOptions.keepAttention; default true, as in the engine).
+   * (TransformerOptions.keepAttention; default true, as in the engine; withAttentionChoice decides it
+   * against a budget).
    */
   readonly keepAttention?: boolean;
   /** Tokens per cross-entropy chunk: the logits buffer is ceChunkTokens × vocab. */
@@ -187,6 +188,16 @@ function layerProjections(spec: ModelSpec): Array<{ name: string; out: number; i
 function matrixBytes(out: number, inF: number, c: TrainingMemoryConfig, a: MemoryPlanAssumptions): number {
   if (c.quantBits === 32 || inF % c.groupSize !== 0) return out * inF * F32;
   return (out * inF) / 2 + out * (inF / c.groupSize) * a.scaleBytesPerGroup;
+}
+
+/**
+ * `c` with keepAttention decided where it is unset: kept when the whole plan then fits `budgetBytes`, else
+ * recomputed (it changes no result, only speed, so a run that fits without it is never refused for it).
+ */
+export function withAttentionChoice(spec: ModelSpec, c: TrainingMemoryConfig, budgetBytes: number): TrainingMemoryConfig {
+  if (c.keepAttention !== undefined) return c;
+  const kept = { ...c, keepAttention: true };
+  return planMemory(spec, kept, { budgetBytes, advise: false }).fits ? kept : { ...c, keepAttention: false };
 }
 
 /** Whether the plan keeps each layer's attention output (only with checkpointing; default on, as in the engine). */
@@ -474,7 +485,7 @@ function adviseFor(
     if (t <= budget) firstFit ??= cfg;
   };
   const offloaded: OptimizerOffload = c.optimizerOffload === 'gpu' ? 'cpu' : c.optimizerOffload;
-  if (keepsAttention(c)) suggest({ ...c, keepAttention: false }, 'Recompute attention in the backward instead of keeping its output (Train › keep attention outputs)');
+  if (keepsAttention(c)) suggest({ ...c, keepAttention: false }, 'Recompute attention in the backward instead of keeping its output (Train › Attention outputs)');
   if (c.optimizerOffload === 'gpu') suggest({ ...c, optimizerOffload: 'cpu' }, 'Keep the optimizer state in CPU memory (optimizer offload)');
   if (c.quantBits === 32) suggest({ ...c, quantBits: 4 }, 'Load the base model in 4 bits (QLoRA)');
   if (Math.min(c.ceChunkTokens, c.seqLen * c.microBatch) > 256) suggest({ ...c, ceChunkTokens: 256 }, 'Compute the loss in chunks of 256 tokens (Train › loss chunk)');

@@ -65,9 +65,10 @@ export interface TrainConfig {
    */
   lossChunkTokens?: number;
   /**
-   * Keep each layer's attention output for the backward (default true): the recomputed forwards then skip
-   * attention, at [tokens, heads·(headDim + 1)] f32 per layer (TransformerOptions.keepAttention). false:
-   * attention is recomputed too, for the least memory.
+   * Keep each layer's attention output for the backward: the recomputed forwards then skip attention, at
+   * [tokens, heads·(headDim + 1)] f32 per layer (TransformerOptions.keepAttention). false: attention is
+   * recomputed too, for the least memory. Unset: kept; a session run under a memory budget decides it
+   * first (kept where the plan then fits: memory-plan.ts withAttentionChoice) and stores the choice.
    */
   keepAttention?: boolean;
 }

@@ -149,6 +149,12 @@ export class WtTrainSection extends LitElement {
     this.schedulePlan();
   }
 
+  /** The attention-outputs choice: 'auto' leaves it to the memory plan (kept where it fits the budget). */
+  private setKeepAttention(value: string): void {
+    const { keepAttention: _old, ...config } = this.settings.config;
+    this.saveSettings({ config: value === 'auto' ? config : { ...config, keepAttention: value === 'keep' } });
+  }
+
   private setLossChunk(value: string): void {
     const v = Number(value);
     const { lossChunkTokens: _old, ...config } = this.settings.config;
@@ -518,9 +524,13 @@ export class WtTrainSection extends LitElement {
             ${(['cosine', 'linear', 'constant'] as const).map((v) => html`<option value=${v} ?selected=${(s.config.schedule ?? 'cosine') === v}>${v}</option>`)}
           </select>
           <small>the learning rate after warmup: cosine decay (XTuner's default), linear decay, or constant</small></label>
-        <label><span><input type="checkbox" data-testid="keep-attention" .checked=${s.config.keepAttention !== false} ?disabled=${busy}
-            @change=${(e: Event) => this.saveSettings({ config: { ...s.config, keepAttention: (e.target as HTMLInputElement).checked } })} /> Keep attention outputs</span>
-          <small>the backward does not recompute attention: 2–5% faster steps (H200), for tokens × heads × (head size + 1) × 4 bytes per layer; unchecked: the least memory</small></label>
+        <label>Attention outputs
+          <select data-testid="keep-attention" ?disabled=${busy} @change=${(e: Event) => this.setKeepAttention((e.target as HTMLSelectElement).value)}>
+            <option value="auto" ?selected=${s.config.keepAttention === undefined}>kept where they fit the budget</option>
+            <option value="keep" ?selected=${s.config.keepAttention === true}>always kept</option>
+            <option value="recompute" ?selected=${s.config.keepAttention === false}>recomputed (least memory)</option>
+          </select>
+          <small>kept for the backward, it need not recompute attention: 2–5% faster steps (H200) for tokens × heads × (head size + 1) × 4 bytes per layer</small></label>
         <label>Loss chunk (tokens)<input type="number" min="1" step="1" placeholder="automatic" data-testid="loss-chunk" .value=${s.config.lossChunkTokens ? String(s.config.lossChunkTokens) : ''} ?disabled=${busy}
             @change=${(e: Event) => this.setLossChunk((e.target as HTMLInputElement).value)} /><small>tokens per cross-entropy chunk; empty: automatic (about 1000); fewer save GPU memory (vocabulary × 4 bytes each) and cost speed</small></label>
       </div>

@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { parameterCount, parseModelConfig, type ModelSpec } from '../../../src/engine/model/config.ts';
-import { DEFAULT_BUDGET_BYTES, planMemory, type MemoryPlan, type TrainingMemoryConfig } from '../../../src/engine/model/memory-plan.ts';
+import { DEFAULT_BUDGET_BYTES, planMemory, withAttentionChoice, type MemoryPlan, type TrainingMemoryConfig } from '../../../src/engine/model/memory-plan.ts';
 import { expectedLoraTensors, loraModules } from '../../../src/engine/model/peft.ts';
 import { GpuOutOfMemoryError } from '../../../src/engine/gpu/errors.ts';
 import { explainTrainingOutOfMemory } from '../../../src/engine/train/out-of-memory.ts';
@@ -184,6 +184,17 @@ describe('memory plan: budget and advice', () => {
     expect(p.suggestedConfig).not.toBeNull();
     expect(planMemory(spec, p.suggestedConfig!, { budgetBytes: budget }).fits).toBe(true);
     expect(planMemory(spec, { ...c, seqLen: len + 128 }, { budgetBytes: budget }).fits).toBe(false);
+  });
+
+  it('withAttentionChoice keeps attention outputs where the whole plan then fits the budget, else recomputes them; a set choice stays', () => {
+    const spec = target('internlm2-chat-1_8b');
+    const kept = planMemory(spec, { ...qlora, keepAttention: true }).totalBytes;
+    const recomputed = planMemory(spec, { ...qlora, keepAttention: false }).totalBytes;
+    expect(withAttentionChoice(spec, qlora, kept).keepAttention).toBe(true);
+    expect(withAttentionChoice(spec, qlora, kept - 1).keepAttention).toBe(false);
+    expect(withAttentionChoice(spec, qlora, recomputed - 1).keepAttention).toBe(false);
+    expect(withAttentionChoice(spec, { ...qlora, keepAttention: true }, recomputed).keepAttention).toBe(true);
+    expect(withAttentionChoice(spec, { ...qlora, keepAttention: false }, 2 ** 40).keepAttention).toBe(false);
   });
 
   it('says so when nothing fits', () => {
