@@ -526,11 +526,11 @@ export class WtTrainSection extends LitElement {
           <small>the learning rate after warmup: cosine decay (XTuner's default), linear decay, or constant</small></label>
         <label>Attention outputs
           <select data-testid="keep-attention" ?disabled=${busy} @change=${(e: Event) => this.setKeepAttention((e.target as HTMLSelectElement).value)}>
-            <option value="auto" ?selected=${s.config.keepAttention === undefined}>kept where they fit the budget</option>
+            <option value="auto" ?selected=${s.config.keepAttention === undefined}>kept if they fit</option>
             <option value="keep" ?selected=${s.config.keepAttention === true}>always kept</option>
             <option value="recompute" ?selected=${s.config.keepAttention === false}>recomputed (least memory)</option>
           </select>
-          <small>kept for the backward, it need not recompute attention: 2–5% faster steps (H200) for tokens × heads × (head size + 1) × 4 bytes per layer</small></label>
+          <small>kept for the backward (if they fit the memory budget), attention is not recomputed: 2–5% faster steps (H200) for tokens × heads × (head size + 1) × 4 bytes per layer</small></label>
         <label>Loss chunk (tokens)<input type="number" min="1" step="1" placeholder="automatic" data-testid="loss-chunk" .value=${s.config.lossChunkTokens ? String(s.config.lossChunkTokens) : ''} ?disabled=${busy}
             @change=${(e: Event) => this.setLossChunk((e.target as HTMLInputElement).value)} /><small>tokens per cross-entropy chunk; empty: automatic (about 1000); fewer save GPU memory (vocabulary × 4 bytes each) and cost speed</small></label>
       </div>
