@@ -194,8 +194,8 @@ function matrixBytes(out: number, inF: number, c: TrainingMemoryConfig, a: Memor
  * `c` with keepAttention decided where it is unset: kept when the whole plan then fits `budgetBytes`, else
  * recomputed (it changes no result, only speed, so a run that fits without it is never refused for it).
  */
-export function withAttentionChoice(spec: ModelSpec, c: TrainingMemoryConfig, budgetBytes: number): TrainingMemoryConfig {
-  if (c.keepAttention !== undefined) return c;
+export function withAttentionChoice(spec: ModelSpec, c: TrainingMemoryConfig, budgetBytes: number): TrainingMemoryConfig & { keepAttention: boolean } {
+  if (c.keepAttention !== undefined) return { ...c, keepAttention: c.keepAttention };
   const kept = { ...c, keepAttention: true };
   return planMemory(spec, kept, { budgetBytes, advise: false }).fits ? kept : { ...c, keepAttention: false };
 }

@@ -562,7 +562,7 @@ export class Trainer {
   /** The model over this trainer's adapter (the step plan with the run's dropout, the eval plan without). */
   private model(dropout: number): Transformer {
     const c = this.config;
-    return new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout }, { matmulPrecision: c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION, keepAttention: c.keepAttention ?? true });
+    return new Transformer(this.ctx, this.weights, { layout: this.layout, params: this.state.params, grads: this.state.grads, dropout }, { matmulPrecision: c.matmulPrecision ?? DEFAULT_MATMUL_PRECISION, keepAttention: c.keepAttention });
   }
 
   /** Whether there are held-out rows to measure (TrainerOptions.evalRows). */
