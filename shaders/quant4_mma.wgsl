@@ -205,7 +205,12 @@ fn q4_to_i8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 @group(0) @binding(1) var<storage, read> aq: array<vec4<u32>>;   // int8 activation rows, lda bytes each
 @group(0) @binding(2) var<storage, read> ascale: array<f32>;     // its per-row scale
 @group(0) @binding(3) var<storage, read> wq: array<vec4<u32>>;   // W on its int8 grid [N, K] (q4_to_i8)
+#if EPI_VEC4
+// Written as whole vec4 (quant4-mma.ts asks for this only where ld, off and N are multiples of 4).
+@group(0) @binding(4) var<storage, read_write> y: array<vec4<f32>>; // Y [M, ld] (forward) or dX [M, K]
+#else
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;    // Y [M, ld] (forward) or dX [M, K]
+#endif
 #if OP == dx
 @group(0) @binding(5) var<storage, read> colmax: array<f32>;     // q4_col_absmax of this block [K/64]
 #else
@@ -249,6 +254,30 @@ const EPI_TILES: u32 = 8u;                     // tiles per subgroup per half (=
 const EPI_WORDS: u32 = EPI_TILES * 256u;       // per subgroup
 var<workgroup> smem: array<i32, 2u * STAGE_WORDS>;
 var<workgroup> wscale: array<f32, TILE>;   // forward: c[n] / 127 per W row; backward: per output column group (2 used)
+
+// The epilogue: each lane scales and writes EPI_Q neighbouring outputs of a row at a time.
+#if EPI_VEC4
+const EPI_Q: u32 = 4u;
+// Four words of a stored tile; word (c + lane / 8) % 4 in the c-th read, so every read's 32 lanes (words
+// 4·lane apart) hit 32 different banks. Why vec4: a quarter of the scalar epilogue's stores and scale loads.
+fn tile_sum(at: u32, lane: u32) -> vec4<f32> {
+  var s = vec4<f32>(0.0);
+  for (var c = 0u; c < 4u; c++) {
+    let w = (c + lane / 8u) & 3u;
+    s[w] = f32(smem[at + w]);
+  }
+  return s;
+}
+#if OP == fwd
+fn weight_scale(col: u32) -> vec4<f32> { return vec4<f32>(wscale[col], wscale[col + 1u], wscale[col + 2u], wscale[col + 3u]); }
+#endif
+#else
+const EPI_Q: u32 = 1u;
+fn tile_sum(at: u32, lane: u32) -> f32 { return f32(smem[at]); }
+#if OP == fwd
+fn weight_scale(col: u32) -> f32 { return wscale[col]; }
+#endif
+#endif
 
 alias Left = subgroup_matrix_left<i8, 32, 16>;
 alias Right = subgroup_matrix_right<i8, 16, 32>;
@@ -479,28 +508,30 @@ fn q4_mma_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     for (var t = 0u; t < NJ; t++) {
       let ti = half;
       let tj = t;
-      for (var e = lane; e < 256u; e += SG) {
-        let m = m0 + sg_m * 32u + 16u * ti + e / 16u;
-        let sum = f32(smem[region + 256u * t + e]) + f32(smem[region + 256u * (t + NJ) + e]) * (1.0 / 254.0);
+      let mrow = m0 + sg_m * 32u + 16u * ti;
 #else
     for (var t = 0u; t < EPI_TILES; t++) {
       let tile = EPI_TILES * half + t;        // = NJ·i + j
       let ti = tile / NJ;
       let tj = tile % NJ;
-      for (var e = lane; e < 256u; e += SG) {
-        let m = m0 + sg_m * 64u + 16u * ti + e / 16u;
-        let sum = f32(smem[region + 256u * t + e]);
+      let mrow = m0 + sg_m * 64u + 16u * ti;
+#endif
+      for (var e = lane * EPI_Q; e < 256u; e += EPI_Q * SG) {
+        let m = mrow + e / 16u;
+        var sum = tile_sum(region + 256u * t + e, lane);
+#if RESIDUAL
+        sum += tile_sum(region + 256u * (t + NJ) + e, lane) * (1.0 / 254.0);
 #endif
         let col = sg_o * SG_COLS + 16u * tj + e % 16u;   // within the output tile
         let o = o0 + col;
 #if OP == fwd
         if (m < params.M && o < params.N) {
-          let v = sum * ascale[m] * wscale[col];
-          let at = m * params.ld + params.off + o;
+          let v = sum * ascale[m] * weight_scale(col);
+          let at = (m * params.ld + params.off + o) / EPI_Q;
 #else
         if (m < params.M && o < params.K) {
           let v = sum * ascale[m] * wscale[col / GROUP];
-          let at = m * params.K + o;
+          let at = (m * params.K + o) / EPI_Q;
 #endif
 #if ACCUMULATE
           y[at] += v;

@@ -154,7 +154,10 @@ export async function prepareInt8Q4Matmul(ctx: GpuContext, X: Int8Rows, W: Q4Wei
   if (W.in > INT8_MAX_REDUCTION) throw new Error(`${kern}: reduction ${W.in} exceeds ${INT8_MAX_REDUCTION} (int32 sums could overflow)`);
   need(kern, 'Y', Y, M * W.out * 4);
   const residual = X.levels === 2;
-  const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_fwd', defines: { OP: 'fwd', RESIDUAL: residual, ...opts.variant } });
+  // EPI_VEC4 writes Y as vec4: only where every block's columns start and end on whole vec4 of Y's rows.
+  const vec4Rows = W.out % 4 === 0 && W.blocks.every((b) => b.row0 % 4 === 0 && b.rows % 4 === 0);
+  const variant = { ...opts.variant, EPI_VEC4: !!opts.variant?.EPI_VEC4 && vec4Rows };
+  const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_fwd', defines: { OP: 'fwd', RESIDUAL: residual, ...variant } });
   const out: KernelDispatch[] = [];
   for (const b of W.blocks) {
     // The weight grid: cached with the weights (cacheInt8Bounds), else bound here every time.
