@@ -144,6 +144,13 @@ export async function prepareQuantizeRows(
 }
 
 /**
+ * Layout choices of the matrix kernels that measurement decides (bench/int8-matmul.bench.ts `VARIANT=NAME,NAME=0`
+ * overrides them): STORE_SWIZZLE, the staging's rotated word order; EPI_VEC4, the epilogue's vec4 writes
+ * (the forward keeps scalar writes where Y's blocks are not vec4-aligned).
+ */
+export const INT8_LAYOUT: Defines = { STORE_SWIZZLE: false, EPI_VEC4: false };
+
+/**
  * Y[:, block columns] = Xq·Wᵀ with X already quantized (prepareQuantizeRows over its K columns), one
  * dispatch per row block of W. Y [M, W.out] is written.
  */
@@ -156,7 +163,8 @@ export async function prepareInt8Q4Matmul(ctx: GpuContext, X: Int8Rows, W: Q4Wei
   const residual = X.levels === 2;
   // EPI_VEC4 writes Y as vec4: only where every block's columns start and end on whole vec4 of Y's rows.
   const vec4Rows = W.out % 4 === 0 && W.blocks.every((b) => b.row0 % 4 === 0 && b.rows % 4 === 0);
-  const variant = { ...opts.variant, EPI_VEC4: !!opts.variant?.EPI_VEC4 && vec4Rows };
+  const layout = { ...INT8_LAYOUT, ...opts.variant };
+  const variant = { ...layout, EPI_VEC4: !!layout.EPI_VEC4 && vec4Rows };
   const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_fwd', defines: { OP: 'fwd', RESIDUAL: residual, ...variant } });
   const out: KernelDispatch[] = [];
   for (const b of W.blocks) {
@@ -242,7 +250,7 @@ export async function prepareInt8Q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4We
     const bound = b.bounds?.colmax ?? scratch.wbound;
     if (!b.bounds) out.push(await prepareQ4ColAbsmax(ctx, b, W.in, bound));
     out.push(await prepareQ4ToInt8(ctx, b, W.in, bound, 'colgroup', scratch));
-    const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_dx', defines: { OP: 'dx', ACCUMULATE: acc, ...opts.variant } });
+    const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_dx', defines: { OP: 'dx', ACCUMULATE: acc, ...INT8_LAYOUT, ...opts.variant } });
     const label = `int8 q4 dX ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
     const uniforms = ctx.uniforms(`${label} params`, fields({ M, N: b.rows, K: W.in, ld: W.out, off: b.row0, lda: quant.rows.rowBytes }));
     out.push({
