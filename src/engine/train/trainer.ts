@@ -385,16 +385,17 @@ export class Trainer {
       await ctx.run(resident, `optimizer step ${this.step}`);
       return;
     }
-    await ctx.run(this.optimizer!.normDispatches, `grad norm ${this.step}`);
     const offload = this.offload;
     const { chunks } = offload;
     await this.settleMoments(); // the previous step's moments are in the store and the upload buffers
     if (!offload.filled) await this.fillUploads(); // the first step, or moments restored from a checkpoint
-    // Every chunk goes up, is updated and copied to its own readback without waiting (queue order keeps a
-    // slot's next upload behind its previous update). The readbacks then drain into the store, and the store
-    // into the upload buffers, while the next step's micro-batches run: that step needs the moments only at
-    // its own optimizer step.
+    // The grad norm, then every chunk up, updated and copied to its own readback, in one submit (queue order
+    // keeps a slot's next upload behind its previous update; no wait between the norm and the updates, so
+    // the GPU goes from the last micro-batch straight into the transfers). The readbacks then drain into the
+    // store, and the store into the upload buffers, while the next step's micro-batches run: that step needs
+    // the moments only at its own optimizer step.
     const enc = ctx.device.createCommandEncoder({ label: `optimizer step ${this.step}, ${chunks.length} chunks` });
+    ctx.encode(enc, this.optimizer!.normDispatches);
     for (const c of chunks) {
       const { slot } = c;
       enc.copyBufferToBuffer(c.upM, 0, slot.m.buffer, 0, c.length * 4);
