@@ -65,6 +65,13 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
         const dkv = (await prepareAttentionBackward(ctx, { q, k, v, o, lse, dout, delta, dq, dk, dv }, s, { dkvStaging: { DC, KC } }))[2]!;
         rows.push({ name: `  backward dkv b${batch} seq${seq} staging ${variant}`, ms: await timeDispatches(ctx, [dkv], reps, reps), flops: 2 * flops, note: `tiles ${JSON.stringify(chooseAttentionDkvTiles(ctx, D, false, { dkvStaging: { DC, KC } }))}` });
       }
+      // ATTN_DQ=64x16x16,32x32x16: dq again with BLOCK_Q query rows and those staging depths (DC columns × KC keys).
+      for (const variant of (process.env.ATTN_DQ ?? '').split(',').filter(Boolean)) {
+        const [BLOCK_Q, DC, KC] = variant.split('x').map(Number) as [number, number, number];
+        const opts = { tiles: { BLOCK_Q }, dqStaging: { DC, KC } };
+        const dqOnly = (await prepareAttentionBackward(ctx, { q, k, v, o, lse, dout, delta, dq, dk, dv }, s, opts))[1]!;
+        rows.push({ name: `  backward dq b${batch} seq${seq} ${variant}`, ms: await timeDispatches(ctx, [dqOnly], reps, reps), flops: 1.5 * flops, note: `tiles ${JSON.stringify(chooseAttentionForwardTiles(ctx, D, false, opts, 'dq').tiles)}` });
+      }
     } finally {
       for (const x of made) ctx.release(x);
       ctx.pool.trim();

@@ -4,6 +4,7 @@ import type { Tensor } from '../../src/engine/gpu/tensor.ts';
 import {
   attentionBackward,
   attentionForward,
+  chooseAttentionForwardTiles,
   documentIdsFromAttentionMask,
   documentSpans,
   documentIdsFromLengths,
@@ -230,6 +231,15 @@ describe('attention (tiled flash, f32)', () => {
     const s = { batch: 1, seq: 37, nQ: 4, nKv: 2, d: 32 };
     for (const dkvStaging of [{ DC: 32, KC: 16 }, { DC: 4, KC: 8 }, { DC: 16, KC: 4 }]) {
       await check(await gpu(), s, packedDocs(37, [15, 22]), `dkv staging ${dkvStaging.DC}/${dkvStaging.KC}`, { software: false, tiles: { BLOCK_Q: 16, BLOCK_K: 8 }, dkvStaging });
+    }
+  });
+
+  it('dq with several staging depths (columns per chunk, keys per round), on query blocks of 8 and 16', async () => {
+    const s = { batch: 1, seq: 37, nQ: 4, nKv: 2, d: 32 };
+    for (const [BLOCK_Q, dqStaging] of [[8, { DC: 32, KC: 16 }], [16, { DC: 4, KC: 4 }], [16, { DC: 16, KC: 8 }]] as const) {
+      const opts = { software: false, tiles: { BLOCK_Q, BLOCK_K: 16 }, dqStaging };
+      expect(chooseAttentionForwardTiles(await gpu(), s.d, true, opts, 'dq').tiles).toEqual({ BLOCK_Q, BLOCK_K: 16, ...dqStaging });
+      await check(await gpu(), s, packedDocs(37, [15, 22]), `dq staging ${dqStaging.DC}/${dqStaging.KC}, ${BLOCK_Q} queries`, opts);
     }
   });
 

@@ -46,6 +46,8 @@ export interface AttentionOptions {
   keySpans?: boolean;
   /** dk/dv's staging depths (head_dim columns per chunk, queries per round), instead of the chosen ones: benches. */
   dkvStaging?: { DC: number; KC: number };
+  /** dq's staging depths (head_dim columns per chunk, keys per round), instead of the chosen ones: benches. */
+  dqStaging?: { DC: number; KC: number };
 }
 
 /** Storage buffers of the dk/dv kernels with the document spans bound: q, k, v, lse, dout, delta, dk, dv, doc, spans. */
@@ -164,9 +166,9 @@ export function chooseAttentionForwardTiles(ctx: GpuContext, headDim: number, do
   if (opts.tiles?.BLOCK_Q !== undefined) wy = opts.tiles.BLOCK_Q / 4;
   if (!Number.isInteger(wy) || wy < 1 || wx * wy > ctx.limits.maxComputeInvocationsPerWorkgroup) throw new Error(`attention forward: BLOCK_Q must be a multiple of 4 within the invocation limit`);
   const dcFits = (dc: number) => dc >= 4 && r % (dc / 4) === 0;
-  let dc = kind === 'dq' ? 16 : 32;
+  let dc = kind === 'dq' ? (opts.dqStaging?.DC ?? 16) : 32;
   while (!dcFits(dc)) dc -= 4;
-  let kc = 16;
+  let kc = (kind === 'dq' ? opts.dqStaging?.KC : undefined) ?? 16;
   while (kc > 1 && (wx * 4) % kc !== 0) kc /= 2;
   const make = (): AttentionForwardTiles => ({ BLOCK_Q: wy * 4, BLOCK_K: wx * 4, DC: dc, KC: kc });
   const limit = ctx.limits.maxComputeWorkgroupStorageSize;
