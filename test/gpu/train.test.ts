@@ -130,6 +130,22 @@ describe('training engine', () => {
     expect(Buffer.from(results[0]!.grads.buffer).equals(Buffer.from(results[1]!.grads.buffer)), `seed ${seed}`).toBe(true);
   }, 300_000);
 
+  it('the recompute stops where the backward stops reading: no down projection or residual add of its own', async () => {
+    const ctx = await gpu();
+    const weights = await fixtureModel(ctx, 'llama', true);
+    const { layout, state } = randomAdapter(ctx, weights);
+    const plan = await new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: 'f32' }).plan({ batch: 1, seq: 8 }, 'train');
+    const { layers, hidden: H, intermediate: I } = weights.spec;
+    const count = (label: string) => plan.dispatches.filter((d) => d.label === label).length;
+    // This fixture's down projection is f32 (its intermediate size is no multiple of 64): one matmul per layer,
+    // in the forward; its adapter's input product runs twice per layer (forward and recompute: dB reads it).
+    expect(count(`matmul·ᵀ 8×${I}·${I}×${H}`)).toBe(layers);
+    expect(count(`lora XA 8×4 (red ${I})`)).toBe(2 * layers);
+    // Residual adds: the forward's h_{ℓ+1} = h_mid + down once per layer, the backward's two dh sums per layer.
+    expect(count(`add ${8 * H} (vec4)`)).toBe(3 * layers);
+    plan.release();
+  }, 300_000);
+
   it('the kept attention outputs take what the memory plan says they take, per layer', async () => {
     const ctx = await gpu();
     const weights = await fixtureModel(ctx, 'llama', true);

@@ -2,7 +2,9 @@
  * The decoder-only transformer (Llama / Qwen2 / Qwen3 / InternLM2) composed from the kernel families:
  * forward to logits or to the loss, and the backward to the LoRA gradients with activation
  * checkpointing (each layer's input is kept, and by default its attention output and lse; a layer's
- * forward, less attention when that was kept, is recomputed right before its backward). Everything for one batch shape is prepared once as a `StepPlan` — tensors allocated,
+ * forward, less attention when that was kept and less the down projection and residual add that nothing
+ * in the backward reads, is recomputed right before its backward). Everything for one batch shape is
+ * prepared once as a `StepPlan` — tensors allocated,
  * bind groups made — and re-encoded every step: no allocation, no readback and no recompilation
  * inside a step.
  *
@@ -539,19 +541,24 @@ export class StepPlan {
     return this.scratch.U.get(group.module)!;
   }
 
+  /** U = dropout(x)·Aᵀ of the projection's adapter, by the first projection of its group (the others share it). */
+  private async loraInputProduct(l: number, kind: ProjectionKind, x: Tensor): Promise<KernelDispatch[]> {
+    const lo = this.loraFor(l, kind);
+    if (!lo?.first) return [];
+    const p = this.model.weights.layers[l]!.proj[kind];
+    const pass = await prepareLoraProduct(this.ctx, 'XA', { a: x, b: lo.A, c: this.uFor(lo.group) }, this.loraDims(this.tokens, p.in, lo));
+    this.registerSeed(lo.group, pass);
+    return [...pass.dispatches];
+  }
+
   /** y = x·Wᵀ (+bias) (+ s·(x·Aᵀ)·Bᵀ), rows M. */
   private async linearForward(l: number, kind: ProjectionKind, x: Tensor, y: Tensor): Promise<KernelDispatch[]> {
     const ctx = this.ctx;
     const M = this.tokens;
     const layer = this.model.weights.layers[l]!;
     const p = layer.proj[kind];
-    const out: KernelDispatch[] = [];
+    const out = await this.loraInputProduct(l, kind, x);
     const lo = this.loraFor(l, kind);
-    if (lo?.first) {
-      const pass = await prepareLoraProduct(ctx, 'XA', { a: x, b: lo.A, c: this.uFor(lo.group) }, this.loraDims(M, p.in, lo));
-      this.registerSeed(lo.group, pass);
-      out.push(...pass.dispatches);
-    }
     if (this.int8 && p.kind === 'q4') {
       out.push(...(await this.int8Forward(l, kind, p.w, x, y)));
       if (lo) out.push(await prepareMatmul(ctx, this.uFor(lo.group), lo.B, y, { M, N: p.out, K: lo.rank }, { transB: true, accumulate: true, alpha: lo.scale }));
@@ -666,6 +673,13 @@ export class StepPlan {
     out.push(...(await this.linearForward(l, 'gate', s.n2, s.g)));
     out.push(...(await this.linearForward(l, 'up', s.n2, s.u)));
     out.push(...(await prepareSwigluForward(ctx, { gate: s.g, up: s.u }, s.m, { tokens: T, inter: spec.intermediate })));
+    if (this.recomputing) {
+      // The backward reads neither the down projection's output nor the layer's output (h_{ℓ+1} is saved and
+      // its backward is done): the recompute stops at the down projection's adapter input product, which dB
+      // reads. One intermediate×hidden matmul per layer less (the largest reduction of the layer).
+      out.push(...(await this.loraInputProduct(l, 'down', s.m)));
+      return out;
+    }
     out.push(...(await this.linearForward(l, 'down', s.m, s.d)));
     out.push(...(await prepareAdd(ctx, s.h2, s.d, this.hs[l + 1]!)));
     return out;
