@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One device call's worth of measurements on the lent GPU, each part under its own timeout, logs in $OUT.
+# Here: `bash ../shared/device/pack.sh` once, `npm run bench:build`, `node bench/build.mjs
+# bench/int8-matmul.bench.ts bench/int8-gate.bench.ts`, `mkdir -p dist-bench/ref && cp
+# ../shared/reference/torch_lora_baseline.py dist-bench/ref/`; then a device call carrying
+# [".gpu", "dist-bench"] with `bash bench/device-call.sh <part>` (a call may run at most 10 minutes):
+#   levers  the layout choices still unmeasured: the int8 kernels' STORE_SWIZZLE / EPI_VEC4 (INT8_LAYOUT),
+#           attention dk/dv and dq staging depths, the host ↔ GPU bus (offload's floor)   (~6 min)
+#   step    the whole training step at the three settings (int8, the default here) beside PyTorch
+#           + PEFT in the same call, with nvidia-smi's view of GPU memory; then the offload   (~8 min)
+#   f32     the f32 path's step and the kernels of issue "Kernel library I/II"              (~7 min)
+set -u
+case "${1:-}" in
+  levers | step | f32) ;;
+  *)
+    echo "usage: bash bench/device-call.sh levers|step|f32 (on the device machine: it sources .gpu/gpu-env.sh)" >&2
+    exit 2
+    ;;
+esac
+OUT=${OUT:-/tmp/webtune-bench}
+mkdir -p "$OUT"
+source .gpu/gpu-env.sh >/dev/null 2>&1
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/gpu.txt"
+clean() { sed 's/\x1b\[[0-9;]*m//g'; }
+part() { # name, seconds, command...
+  local name=$1 secs=$2
+  shift 2
+  echo "=== $name ($*)"
+  timeout "$secs" "$@" 2>&1 | clean | tee "$OUT/$name.txt" | grep -v "deprecated\|^\s*\^\|subgroupMatrix\|^$" | tail -40
+}
+case "${1:-}" in
+  levers)
+    for v in STORE_SWIZZLE=0,EPI_VEC4=0 STORE_SWIZZLE,EPI_VEC4=0 STORE_SWIZZLE,EPI_VEC4; do
+      part "int8mm-${v//[=,]/_}" 60 env VARIANT=$v node dist-bench/int8-matmul.bench.mjs
+    done
+    part attention 90 env ATTN_DKV_STAGING=16x8,16x16,32x8,32x16 ATTN_DQ=64x16x16,32x16x16,32x32x16,32x32x8 node dist-bench/bench.mjs attention
+    part copy 30 node dist-bench/bench.mjs copy
+    ;;
+  step)
+    part step-int8 170 env STEP_PRECISION=int8 node dist-bench/bench.mjs train-step
+    part torch 130 python3 dist-bench/ref/torch_lora_baseline.py
+    part offload 150 node dist-bench/bench.mjs offload
+    ;;
+  f32)
+    part step-f32 200 env STEP_PRECISION=f32 STEP_SETTINGS=512x1,512x4,2048x1 node dist-bench/bench.mjs train-step
+    part kernels 200 node dist-bench/bench.mjs matmul dense-ops quant4-lora
+    ;;
+esac
