@@ -423,10 +423,15 @@ export class StepPlan {
     // d(final norm): dh_L = rmsnorm_backward(dn)
     this.backward.push(...(await prepareRmsNormBackward(ctx, bwd.dn, this.hs[spec.layers]!, w.finalNorm, this.finalRstd, bwd.dh, { rows: T, dim: H, eps })));
     for (let l = spec.layers - 1; l >= 0; l--) {
-      // Activation checkpointing: recompute layer ℓ's forward from its saved input, then its backward.
-      this.recomputing = true;
-      this.backward.push(...(await this.layerForward(l)));
-      this.recomputing = false;
+      // Activation checkpointing: recompute layer ℓ's forward from its saved input, then its backward. Not
+      // the last layer's: the forward left its intermediates in the layer scratch, which the head (final
+      // norm, loss) does not touch. (On the int8 path that layer's backward then reads the forward's
+      // two-level projections, where a recompute would have taken one level.)
+      if (l < spec.layers - 1) {
+        this.recomputing = true;
+        this.backward.push(...(await this.layerForward(l)));
+        this.recomputing = false;
+      }
       this.backward.push(...(await this.layerBackward(l)));
     }
   }
