@@ -138,11 +138,16 @@ describe('training engine', () => {
     const { layers, hidden: H, intermediate: I } = weights.spec;
     const count = (label: string) => plan.dispatches.filter((d) => d.label === label).length;
     // This fixture's down projection is f32 (its intermediate size is no multiple of 64): one matmul per layer,
-    // in the forward; its adapter's input product runs twice per layer (forward and recompute: dB reads it).
+    // in the forward. Its adapter's input product (dB reads it) is kept from the forward with the attention
+    // outputs, else recomputed.
     expect(count(`matmul·ᵀ 8×${I}·${I}×${H}`)).toBe(layers);
+    expect(count(`lora XA 8×4 (red ${I})`)).toBe(layers);
+    const recomputed = await new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: 'f32', keepAttention: false }).plan({ batch: 1, seq: 8 }, 'train');
     // The last layer is not recomputed at all (its intermediates are still in the layer scratch).
     expect(layers).toBeGreaterThan(1);
-    expect(count(`lora XA 8×4 (red ${I})`)).toBe(2 * layers - 1);
+    expect(recomputed.dispatches.filter((d) => d.label === `lora XA 8×4 (red ${I})`).length).toBe(2 * layers - 1);
+    expect(recomputed.dispatches.filter((d) => d.label === `matmul·ᵀ 8×${I}·${I}×${H}`).length).toBe(layers);
+    recomputed.release();
     expect(count(`q4 gemv+lora 8×${H}·layers.0.q.qᵀ`)).toBe(2);
     expect(count(`q4 gemv+lora 8×${H}·layers.${layers - 1}.q.qᵀ`)).toBe(1);
     // Residual adds: the forward's h_{ℓ+1} = h_mid + down once per layer, the backward's two dh sums per layer.
@@ -150,7 +155,7 @@ describe('training engine', () => {
     plan.release();
   }, 300_000);
 
-  it('the kept attention outputs take what the memory plan says they take, per layer', async () => {
+  it('the kept attention outputs and LoRA inputs take what the memory plan says they take, per layer', async () => {
     const ctx = await gpu();
     const weights = await fixtureModel(ctx, 'llama', true);
     const spec = weights.spec;
@@ -165,9 +170,12 @@ describe('training engine', () => {
     }
     const c = { seqLen: 12, microBatch: 2, loraRank: 4, quantBits: 4 as const, groupSize: 64, optimizerOffload: 'gpu' as const, activationCheckpointing: true, ceChunkTokens: 1 << 20 };
     const planned = planMemory(spec, c).trainingPeakBytes - planMemory(spec, { ...c, keepAttention: false }).trainingPeakBytes;
-    // One [tokens, heads·headDim] output and [heads, tokens] lse per layer, less the one shared pair.
+    // One [tokens, heads·headDim] output and [heads, tokens] lse per layer, and one [tokens, rank] U per
+    // adapted module and layer, less the one shared set.
+    const modules = layout.groups.filter((g) => g.layer === layout.groups[0]!.layer).length;
     expect(spec.layers).toBeGreaterThan(1);
-    expect(planned).toBe((spec.layers - 1) * 24 * spec.nHeads * (spec.headDim + 1) * 4);
+    expect(modules).toBeGreaterThan(0);
+    expect(planned).toBe((spec.layers - 1) * 24 * (spec.nHeads * (spec.headDim + 1) + modules * layout.rank) * 4);
     expect(held[0]! - held[1]!).toBe(planned);
   }, 300_000);
 

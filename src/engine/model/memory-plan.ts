@@ -207,7 +207,7 @@ function keepsAttention(c: TrainingMemoryConfig): boolean {
 
 /**
  * One layer's forward scratch (StepPlan's LayerScratch), shared by every layer and by the recompute; without
- * the attention output and lse when the training plan keeps those per layer (`attentionKept`).
+ * the attention output, lse and LoRA U when the training plan keeps those per layer (`attentionKept`).
  */
 function layerForwardTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: readonly LoraModule[], attentionKept = false): MemoryTerm[] {
   const bt = c.seqLen * c.microBatch;
@@ -231,8 +231,8 @@ function layerForwardTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: re
     t('n2, rstd2', bt * (h + 1), 'MLP RMSNorm output and 1/rms'),
     t('gate, up, swiglu', 3 * bt * inter, '[B·T, intermediate] × 3'),
     t('down out', bt * h, '[B·T, hidden]'),
-    t('LoRA U = x·Aᵀ', targets.length * bt * c.loraRank, `one [B·T, r] per adapted module (${targets.length})`),
   );
+  if (!attentionKept) terms.push(t('LoRA U = x·Aᵀ', targets.length * bt * c.loraRank, `one [B·T, r] per adapted module (${targets.length})`));
   return terms;
 }
 
@@ -386,6 +386,7 @@ export function planMemory(
   ];
   if (attentionKept) {
     saved.push({ name: 'kept attention outputs', bytes: L * bt * spec.nHeads * (spec.headDim + 1) * F32, note: `${L} × [B·T, nHeads·(headDim + 1)]: each layer's attention output and lse, so the recompute skips attention` });
+    if (targets.length) saved.push({ name: 'kept LoRA inputs', bytes: L * targets.length * bt * c.loraRank * F32, note: `${L} × ${targets.length} × [B·T, r]: each layer's U = dropout(x)·Aᵀ per adapted module, so the recompute skips them` });
   }
   if (!c.activationCheckpointing) saved.push({ name: 'saved intermediates (no checkpointing)', bytes: (L - 1) * forwardBytes, note: `every other layer's forward scratch: ${L - 1} × ${forwardBytes}` });
   const layerScratch = [...forwardSet, ...layerBackwardTerms(spec, c, targets)];

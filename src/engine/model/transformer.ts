@@ -165,7 +165,9 @@ export interface TransformerOptions {
    * Training plans keep every layer's attention output and log-sum-exp from the forward (default true), so
    * the backward's recomputed layer forwards skip attention, the costliest kernel of a long row: one
    * attention forward less per layer, at [B·T, nHeads·(headDim + 1)] f32 per layer (memory-plan.ts
-   * 'kept attention outputs'). Off: only the layer inputs are kept, as with plain checkpointing.
+   * 'kept attention outputs'). With them the adapters' rank-r input products U = dropout(x)·Aᵀ are kept
+   * too ([B·T, r] per adapted module and layer, 'kept LoRA inputs'), which the recompute then skips.
+   * Off: only the layer inputs are kept, as with plain checkpointing.
    */
   keepAttention?: boolean;
 }
@@ -267,6 +269,8 @@ export class StepPlan {
   private recomputing = false;
   /** Training with TransformerOptions.keepAttention: each layer's attention output and lse, else null (scratch.attn/lse serve every layer). */
   private keptAttention: { o: Tensor; lse: Tensor }[] | null = null;
+  /** With keptAttention: each layer's U = dropout(x)·Aᵀ per adapted module, else null (scratch.U serves every layer). */
+  private keptU: Map<string, Tensor>[] | null = null;
 
   constructor(
     readonly model: Transformer,
@@ -378,6 +382,7 @@ export class StepPlan {
     if (this.keepsAttention) {
       const qd = spec.nHeads * spec.headDim;
       this.keptAttention = Array.from({ length: spec.layers }, (_, l) => ({ o: this.alloc.f32(`attention out ${l}`, [T, qd]), lse: this.alloc.f32(`attention lse ${l}`, [spec.nHeads, T]) }));
+      if (this.model.lora) this.keptU = Array.from({ length: spec.layers }, (_, l) => this.rankScratch('U', l));
     }
     if (this.model.matmulPrecision === 'int8') {
       const q4 = this.model.weights.layers.flatMap((layer) => Object.values(layer.proj).flatMap((p) => (p.kind === 'q4' ? [p.w] : [])));
@@ -437,15 +442,17 @@ export class StepPlan {
   }
 
   /**
-   * One [tokens, rank] tensor per LoRA module (U = x·Aᵀ, or G = dy·B), reused by every layer: the layers
-   * run one after another, and every transformed layer has the same modules.
+   * One [tokens, rank] tensor per LoRA module (U = x·Aᵀ, or G = dy·B), reused by every layer (the layers
+   * run one after another, and every transformed layer has the same modules), or layer ℓ's own.
    */
-  private rankScratch(name: 'U' | 'G'): Map<string, Tensor> {
+  private rankScratch(name: 'U' | 'G', layer?: number): Map<string, Tensor> {
     const out = new Map<string, Tensor>();
     const lora = this.model.lora;
     if (!lora) return out;
     const firstLayer = lora.layout.groups[0]?.layer;
-    for (const g of lora.layout.groups) if (g.layer === firstLayer) out.set(g.module, this.alloc.f32(`${name} ${g.module}`, [this.tokens, lora.layout.rank]));
+    for (const g of lora.layout.groups) {
+      if (g.layer === firstLayer) out.set(g.module, this.alloc.f32(`${name} ${g.module}${layer === undefined ? '' : ` ${layer}`}`, [this.tokens, lora.layout.rank]));
+    }
     return out;
   }
 
@@ -457,7 +464,8 @@ export class StepPlan {
     const kvd = spec.nKvHeads * spec.headDim;
     const I = spec.intermediate;
     const a = this.alloc;
-    const U = this.rankScratch('U');
+    // (Kept per layer instead when the plan keeps attention: see uFor.)
+    const U = this.keepsAttention ? new Map<string, Tensor>() : this.rankScratch('U');
     return {
       n1: a.f32('n1', [T, H]),
       rstd1: a.f32('rstd1', [T]),
@@ -543,13 +551,14 @@ export class StepPlan {
   }
 
   private uFor(group: LoraGroup): Tensor {
-    return this.scratch.U.get(group.module)!;
+    return (this.keptU?.[group.layer] ?? this.scratch.U).get(group.module)!;
   }
 
   /** U = dropout(x)·Aᵀ of the projection's adapter, by the first projection of its group (the others share it). */
   private async loraInputProduct(l: number, kind: ProjectionKind, x: Tensor): Promise<KernelDispatch[]> {
     const lo = this.loraFor(l, kind);
     if (!lo?.first) return [];
+    if (this.recomputing && this.keptU) return []; // the forward's U is kept
     const p = this.model.weights.layers[l]!.proj[kind];
     const pass = await prepareLoraProduct(this.ctx, 'XA', { a: x, b: lo.A, c: this.uFor(lo.group) }, this.loraDims(this.tokens, p.in, lo));
     this.registerSeed(lo.group, pass);

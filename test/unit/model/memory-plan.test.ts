@@ -56,11 +56,12 @@ describe('memory plan: terms', () => {
     const recomputed = planMemory(spec, { ...qlora, seqLen: 24, microBatch: 2, loraRank: r, ceChunkTokens: 48, keepAttention: false });
     expect(recomputed.phaseBytes.layerBackward).toBe((forward + backward) * 4);
     expect(() => term(recomputed, 'activations', 'kept attention outputs')).toThrow();
-    // Kept (the default): one per layer among the saved activations instead.
+    // Kept (the default): one per layer among the saved activations instead, with each layer's LoRA U.
     const p = planMemory(spec, { ...qlora, seqLen: 24, microBatch: 2, loraRank: r, ceChunkTokens: 48 });
-    expect(p.phaseBytes.layerBackward).toBe((forward - T * Q - nH * T + backward) * 4);
+    expect(p.phaseBytes.layerBackward).toBe((forward - T * Q - nH * T - mods * T * r + backward) * 4);
     expect(term(p, 'activations', 'kept attention outputs')).toBe(spec.layers * (T * Q + nH * T) * 4);
-    expect(p.trainingPeakBytes - recomputed.trainingPeakBytes).toBe((spec.layers - 1) * (T * Q + nH * T) * 4);
+    expect(term(p, 'activations', 'kept LoRA inputs')).toBe(spec.layers * mods * T * r * 4);
+    expect(p.trainingPeakBytes - recomputed.trainingPeakBytes).toBe((spec.layers - 1) * (T * Q + nH * T + mods * T * r) * 4);
     // one CE chunk: no hidden/dhidden copies; final normed + rstd, losses + loss, logits, stats + lse
     expect(p.phaseBytes.loss).toBe((T * (H + 1) + T + 1 + T * 512 + 4 * T + T) * 4);
     expect(term(p, 'activations', 'saved layer inputs + final hidden')).toBe(3 * T * H * 4);
