@@ -1,10 +1,11 @@
 /**
  * The decoder-only transformer (Llama / Qwen2 / Qwen3 / InternLM2) composed from the kernel families:
  * forward to logits or to the loss, and the backward to the LoRA gradients with activation
- * checkpointing (each layer's input is kept, and by default its attention output and lse; a layer's
- * forward, less attention when that was kept and less the down projection and residual add that nothing
- * in the backward reads, is recomputed right before its backward). Everything for one batch shape is
- * prepared once as a `StepPlan` — tensors allocated,
+ * checkpointing (each layer's input is kept, and by default its attention output, lse and LoRA input
+ * products; a layer's forward, less what was kept and less the down projection and residual add that
+ * nothing in the backward reads, is recomputed right before its backward, except the last layer's, whose
+ * intermediates the forward left in place). Everything for one batch shape is prepared once as a
+ * `StepPlan` — tensors allocated,
  * bind groups made — and re-encoded every step: no allocation, no readback and no recompilation
  * inside a step.
  *
