@@ -530,7 +530,7 @@ export class WtTrainSection extends LitElement {
             <option value="keep" ?selected=${s.config.keepAttention === true}>always kept</option>
             <option value="recompute" ?selected=${s.config.keepAttention === false}>recomputed (least memory)</option>
           </select>
-          <small>kept for the backward (if they fit the memory budget), attention is not recomputed: 2–5% faster steps (H200) for tokens × heads × (head size + 1) × 4 bytes per layer</small></label>
+          <small>kept for the backward (if they fit the memory budget), attention and the adapters' input products are not recomputed: 2–5% faster steps (H200) for tokens × (heads × (head size + 1) + adapted modules × rank) × 4 bytes per layer</small></label>
         <label>Loss chunk (tokens)<input type="number" min="1" step="1" placeholder="automatic" data-testid="loss-chunk" .value=${s.config.lossChunkTokens ? String(s.config.lossChunkTokens) : ''} ?disabled=${busy}
             @change=${(e: Event) => this.setLossChunk((e.target as HTMLInputElement).value)} /><small>tokens per cross-entropy chunk; empty: automatic (about 1000); fewer save GPU memory (vocabulary × 4 bytes each) and cost speed</small></label>
       </div>
