@@ -4,8 +4,8 @@
 # bench/int8-matmul.bench.ts bench/int8-gate.bench.ts`, `mkdir -p dist-bench/ref && cp
 # ../shared/reference/torch_lora_baseline.py dist-bench/ref/`; then a device call carrying
 # [".gpu", "dist-bench"] with `bash bench/device-call.sh <part>` (a call may run at most 10 minutes):
-#   levers  the layout choices still unmeasured: the int8 kernels' STORE_SWIZZLE / EPI_VEC4 (INT8_LAYOUT),
-#           attention dk/dv and dq staging depths, the host ↔ GPU bus (offload's floor)   (~6 min)
+#   levers  layout choices: the int8 kernels' STORE_SWIZZLE / EPI_VEC4 (int8Layout), attention dk/dv and dq
+#           staging depths, and the host ↔ GPU bus (offload's floor)                    (~2 min)
 #   step    the whole training step at the three settings (int8, the default here) beside PyTorch
 #           + PEFT in the same call, with nvidia-smi's view of GPU memory; then the offload   (~8 min)
 #   f32     the f32 path's step and the kernels of issue "Kernel library I/II"              (~7 min)

@@ -19,7 +19,7 @@ import { allocQ4Weight, dequantizeQ4Cpu, prepareQ4Matmul, prepareQ4MatmulDx, pre
 import {
   allocInt8Scratch,
   cacheInt8Bounds,
-  INT8_LAYOUT,
+  int8Layout,
   denseMatmulF64,
   int8MatmulCpu,
   int8MatmulDxCpu,
@@ -224,7 +224,7 @@ async function main(): Promise<void> {
     return;
   }
   // `VARIANT=EPI_VEC4,STORE_SWIZZLE=0,…`: defines of a layout under trial (NAME on, NAME=0 off), over the
-  // kernels' defaults (INT8_LAYOUT), for every matrix kernel checked and timed.
+  // kernels' defaults (int8Layout), for every matrix kernel checked and timed.
   const variant: Defines = Object.fromEntries(
     (process.env.VARIANT ?? '')
       .split(',')
@@ -234,7 +234,7 @@ async function main(): Promise<void> {
         return [name, value === undefined || value !== '0'];
       }),
   );
-  console.log(`layout: ${JSON.stringify({ ...INT8_LAYOUT, ...variant })}`);
+  console.log(`layout over the defaults: ${JSON.stringify(variant)}; defaults: forward ${JSON.stringify(int8Layout('forward'))}, two levels ${JSON.stringify(int8Layout('forward two levels'))}, dX ${JSON.stringify(int8Layout('dx'))}`);
   const cases: Case[] = [
     { name: 'M200 K576 N320', M: 200, K: 576, N: 320 },
     { name: 'M130 K2048 N200 (2 row blocks)', M: 130, K: 2048, N: 200, rowsPerBlock: 128 },

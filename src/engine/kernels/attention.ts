@@ -46,7 +46,11 @@ export interface AttentionOptions {
   keySpans?: boolean;
   /** dk/dv's staging depths (head_dim columns per chunk, queries per round), instead of the chosen ones: benches. */
   dkvStaging?: { DC: number; KC: number };
-  /** dq's staging depths (head_dim columns per chunk, keys per round), instead of the chosen ones: benches. */
+  /**
+   * dq's staging depths (head_dim columns per chunk, keys per round), instead of the chosen ones: benches. (H100,
+   * 2026-12-07, b1 seq 2048: the default 64 queries × DC 16 × KC 16 1.73 ms; 32 queries, which leave room for
+   * DC 32: 2.48–2.50 ms at every depth.)
+   */
   dqStaging?: { DC: number; KC: number };
 }
 
@@ -197,8 +201,9 @@ export function attentionDkvBytes(headDim: number, t: AttentionForwardTiles, doc
  * columns each) per 4 key rows, up to 32 keys; DC 16, KC 8 (what the H100 ran at d128 when the two phases had
  * separate staging arrays: 64 queries × 32 keys, b1 seq 2048 2.84 ms; 32 × 64: 3.54; 32 × 32: 5.66; 16 × 64:
  * 16.6), shrunk (the query block, then DC, then the key block) until workgroup memory suffices. The phases
- * now share one region, which leaves room for DC 32 and KC 16 (46 KiB) on a 48 KiB device; whether those
- * are faster is not measured yet (`ATTN_DKV_STAGING=16x8,32x16 node dist-bench/bench.mjs attention`), so
+ * share one region, which leaves room for DC 32 and KC 16 (46 KiB) on a 48 KiB device, but deeper staging
+ * measured slower on the H100 (2026-12-07, `ATTN_DKV_STAGING=16x8,16x16,32x8,32x16 node dist-bench/bench.mjs
+ * attention`, b1 seq 2048: 2.99 / 3.17 / 3.22 / 3.40 ms; b4 seq 2048: 10.4 / 11.0 / 11.2 / 11.8), so
  * opts.dkvStaging only asks for them.
  */
 export function chooseAttentionDkvTiles(ctx: GpuContext, headDim: number, docs: boolean, opts: AttentionOptions = {}): AttentionForwardTiles {

@@ -144,11 +144,17 @@ export async function prepareQuantizeRows(
 }
 
 /**
- * Layout choices of the matrix kernels that measurement decides (bench/int8-matmul.bench.ts `VARIANT=NAME,NAME=0`
- * overrides them): STORE_SWIZZLE, the staging's rotated word order; EPI_VEC4, the epilogue's vec4 writes
- * (the forward keeps scalar writes where Y's blocks are not vec4-aligned).
+ * Layout choices of the matrix kernels, as measured (bench/int8-matmul.bench.ts, `VARIANT=NAME,NAME=0` overrides
+ * them; lent H100, 2026-12-07, 2048 tokens, one run each way on one machine):
+ *  - EPI_VEC4, the epilogue's vec4 writes: the one-level forward 9–11% faster on wqkv, wo and w1/w3 (0.315 →
+ *    0.282, 0.151 → 0.138, 0.596 → 0.531 ms), w2 1%; the two-level forward 1–5% and dX 0–16% slower, so
+ *    only the one-level forward takes it (and keeps scalar writes where Y's blocks are not vec4-aligned).
+ *  - STORE_SWIZZLE, the staging's rotated word order (conflict-free scalar stores on paper): 2.5× slower
+ *    (w2 one level 0.518 → 1.376 ms; the dynamically indexed vector leaves registers), never on.
  */
-export const INT8_LAYOUT: Defines = { STORE_SWIZZLE: false, EPI_VEC4: false };
+export function int8Layout(kernel: 'forward' | 'forward two levels' | 'dx', variant: Defines = {}): Defines {
+  return { STORE_SWIZZLE: false, EPI_VEC4: kernel === 'forward', ...variant };
+}
 
 /**
  * Y[:, block columns] = Xq·Wᵀ with X already quantized (prepareQuantizeRows over its K columns), one
@@ -163,7 +169,7 @@ export async function prepareInt8Q4Matmul(ctx: GpuContext, X: Int8Rows, W: Q4Wei
   const residual = X.levels === 2;
   // EPI_VEC4 writes Y as vec4: only where every block's columns start and end on whole vec4 of Y's rows.
   const vec4Rows = W.out % 4 === 0 && W.blocks.every((b) => b.row0 % 4 === 0 && b.rows % 4 === 0);
-  const layout = { ...INT8_LAYOUT, ...opts.variant };
+  const layout = int8Layout(residual ? 'forward two levels' : 'forward', opts.variant);
   const variant = { ...layout, EPI_VEC4: !!layout.EPI_VEC4 && vec4Rows };
   const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_fwd', defines: { OP: 'fwd', RESIDUAL: residual, ...variant } });
   const out: KernelDispatch[] = [];
@@ -250,7 +256,7 @@ export async function prepareInt8Q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4We
     const bound = b.bounds?.colmax ?? scratch.wbound;
     if (!b.bounds) out.push(await prepareQ4ColAbsmax(ctx, b, W.in, bound));
     out.push(await prepareQ4ToInt8(ctx, b, W.in, bound, 'colgroup', scratch));
-    const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_dx', defines: { OP: 'dx', ACCUMULATE: acc, ...INT8_LAYOUT, ...opts.variant } });
+    const pipeline = await ctx.pipeline({ shader: shader(ctx), entryPoint: 'q4_mma_dx', defines: { OP: 'dx', ACCUMULATE: acc, ...int8Layout('dx', opts.variant) } });
     const label = `int8 q4 dX ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
     const uniforms = ctx.uniforms(`${label} params`, fields({ M, N: b.rows, K: W.in, ld: W.out, off: b.row0, lda: quant.rows.rowBytes }));
     out.push({
