@@ -30,7 +30,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
   const dir = mkdtempSync(join(tmpdir(), 'webtune-offload-'));
   const out: BenchRow[] = [];
   try {
-    for (const accum of quick ? [1, 2] : (process.env.OFFLOAD_ACCUM ?? "1,4,16").split(",").map(Number)) {
+    for (const accum of quick ? [1, 2] : (process.env.OFFLOAD_ACCUM ?? '1,4,16').split(',').map(Number)) {
       const rows: TrainRow[] = Array.from({ length: steps * accum }, (_, r) => {
         const ids = Int32Array.from({ length: seq }, (_, i) => (i * 7919 + r * 104729) % spec.vocabSize);
         return { inputIds: ids, labels: ids, positionIds: Int32Array.from({ length: seq }, (_, i) => i), documentIds: new Int32Array(seq) };
