@@ -41,7 +41,16 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
           momentStore: (n) => fileMomentStore(nodeSyncFile(join(dir, 'moments.bin')), n),
         });
         const stamps: number[] = [];
-        await trainer.train(() => stamps.push(performance.now()));
+        const host: { drainReadback: number; drainUpload: number; waited: number }[] = [];
+        await trainer.train(() => {
+          stamps.push(performance.now());
+          host.push({ ...trainer.offloadTimes });
+        });
+        const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+        const hostNote =
+          offload === 'gpu'
+            ? ''
+            : `; host: drain readbacks → store ${median(host.slice(1).map((h) => h.drainReadback)).toFixed(1)} ms, store → uploads ${median(host.slice(1).map((h) => h.drainUpload)).toFixed(1)} ms, the optimizer step waited ${median(host.slice(1).map((h) => h.waited)).toFixed(1)} ms`;
         const per = stamps.slice(1).map((t, i) => t - stamps[i]!).sort((a, b) => a - b);
         const ms = per[Math.floor(per.length / 2)]!;
         if (offload === 'gpu') gpuMs = ms;
@@ -49,7 +58,7 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
         out.push({
           name: `QLoRA step seq ${seq}, accumulation ${accum}, moments on ${offload}`,
           ms,
-          note: offload === 'gpu' ? 'per optimizer step' : `${sign(over)} ms = ${sign((over / gpuMs) * 100)}%`,
+          note: offload === 'gpu' ? 'per optimizer step' : `${sign(over)} ms = ${sign((over / gpuMs) * 100)}%${hostNote}`,
         });
         console.log(out[out.length - 1]!.name, out[out.length - 1]!.ms.toFixed(1), out[out.length - 1]!.note);
         trainer.release();

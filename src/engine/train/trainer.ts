@@ -251,6 +251,12 @@ export class Trainer {
    */
   private drain: Promise<void> | null = null;
   private drainLater: (() => Promise<void>) | null = null;
+  /**
+   * Where the last offloaded optimizer step's host time went (ms): mapping the readbacks and copying them into
+   * the store, mapping the upload buffers and refilling them from the store (the drain, which runs while the
+   * next micro-batches do), and how long that next optimizer step still waited for it. For benchmarks.
+   */
+  readonly offloadTimes = { drainReadback: 0, drainUpload: 0, waited: 0 };
   readonly seq: number;
   step = 0;
   /** Optimizer steps whose update was skipped because the loss or a gradient was not finite. */
@@ -387,7 +393,9 @@ export class Trainer {
     }
     const offload = this.offload;
     const { chunks } = offload;
+    const waitFrom = performance.now();
     await this.settleMoments(); // the previous step's moments are in the store and the upload buffers
+    this.offloadTimes.waited = performance.now() - waitFrom;
     if (!offload.filled) await this.fillUploads(); // the first step, or moments restored from a checkpoint
     // The grad norm, then every chunk up, updated and copied to its own readback, in one submit (queue order
     // keeps a slot's next upload behind its previous update; no wait between the norm and the updates, so
@@ -407,10 +415,14 @@ export class Trainer {
     ctx.device.queue.submit([enc.finish()]);
     offload.filled = false;
     this.drainLater = async () => {
+      const t0 = performance.now();
       await withMapped(chunks.flatMap((c) => [c.readM, c.readV]), GPUMapMode.READ, () => {
         for (const c of chunks) this.moments!.write(c.offset, new Float32Array(c.readM.getMappedRange()), new Float32Array(c.readV.getMappedRange()));
       });
+      const t1 = performance.now();
       await this.fillUploads();
+      this.offloadTimes.drainReadback = t1 - t0;
+      this.offloadTimes.drainUpload = performance.now() - t1;
     };
   }
 
