@@ -4,7 +4,7 @@
 # bench/int8-matmul.bench.ts bench/int8-gate.bench.ts`, `mkdir -p dist-bench/ref && cp
 # ../shared/reference/torch_lora_baseline.py dist-bench/ref/`; then a device call carrying
 # [".gpu", "dist-bench"] with `bash bench/device-call.sh <part>` (a call may run at most 10 minutes):
-#   levers  layout choices: the int8 kernels' STORE_SWIZZLE / EPI_VEC4 (int8Layout), attention dk/dv and dq
+#   levers  layout choices: the int8 kernels' EPI_VEC4 (int8Layout), attention dk/dv and dq
 #           staging depths, and the host ↔ GPU bus (offload's floor)                    (~2 min)
 #   step    the whole training step at the three settings (int8, the default here) beside PyTorch
 #           + PEFT in the same call, with nvidia-smi's view of GPU memory; then the offload   (~8 min)
@@ -30,7 +30,7 @@ part() { # name, seconds, command...
 }
 case "${1:-}" in
   levers)
-    for v in STORE_SWIZZLE=0,EPI_VEC4=0 STORE_SWIZZLE,EPI_VEC4=0 STORE_SWIZZLE,EPI_VEC4; do
+    for v in EPI_VEC4=0 EPI_VEC4; do
       part "int8mm-${v//[=,]/_}" 60 env VARIANT=$v node dist-bench/int8-matmul.bench.mjs
     done
     part attention 90 env ATTN_DKV_STAGING=16x8,16x16,32x8,32x16 ATTN_DQ=64x16x16,32x16x16,32x32x16,32x32x8 node dist-bench/bench.mjs attention

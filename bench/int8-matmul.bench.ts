@@ -223,7 +223,7 @@ async function main(): Promise<void> {
     console.log('nothing to measure here');
     return;
   }
-  // `VARIANT=EPI_VEC4,STORE_SWIZZLE=0,…`: defines of a layout under trial (NAME on, NAME=0 off), over the
+  // `VARIANT=EPI_VEC4=0,…`: defines of a layout under trial (NAME on, NAME=0 off), over the
   // kernels' defaults (int8Layout), for every matrix kernel checked and timed.
   const variant: Defines = Object.fromEntries(
     (process.env.VARIANT ?? '')

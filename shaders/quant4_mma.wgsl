@@ -324,35 +324,24 @@ fn load_stage(lid: u32, m0: u32, o0: u32, r0: u32) -> Staged {
   return st;
 }
 
-// Four words of one 16-byte piece into workgroup memory. The array holds scalars (what the matrix loads
-// take), so these are four 4-byte stores; in the c-th, a piece's lane writes word (c + rot) % 4, rot = the
-// piece's index mod 4. Why: a warp's 32 pieces start on only 8 banks (rows 80 or 144 bytes apart, pieces 16
-// bytes apart), so storing word c everywhere at once is a 4-way bank conflict; rotated, every store's 32
-// lanes hit 32 different banks (rows 20 words apart: 20·r + 4·q + (c + q) % 4 is distinct mod 32 for r < 8,
-// q < 4; rows 36 words apart with 8 pieces a row likewise).
-fn store4(at: u32, v: vec4<u32>, rot: u32) {
-#if STORE_SWIZZLE
-  for (var c = 0u; c < 4u; c++) {
-    let w = (c + rot) & 3u;
-    smem[at + w] = bitcast<i32>(v[w]);
-  }
-#else
+// Four words of one 16-byte piece into workgroup memory (the array holds scalars, what the matrix loads take).
+// (Storing them in a rotated order per lane, conflict-free on paper, measured 2.5× slower: docs/int8-matmul.md.)
+fn store4(at: u32, v: vec4<u32>) {
   smem[at] = bitcast<i32>(v.x);
   smem[at + 1u] = bitcast<i32>(v.y);
   smem[at + 2u] = bitcast<i32>(v.z);
   smem[at + 3u] = bitcast<i32>(v.w);
-#endif
 }
 
 fn store_stage(lid: u32, st: Staged, buf: u32) {
   let base = buf * STAGE_WORDS;
   for (var i = 0u; i < PIECES; i++) {
     let idx = lid + THREADS * i;
-    store4(base + (idx / 4u) * (A_ROW / 4u) + (idx % 4u) * 4u, st.a[i], idx % 4u);
+    store4(base + (idx / 4u) * (A_ROW / 4u) + (idx % 4u) * 4u, st.a[i]);
 #if OP == fwd
-    store4(base + A_WORDS + (idx / 4u) * (B_ROW / 4u) + (idx % 4u) * 4u, st.w[i], idx % 4u);
+    store4(base + A_WORDS + (idx / 4u) * (B_ROW / 4u) + (idx % 4u) * 4u, st.w[i]);
 #else
-    store4(base + A_WORDS + (idx / 8u) * (B_ROW / 4u) + (idx % 8u) * 4u, st.w[i], idx % 4u);
+    store4(base + A_WORDS + (idx / 8u) * (B_ROW / 4u) + (idx % 8u) * 4u, st.w[i]);
 #endif
   }
 }

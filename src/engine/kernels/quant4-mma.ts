@@ -149,11 +149,10 @@ export async function prepareQuantizeRows(
  *  - EPI_VEC4, the epilogue's vec4 writes: the one-level forward 9–11% faster on wqkv, wo and w1/w3 (0.315 →
  *    0.282, 0.151 → 0.138, 0.596 → 0.531 ms), w2 1%; the two-level forward 1–5% and dX 0–16% slower, so
  *    only the one-level forward takes it (and keeps scalar writes where Y's blocks are not vec4-aligned).
- *  - STORE_SWIZZLE, the staging's rotated word order (conflict-free scalar stores on paper): 2.5× slower
- *    (w2 one level 0.518 → 1.376 ms; the dynamically indexed vector leaves registers), never on.
+ * (A rotated word order in the staging's stores, conflict-free on paper, measured 2.5× slower and was removed.)
  */
 export function int8Layout(kernel: 'forward' | 'forward two levels' | 'dx', variant: Defines = {}): Defines {
-  return { STORE_SWIZZLE: false, EPI_VEC4: kernel === 'forward', ...variant };
+  return { EPI_VEC4: kernel === 'forward', ...variant };
 }
 
 /**
