@@ -305,7 +305,7 @@ export class EngineSession {
     // trainer's config, which the run stores, carries it, so a resumed run makes the same choice.
     const budget = this.ctx.pool.budgetBytes;
     if (config.keepAttention === undefined && budget !== null && rows.length > 0) {
-      const mc = withAttentionChoice(this.spec!, this.memoryConfig(this.spec!, config, longestRow(rows), { evalSeqLen: longestRow(evalRows) }), budget);
+      const mc = this.memoryConfig(this.spec!, config, longestRow(rows), { evalSeqLen: longestRow(evalRows), budgetBytes: budget });
       config = { ...config, keepAttention: mc.keepAttention };
     }
     // The adapter and optimizer state: on failure half-way, what was allocated goes back to the pool.

@@ -15,8 +15,8 @@
  * - lora: the optimizer's flat params and grads (every matrix padded to 64 floats).
  * - optimizer: AdamW m and v, or with offload a streaming chunk of one layer's moments.
  * - activations: with checkpointing, each layer's input (+ the final hidden state) and, unless
- *   keepAttention is false, its attention output and lse; one layer's forward scratch (reused by every
- *   layer and by the recompute) and one layer's gradient scratch.
+ *   keepAttention is false, its attention output, lse and LoRA input products U; one layer's forward
+ *   scratch (reused by every layer and by the recompute) and one layer's gradient scratch.
  * - ce: the final norm output, per-token losses and the cross-entropy workspace (one chunk of logits,
  *   which the loss kernel overwrites with dlogits, plus the chunk copies of hidden / dhidden and stats).
  * - workspace: token ids, labels, positions, document ids and spans, rope frequencies, fixed small buffers.
