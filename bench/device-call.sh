@@ -9,11 +9,14 @@
 #   step    the whole training step at the three settings (int8, the default here) beside PyTorch
 #           + PEFT in the same call, with nvidia-smi's view of GPU memory; then the offload   (~8 min)
 #   f32     the f32 path's step and the kernels of issue "Kernel library I/II"              (~7 min)
+#   gate    the int8 accuracy gate (fixtures copied to dist-bench/fixtures) with the residual level on
+#           the projections INT8_RESIDUAL names (default q,k,v,o,down) and each projection family
+#           probed on one level; then the step with those levels                             (~5 min)
 set -u
 case "${1:-}" in
-  levers | step | f32) ;;
+  levers | step | f32 | gate) ;;
   *)
-    echo "usage: bash bench/device-call.sh levers|step|f32 (on the device machine: it sources .gpu/gpu-env.sh)" >&2
+    echo "usage: bash bench/device-call.sh levers|step|f32|gate (on the device machine: it sources .gpu/gpu-env.sh)" >&2
     exit 2
     ;;
 esac
@@ -40,6 +43,11 @@ case "${1:-}" in
     part step-int8 170 env STEP_PRECISION=int8 node dist-bench/bench.mjs train-step
     part torch 130 python3 dist-bench/ref/torch_lora_baseline.py
     part offload 150 node dist-bench/bench.mjs offload
+    ;;
+  gate)
+    levels=${INT8_RESIDUAL:-q,k,v,o,down}
+    part gate 240 env INT8_RESIDUAL=$levels node dist-bench/int8-gate.bench.mjs dist-bench/fixtures
+    part step-levels 150 env STEP_PRECISION=int8 INT8_RESIDUAL=$levels node dist-bench/bench.mjs train-step
     ;;
   f32)
     part step-f32 200 env STEP_PRECISION=f32 STEP_SETTINGS=512x1,512x4,2048x1 node dist-bench/bench.mjs train-step

@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import type { GpuContext, KernelDispatch } from '../src/engine/gpu/context.ts';
 import { PassTimer } from '../src/engine/gpu/timer.ts';
+import { PROJECTIONS, type ProjectionKind } from '../src/engine/model/base-weights.ts';
 
 /** One benchmark measurement. flops/bytes are per run, so TFLOP/s and GB/s follow from ms. */
 export interface BenchRow {
@@ -56,14 +57,28 @@ export function formatTable(rows: readonly BenchRow[]): string {
  * (TransformerOptions.int8RecomputeResidual); `KEEP_ATTENTION=0|1` whether training plans keep each
  * layer's attention output for the backward (TransformerOptions.keepAttention).
  */
-export function transformerKnobs(): { int8RecomputeResidual?: boolean; keepAttention?: boolean } {
+export function transformerKnobs(): { int8Residual?: boolean | ProjectionKind[]; int8RecomputeResidual?: boolean; keepAttention?: boolean } {
   const flag = (name: string) => {
     const v = process.env[name];
     return v === undefined || v === '' ? undefined : v !== '0';
   };
   const residual = flag('INT8_RECOMPUTE_RESIDUAL');
   const keep = flag('KEEP_ATTENTION');
-  return { ...(residual === undefined ? {} : { int8RecomputeResidual: residual }), ...(keep === undefined ? {} : { keepAttention: keep }) };
+  const kinds = int8ResidualKnob(process.env.INT8_RESIDUAL);
+  return {
+    ...(kinds === undefined ? {} : { int8Residual: kinds }),
+    ...(residual === undefined ? {} : { int8RecomputeResidual: residual }),
+    ...(keep === undefined ? {} : { keepAttention: keep }),
+  };
+}
+
+/** INT8_RESIDUAL: '1' every projection, '0' none, or the kinds that take the residual level ('q,k,v,o,down'). */
+export function int8ResidualKnob(v: string | undefined): boolean | ProjectionKind[] | undefined {
+  if (v === undefined || v === '') return undefined;
+  if (v === '1' || v === '0') return v === '1';
+  const kinds = v.split(',').map((k) => k.trim());
+  for (const k of kinds) if (!(PROJECTIONS as readonly string[]).includes(k)) throw new Error(`INT8_RESIDUAL: '${k}' is not one of ${PROJECTIONS.join(', ')}`);
+  return kinds as ProjectionKind[];
 }
 
 /**

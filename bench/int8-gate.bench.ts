@@ -15,7 +15,7 @@ import { createNodeGpuContext } from '../src/node/gpu.ts';
 import { directoryAccess } from '../src/node/fixture-dir.ts';
 import { AdamW, createOptimizerState, releaseOptimizerState } from '../src/engine/kernels/adamw.ts';
 import { int8MatmulSupport, type MatmulPrecision } from '../src/engine/kernels/quant4-mma.ts';
-import { loadBaseWeights, releaseBaseWeights, type BaseWeights } from '../src/engine/model/base-weights.ts';
+import { loadBaseWeights, PROJECTIONS, releaseBaseWeights, type BaseWeights, type ProjectionKind } from '../src/engine/model/base-weights.ts';
 import { modelSpecFromConfig, parseModelConfig } from '../src/engine/model/config.ts';
 import { LoraLayout } from '../src/engine/model/lora-layout.ts';
 import { loraModules, readPeftAdapter } from '../src/engine/model/peft.ts';
@@ -50,7 +50,7 @@ async function lossCurve(
   shape: { batch: number; seq: number },
   precision: MatmulPrecision,
   steps: number,
-  o: { init?: Float32Array; lr?: number; residual?: boolean } = {},
+  o: { init?: Float32Array; lr?: number } = {},
 ): Promise<number[]> {
   const layout = new LoraLayout(weights.spec, lora);
   const state = createOptimizerState(ctx, layout.optimizer);
@@ -58,7 +58,7 @@ async function lossCurve(
   const lr = o.lr ?? 1e-3;
   const optimizer = await AdamW.create(ctx, state, { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, maxGradNorm: 1 });
   const update = await optimizer.stepDispatches({ zeroGrad: true });
-  const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: precision, int8Residual: o.residual ?? true, ...transformerKnobs() });
+  const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads }, { matmulPrecision: precision, ...transformerKnobs() });
   if (model.matmulPrecision !== precision) throw new Error(`asked for ${precision}, got ${model.matmulPrecision}`);
   const plan = await model.plan(shape, 'train', { ceChunkTokens: Math.min(1024, shape.batch * shape.seq) });
   const losses: number[] = [];
@@ -85,7 +85,15 @@ function compareCurves(name: string, f32: number[], int8: number[]): boolean {
 
 async function fixtures(ctx: GpuContext, root: string): Promise<boolean> {
   let ok = true;
-  console.log('| fixture | logits | int8 vs f32 (4-bit base), 2-level activations (default) | 1-level | f32 4-bit vs PyTorch f32 |\n|---|---|---:|---:|---:|');
+  // The default's levels (INT8_RESIDUAL, else two levels everywhere), all one level, and each probe: the
+  // listed projections on one level, the others two (which projections the logits are sensitive to).
+  const chosen = transformerKnobs().int8Residual ?? true;
+  const probes = (process.env.INT8_GATE_PROBES ?? 'q,k,v;o;gate,up;down').split(';').filter((p) => p !== '');
+  const oneLevel = (probe: string) => PROJECTIONS.filter((k) => !probe.split(',').includes(k));
+  console.log(
+    `| fixture | logits | int8 vs f32 (4-bit base), residual level: ${chosen === true ? 'every projection' : chosen === false ? 'none' : chosen.join(',')} | 1-level | ${probes.map((p) => `${p} 1-level`).join(' | ')} | f32 4-bit vs PyTorch f32 |`,
+  );
+  console.log(`|---|---|---:|---:|${probes.map(() => '---:|').join('')}---:|`);
   for (const name of ['llama', 'qwen2', 'qwen3', 'internlm2']) {
     const dir = directoryAccess(`${root}/${name}`);
     const spec = parseModelConfig(new TextDecoder().decode(await (await dir.open('config.json')).read(0, (await dir.open('config.json')).size)));
@@ -96,7 +104,7 @@ async function fixtures(ctx: GpuContext, root: string): Promise<boolean> {
     const mask = caseFile.entries.has('attention_mask') ? await ints('attention_mask') : null;
     const batch = batchFromMask(await ints('input_ids'), mask, seq);
     const ref = new Float32Array((await caseFile.bytes('base_logits')).buffer.slice(0));
-    const logits = async (precision: MatmulPrecision, lora: ConstructorParameters<typeof Transformer>[2], residual = true) => {
+    const logits = async (precision: MatmulPrecision, lora: ConstructorParameters<typeof Transformer>[2], residual: boolean | readonly ProjectionKind[] = chosen) => {
       const plan = await new Transformer(ctx, weights, lora, { matmulPrecision: precision, int8Residual: residual }).plan({ batch: rows, seq }, 'logits');
       plan.setBatch(batch);
       await ctx.run(plan.dispatches);
@@ -108,7 +116,12 @@ async function fixtures(ctx: GpuContext, root: string): Promise<boolean> {
     const i8 = await logits('int8', null);
     const d = relDiff(i8, f);
     ok &&= d < 1e-2;
-    console.log(`| ${name} | base | ${d.toExponential(2)} ${d < 1e-2 ? 'ok' : 'FAIL'} | ${relDiff(await logits('int8', null, false), f).toExponential(2)} | ${relDiff(f, ref).toExponential(2)} |`);
+    const probed = async (lora: ConstructorParameters<typeof Transformer>[2], f32: Float32Array) => {
+      const cols: string[] = [];
+      for (const p of probes) cols.push(relDiff(await logits('int8', lora, oneLevel(p)), f32).toExponential(2));
+      return cols.map((c) => `${c} | `).join('');
+    };
+    console.log(`| ${name} | base | ${d.toExponential(2)} ${d < 1e-2 ? 'ok' : 'FAIL'} | ${relDiff(await logits('int8', null, false), f).toExponential(2)} | ${await probed(null, f)}${relDiff(f, ref).toExponential(2)} |`);
     if (await dir.exists('adapter_init/adapter_config.json')) {
       const adapter = await readPeftAdapter(
         new TextDecoder().decode(await (await dir.open('adapter_init/adapter_config.json')).read(0, (await dir.open('adapter_init/adapter_config.json')).size)),
@@ -123,7 +136,7 @@ async function fixtures(ctx: GpuContext, root: string): Promise<boolean> {
       const li = await logits('int8', lora);
       const dl = relDiff(li, lf);
       ok &&= dl < 1e-2;
-      console.log(`| ${name} | LoRA | ${dl.toExponential(2)} ${dl < 1e-2 ? 'ok' : 'FAIL'} | ${relDiff(await logits('int8', lora, false), lf).toExponential(2)} | |`);
+      console.log(`| ${name} | LoRA | ${dl.toExponential(2)} ${dl < 1e-2 ? 'ok' : 'FAIL'} | ${relDiff(await logits('int8', lora, false), lf).toExponential(2)} | ${await probed(lora, lf)} |`);
       if (name === 'llama') {
         const trainBatch = { ...batch, labels: await ints('labels') };
         const init = layout.packPeft(adapter.tensors);

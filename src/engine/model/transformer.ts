@@ -41,7 +41,7 @@ import { KernelError } from '../gpu/errors.ts';
 import { prepareRmsNormBackward, prepareRmsNormForward } from '../kernels/rmsnorm.ts';
 import { prepareRope, prepareRopeBackward, uploadInvFreq } from '../kernels/rope.ts';
 import { prepareSwigluBackward, prepareSwigluForward } from '../kernels/swiglu.ts';
-import type { BaseWeights, LayerWeights, Projection, ProjectionKind } from './base-weights.ts';
+import { PROJECTIONS, type BaseWeights, type LayerWeights, type Projection, type ProjectionKind } from './base-weights.ts';
 import { ropeInvFreq, type ModelSpec } from './config.ts';
 import type { LoraGroup, LoraLayout } from './lora-layout.ts';
 
@@ -153,12 +153,13 @@ export interface TransformerOptions {
   matmulPrecision?: MatmulPrecision;
   /**
    * int8 forward with the activations' rounding residual as a second int8 level (two products per output,
-   * ~254× less activation error; default true). Off: one level (faster, ~1% matmul error). Measurement knob.
+   * ~254× less activation error): true (default) for every projection, false for none (one level: faster,
+   * ~1% matmul error), or the projection kinds that take it (the others one level). Measurement knob.
    */
-  int8Residual?: boolean;
+  int8Residual?: boolean | readonly ProjectionKind[];
   /**
    * Whether the backward's recomputed layer forwards (activation checkpointing) also carry the residual level
-   * (default false). Their outputs only feed gradients, which the one-level dX already puts on ~1% noise; the
+   * where the forward does (default false). Their outputs only feed gradients, which the one-level dX already puts on ~1% noise; the
    * loss comes from the first forward, which keeps int8Residual. Measurement knob.
    */
   int8RecomputeResidual?: boolean;
@@ -183,8 +184,8 @@ const DEFAULT_INT8_RECOMPUTE_RESIDUAL = false;
 export class Transformer {
   readonly spec: ModelSpec;
   private precision: MatmulPrecision;
-  /** Whether the int8 forward carries the activations' rounding residual (TransformerOptions.int8Residual). */
-  readonly int8Residual: boolean;
+  /** The projections whose int8 forward carries the activations' rounding residual (TransformerOptions.int8Residual). */
+  readonly int8Residual: ReadonlySet<ProjectionKind>;
   /** The same for the backward's recomputed forwards (TransformerOptions.int8RecomputeResidual). */
   readonly int8RecomputeResidual: boolean;
   /** Whether training plans keep each layer's attention output for the backward (TransformerOptions.keepAttention). */
@@ -199,8 +200,9 @@ export class Transformer {
   ) {
     this.spec = weights.spec;
     this.precision = opts.matmulPrecision === 'int8' && int8MatmulSupport(ctx.features).ok ? 'int8' : 'f32';
-    this.int8Residual = opts.int8Residual ?? true;
-    this.int8RecomputeResidual = this.int8Residual && (opts.int8RecomputeResidual ?? DEFAULT_INT8_RECOMPUTE_RESIDUAL);
+    const residual = opts.int8Residual ?? true;
+    this.int8Residual = new Set(residual === true ? PROJECTIONS : residual === false ? [] : residual);
+    this.int8RecomputeResidual = opts.int8RecomputeResidual ?? DEFAULT_INT8_RECOMPUTE_RESIDUAL;
     this.keepAttention = opts.keepAttention ?? true;
   }
 
@@ -597,7 +599,7 @@ export class StepPlan {
     // With kept attention the recomputed q/k/v must equal the forward's bit for bit (the kept output and
     // lse were computed from those): they take the forward's levels.
     const asForward = !this.recomputing || (this.keptAttention !== null && (kind === 'q' || kind === 'k' || kind === 'v'));
-    const residual = asForward ? this.model.int8Residual : this.model.int8RecomputeResidual;
+    const residual = this.model.int8Residual.has(kind) && (asForward || this.model.int8RecomputeResidual);
     if (this.int8Holds?.x !== x || this.int8Holds.layer !== l || this.int8Holds.rows.levels !== (residual ? 2 : 1)) {
       const q = await prepareQuantizeRows(this.ctx, x, scratch, { rows: M, cols: w.in, residual });
       out.push(q.dispatch);
