@@ -15,6 +15,11 @@
 // Ragged edges load zeros and skip stores, so any M, N, K works. Shapes are uniforms. PREFETCH (see below)
 // stages the next k-tile through registers; every loop over a register array has a constant bound (the
 // NVIDIA driver leaves arrays indexed under override-bounded loops in local memory).
+//
+// SPLIT_K (split-K, for products with few output tiles and a long reduction, such as dhidden = dlogits ·
+// lm_head over a vocabulary of 92544): workgroup z multiplies the k range [z·k_split, (z+1)·k_split) into its
+// own partial C at z·batch_stride_c (k_split is a multiple of TILE_K, so no tile straddles two ranges);
+// matmul_split_sum then adds the partials in a fixed order (deterministic) into C, with alpha and ACCUMULATE.
 
 struct Params {
   M: u32,
@@ -25,10 +30,29 @@ struct Params {
   batch_stride_a: u32,
   batch_stride_b: u32,
   batch_stride_c: u32,
-  _pad: u32,
+  // SPLIT_K: elements of K per slice (a multiple of TILE_K). matmul_split_sum: the number of partials.
+  k_split: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+#if SPLIT_SUM
+// Partials [k slices][M·N / 4] (M = M·N / 4 here, batch_stride_c the partials' stride in vec4) into C.
+@group(0) @binding(1) var<storage, read> parts: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> sum_out: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn matmul_split_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let i = (wg.y * nwg.x + wg.x) * 256u + tid;
+  if (i >= params.M) { return; }
+  var s = parts[i];
+  for (var z = 1u; z < params.k_split; z++) { s += parts[z * params.batch_stride_c + i]; }
+#if ACCUMULATE
+  sum_out[i] = sum_out[i] + params.alpha * s;
+#else
+  sum_out[i] = params.alpha * s;
+#endif
+}
+#else
 #if VEC4_A && !SMALL
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 #else
@@ -382,8 +406,18 @@ fn matmul(
 ) {
   let row0 = wg.y * TILE_M;
   let col0 = wg.x * TILE_N;
+#if SPLIT_K
+  // One k range of one matrix: the operands' k indices stay absolute, C is this range's partial.
+  let base_a = 0u;
+  let base_b = 0u;
+  let k_begin = wg.z * params.k_split;
+  let k_end = min(params.K, k_begin + params.k_split);
+#else
   let base_a = wg.z * params.batch_stride_a;
   let base_b = wg.z * params.batch_stride_b;
+  let k_begin = 0u;
+  let k_end = params.K;
+#endif
   let base_c = wg.z * params.batch_stride_c;
 
   var acc: array<array<f32, THREAD_N>, THREAD_M>;
@@ -394,15 +428,15 @@ fn matmul(
 #if PREFETCH
   var pa: array<vec4<f32>, MAX_PREF>;
   var pb: array<vec4<f32>, MAX_PREF>;
-  fetch_a(&pa, base_a, row0, 0u, tid);
-  fetch_b(&pb, base_b, col0, 0u, tid);
+  fetch_a(&pa, base_a, row0, k_begin, tid);
+  fetch_b(&pb, base_b, col0, k_begin, tid);
 #endif
-  for (var k0 = 0u; k0 < params.K; k0 += TILE_K) {
+  for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
 #if PREFETCH
     commit_a(&pa, tid);
     commit_b(&pb, tid);
     workgroupBarrier();
-    if (k0 + TILE_K < params.K) {
+    if (k0 + TILE_K < k_end) {
       fetch_a(&pa, base_a, row0, k0 + TILE_K, tid);
       fetch_b(&pb, base_b, col0, k0 + TILE_K, tid);
     }
@@ -561,3 +595,4 @@ fn matmul_small(@builtin(global_invocation_id) gid: vec3<u32>) {
 #endif
 }
 #endif
+#endif // SPLIT_SUM

@@ -100,6 +100,7 @@ interface Case {
   workspaceTokens?: number;
   ignoredRow?: number;
   dLmHead?: boolean;
+  dhiddenSplits?: number;
 }
 
 // Ragged everything: vocab sizes and block splits that are multiples of nothing, chunks that split the
@@ -108,6 +109,8 @@ const TRAIN_CASES: Case[] = [
   { name: 'one block, chunks of 7 over 33 tokens, an all-ignored row', rows: 3, T: 11, H: 19, blocks: [53], chunkTokens: 7, ignoredRow: 1 },
   { name: 'three vocab blocks, chunk size from a workspace budget (5), d(lm_head) accumulated', rows: 2, T: 9, H: 13, blocks: [17, 40, 6], workspaceTokens: 5, dLmHead: true },
   { name: 'one chunk for all tokens, two blocks, wide rows', rows: 2, T: 6, H: 33, blocks: [300, 211] },
+  { name: 'dhidden in split-K slices (3 asked), two blocks, chunks of 8', rows: 2, T: 12, H: 20, blocks: [300, 211], chunkTokens: 8, dhiddenSplits: 3 },
+  { name: 'split-K asked where chunk × hidden is no whole number of vec4 (the plain matmul runs)', rows: 3, T: 11, H: 19, blocks: [53, 170], chunkTokens: 7, dhiddenSplits: 2 },
 ];
 
 describe('cross-entropy through lm_head (chunked, fused backward)', () => {
@@ -140,10 +143,12 @@ describe('cross-entropy through lm_head (chunked, fused backward)', () => {
           software,
           ...(c.chunkTokens ? { chunkTokens: c.chunkTokens } : {}),
           ...(c.workspaceTokens ? { workspaceBytes: c.workspaceTokens * V * 4 + 3 } : {}),
+          ...(c.dhiddenSplits ? { dhiddenSplits: c.dhiddenSplits } : {}),
         },
       );
       if (c.chunkTokens ?? c.workspaceTokens) expect(ce.chunkTokens).toBe(c.chunkTokens ?? c.workspaceTokens);
       else expect(ce.chunks).toBe(1);
+      if (c.dhiddenSplits) expect(ce.dispatches.some((d) => d.label.includes('split-K sum'))).toBe(c.H % 4 === 0);
       await ctx.run(ce.dispatches);
       const what = `seed ${seed}`;
       expectClose(await ctx.read(loss), [ref.loss], 1e-5, `loss, ${what}`);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { matmul } from '../../src/engine/kernels/matmul.ts';
+import { matmul, matmulSplits, prepareMatmulSplitK, splitKPartialElems } from '../../src/engine/kernels/matmul.ts';
 import { gpu, poisoned } from '../helpers/gpu.ts';
 import { expectClose, freshSeed, randn, rng } from '../helpers/numeric.ts';
 
@@ -61,6 +61,43 @@ describe('matmul (tiled f32)', () => {
           expectClose(await ctx.read(C), reference(a, b, M, N, K, false, transB), 1e-5, `seed ${seed}`);
           for (const t of [A, B, C]) ctx.release(t);
         });
+
+  // Split-K: slices of whole k-tiles into poisoned partials, summed in order (with alpha and +=); ragged
+  // shapes, a K whose rounding to whole tiles leaves fewer slices than asked, every operand layout.
+  for (const [M, N, K, splits, tile, transA, transB, accumulate] of [
+    [37, 52, 1000, 3, 'wide', false, false, false],
+    [130, 68, 700, 4, 'narrow', false, true, true],
+    [36, 44, 52, 2, 'wide', true, false, false],
+    [20, 30, 40, 4, 'narrow', true, true, true],
+    [64, 36, 333, 5, 'wide', false, true, false],
+  ] as const)
+    it(`split-K ${splits}: ${transA ? 'Aᵀ' : 'A'}·${transB ? 'Bᵀ' : 'B'} M=${M} N=${N} K=${K} ${tile} tile${accumulate ? ', alpha, +=' : ''}`, async () => {
+      const ctx = await gpu();
+      const seed = freshSeed();
+      const r = rng(seed);
+      const a = randn(M * K, r);
+      const b = randn(K * N, r);
+      const c0 = randn(M * N, r);
+      const A = ctx.upload('A', transA ? [K, M] : [M, K], a);
+      const B = ctx.upload('B', transB ? [N, K] : [K, N], b);
+      const C = accumulate ? ctx.upload('C', [M, N], c0) : poisoned(ctx, 'C', [M, N]);
+      const partials = poisoned(ctx, 'partials', [splitKPartialElems({ M, N, K }, splits)]);
+      const alpha = accumulate ? -0.75 : 1;
+      const dispatches = await prepareMatmulSplitK(ctx, A, B, C, { M, N, K }, { transA, transB, tile, accumulate, alpha }, { splits, partials });
+      expect(dispatches).toHaveLength(2);
+      await ctx.run(dispatches);
+      expectClose(await ctx.read(C), reference(a, b, M, N, K, transA, transB, alpha, accumulate ? c0 : undefined), 1e-5, `seed ${seed}`);
+      for (const t of [A, B, C, partials]) ctx.release(t);
+    });
+
+  it('split-K is chosen only where the output tiles are too few for a long reduction', () => {
+    // The loss's dhidden = dlogits · lm_head: 1024 tokens × 92544 → 2048, 128 wide tiles.
+    expect(matmulSplits({ M: 1024, N: 2048, K: 92544 }, {})).toBe(4);
+    expect(matmulSplits({ M: 1024, N: 2048, K: 92544 }, {}, true)).toBe(1); // CPU adapters: the untiled kernel
+    expect(matmulSplits({ M: 4096, N: 8192, K: 2048 }, { transB: true })).toBe(1); // 2048 tiles
+    expect(matmulSplits({ M: 256, N: 256, K: 3000 }, {})).toBe(1); // too short for two slices of 2048
+    expect(matmulSplits({ M: 1024, N: 2048, K: 92544 }, { batch: 2 })).toBe(1);
+  });
 
   it('accumulates with alpha into C (gradient accumulation)', async () => {
     const ctx = await gpu();

@@ -1,7 +1,7 @@
 import crossEntropyWgsl from '../../../shaders/cross_entropy.wgsl';
 import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
-import { prepareMatmul } from './matmul.ts';
+import { matmulSplits, prepareMatmul, prepareMatmulSplitK, splitKPartialElems } from './matmul.ts';
 import { grid2d, prepareReduceAll, REDUCE_WG, registerReduceInclude, type PreparedReduction } from './reduce.ts';
 
 export const CROSS_ENTROPY_SHADER = { name: 'cross_entropy.wgsl', code: crossEntropyWgsl };
@@ -214,6 +214,17 @@ export interface CrossEntropyOptions {
   chunkTokens?: number;
   /** Force the one-invocation-per-row stats (true) or the workgroup reduction (false); default: per row on CPU adapters. */
   software?: boolean;
+  /** k slices of dhidden = dlogits · lm_head (split-K; default ceDhiddenSplits); tests and benchmarks set it. */
+  dhiddenSplits?: number;
+}
+
+/**
+ * Split-K slices of a chunk's dhidden = dlogits · lm_head block: the product has chunk × hidden outputs (128
+ * workgroups for 1024 × 2048) over the whole vocabulary, too few to fill a large GPU. The memory plan
+ * counts the partials with this too.
+ */
+export function ceDhiddenSplits(chunkTokens: number, hidden: number, vocabCols: number, software = false): number {
+  return matmulSplits({ M: chunkTokens, N: hidden, K: vocabCols }, {}, software);
 }
 
 export interface PreparedCrossEntropy {
@@ -273,6 +284,8 @@ export async function prepareCrossEntropy(ctx: GpuContext, t: CrossEntropyTensor
   const hiddenChunk = chunks > 1 ? own('ce hidden chunk', [C, H]) : t.hidden;
   const dhiddenChunk = train && chunks > 1 ? own('ce dhidden chunk', [C, H]) : t.dhidden;
   const stats = own('ce stats', [C, blocks.length, 4]);
+  const splits = train ? (opts.dhiddenSplits ?? Math.max(...blocksIn.map((b) => ceDhiddenSplits(C, H, b.cols, ctx.features.software)))) : 1;
+  const partials = splits > 1 ? own('ce dhidden split-K partials', [splitKPartialElems({ M: C, N: H, K: 0 }, splits)]) : null;
   const lse = own('ce lse', [tokens]);
   const batch = ctx.uniforms('ce batch', batchFields(opts.numSupervised));
 
@@ -288,7 +301,8 @@ export async function prepareCrossEntropy(ctx: GpuContext, t: CrossEntropyTensor
     );
     if (!train) continue;
     const dh = dhiddenChunk!;
-    for (let b = 0; b < blocks.length; b++) dispatches.push(await prepareMatmul(ctx, blocks[b]!.tensor, t.lmHead[b]!, dh, { M: n, N: H, K: blocks[b]!.cols }, { accumulate: b > 0 }));
+    for (let b = 0; b < blocks.length; b++)
+      dispatches.push(...(await prepareMatmulSplitK(ctx, blocks[b]!.tensor, t.lmHead[b]!, dh, { M: n, N: H, K: blocks[b]!.cols }, { accumulate: b > 0 }, { splits, partials })));
     if (t.dLmHead)
       for (let b = 0; b < blocks.length; b++)
         dispatches.push(await prepareMatmul(ctx, blocks[b]!.tensor, hiddenChunk, t.dLmHead[b]!, { M: blocks[b]!.cols, N: H, K: n }, { transA: true, accumulate: true }));

@@ -1,6 +1,7 @@
 import matmulWgsl from '../../../shaders/matmul.wgsl';
-import type { GpuContext, KernelDispatch } from '../gpu/context.ts';
+import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
+import { grid1d } from './grid.ts';
 
 export const MATMUL_SHADER = { name: 'matmul.wgsl', code: matmulWgsl };
 
@@ -98,28 +99,92 @@ export async function prepareMatmul(
   const base = { TRANS_A: !!opts.transA, TRANS_B: !!opts.transB, ACCUMULATE: !!opts.accumulate };
   const pipeline = v.small
     ? await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul_small', defines: { ...base, SMALL: true, BLOCK4: v.block4 } })
-    : await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul', defines: { ...base, WIDE: v.wide, VEC4_A: v.vec4A, VEC4_B: v.vec4B, PREFETCH: v.prefetch, KC_A: v.kcA, KC_B: v.kcB }, constants: { TILE_K: v.tileK } });
+    : await tiledPipeline(ctx, v, base);
   const label = `matmul${opts.transA ? 'ᵀ' : ''}·${opts.transB ? 'ᵀ' : ''} ${M}×${K}·${K}×${N}${batch > 1 ? ` ×${batch}` : ''}`;
-  const uniforms = ctx.uniforms(`${label} params`, [
-    ['u32', M],
-    ['u32', N],
-    ['u32', K],
-    ['f32', opts.alpha ?? 1],
-    ['u32', sa],
-    ['u32', sb],
-    ['u32', sc],
-    ['u32', 0],
-  ]);
-  const wx = Math.ceil(N / v.tile);
-  const wy = Math.ceil(M / v.tile);
+  const uniforms = ctx.uniforms(`${label} params`, params({ M, N, K, alpha: opts.alpha ?? 1, sa, sb, sc }));
+  return { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, A, B, C]), workgroups: tiledGrid(ctx, label, v.tile, M, N, batch) };
+}
+
+function tiledPipeline(ctx: GpuContext, v: ReturnType<typeof matmulVariant>, defines: Record<string, boolean>): Promise<GPUComputePipeline> {
+  return ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul', defines: { ...defines, WIDE: v.wide, VEC4_A: v.vec4A, VEC4_B: v.vec4B, PREFETCH: v.prefetch, KC_A: v.kcA, KC_B: v.kcB }, constants: { TILE_K: v.tileK } });
+}
+
+function params(p: { M: number; N: number; K: number; alpha: number; sa: number; sb: number; sc: number; kSplit?: number }): UniformField[] {
+  return [
+    ['u32', p.M],
+    ['u32', p.N],
+    ['u32', p.K],
+    ['f32', p.alpha],
+    ['u32', p.sa],
+    ['u32', p.sb],
+    ['u32', p.sc],
+    ['u32', p.kSplit ?? 0],
+  ];
+}
+
+function tiledGrid(ctx: GpuContext, label: string, tile: number, M: number, N: number, z: number): [number, number, number] {
+  const wx = Math.ceil(N / tile);
+  const wy = Math.ceil(M / tile);
   const maxWg = ctx.limits.maxComputeWorkgroupsPerDimension;
-  if (wx > maxWg || wy > maxWg || batch > maxWg) throw new Error(`${label}: needs more workgroups than this adapter allows per dimension (${maxWg})`);
-  return {
-    label,
-    pipeline,
-    bindGroup: ctx.bindGroup(label, pipeline, [uniforms, A, B, C]),
-    workgroups: [wx, wy, batch],
-  };
+  if (wx > maxWg || wy > maxWg || z > maxWg) throw new Error(`${label}: needs more workgroups than this adapter allows per dimension (${maxWg})`);
+  return [wx, wy, z];
+}
+
+/**
+ * Workgroups a split-K product aims for: the 128×128 tile gives dhidden = dlogits·lm_head of a 1024-token
+ * loss chunk (2048 hidden) only 128 workgroups, one per SM of an H100, over a 92544-long reduction.
+ */
+export const SPLIT_K_TARGET_WORKGROUPS = 512;
+/** Shortest k range a split-K slice gets (shorter ones spend more on partials than they gain). */
+const SPLIT_K_MIN_DEPTH = 2048;
+
+/**
+ * How many k slices `prepareMatmulSplitK` should cut this product into: 1 (no split) on CPU adapters (the
+ * untiled kernel), for batches, and where the output tiles already fill the GPU or the reduction is short.
+ */
+export function matmulSplits(shape: MatmulShape, opts: MatmulOptions, software = false, target = SPLIT_K_TARGET_WORKGROUPS): number {
+  const v = matmulVariant(shape, opts, { sa: 0, sb: 0 }, software);
+  if (v.small || (opts.batch ?? 1) > 1 || (shape.M * shape.N) % 4 !== 0) return 1;
+  const tiles = Math.ceil(shape.M / v.tile) * Math.ceil(shape.N / v.tile);
+  return Math.max(1, Math.min(Math.ceil(target / tiles), Math.floor(shape.K / SPLIT_K_MIN_DEPTH)));
+}
+
+/** Elements of the partials a split-K product of this shape needs (0 without a split). */
+export function splitKPartialElems(shape: MatmulShape, splits: number): number {
+  return splits > 1 ? splits * shape.M * shape.N : 0;
+}
+
+/**
+ * C = alpha·op(A)·op(B) (+C) as split-K: the k range in `splits` slices (whole k-tiles), each slice's
+ * product into its own partial [M, N] of `partials`, then one pass adds them in slice order (deterministic)
+ * into C. For products whose output tiles are too few to fill the GPU; `splits` ≤ 1, or M·N not a
+ * multiple of 4 (the sum runs on vec4), is the plain matmul. No batches.
+ */
+export async function prepareMatmulSplitK(ctx: GpuContext, A: Tensor, B: Tensor, C: Tensor, shape: MatmulShape, opts: MatmulOptions, split: { splits: number; partials: Tensor | null }): Promise<KernelDispatch[]> {
+  const { M, N, K } = shape;
+  if (split.splits <= 1 || (M * N) % 4 !== 0) return [await prepareMatmul(ctx, A, B, C, shape, opts)];
+  if ((opts.batch ?? 1) > 1) throw new Error('matmul split-K: batches are not supported');
+  check('A', A, M * K);
+  check('B', B, K * N);
+  check('C', C, M * N);
+  // Slices need the tiled kernel: where the shape alone would take the untiled one, the 64×64 tile.
+  const chosen = matmulVariant(shape, { ...opts, accumulate: false }, { sa: 0, sb: 0 }, ctx.features.software);
+  const v = chosen.small ? matmulVariant(shape, { ...opts, accumulate: false, tile: 'narrow' }, { sa: 0, sb: 0 }, ctx.features.software) : chosen;
+  const kSplit = Math.ceil(K / split.splits / v.tileK) * v.tileK;
+  const slices = Math.ceil(K / kSplit);
+  if (!split.partials) throw new Error('matmul split-K: no partials buffer');
+  check('partials', split.partials, slices * M * N);
+  const label = `matmul${opts.transA ? 'ᵀ' : ''}·${opts.transB ? 'ᵀ' : ''} ${M}×${K}·${K}×${N} split-K ${slices}`;
+  const pipeline = await tiledPipeline(ctx, v, { TRANS_A: !!opts.transA, TRANS_B: !!opts.transB, ACCUMULATE: false, SPLIT_K: true });
+  const uniforms = ctx.uniforms(`${label} params`, params({ M, N, K, alpha: 1, sa: 0, sb: 0, sc: M * N, kSplit }));
+  const vec4s = (M * N) / 4;
+  const sumLabel = `matmul split-K sum ${slices}×${M}×${N}${opts.accumulate ? ' +=' : ''}`;
+  const sum = await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul_split_sum', defines: { SPLIT_SUM: true, ACCUMULATE: !!opts.accumulate } });
+  const sumUniforms = ctx.uniforms(`${sumLabel} params`, params({ M: vec4s, N: 0, K: 0, alpha: opts.alpha ?? 1, sa: 0, sb: 0, sc: vec4s, kSplit: slices }));
+  return [
+    { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, A, B, split.partials]), workgroups: tiledGrid(ctx, label, v.tile, M, N, slices) },
+    { label: sumLabel, pipeline: sum, bindGroup: ctx.bindGroup(sumLabel, sum, [sumUniforms, split.partials, C]), workgroups: grid1d(ctx, Math.ceil(vec4s / 256), sumLabel) },
+  ];
 }
 
 /** Convenience for tools and tests: prepare, run once, wait. */

@@ -30,6 +30,7 @@
 import type { ModelSpec } from './config.ts';
 import { loraModules, loraModuleShape, type LoraModule } from './peft.ts';
 import { loraScratchElems } from '../kernels/lora.ts';
+import { ceDhiddenSplits } from '../kernels/cross_entropy.ts';
 
 export type OptimizerOffload = 'gpu' | 'cpu' | 'disk';
 
@@ -257,17 +258,19 @@ function layerBackwardTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: r
 }
 
 /** The loss: final norm, per-token losses and the chunked cross-entropy workspace (kernels/cross_entropy.ts). */
-function ceTerms(spec: ModelSpec, c: TrainingMemoryConfig): MemoryTerm[] {
+function ceTerms(spec: ModelSpec, c: TrainingMemoryConfig, train = true): MemoryTerm[] {
   const bt = c.seqLen * c.microBatch;
   const h = spec.hidden;
   const chunk = Math.min(c.ceChunkTokens, bt);
   const chunks = Math.ceil(bt / chunk);
+  const splits = train ? ceDhiddenSplits(chunk, h, spec.vocabSize) : 1;
   return [
     { name: 'final normed, rstd', bytes: bt * (h + 1) * F32, note: '[B·T, hidden + 1]' },
     { name: 'losses, loss', bytes: (bt + 1) * F32, note: 'per-token loss [B·T] and the mean' },
     { name: 'logits chunk', bytes: chunk * spec.vocabSize * F32, note: `[${chunk} tokens, ${spec.vocabSize}]; overwritten in place with dlogits` },
     { name: 'hidden/dhidden chunk copies', bytes: chunks > 1 ? 2 * chunk * h * F32 : 0, note: chunks > 1 ? `[${chunk}, hidden] × 2 (${chunks} chunks)` : 'none: one chunk' },
     { name: 'ce stats, lse', bytes: (4 * chunk + bt) * F32, note: '[chunk, 4] + [B·T]' },
+    { name: 'dhidden split-K partials', bytes: splits > 1 ? splits * chunk * h * F32 : 0, note: splits > 1 ? `[${splits} k slices, ${chunk}, hidden] (dlogits · lm_head)` : 'none: enough output tiles' },
   ];
 }
 
@@ -297,7 +300,7 @@ function evaluationTerms(spec: ModelSpec, c: TrainingMemoryConfig, targets: read
     { name: 'eval: input ids, positions, document ids and spans, labels', bytes: 6 * T * 4, note: `int32 [${T}] × 6 (one held-out row)` },
     { name: 'eval: hidden states', bytes: 2 * T * spec.hidden * F32, note: `[${T}, hidden] × 2, used in turn (no backward: no saved layer inputs)` },
     ...layerForwardTerms(spec, one, targets).map(tag),
-    ...ceTerms(spec, one).map(tag),
+    ...ceTerms(spec, one, false).map(tag),
     ...(c.int8Matmuls && c.quantBits === 4 ? [tag(int8ScratchTerm(T, widest, largest))] : []),
     {
       name: 'eval: kernel scratch',
