@@ -117,11 +117,11 @@ interface OffloadChunk {
 }
 
 /**
- * Maps every buffer (all at once), runs `use`, and unmaps whatever got mapped, also when a map or `use`
- * fails (the first failure is thrown).
+ * Maps every buffer (all at once, each for reading or writing), runs `use`, and unmaps whatever got mapped,
+ * also when a map or `use` fails (the first failure is thrown).
  */
-async function withMapped(buffers: readonly GPUBuffer[], mode: GPUMapModeFlags, use: () => void): Promise<void> {
-  const maps = await Promise.allSettled(buffers.map((b) => b.mapAsync(mode)));
+async function withMapped(buffers: readonly GPUBuffer[], mode: GPUMapModeFlags | ((b: GPUBuffer) => GPUMapModeFlags), use: () => void): Promise<void> {
+  const maps = await Promise.allSettled(buffers.map((b) => b.mapAsync(typeof mode === 'function' ? mode(b) : mode)));
   try {
     const failed = maps.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
@@ -238,25 +238,33 @@ export class Trainer {
   private optimizer: AdamW | null = null;
   private stepLosses: Tensor | null = null;
   private moments: MomentStore | null = null;
+  /** Whether `moments` is the disk store (written at every drain) rather than memory (brought up to date on reads). */
+  private diskMoments = false;
   private offload: {
     chunks: OffloadChunk[];
     slots: OffloadSlot[];
-    /** Whether the upload buffers hold the store's moments (false until filled, and after each step uses them). */
+    /** Whether the upload buffers hold the latest moments (false until filled, and after each step uses them). */
     filled: boolean;
+    /**
+     * Whether a memory store lags the upload buffers: the drain copies the readbacks straight into the
+     * upload buffers (the next step needs them there) and brings a memory store up to date only when the
+     * moments are read (checkpoints). A disk store is written at every drain.
+     */
+    storeBehind: boolean;
   } | null = null;
   /**
-   * The last offloaded optimizer step's readbacks into the store, then the store into the upload buffers:
-   * prepared by the step, started once the next step's micro-batches are submitted (so its host copies
-   * overlap that GPU work), awaited before the next optimizer step or any read of the moments.
+   * The last offloaded optimizer step's readbacks into the upload buffers (and a disk store): prepared by the
+   * step, started once the next step's micro-batches are submitted (so its host copies overlap that GPU
+   * work), awaited before the next optimizer step or any read of the moments.
    */
   private drain: Promise<void> | null = null;
   private drainLater: (() => Promise<void>) | null = null;
   /**
-   * Where the last offloaded optimizer step's host time went (ms): mapping the readbacks and copying them into
-   * the store, mapping the upload buffers and refilling them from the store (the drain, which runs while the
-   * next micro-batches do), and how long that next optimizer step still waited for it. For benchmarks.
+   * Where the last offloaded optimizer step's host time went (ms): mapping the readbacks and the upload
+   * buffers, copying one into the other, writing a disk store (the drain, which runs while the next
+   * micro-batches do), and how long that next optimizer step still waited for it. For benchmarks.
    */
-  readonly offloadTimes = { drainReadback: 0, drainUpload: 0, waited: 0 };
+  readonly offloadTimes = { drainMap: 0, drainCopy: 0, drainStore: 0, waited: 0 };
   readonly seq: number;
   step = 0;
   /** Optimizer steps whose update was skipped because the loss or a gradient was not finite. */
@@ -285,6 +293,7 @@ export class Trainer {
     if (offload !== 'gpu') {
       const total = this.layout.optimizer.total;
       this.moments = offload === 'disk' ? options.momentStore!(total) : memoryMomentStore(total);
+      this.diskMoments = offload === 'disk';
     }
     ctx.write(this.state.params, initLoraParams(this.layout, c.seed));
     this.seq = longestRow(rows);
@@ -364,7 +373,7 @@ export class Trainer {
         upV: upload(`adamw v upload ${span.offset}`, span.length),
       });
     }
-    this.offload = { chunks, slots: staging, filled: false };
+    this.offload = { chunks, slots: staging, filled: false, storeBehind: false };
   }
 
   /**
@@ -415,15 +424,49 @@ export class Trainer {
     ctx.device.queue.submit([enc.finish()]);
     offload.filled = false;
     this.drainLater = async () => {
+      // One host copy per moment: readback → upload buffer (a disk store is written from the readback too).
+      // Going through the store instead (readback → store → upload) cost twice the copies, which at
+      // accumulation 1 outlasted the next micro-batch's GPU work.
       const t0 = performance.now();
-      await withMapped(chunks.flatMap((c) => [c.readM, c.readV]), GPUMapMode.READ, () => {
-        for (const c of chunks) this.moments!.write(c.offset, new Float32Array(c.readM.getMappedRange()), new Float32Array(c.readV.getMappedRange()));
-      });
-      const t1 = performance.now();
-      await this.fillUploads();
-      this.offloadTimes.drainReadback = t1 - t0;
-      this.offloadTimes.drainUpload = performance.now() - t1;
+      let t1 = t0;
+      let copy = 0;
+      const reads = new Set(chunks.flatMap((c) => [c.readM, c.readV]));
+      await withMapped(
+        chunks.flatMap((c) => [c.readM, c.readV, c.upM, c.upV]),
+        (b) => (reads.has(b) ? GPUMapMode.READ : GPUMapMode.WRITE),
+        () => {
+          t1 = performance.now();
+          for (const c of chunks) {
+            const m = new Float32Array(c.readM.getMappedRange());
+            const v = new Float32Array(c.readV.getMappedRange());
+            new Float32Array(c.upM.getMappedRange()).set(m);
+            new Float32Array(c.upV.getMappedRange()).set(v);
+            const t = performance.now();
+            if (this.diskMoments) this.moments!.write(c.offset, m, v);
+            copy -= performance.now() - t;
+          }
+          copy += performance.now() - t1;
+          offload.filled = true;
+          offload.storeBehind = !this.diskMoments;
+        },
+      );
+      this.offloadTimes.drainMap = t1 - t0;
+      this.offloadTimes.drainCopy = copy;
+      this.offloadTimes.drainStore = performance.now() - t1 - copy;
     };
+  }
+
+  /**
+   * A memory store that lags the upload buffers (see storeBehind) copies their moments. A buffer mapped for
+   * writing shows its current contents, and only the host ever writes these (their one GPU use is as a copy
+   * source).
+   */
+  private async catchUpStore(): Promise<void> {
+    const offload = this.offload!;
+    await withMapped(offload.chunks.flatMap((c) => [c.upM, c.upV]), GPUMapMode.WRITE, () => {
+      for (const c of offload.chunks) this.moments!.write(c.offset, new Float32Array(c.upM.getMappedRange()), new Float32Array(c.upV.getMappedRange()));
+      offload.storeBehind = false;
+    });
   }
 
   /** Starts the prepared drain (see `drain`). */
@@ -643,6 +686,7 @@ export class Trainer {
   private async readMoments(): Promise<{ m: Float32Array; v: Float32Array }> {
     if (this.state.m && this.state.v) return { m: await this.ctx.read(this.state.m), v: await this.ctx.read(this.state.v) };
     await this.settleMoments();
+    if (this.offload?.storeBehind) await this.catchUpStore();
     const n = this.layout.optimizer.total;
     const moments = { m: new Float32Array(n), v: new Float32Array(n) };
     this.moments!.read(0, n, moments.m, moments.v);
@@ -655,7 +699,10 @@ export class Trainer {
       this.ctx.write(this.state.v, v);
     } else {
       this.moments!.write(0, m, v);
-      if (this.offload) this.offload.filled = false; // the upload buffers hold the moments replaced here
+      if (this.offload) {
+        this.offload.filled = false; // the upload buffers hold the moments replaced here
+        this.offload.storeBehind = false;
+      }
     }
   }
 
