@@ -3,23 +3,28 @@
 # Here: `bash ../shared/device/pack.sh` once, `npm run bench:build`, `node bench/build.mjs
 # bench/int8-matmul.bench.ts bench/int8-gate.bench.ts`, `mkdir -p dist-bench/ref && cp
 # ../shared/reference/torch_lora_baseline.py dist-bench/ref/`; then a device call carrying
-# [".gpu", "dist-bench"] with `bash bench/device-call.sh <part>` (a call may run at most 10 minutes):
+# [".gpu", "dist-bench"] with `bash bench/device-call.sh <part>...` (a call may run at most 10 minutes):
 #   levers  layout choices: the int8 kernels' EPI_VEC4 (int8Layout), attention dk/dv and dq
 #           staging depths, and the host ↔ GPU bus (offload's floor)                    (~2 min)
 #   step    the whole training step at the three settings (int8, the default here) beside PyTorch
 #           + PEFT in the same call, with nvidia-smi's view of GPU memory; then the offload   (~8 min)
 #   f32     the f32 path's step and the kernels of issue "Kernel library I/II"              (~7 min)
+#   splitk  the loss's dhidden = dlogits · lm_head at 1024 and 683 tokens in 1–8 k slices      (~1 min)
+#   offload-old  the offload bench of dist-bench/bench-old.mjs (an earlier build) for an A/B  (~2 min)
 #   gate    the int8 accuracy gate (fixtures copied to dist-bench/fixtures) with the residual level on
 #           the projections INT8_RESIDUAL names (default q,k,v,o,down) and each projection family
 #           probed on one level; then the step with those levels                             (~5 min)
 set -u
-case "${1:-}" in
-  levers | step | f32 | gate) ;;
-  *)
-    echo "usage: bash bench/device-call.sh levers|step|f32|gate (on the device machine: it sources .gpu/gpu-env.sh)" >&2
-    exit 2
-    ;;
-esac
+[ $# -gt 0 ] || set -- usage
+for p in "$@"; do
+  case "$p" in
+    levers | step | f32 | gate | splitk | offload-old) ;;
+    *)
+      echo "usage: bash bench/device-call.sh levers|step|f32|gate|splitk|offload-old ... (on the device machine: it sources .gpu/gpu-env.sh)" >&2
+      exit 2
+      ;;
+  esac
+done
 OUT=${OUT:-/tmp/webtune-bench}
 mkdir -p "$OUT"
 source .gpu/gpu-env.sh >/dev/null 2>&1
@@ -31,7 +36,8 @@ part() { # name, seconds, command...
   echo "=== $name ($*)"
   timeout "$secs" "$@" 2>&1 | clean | tee "$OUT/$name.txt" | grep -v "deprecated\|^\s*\^\|subgroupMatrix\|^$" | tail -40
 }
-case "${1:-}" in
+for p in "$@"; do
+case "$p" in
   levers)
     for v in EPI_VEC4=0 EPI_VEC4; do
       part "int8mm-${v//[=,]/_}" 60 env VARIANT=$v node dist-bench/int8-matmul.bench.mjs
@@ -44,6 +50,13 @@ case "${1:-}" in
     part torch 130 python3 dist-bench/ref/torch_lora_baseline.py
     part offload 150 node dist-bench/bench.mjs offload
     ;;
+  splitk)
+    part splitk 90 env MATMUL_SPLITK=1 node dist-bench/bench.mjs matmul
+    ;;
+  offload-old)
+    # The offload bench of an earlier bundle (dist-bench/bench-old.mjs, built from the base commit), for an A/B on one machine.
+    part offload-old 150 node dist-bench/bench-old.mjs offload
+    ;;
   gate)
     levels=${INT8_RESIDUAL:-q,k,v,o,down}
     part gate 240 env INT8_RESIDUAL=$levels node dist-bench/int8-gate.bench.mjs dist-bench/fixtures
@@ -54,3 +67,4 @@ case "${1:-}" in
     part kernels 200 node dist-bench/bench.mjs matmul dense-ops quant4-lora
     ;;
 esac
+done

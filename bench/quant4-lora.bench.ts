@@ -82,6 +82,8 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       rows.push({ name: `${tag} q4 fwd X·Wᵀ kc`, ms: q4FwdKc, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4FwdKc, f32Fwd)}, vs f32 kc ${pct(q4FwdKc, f32FwdKc)}` });
       const q4FwdKcHalf = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: true, splitW: false }));
       rows.push({ name: `${tag} q4 fwd X·Wᵀ kc (half the threads dequantise)`, ms: q4FwdKcHalf, flops, bytes: q4Bytes, note: `vs f32 kc ${pct(q4FwdKcHalf, f32FwdKc)}` });
+      const q4FwdKcFull = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: true, leanDequant: false }));
+      rows.push({ name: `${tag} q4 fwd X·Wᵀ kc (scale decoded every step, integer-to-float codes)`, ms: q4FwdKcFull, flops, bytes: q4Bytes, note: `vs q4 kc ${pct(q4FwdKcFull, q4FwdKc)}, vs f32 kc ${pct(q4FwdKcFull, f32FwdKc)}` });
       if (T <= 1024) {
         // Few tokens (a chat prefill): the 128×128 tile may leave SMs idle; the 64×64 one makes 4× the workgroups.
         const q4Narrow = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { tile: 'narrow' }));
