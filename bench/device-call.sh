@@ -9,6 +9,7 @@
 #   step    the whole training step at the three settings (int8, the default here) beside PyTorch
 #           + PEFT in the same call, with nvidia-smi's view of GPU memory; then the offload   (~8 min)
 #   f32     the f32 path's step and the kernels of issue "Kernel library I/II"              (~7 min)
+#   q4      the 4-bit f32 kernels and LoRA overheads (issue "Kernel library II")             (~1 min)
 #   splitk  the loss's dhidden = dlogits · lm_head at 1024 and 683 tokens in 1–8 k slices      (~1 min)
 #   offload-old  the offload bench of dist-bench/bench-old.mjs (an earlier build) for an A/B  (~2 min)
 #   gate    the int8 accuracy gate (fixtures copied to dist-bench/fixtures) with the residual level on
@@ -18,9 +19,9 @@ set -u
 [ $# -gt 0 ] || set -- usage
 for p in "$@"; do
   case "$p" in
-    levers | step | f32 | gate | splitk | offload-old) ;;
+    levers | step | f32 | gate | splitk | offload-old | q4) ;;
     *)
-      echo "usage: bash bench/device-call.sh levers|step|f32|gate|splitk|offload-old ... (on the device machine: it sources .gpu/gpu-env.sh)" >&2
+      echo "usage: bash bench/device-call.sh levers|step|f32|gate|splitk|offload-old|q4 ... (on the device machine: it sources .gpu/gpu-env.sh)" >&2
       exit 2
       ;;
   esac
@@ -49,6 +50,9 @@ case "$p" in
     part step-int8 170 env STEP_PRECISION=int8 node dist-bench/bench.mjs train-step
     part torch 130 python3 dist-bench/ref/torch_lora_baseline.py
     part offload 150 node dist-bench/bench.mjs offload
+    ;;
+  q4)
+    part quant4-lora 150 node dist-bench/bench.mjs quant4-lora
     ;;
   splitk)
     part splitk 90 env MATMUL_SPLITK=1 node dist-bench/bench.mjs matmul
