@@ -89,7 +89,7 @@ async function fixtures(ctx: GpuContext, root: string): Promise<boolean> {
   // listed projections on one level, the others two (which projections the logits are sensitive to).
   const chosen = transformerKnobs().int8Residual ?? true;
   const probes = (process.env.INT8_GATE_PROBES ?? 'q,k,v;o;gate,up;down').split(';').filter((p) => p !== '');
-  const oneLevel = (probe: string) => PROJECTIONS.filter((k) => !probe.split(',').includes(k));
+  const residualExcept = (probe: string) => PROJECTIONS.filter((k) => !probe.split(',').includes(k));
   console.log(
     `| fixture | logits | int8 vs f32 (4-bit base), residual level: ${chosen === true ? 'every projection' : chosen === false ? 'none' : chosen.join(',')} | 1-level | ${probes.map((p) => `${p} 1-level`).join(' | ')} | f32 4-bit vs PyTorch f32 |`,
   );
@@ -118,7 +118,7 @@ async function fixtures(ctx: GpuContext, root: string): Promise<boolean> {
     ok &&= d < 1e-2;
     const probed = async (lora: ConstructorParameters<typeof Transformer>[2], f32: Float32Array) => {
       const cols: string[] = [];
-      for (const p of probes) cols.push(relDiff(await logits('int8', lora, oneLevel(p)), f32).toExponential(2));
+      for (const p of probes) cols.push(relDiff(await logits('int8', lora, residualExcept(p)), f32).toExponential(2));
       return cols.map((c) => `${c} | `).join('');
     };
     console.log(`| ${name} | base | ${d.toExponential(2)} ${d < 1e-2 ? 'ok' : 'FAIL'} | ${relDiff(await logits('int8', null, false), f).toExponential(2)} | ${await probed(null, f)}${relDiff(f, ref).toExponential(2)} |`);
