@@ -118,6 +118,12 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
           flops: flops + 2 * loraFlops + 2 * T * RANK * N,
           note: `over bare q4 dX ${pct(bwdMs, q4Dx)}`,
         });
+        {
+          // The masked adapter term as lora.wgsl's separate DX pass instead of inside the q4 dX kernel.
+          const sep = await prepareLoraBackward(ctx, { kind: 'q4', W }, ad, X, U, dY, dX, { dA, dB }, G, T, { seed: 1, scratch, fuseMaskedDx: false });
+          const ms = await time(sep.dispatches);
+          rows.push({ name: `${tag} q4+LoRA r=${RANK} bwd, dropout mask in a separate DX pass`, ms, note: `over bare q4 dX ${pct(ms, q4Dx)}; vs fused ${pct(ms, bwdMs)}` });
+        }
         // Where the backward's time goes: each of its passes alone, then the whole without dropout.
         for (const d of bwd.dispatches) rows.push({ name: `${tag}   bwd pass ${d.label}`, ms: await time([d]), note: `of the bare q4 dX ${((100 * (await time([d]))) / q4Dx).toFixed(1)}%` });
         {

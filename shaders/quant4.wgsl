@@ -33,14 +33,17 @@ struct Params {
   s: f32,        // LoRA scale alpha / r
   src_off: u32,  // quantize: first source element
   b_row0: u32,   // LoRA: first row of B belonging to this block
-  _p0: u32,
-  _p1: u32,
-  _p2: u32,
+  seed: u32,      // dx LORA && DROPOUT: lora_dropout's seed (the step's, as the forward's XA had it)
+  threshold: u32, // dropped where dropout_hash(seed, m·K + k) < threshold
+  keep_scale: f32, // 1 / (1 − p)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 
 #include "q4_format.wgsl"
+#if DROPOUT
+#include "dropout.wgsl"
+#endif
 
 // ------------------------------------------------------------------------------------------------
 #if OP == quantize
@@ -378,9 +381,8 @@ fn q4_matmul_dx(
 #if LORA
   // The adapter's share of dX first, s·G·A, as R reduction steps over [s·G | A] (A [R, K] is laid out like
   // W's rows); the base steps below accumulate onto it, so dX is written once and the separate
-  // read-modify-write pass over dX disappears. Without lora_dropout only: a per-element dropout mask here
-  // (a hash per output) measured 37–54% slower on the H100 than the bare kernel — the mask loop is not
-  // unrolled and the accumulators leave registers — so with dropout lora.wgsl's DX pass adds the term.
+  // read-modify-write pass over dX disappears. With lora_dropout (DROPOUT) the term is then masked per
+  // element of X, before the base steps add on: see below.
   for (var r0 = 0u; r0 < params.R; r0 += TR) {
     stage_scaled_rank_rows(r0, row0, tid);
     for (var idx = tid; idx < TR * TILE_N; idx += THREADS) {
@@ -396,6 +398,25 @@ fn q4_matmul_dx(
     mac(lid, &acc);
     workgroupBarrier();
   }
+#if DROPOUT
+  // mask ⊙ s·G·A, the mask of X's element (m, k) as the forward's XA drew it. The hashes go into one bit
+  // mask per row first, and the accumulators are then scaled by a select on those bits: an earlier version
+  // hashed inside the accumulator loop, which the driver did not unroll, and the accumulators left registers
+  // (37–54% slower than the bare kernel on the H100).
+  var keep_bits: array<u32, THREAD_M>;
+  for (var i = 0u; i < THREAD_M; i++) {
+    let m = row0 + ((i / 4u) * WG_Y + lid.y) * 4u + i % 4u;
+    var bits = 0u;
+    for (var j = 0u; j < THREAD_N; j++) {
+      let k = col0 + ((j / 4u) * WG_X + lid.x) * 4u + j % 4u;
+      bits |= select(0u, 1u << j, dropout_hash(params.seed, m * K + k) >= params.threshold);
+    }
+    keep_bits[i] = bits;
+  }
+  for (var i = 0u; i < THREAD_M; i++) {
+    for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = select(0.0, acc[i][j] * params.keep_scale, ((keep_bits[i] >> j) & 1u) != 0u); }
+  }
+#endif
 #endif
   var pa: array<vec4<f32>, 4>;
   var pq = vec4<u32>(0u);

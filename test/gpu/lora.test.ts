@@ -8,6 +8,7 @@ import {
   loraDropoutThreshold,
   loraForward,
   loraScratchElems,
+  prepareLoraBackward,
   prepareLoraForward,
   type LoraAdapter,
   type LoraBase,
@@ -226,6 +227,37 @@ describe('fused LoRA forward and backward (against float64)', () => {
     for (const t of [U, Y]) ctx.release(t);
     S.release();
   });
+});
+
+describe('LoRA backward with lora_dropout: the mask inside the q4 dX kernel', () => {
+  for (const fuseMaskedDx of [true, false])
+    it(`setSeed moves the backward's mask with the forward's (${fuseMaskedDx ? 'fused into the q4 dX kernel' : 'the separate DX pass'})`, async () => {
+      const ctx = await gpu();
+      const seed = freshSeed();
+      const [M, out, inF, r, p] = [45, 72, 128, 16, 0.3];
+      const S = setup(ctx, 'q4', M, out, inF, r, p, seed);
+      const U = poisoned(ctx, 'U', [M, r]);
+      const Y = poisoned(ctx, 'Y', [M, out]);
+      await loraForward(ctx, S.base, S.ad, S.X, U, Y, M, { seed: seed + 1 });
+      const rand = rng(seed ^ 0x27d4eb2f);
+      const dy = randn(M * out, rand);
+      const zeros = (n: number) => new Float32Array(n);
+      const dY = ctx.upload('dY', [M, out], dy);
+      const dA = ctx.upload('dA', [r, inF], zeros(r * inF));
+      const dB = ctx.upload('dB', [out, r], zeros(out * r));
+      const dX = poisoned(ctx, 'dX', [M, inF]);
+      const G = poisoned(ctx, 'G', [M, r]);
+      // Prepared with the old seed, then moved to the forward's (as the engine does at every step).
+      const pass = await prepareLoraBackward(ctx, S.base, S.ad, S.X, U, dY, dX, { dA, dB }, G, M, { seed, fuseMaskedDx });
+      expect(pass.dispatches.some((d) => d.label.includes('+lora dropout'))).toBe(fuseMaskedDx);
+      pass.setSeed(seed + 1);
+      await ctx.run(pass.dispatches);
+      const rb = refBackward({ ...S.P, seed: seed + 1 }, dy, zeros(r * inF), zeros(out * r));
+      expectClose(await ctx.read(dX), rb.dx, 1e-4, `dX, seed ${seed}`);
+      expectClose(await ctx.read(dA), rb.dA, 1e-4, `dA, seed ${seed}`);
+      for (const t of [U, Y, dY, dA, dB, dX, G]) ctx.release(t);
+      S.release();
+    });
 });
 
 describe('LoRA backward by finite differences (float64 central differences of the CPU forward)', () => {

@@ -4,7 +4,7 @@ import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
 import { prepareMatmul } from './matmul.ts';
 import { registerDropoutInclude } from './dropout.ts';
-import { prepareQ4Matmul, prepareQ4MatmulDx, q4DxCanFuseLora, type Q4Weight } from './quant4.ts';
+import { prepareQ4Matmul, prepareQ4MatmulDx, q4DxCanFuseLora, Q4_SEED_FIELD, type Q4Weight } from './quant4.ts';
 
 /**
  * A LoRA adapter on a linear layer: Y = X·Wᵀ + s·dropout(X)·Aᵀ·Bᵀ, s = alpha / rank, W frozen (4-bit or
@@ -132,8 +132,8 @@ function need(kernel: string, what: string, t: Tensor, elems: number): void {
 
 interface Prepared {
   dispatches: KernelDispatch[];
-  /** Uniform buffers holding the dropout seed (field 6). */
-  seeded: { uniforms: GPUBuffer; fields: UniformField[] }[];
+  /** Uniform buffers holding the dropout seed (field `seedField`, else 6: lora.wgsl's). */
+  seeded: { uniforms: GPUBuffer; fields: UniformField[]; seedField?: number }[];
 }
 
 interface SmallArgs {
@@ -217,7 +217,7 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
 function seedSetter(ctx: GpuContext, seeded: Prepared['seeded']): (seed: number) => void {
   return (seed) => {
     for (const u of seeded) {
-      u.fields[6] = ['u32', seed >>> 0];
+      u.fields[u.seedField ?? 6] = ['u32', seed >>> 0];
       ctx.writeUniforms(u.uniforms, u.fields);
     }
   };
@@ -254,6 +254,11 @@ export interface LoraPassOptions {
   scratch?: Tensor;
   /** Force the barrier-free (true) or the tiled (false) rank-r kernels; default: barrier-free on CPU adapters. */
   software?: boolean;
+  /**
+   * Backward with a 4-bit base and lora_dropout: the masked adapter term inside the q4 dX kernel (default)
+   * instead of lora.wgsl's separate DX pass over dX. Benchmarks compare the two.
+   */
+  fuseMaskedDx?: boolean;
 }
 
 /**
@@ -316,11 +321,11 @@ export async function prepareLoraBackward(
   const dispatches: KernelDispatch[] = [];
   const gb = await prepareSmall(ctx, { mode: 'GB', a: dY, b: ad.B, c: G, shape: sh.GB, ...common });
   const parts: Prepared[] = [];
-  // Without dropout only (see Transformer.linearBackward: the masked prologue measured slower than a separate pass).
-  if (base.kind === 'q4' && q4DxCanFuseLora(base.W) && !(ad.dropout ?? 0)) {
+  if (base.kind === 'q4' && q4DxCanFuseLora(base.W) && ((opts.fuseMaskedDx ?? true) || !(ad.dropout ?? 0))) {
     // G first, then one q4 dX kernel that starts from s·mask⊙(G·A) and adds dY·W: dX is written once
     // (the separate DX pass read and rewrote all of dX).
-    parts.push(gb, { dispatches: await prepareLoraQ4Dx(ctx, base.W, { dY, G, A: ad.A, dX }, { M, rank: r, scale: s }), seeded: [] });
+    const fused = await prepareQ4DxPrologue(ctx, base.W, { dY, G, A: ad.A, dX }, { M, rank: r, scale: s, dropout: ad.dropout ?? 0, seed: common.seed });
+    parts.push(gb, fused);
   } else {
     dispatches.push(...(base.kind === 'q4' ? await prepareQ4MatmulDx(ctx, dY, base.W, dX, M) : [await prepareMatmul(ctx, dY, base.W, dX, { M, N: inF, K: out })]));
     parts.push(gb, await prepareSmall(ctx, { mode: 'DX', a: G, b: ad.A, c: dX, shape: { rows: M, cols: inF, red: r }, ...common }));
@@ -378,14 +383,30 @@ export async function prepareLoraProduct(
 }
 
 /**
- * dX (=, or += with accumulate) = s·(G·A) + dY·W for a 4-bit W in one kernel (q4DxCanFuseLora(W), no
- * lora_dropout): the adapter's DX product fused into the base dX, G = dY·B computed beforehand.
+ * dX (=, or += with accumulate) = s·mask⊙(G·A) + dY·W for a 4-bit W in one kernel (q4DxCanFuseLora(W)):
+ * the adapter's DX product fused into the base dX, G = dY·B computed beforehand, the mask lora_dropout's
+ * on X (the seed must be the forward XA's; change it with setSeed).
  */
 export async function prepareLoraQ4Dx(
   ctx: GpuContext,
   W: Q4Weight,
   t: { dY: Tensor; G: Tensor; A: Tensor; dX: Tensor },
-  d: { M: number; rank: number; scale: number; accumulate?: boolean },
-): Promise<KernelDispatch[]> {
-  return prepareQ4MatmulDx(ctx, t.dY, W, t.dX, d.M, !!d.accumulate, { lora: { G: t.G, A: t.A, rank: d.rank, scale: d.scale } });
+  d: { M: number; rank: number; scale: number; dropout: number; seed?: number; accumulate?: boolean },
+): Promise<LoraPass> {
+  const prepared = await prepareQ4DxPrologue(ctx, W, t, { ...d, seed: d.seed ?? 0 });
+  return { dispatches: prepared.dispatches, setSeed: seedSetter(ctx, prepared.seeded) };
+}
+
+async function prepareQ4DxPrologue(
+  ctx: GpuContext,
+  W: Q4Weight,
+  t: { dY: Tensor; G: Tensor; A: Tensor; dX: Tensor },
+  d: { M: number; rank: number; scale: number; dropout: number; seed: number; accumulate?: boolean },
+): Promise<Prepared> {
+  const seeded: Prepared['seeded'] = [];
+  const dropout = d.dropout > 0 ? { seed: d.seed, threshold: loraDropoutThreshold(d.dropout), keepScale: 1 / (1 - d.dropout) } : undefined;
+  const dispatches = await prepareQ4MatmulDx(ctx, t.dY, W, t.dX, d.M, !!d.accumulate, {
+    lora: { G: t.G, A: t.A, rank: d.rank, scale: d.scale, ...(dropout ? { dropout, onSeeded: (uniforms, fields) => seeded.push({ uniforms, fields, seedField: Q4_SEED_FIELD }) } : {}) },
+  });
+  return { dispatches, seeded };
 }

@@ -3,6 +3,7 @@ import q4FormatWgsl from '../../../shaders/q4_format.wgsl';
 import type { GpuContext, KernelDispatch, UniformField } from '../gpu/context.ts';
 import { shapeString, type Tensor } from '../gpu/tensor.ts';
 import { grid1d } from './grid.ts';
+import { registerDropoutInclude } from './dropout.ts';
 
 /**
  * 4-bit frozen base weights ("q4a64", docs/quant4.md): asymmetric int4, groups of 64 along `in`, one u32
@@ -276,7 +277,13 @@ interface Q4Uniforms {
   s?: number;
   srcOff?: number;
   bRow0?: number;
+  seed?: number;
+  threshold?: number;
+  keepScale?: number;
 }
+
+/** Index of the dropout seed among quant4.wgsl's uniform fields (rewritten per step). */
+export const Q4_SEED_FIELD = 9;
 
 function uniformFields(u: Q4Uniforms): UniformField[] {
   return [
@@ -289,9 +296,9 @@ function uniformFields(u: Q4Uniforms): UniformField[] {
     ['f32', u.s ?? 0],
     ['u32', u.srcOff ?? 0],
     ['u32', u.bRow0 ?? 0],
-    ['u32', 0],
-    ['u32', 0],
-    ['u32', 0],
+    ['u32', (u.seed ?? 0) >>> 0],
+    ['u32', u.threshold ?? 0],
+    ['f32', u.keepScale ?? 1],
   ];
 }
 
@@ -454,14 +461,19 @@ export async function q4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y: Tenso
 }
 
 /**
- * The adapter's share of dX fused into the q4 dX kernel (first row block): dX = s·(G·A) + dY·W, with
- * G = dY·B already computed and A [rank, in]. Without lora_dropout only (see quant4.wgsl).
+ * The adapter's share of dX fused into the q4 dX kernel (first row block): dX = s·mask⊙(G·A) + dY·W, with
+ * G = dY·B already computed and A [rank, in]; the mask is lora_dropout's on X (`dropout`, as the forward's
+ * XA drew it; none without).
  */
 export interface Q4DxLoraPrologue {
   G: Tensor;
   A: Tensor;
   rank: number;
   scale: number;
+  /** lora_dropout: element (m, k) kept where dropout_hash(seed, m·in + k) ≥ threshold, then × keepScale. */
+  dropout?: { seed: number; threshold: number; keepScale: number };
+  /** Receives the uniforms that hold the seed (field Q4_SEED_FIELD), so a new step can rewrite it. */
+  onSeeded?: (uniforms: GPUBuffer, fields: UniformField[]) => void;
 }
 
 /** Whether prepareQ4MatmulDx can fuse a LoRA prologue for this weight (the register-staged path: 16-byte dY rows). */
@@ -503,11 +515,14 @@ export async function prepareQ4MatmulDx(
     // Register-staged loads (dY as whole 4×4 blocks) need the 16-byte dY loads.
     const withLora = !!lora && i === 0;
     const prefetch = ((opts.prefetch ?? true) && vec4) || withLora;
-    const defines = { OP: 'dx', ACCUMULATE: acc, WIDE: wide, VEC4: vec4, PREFETCH: prefetch, LORA: withLora };
+    const dropout = withLora ? lora.dropout : undefined;
+    if (dropout) registerDropoutInclude(ctx);
+    const defines = { OP: 'dx', ACCUMULATE: acc, WIDE: wide, VEC4: vec4, PREFETCH: prefetch, LORA: withLora, DROPOUT: !!dropout };
     const pipeline = await ctx.pipeline({ shader: q4Shader(ctx), entryPoint: 'q4_matmul_dx', defines });
-    const label = `q4 dX${wide ? ' wide' : ''}${prefetch ? ' pref' : ''}${withLora ? '+lora' : ''} ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
-    const fields = uniformFields({ M, N: b.rows, K, ldy: W.out, off: b.row0, ...(withLora ? { R: lora.rank, s: lora.scale } : {}) });
+    const label = `q4 dX${wide ? ' wide' : ''}${prefetch ? ' pref' : ''}${withLora ? `+lora${dropout ? ' dropout' : ''}` : ''} ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
+    const fields = uniformFields({ M, N: b.rows, K, ldy: W.out, off: b.row0, ...(withLora ? { R: lora.rank, s: lora.scale } : {}), ...(dropout ?? {}) });
     const uniforms = ctx.uniforms(`${label} params`, fields);
+    if (dropout) lora?.onSeeded?.(uniforms, fields);
     const res = [uniforms, dY, b.q, b.sm, dX, ...(withLora ? [lora.G, lora.A] : [])];
     out.push({ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, res), workgroups: [Math.ceil(K / edge), Math.ceil(M / edge), 1] });
   }

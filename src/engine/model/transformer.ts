@@ -632,12 +632,14 @@ export class StepPlan {
     out.push(...(await prepareLoraProduct(ctx, 'GB', { a: dy, b: lo.B, c: G }, { ...dims, out: p.out, accumulate: !lo.first })).dispatches);
     // dB += s·dyᵀ·U: lora.wgsl's split-K product (2.3× the matmul kernel's speed on this skinny shape on the H100).
     out.push(...(await prepareLoraProduct(ctx, 'DB', { a: dy, b: U, c: lo.dB }, { ...dims, out: p.out })).dispatches);
-    // Fused only without dropout: with the per-element mask the kernel measured 37–54% slower than the bare
-    // q4 dX on the H100 (the 64-element mask loop is not unrolled, so the accumulators leave registers),
-    // against +1–5% without it; the separate DX pass is cheaper then.
-    const fusedW = lo.last && p.kind === 'q4' && !this.int8 && q4DxCanFuseLora(p.w) && dims.dropout === 0 ? p.w : null;
-    if (fusedW) out.push(...(await prepareLoraQ4Dx(ctx, fusedW, { dY: dy, G, A: lo.A, dX: dx }, { ...dims, accumulate })));
-    else out.push(...(await this.projectionBackward(p, dy, dx, accumulate)));
+    // The adapter's dX term s·mask⊙(G·A) inside the f32 q4 dX kernel (dX written once; lora_dropout's mask
+    // applied there too) instead of a separate pass that reads and rewrites dX.
+    const fusedW = lo.last && p.kind === 'q4' && !this.int8 && q4DxCanFuseLora(p.w) ? p.w : null;
+    if (fusedW) {
+      const pass = await prepareLoraQ4Dx(ctx, fusedW, { dY: dy, G, A: lo.A, dX: dx }, { ...dims, accumulate });
+      this.registerSeed(lo.group, pass);
+      out.push(...pass.dispatches);
+    } else out.push(...(await this.projectionBackward(p, dy, dx, accumulate)));
     if (lo.last) {
       const modes = fusedW ? (['DA'] as const) : (['DX', 'DA'] as const);
       for (const mode of modes) {
