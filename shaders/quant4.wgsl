@@ -506,10 +506,9 @@ fn q4_matmul_dx(
 // KC_SPLIT_W (the default): all 256 threads dequantise one code word each (two vec4 stores) instead of the
 // first 128 threads two words: 4–5% faster on the H100 at T=2048 (w1 31.6 vs 30.3 TFLOP/s, w2 29.8 vs 28.3),
 // the warps reach the barrier together.
-// KC_LEAN_DEQUANT (with KC_SPLIT_W): the group's scale word is loaded and decoded once per 64 k (every 4th
-// step) instead of every step, and codes become floats by exponent bits (0x4B000000 | c is 2²³ + c, exactly;
-// minus 2²³ gives c) instead of integer-to-float conversions, which NVIDIA issues at a quarter of the fma
-// rate. The same f32 values, so the same results bit for bit.
+// Measured and removed: loading and decoding the group's scale word once per 64 k instead of every step, with
+// codes turned into floats by exponent bits (0x4B000000 | c = 2²³ + c) instead of integer-to-float
+// conversions: 0.6–2.3% slower at 2048 tokens on the H100 (w1 2.189 vs 2.176 ms, wqkv 1.167 vs 1.140).
 const KC_DEPTH: u32 = 16u;
 const KC_ROW: u32 = KC_DEPTH / 4u + 1u;
 var<workgroup> kc_x: array<vec4<f32>, TILE_M * KC_ROW>;
@@ -542,16 +541,6 @@ fn kc_mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_
 // Stages step k0: X slot u of this thread is (row (u·THREADS + tid) / 4, k quad % 4); threads below TILE_N
 // also take the two code words of W row col0 + tid covering [k0, k0 + 16) and its group's scale word (rows
 // past N keep zero codes and a zero scale word, which dequantise to zeros).
-#if KC_LEAN_DEQUANT
-// The 8 codes of one code word as f32, by exponent bits (see KC_LEAN_DEQUANT).
-fn codes8_lean(word: u32) -> array<vec4<f32>, 2> {
-  let lo = (vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u);
-  let hi = (vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u);
-  let two23 = vec4<f32>(8388608.0);
-  return array<vec4<f32>, 2>(bitcast<vec4<f32>>(lo | vec4<u32>(0x4b000000u)) - two23, bitcast<vec4<f32>>(hi | vec4<u32>(0x4b000000u)) - two23);
-}
-#endif
-
 fn kc_fetch(px: ptr<function, array<vec4<f32>, KC_X_SLOTS>>, pq: ptr<function, KC_CODES>, ps: ptr<function, u32>, row0: u32, col0: u32, k0: u32, tid: u32) {
   let K = params.K;
   for (var u = 0u; u < KC_X_SLOTS; u++) {
@@ -567,11 +556,7 @@ fn kc_fetch(px: ptr<function, array<vec4<f32>, KC_X_SLOTS>>, pq: ptr<function, K
   if (n < params.N) {
     let at = n * K + k0;
     *pq = q[at / 32u][(k0 & 16u) / 8u + tid % 2u];
-#if KC_LEAN_DEQUANT
-    if ((k0 % GROUP) == 0u) { *ps = sm[at / GROUP]; }
-#else
     *ps = sm[at / GROUP];
-#endif
   }
 #else
   if (tid < TILE_N && col0 + tid < params.N) {
@@ -601,24 +586,13 @@ fn q4_matmul_kc(
   var px: array<vec4<f32>, KC_X_SLOTS>;
   var pq = KC_CODES(0u);
   var ps = 0u;
-#if KC_LEAN_DEQUANT
-  var sc = vec2<f32>(0.0);
-#endif
   kc_fetch(&px, &pq, &ps, row0, col0, 0u, tid);
   for (var k0 = 0u; k0 < K; k0 += KC_DEPTH) {
     for (var u = 0u; u < KC_X_SLOTS; u++) {
       let slot = u * THREADS + tid;
       kc_x[(slot / 4u) * KC_ROW + slot % 4u] = px[u];
     }
-#if KC_SPLIT_W && KC_LEAN_DEQUANT
-    {
-      if ((k0 % GROUP) == 0u) { sc = group_scale(ps); }
-      let c = codes8_lean(pq);
-      let at = (tid / 2u) * KC_ROW + 2u * (tid % 2u);
-      kc_w[at] = c[0] * sc.x + sc.y;
-      kc_w[at + 1u] = c[1] * sc.x + sc.y;
-    }
-#elif KC_SPLIT_W
+#if KC_SPLIT_W
     {
       let v = dequant8(pq, group_scale(ps));
       let at = (tid / 2u) * KC_ROW + 2u * (tid % 2u);

@@ -308,14 +308,7 @@ describe('q4 matmul forward with k-contiguous tiles (q4_matmul_kc)', () => {
       const seed = freshSeed();
       const { W, X, Y, ref, lora, release } = await forwardCase(ctx, rng(seed), M, N, K, rpb, rank, 0.37);
       await q4Matmul(ctx, X, W, Y, M, { tile: 'wide', kcontig: true, splitW, path: 'tiled', lora });
-      const y = await ctx.read(Y);
-      expectClose(y, ref, 1e-4, `seed ${seed}`);
-      if (splitW) {
-        // The lean dequantisation (the default) computes the same f32 weights: the same Y, bit for bit.
-        ctx.fill32(Y, Number.NaN);
-        await q4Matmul(ctx, X, W, Y, M, { tile: 'wide', kcontig: true, splitW, leanDequant: false, path: 'tiled', lora });
-        expect(Buffer.from((await ctx.read(Y)).buffer).equals(Buffer.from(y.buffer)), `seed ${seed}`).toBe(true);
-      }
+      expectClose(await ctx.read(Y), ref, 1e-4, `seed ${seed}`);
       release();
     });
 });

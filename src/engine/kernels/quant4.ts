@@ -372,8 +372,6 @@ export interface Q4MatmulOptions {
   kcontig?: boolean;
   /** q4_matmul_kc: every thread dequantises one code word per step (default) instead of half the threads two. */
   splitW?: boolean;
-  /** The k-contiguous kernel's scale words once per 64 k and codes to floats by exponent bits (KC_LEAN_DEQUANT; default on; benchmarks turn it off). */
-  leanDequant?: boolean;
   /** The one-row GEMV's row groups per workgroup (GEMV_ROWS; 4 rows each). Benchmarks try others. */
   gemvRowGroups?: number;
 }
@@ -421,7 +419,7 @@ export async function prepareQ4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y
   const pipeline = await ctx.pipeline(
     gemv
       ? { shader: q4Shader(ctx), entryPoint: 'q4_gemv', defines: { OP: 'gemv', ONE_ROW: oneRow, LORA: !!lora }, constants: { GEMV_ROWS: oneRow ? rowGroups : GEMV_ROWS } }
-      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc, KC_SPLIT_W: kc && (opts.splitW ?? true), KC_LEAN_DEQUANT: kc && (opts.splitW ?? true) && (opts.leanDequant ?? true) } },
+      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc, KC_SPLIT_W: kc && (opts.splitW ?? true) } },
   );
   return W.blocks.map((b) => {
     const label = `${gemv ? `q4 gemv${oneRow ? '1' : ''}` : `q4 matmul${wide ? ' wide' : ''}${kc ? ' kc' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
