@@ -111,6 +111,13 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
         const bwdMs = await time(bwd.dispatches);
         // Against the bare kernels the engine runs (the k-contiguous forward, the register-staged dX).
         rows.push({ name: `${tag} q4+LoRA r=${RANK} fwd`, ms: fwdMs, flops: flops + loraFlops, note: `over bare q4 fwd (kc) ${pct(fwdMs, q4FwdKc)}; dropout 0.05` });
+        {
+          // The adapter term as a separate Y += s·U·Bᵀ matmul after the bare kernel instead of extra reduction steps.
+          const sep = await prepareLoraForward(ctx, { kind: 'q4', W }, ad, X, U, Y, T, { seed: 1, scratch, fuseForwardEpilogue: false });
+          const ms = await time(sep.dispatches);
+          rows.push({ name: `${tag} q4+LoRA r=${RANK} fwd, adapter term as a separate Y += pass`, ms, note: `over bare q4 fwd (kc) ${pct(ms, q4FwdKc)}; vs fused ${pct(ms, fwdMs)}` });
+          for (const d of fwd.dispatches) rows.push({ name: `${tag}   fwd pass ${d.label}`, ms: await time([d]), note: `of the bare q4 fwd (kc) ${((100 * (await time([d]))) / q4FwdKc).toFixed(1)}%` });
+        }
         rows.push({
           name: `${tag} q4+LoRA r=${RANK} bwd (dX, dA, dB)`,
           ms: bwdMs,

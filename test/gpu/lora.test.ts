@@ -229,6 +229,27 @@ describe('fused LoRA forward and backward (against float64)', () => {
   });
 });
 
+describe('LoRA forward with a 4-bit base: the adapter term as a separate pass', () => {
+  it('matches the float64 reference as the fused epilogue does (ragged shape, dropout, row blocks)', async () => {
+    const ctx = await gpu();
+    const seed = freshSeed();
+    const [M, out, inF, r, p] = [70, 100, 128, 24, 0.2];
+    const S = setup(ctx, 'q4', M, out, inF, r, p, seed, 36);
+    const ref = refForward(S.P);
+    for (const fuseForwardEpilogue of [false, true]) {
+      const U = poisoned(ctx, 'U', [M, r]);
+      const Y = poisoned(ctx, 'Y', [M, out]);
+      const pass = await prepareLoraForward(ctx, S.base, S.ad, S.X, U, Y, M, { seed, fuseForwardEpilogue });
+      expect(pass.dispatches.some((d) => d.label.startsWith('matmul'))).toBe(!fuseForwardEpilogue);
+      await ctx.run(pass.dispatches);
+      expectClose(await ctx.read(U), ref.u, 1e-4, `U, seed ${seed}`);
+      expectClose(await ctx.read(Y), ref.y, 1e-4, `Y (${fuseForwardEpilogue ? 'fused' : 'separate'}), seed ${seed}`);
+      for (const t of [U, Y]) ctx.release(t);
+    }
+    S.release();
+  });
+});
+
 describe('LoRA backward with lora_dropout: the mask inside the q4 dX kernel', () => {
   for (const fuseMaskedDx of [true, false])
     it(`setSeed moves the backward's mask with the forward's (${fuseMaskedDx ? 'fused into the q4 dX kernel' : 'the separate DX pass'})`, async () => {

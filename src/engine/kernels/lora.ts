@@ -259,6 +259,13 @@ export interface LoraPassOptions {
    * instead of lora.wgsl's separate DX pass over dX. Benchmarks compare the two.
    */
   fuseMaskedDx?: boolean;
+  /**
+   * Forward with a 4-bit base: the adapter term s·U·Bᵀ as extra reduction steps of the dequant matmul
+   * (default) or as a separate accumulating matmul after the bare one. Benchmarks compare the two: on the H100
+   * the fused forward measured 22.6–25.1% over the bare k-contiguous kernel at 2048 tokens (session 9), far
+   * more than its R extra steps explain.
+   */
+  fuseForwardEpilogue?: boolean;
 }
 
 /**
@@ -278,8 +285,11 @@ export async function prepareLoraForward(ctx: GpuContext, base: LoraBase, ad: Lo
   const common = passArgs(ctx, kern, ad, M, { out, inF }, opts);
   const xa = await prepareSmall(ctx, { mode: 'XA', a: X, b: ad.A, c: U, shape: loraShapes(M, inF, out, r).XA, ...common });
   const dispatches: KernelDispatch[] = [...xa.dispatches];
-  if (base.kind === 'q4') {
+  if (base.kind === 'q4' && (opts.fuseForwardEpilogue ?? true)) {
     dispatches.push(...(await prepareQ4Matmul(ctx, X, base.W, Y, M, { lora: { U, B: ad.B, rank: r, scale: s } })));
+  } else if (base.kind === 'q4') {
+    dispatches.push(...(await prepareQ4Matmul(ctx, X, base.W, Y, M)));
+    dispatches.push(await prepareMatmul(ctx, U, ad.B, Y, { M, N: out, K: r }, { transB: true, accumulate: true, alpha: s }));
   } else {
     dispatches.push(await prepareMatmul(ctx, X, base.W, Y, { M, N: out, K: inF }, { transB: true }));
     dispatches.push(await prepareMatmul(ctx, U, ad.B, Y, { M, N: out, K: r }, { transB: true, accumulate: true, alpha: s }));
