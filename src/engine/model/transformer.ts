@@ -159,8 +159,8 @@ export interface TransformerOptions {
   int8Residual?: boolean | readonly ProjectionKind[];
   /**
    * Whether the backward's recomputed layer forwards (activation checkpointing) also carry the residual level
-   * where the forward does (default false). Their outputs only feed gradients, which the one-level dX already puts on ~1% noise; the
-   * loss comes from the first forward, which keeps int8Residual. Measurement knob.
+   * where the forward does (default false). Their outputs only feed gradients, which the one-level dX already
+   * puts on ~1% noise; the loss comes from the first forward, which keeps int8Residual. Measurement knob.
    */
   int8RecomputeResidual?: boolean;
   /**
