@@ -12,9 +12,9 @@
 #   q4      the 4-bit f32 kernels and LoRA overheads (issue "Kernel library II")             (~1 min)
 #   splitk  the loss's dhidden = dlogits · lm_head at 1024 and 683 tokens in 1–8 k slices      (~1 min)
 #   offload-old  the offload bench of dist-bench/bench-old.mjs (an earlier build) for an A/B  (~2 min)
-#   gate    the int8 accuracy gate (fixtures copied to dist-bench/fixtures) with the residual level on
-#           the projections INT8_RESIDUAL names (default q,k,v,o,down) and each projection family
-#           probed on one level; then the step with those levels                             (~5 min)
+#   gate    the int8 accuracy gate (fixtures copied to dist-bench/fixtures) with the engine's residual
+#           levels, or those INT8_RESIDUAL names, and each projection family probed on one level;
+#           then the step with those levels                                                  (~5 min)
 set -u
 [ $# -gt 0 ] || set -- usage
 for p in "$@"; do
@@ -62,9 +62,9 @@ case "$p" in
     part offload-old 150 node dist-bench/bench-old.mjs offload
     ;;
   gate)
-    levels=${INT8_RESIDUAL:-q,k,v,o,down}
-    part gate 240 env INT8_RESIDUAL=$levels node dist-bench/int8-gate.bench.mjs dist-bench/fixtures
-    part step-levels 150 env STEP_PRECISION=int8 INT8_RESIDUAL=$levels node dist-bench/bench.mjs train-step
+    # INT8_RESIDUAL, when set, reaches both through the environment.
+    part gate 240 node dist-bench/int8-gate.bench.mjs dist-bench/fixtures
+    part step-levels 150 env STEP_PRECISION=int8 node dist-bench/bench.mjs train-step
     ;;
   f32)
     part step-f32 200 env STEP_PRECISION=f32 STEP_SETTINGS=512x1,512x4,2048x1 node dist-bench/bench.mjs train-step

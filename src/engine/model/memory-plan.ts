@@ -31,6 +31,7 @@ import type { ModelSpec } from './config.ts';
 import { loraModules, loraModuleShape, type LoraModule } from './peft.ts';
 import { loraScratchElems } from '../kernels/lora.ts';
 import { ceDhiddenSplits } from '../kernels/cross_entropy.ts';
+import { splitKPartialElems } from '../kernels/matmul.ts';
 
 export type OptimizerOffload = 'gpu' | 'cpu' | 'disk';
 
@@ -270,7 +271,7 @@ function ceTerms(spec: ModelSpec, c: TrainingMemoryConfig, train = true): Memory
     { name: 'logits chunk', bytes: chunk * spec.vocabSize * F32, note: `[${chunk} tokens, ${spec.vocabSize}]; overwritten in place with dlogits` },
     { name: 'hidden/dhidden chunk copies', bytes: chunks > 1 ? 2 * chunk * h * F32 : 0, note: chunks > 1 ? `[${chunk}, hidden] × 2 (${chunks} chunks)` : 'none: one chunk' },
     { name: 'ce stats, lse', bytes: (4 * chunk + bt) * F32, note: '[chunk, 4] + [B·T]' },
-    { name: 'dhidden split-K partials', bytes: splits > 1 ? splits * chunk * h * F32 : 0, note: splits > 1 ? `[${splits} k slices, ${chunk}, hidden] (dlogits · lm_head)` : 'none: enough output tiles' },
+    { name: 'dhidden split-K partials', bytes: splitKPartialElems({ M: chunk, N: h, K: spec.vocabSize }, splits) * F32, note: splits > 1 ? `[${splits} k slices, ${chunk}, hidden] (dlogits · lm_head)` : 'none: enough output tiles' },
   ];
 }
 
