@@ -80,6 +80,13 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       const q4FwdKc = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: true }));
       rows.push({ name: `${tag} f32 fwd X·Wᵀ kc`, ms: f32FwdKc, flops, bytes: N * K * 4, note: `vs f32 ${pct(f32FwdKc, f32Fwd)}` });
       rows.push({ name: `${tag} q4 fwd X·Wᵀ kc`, ms: q4FwdKc, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4FwdKc, f32Fwd)}, vs f32 kc ${pct(q4FwdKc, f32FwdKc)}` });
+      // Double-buffered tiles (one barrier per k-step instead of two).
+      {
+        const f32Db = await time([await prepareMatmul(ctx, X, wf, Y, { M: T, N, K }, { transB: true, doubleBuffer: true })]);
+        rows.push({ name: `${tag} f32 fwd X·Wᵀ kc double-buffered`, ms: f32Db, flops, bytes: N * K * 4, note: `vs f32 kc ${pct(f32Db, f32FwdKc)}` });
+        const q4Db = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: true, doubleBuffer: true }));
+        rows.push({ name: `${tag} q4 fwd X·Wᵀ kc double-buffered`, ms: q4Db, flops, bytes: q4Bytes, note: `vs q4 kc ${pct(q4Db, q4FwdKc)}, vs f32 kc ${pct(q4Db, f32FwdKc)}` });
+      }
       const q4FwdKcHalf = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: true, splitW: false }));
       rows.push({ name: `${tag} q4 fwd X·Wᵀ kc (half the threads dequantise)`, ms: q4FwdKcHalf, flops, bytes: q4Bytes, note: `vs f32 kc ${pct(q4FwdKcHalf, f32FwdKc)}` });
       if (T <= 1024) {
@@ -92,7 +99,15 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
       const q4DxOld = await time(await prepareQ4MatmulDx(ctx, dY, W, dX, T, false, { prefetch: false }));
       rows.push({ name: `${tag} q4 dX = dY·W (no prefetch)`, ms: q4DxOld, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4DxOld, f32Dx)}` });
       rows.push({ name: `${tag} f32 dX = dY·W`, ms: f32Dx, flops, bytes: N * K * 4 });
+      for (const [vn, o] of [['double-buffered', {}], ['double-buffered, 16 deep', { tileK: 16 }], ['double-buffered, k-contiguous dY, 16 deep', { tileK: 16, kcontig: true }], ['double-buffered, k-contiguous dY, 8 deep', { tileK: 8, kcontig: true }]] as const) {
+        const ms = await time([await prepareMatmul(ctx, dY, wf, dX, { M: T, N: K, K: N }, { doubleBuffer: true, ...o })]);
+        rows.push({ name: `${tag} f32 dX = dY·W ${vn}`, ms, flops, bytes: N * K * 4, note: `vs f32 ${pct(ms, f32Dx)}` });
+      }
       rows.push({ name: `${tag} q4 dX = dY·W`, ms: q4Dx, flops, bytes: q4Bytes, note: `vs f32 ${pct(q4Dx, f32Dx)}` });
+      {
+        const ms = await time(await prepareQ4MatmulDx(ctx, dY, W, dX, T, false, { doubleBuffer: true }));
+        rows.push({ name: `${tag} q4 dX = dY·W double-buffered`, ms, flops, bytes: q4Bytes, note: `vs q4 dX ${pct(ms, q4Dx)}, vs f32 ${pct(ms, f32Dx)}` });
+      }
       if (!isHead) {
         const scratch = tensor('split-K scratch', [Math.max(1, loraScratchElems(T, K, N, RANK))], 0);
         const U = tensor('U', [T, RANK], 0);

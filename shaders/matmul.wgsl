@@ -87,21 +87,40 @@ override TILE_K: u32 = 16u;
 // as vec4 must land on 8 distinct bank quads: rows of 8 or 16 k get one vec4 of padding; rows of 32 k
 // (8 vec4, all 32 banks) are XOR-swizzled instead (vec4 q of row r at q ^ (r & 7)), which keeps two
 // 128×32 tiles within 32 KiB.
+// DBUF's two 128×16 tiles of each operand fill 32 KiB only without the padding, so there rows of 16 k are
+// swizzled too: vec4 q of row r at q ^ ((r >> 1) & 3) (rows r and r + 2 share bank quads unswizzled).
+#if DBUF
+override KC_ROW: u32 = TILE_K / 4u;
+#else
 override KC_ROW: u32 = TILE_K / 4u + select(1u, 0u, TILE_K >= 32u);
+#endif
 fn kc_at(row: u32, kq: u32) -> u32 {
   if (TILE_K >= 32u) { return row * KC_ROW + (kq ^ (row & 7u)); }
+#if DBUF
+  if (TILE_K == 16u) { return row * KC_ROW + (kq ^ ((row >> 1u) & 3u)); }
+  if (TILE_K == 8u) { return row * KC_ROW + (kq ^ ((row >> 2u) & 1u)); }
+#endif
   return row * KC_ROW + kq;
 }
-#if KC_A
-var<workgroup> tile_a: array<vec4<f32>, TILE_M * KC_ROW>;
+// DBUF (with PREFETCH): two buffers of each tile; step s multiplies buffer s % 2 while the next step's
+// registers go into the other, so a step takes one barrier instead of two.
+#if DBUF
+const NBUF: u32 = 2u;
 #else
-var<workgroup> tile_a: array<vec4<f32>, TILE_K * TILE_M / 4u>;
+const NBUF: u32 = 1u;
+#endif
+#if KC_A
+override A_TILE: u32 = TILE_M * KC_ROW;
+#else
+override A_TILE: u32 = TILE_K * TILE_M / 4u;
 #endif
 #if KC_B
-var<workgroup> tile_b: array<vec4<f32>, TILE_N * KC_ROW>;
+override B_TILE: u32 = TILE_N * KC_ROW;
 #else
-var<workgroup> tile_b: array<vec4<f32>, TILE_K * TILE_N / 4u>;
+override B_TILE: u32 = TILE_K * TILE_N / 4u;
 #endif
+var<workgroup> tile_a: array<vec4<f32>, A_TILE * NBUF>;
+var<workgroup> tile_b: array<vec4<f32>, B_TILE * NBUF>;
 
 // Rows (columns) of C owned by a thread: with a k-major tile, groups of 4 neighbours spaced WG·4 apart
 // (one vec4 read covers a group); with a k-contiguous tile, single rows spaced WG apart (neighbouring
@@ -316,16 +335,16 @@ fn fetch_kc(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, is_a: bool, base: u3
 }
 fn kc_index(slot: u32) -> u32 { return kc_at(slot / (TILE_K / 4u), slot % (TILE_K / 4u)); }
 
-fn commit_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
+fn commit_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32, off: u32) {
 #if KC_A
   for (var u = 0u; u < MAX_PREF; u++) { if (u * THREADS >= kc_slots(TILE_M)) { break; }
     let slot = u * THREADS + tid;
-    if (slot < kc_slots(TILE_M)) { tile_a[kc_index(slot)] = (*reg)[u]; }
+    if (slot < kc_slots(TILE_M)) { tile_a[off + kc_index(slot)] = (*reg)[u]; }
   }
 #elif TRANS_A
   for (var u = 0u; u < MAX_PREF; u++) { if (u * THREADS >= mcontig_slots(TILE_M)) { break; }
     let slot = u * THREADS + tid;
-    if (slot < mcontig_slots(TILE_M)) { tile_a[slot] = (*reg)[u]; }
+    if (slot < mcontig_slots(TILE_M)) { tile_a[off + slot] = (*reg)[u]; }
   }
 #else
   for (var u = 0u; u < MAX_PREF / 4u; u++) { if (u * THREADS >= kcontig_slots(TILE_M)) { break; }
@@ -338,20 +357,20 @@ fn commit_a(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
       let r1 = (*reg)[u * 4u + 1u];
       let r2 = (*reg)[u * 4u + 2u];
       let r3 = (*reg)[u * 4u + 3u];
-      tile_a[((kq * 4u) * TILE_M) / 4u + mq] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
-      tile_a[((kq * 4u + 1u) * TILE_M) / 4u + mq] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
-      tile_a[((kq * 4u + 2u) * TILE_M) / 4u + mq] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
-      tile_a[((kq * 4u + 3u) * TILE_M) / 4u + mq] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
+      tile_a[off + ((kq * 4u) * TILE_M) / 4u + mq] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+      tile_a[off + ((kq * 4u + 1u) * TILE_M) / 4u + mq] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+      tile_a[off + ((kq * 4u + 2u) * TILE_M) / 4u + mq] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+      tile_a[off + ((kq * 4u + 3u) * TILE_M) / 4u + mq] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
     }
   }
 #endif
 }
 
-fn commit_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
+fn commit_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32, off: u32) {
 #if KC_B
   for (var u = 0u; u < MAX_PREF; u++) { if (u * THREADS >= kc_slots(TILE_N)) { break; }
     let slot = u * THREADS + tid;
-    if (slot < kc_slots(TILE_N)) { tile_b[kc_index(slot)] = (*reg)[u]; }
+    if (slot < kc_slots(TILE_N)) { tile_b[off + kc_index(slot)] = (*reg)[u]; }
   }
 #elif TRANS_B
   for (var u = 0u; u < MAX_PREF / 4u; u++) { if (u * THREADS >= kcontig_slots(TILE_N)) { break; }
@@ -364,16 +383,16 @@ fn commit_b(reg: ptr<function, array<vec4<f32>, MAX_PREF>>, tid: u32) {
       let r1 = (*reg)[u * 4u + 1u];
       let r2 = (*reg)[u * 4u + 2u];
       let r3 = (*reg)[u * 4u + 3u];
-      tile_b[((kq * 4u) * TILE_N) / 4u + nq] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
-      tile_b[((kq * 4u + 1u) * TILE_N) / 4u + nq] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
-      tile_b[((kq * 4u + 2u) * TILE_N) / 4u + nq] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
-      tile_b[((kq * 4u + 3u) * TILE_N) / 4u + nq] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
+      tile_b[off + ((kq * 4u) * TILE_N) / 4u + nq] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+      tile_b[off + ((kq * 4u + 1u) * TILE_N) / 4u + nq] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+      tile_b[off + ((kq * 4u + 2u) * TILE_N) / 4u + nq] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+      tile_b[off + ((kq * 4u + 3u) * TILE_N) / 4u + nq] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
     }
   }
 #else
   for (var u = 0u; u < MAX_PREF; u++) { if (u * THREADS >= mcontig_slots(TILE_N)) { break; }
     let slot = u * THREADS + tid;
-    if (slot < mcontig_slots(TILE_N)) { tile_b[slot] = (*reg)[u]; }
+    if (slot < mcontig_slots(TILE_N)) { tile_b[off + slot] = (*reg)[u]; }
   }
 #endif
 }
@@ -431,16 +450,34 @@ fn matmul(
   fetch_a(&pa, base_a, row0, k_begin, tid);
   fetch_b(&pb, base_b, col0, k_begin, tid);
 #endif
+#if DBUF
+  commit_a(&pa, tid, 0u);
+  commit_b(&pb, tid, 0u);
+  workgroupBarrier();
+  var buf = 0u;
+#endif
   for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-#if PREFETCH
-    commit_a(&pa, tid);
-    commit_b(&pb, tid);
+#if DBUF
+    let oa = buf * A_TILE;
+    let ob = buf * B_TILE;
+    let more = k0 + TILE_K < k_end;
+    if (more) {
+      fetch_a(&pa, base_a, row0, k0 + TILE_K, tid);
+      fetch_b(&pb, base_b, col0, k0 + TILE_K, tid);
+    }
+#elif PREFETCH
+    let oa = 0u;
+    let ob = 0u;
+    commit_a(&pa, tid, 0u);
+    commit_b(&pb, tid, 0u);
     workgroupBarrier();
     if (k0 + TILE_K < k_end) {
       fetch_a(&pa, base_a, row0, k0 + TILE_K, tid);
       fetch_b(&pb, base_b, col0, k0 + TILE_K, tid);
     }
 #else
+    let oa = 0u;
+    let ob = 0u;
     load_tile_a(base_a, row0, k0, tid);
     load_tile_b(base_b, col0, k0, tid);
     workgroupBarrier();
@@ -449,10 +486,10 @@ fn matmul(
     // A k-contiguous: each vec4 read is 4 k of one row; 4 k-steps per round of reads.
     for (var kq = 0u; kq < TILE_K / 4u; kq++) {
       var ra: array<vec4<f32>, THREAD_M>;
-      for (var i = 0u; i < THREAD_M; i++) { ra[i] = tile_a[kc_at(tile_row(i, lid.y), kq)]; }
+      for (var i = 0u; i < THREAD_M; i++) { ra[i] = tile_a[oa + kc_at(tile_row(i, lid.y), kq)]; }
 #if KC_B
       for (var j = 0u; j < THREAD_N; j++) {
-        let bv = tile_b[kc_at(tile_col(j, lid.x), kq)];
+        let bv = tile_b[ob + kc_at(tile_col(j, lid.x), kq)];
         for (var i = 0u; i < THREAD_M; i++) {
           var s = acc[i][j];
           s = fma(ra[i].x, bv.x, s);
@@ -465,7 +502,7 @@ fn matmul(
 #else
       for (var kk = 0u; kk < 4u; kk++) {
         var rb: array<vec4<f32>, THREAD_N / 4u>;
-        for (var g = 0u; g < THREAD_N / 4u; g++) { rb[g] = tile_b[((kq * 4u + kk) * TILE_N) / 4u + g * WG_X + lid.x]; }
+        for (var g = 0u; g < THREAD_N / 4u; g++) { rb[g] = tile_b[ob + ((kq * 4u + kk) * TILE_N) / 4u + g * WG_X + lid.x]; }
         for (var i = 0u; i < THREAD_M; i++) {
           let av = ra[i][kk];
           for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = fma(av, rb[j / 4u][j % 4u], acc[i][j]); }
@@ -477,12 +514,19 @@ fn matmul(
     for (var kk = 0u; kk < TILE_K; kk++) {
       var ra: array<vec4<f32>, THREAD_M / 4u>;
       var rb: array<vec4<f32>, THREAD_N / 4u>;
-      for (var g = 0u; g < THREAD_M / 4u; g++) { ra[g] = tile_a[(kk * TILE_M) / 4u + g * WG_Y + lid.y]; }
-      for (var g = 0u; g < THREAD_N / 4u; g++) { rb[g] = tile_b[(kk * TILE_N) / 4u + g * WG_X + lid.x]; }
+      for (var g = 0u; g < THREAD_M / 4u; g++) { ra[g] = tile_a[oa + (kk * TILE_M) / 4u + g * WG_Y + lid.y]; }
+      for (var g = 0u; g < THREAD_N / 4u; g++) { rb[g] = tile_b[ob + (kk * TILE_N) / 4u + g * WG_X + lid.x]; }
       for (var i = 0u; i < THREAD_M; i++) {
         let av = ra[i / 4u][i % 4u];
         for (var j = 0u; j < THREAD_N; j++) { acc[i][j] = fma(av, rb[j / 4u][j % 4u], acc[i][j]); }
       }
+    }
+#endif
+#if DBUF
+    if (more) {
+      buf ^= 1u;
+      commit_a(&pa, tid, buf * A_TILE);
+      commit_b(&pb, tid, buf * B_TILE);
     }
 #endif
     workgroupBarrier();

@@ -194,6 +194,13 @@ const TILE_N: u32 = WG_X * THREAD_N;
 // Reduction depth per step: 32 k = one 16-byte vec4 of codes per W row. Tiles are 2 × 16 KiB when WIDE.
 const TR: u32 = 32u;
 const SB: u32 = TILE_N;
+#elif DX_DBUF
+// Double-buffered dX (PREFETCH): step s multiplies buffer s % 2 while the next step's registers go into
+// the other, one barrier per step. The padding below would take the four tiles past 32 KiB, so tile_b's
+// rows are unpadded and vec4 q of row r sits at q ^ (r & 7) instead (the dequantising threads write the
+// same q of 8 different rows: 8 distinct bank quads).
+const TR: u32 = 16u;
+const SB: u32 = TILE_N;
 #else
 // 16 rows of W per step, each read as TILE_N / 32 vec4; the row stride of tile_b is padded by 4 so the
 // dequantising threads (same column offsets, different rows) hit different banks.
@@ -201,14 +208,30 @@ const TR: u32 = 16u;
 const SB: u32 = TILE_N + 4u;
 #endif
 const SA: u32 = TILE_M;
-var<workgroup> tile_a: array<vec4<f32>, TR * SA / 4u>;  // reduction-major: [r][m]
-var<workgroup> tile_b: array<vec4<f32>, TR * SB / 4u>;  // reduction-major: [r][n]
+#if DX_DBUF
+const NBUF: u32 = 2u;
+#else
+const NBUF: u32 = 1u;
+#endif
+const A_TILE: u32 = TR * SA / 4u;
+const B_TILE: u32 = TR * SB / 4u;
+var<workgroup> tile_a: array<vec4<f32>, A_TILE * NBUF>;  // reduction-major: [r][m]
+var<workgroup> tile_b: array<vec4<f32>, B_TILE * NBUF>;  // reduction-major: [r][n]
+
+// vec4 index of vec4 column `q` of tile_b's row `r`.
+fn b_at(r: u32, q: u32) -> u32 {
+#if DX_DBUF
+  return r * (SB / 4u) + (q ^ (r & 7u));
+#else
+  return (r * SB) / 4u + q;
+#endif
+}
 
 fn store_a(r: u32, mm: u32, v: f32) {
   tile_a[(r * SA + mm) / 4u][mm % 4u] = v;
 }
 fn store_b(r: u32, nn: u32, v: f32) {
-  tile_b[(r * SB + nn) / 4u][nn % 4u] = v;
+  tile_b[b_at(r, nn / 4u)][nn % 4u] = v;
 }
 
 // Stores the 32 dequantised weights of one vec4 of codes: tile_b[r0 + i·dr][c0 + i·dc], i = 0..31.
@@ -223,12 +246,14 @@ fn store_codes(codes: vec4<u32>, sc: vec2<f32>, r0: u32, dr: u32, c0: u32, dc: u
   }
 }
 
-fn mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_M>>) {
+fn mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_M>>) { mac_buf(lid, acc, 0u); }
+
+fn mac_buf(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_M>>, buf: u32) {
   for (var kk = 0u; kk < TR; kk++) {
     var ra: array<vec4<f32>, THREAD_M / 4u>;
     var rb: array<vec4<f32>, THREAD_N / 4u>;
-    for (var g = 0u; g < THREAD_M / 4u; g++) { ra[g] = tile_a[(kk * SA) / 4u + g * WG_Y + lid.y]; }
-    for (var g = 0u; g < THREAD_N / 4u; g++) { rb[g] = tile_b[(kk * SB) / 4u + g * WG_X + lid.x]; }
+    for (var g = 0u; g < THREAD_M / 4u; g++) { ra[g] = tile_a[buf * A_TILE + (kk * SA) / 4u + g * WG_Y + lid.y]; }
+    for (var g = 0u; g < THREAD_N / 4u; g++) { rb[g] = tile_b[buf * B_TILE + b_at(kk, g * WG_X + lid.x)]; }
     for (var i = 0u; i < THREAD_M; i++) {
       let av = ra[i / 4u][i % 4u];
       for (var j = 0u; j < THREAD_N; j++) { (*acc)[i][j] = fma(av, rb[j / 4u][j % 4u], (*acc)[i][j]); }
@@ -289,7 +314,9 @@ fn dx_fetch(pa: ptr<function, array<vec4<f32>, 4>>, pq: ptr<function, vec4<u32>>
   }
 }
 
-fn dx_commit(pa: ptr<function, array<vec4<f32>, 4>>, pq: vec4<u32>, ps: u32, tid: u32) {
+fn dx_commit(pa: ptr<function, array<vec4<f32>, 4>>, pq: vec4<u32>, ps: u32, tid: u32, buf: u32) {
+  let oa = buf * A_TILE;
+  let ob = buf * B_TILE;
   if (tid < DX_A_BLOCKS) {
     let mq = tid % (TILE_M / 4u);
     let nq = tid / (TILE_M / 4u);
@@ -297,10 +324,10 @@ fn dx_commit(pa: ptr<function, array<vec4<f32>, 4>>, pq: vec4<u32>, ps: u32, tid
     let b1 = (*pa)[1];
     let b2 = (*pa)[2];
     let b3 = (*pa)[3];
-    tile_a[((nq * 4u) * SA) / 4u + mq] = vec4<f32>(b0.x, b1.x, b2.x, b3.x);
-    tile_a[((nq * 4u + 1u) * SA) / 4u + mq] = vec4<f32>(b0.y, b1.y, b2.y, b3.y);
-    tile_a[((nq * 4u + 2u) * SA) / 4u + mq] = vec4<f32>(b0.z, b1.z, b2.z, b3.z);
-    tile_a[((nq * 4u + 3u) * SA) / 4u + mq] = vec4<f32>(b0.w, b1.w, b2.w, b3.w);
+    tile_a[oa + ((nq * 4u) * SA) / 4u + mq] = vec4<f32>(b0.x, b1.x, b2.x, b3.x);
+    tile_a[oa + ((nq * 4u + 1u) * SA) / 4u + mq] = vec4<f32>(b0.y, b1.y, b2.y, b3.y);
+    tile_a[oa + ((nq * 4u + 2u) * SA) / 4u + mq] = vec4<f32>(b0.z, b1.z, b2.z, b3.z);
+    tile_a[oa + ((nq * 4u + 3u) * SA) / 4u + mq] = vec4<f32>(b0.w, b1.w, b2.w, b3.w);
   }
   if (tid < DX_W_SLOTS) {
     let nn = tid % TR;
@@ -308,8 +335,8 @@ fn dx_commit(pa: ptr<function, array<vec4<f32>, 4>>, pq: vec4<u32>, ps: u32, tid
     let sc = group_scale(ps);
     for (var i = 0u; i < 4u; i++) {
       let v = dequant8(pq[i], sc);
-      tile_b[(nn * SB + c0 + 8u * i) / 4u] = v[0];
-      tile_b[(nn * SB + c0 + 8u * i + 4u) / 4u] = v[1];
+      tile_b[ob + b_at(nn, (c0 + 8u * i) / 4u)] = v[0];
+      tile_b[ob + b_at(nn, (c0 + 8u * i) / 4u + 1u)] = v[1];
     }
   }
 }
@@ -424,13 +451,29 @@ fn q4_matmul_dx(
   var pq = vec4<u32>(0u);
   var ps = 0u;
   dx_fetch(&pa, &pq, &ps, row0, col0, 0u, tid);
+#if DX_DBUF
+  dx_commit(&pa, pq, ps, tid, 0u);
+  workgroupBarrier();
+  var buf = 0u;
   for (var r0 = 0u; r0 < N; r0 += TR) {
-    dx_commit(&pa, pq, ps, tid);
+    let more = r0 + TR < N;
+    if (more) { dx_fetch(&pa, &pq, &ps, row0, col0, r0 + TR, tid); }
+    mac_buf(lid, &acc, buf);
+    if (more) {
+      buf ^= 1u;
+      dx_commit(&pa, pq, ps, tid, buf);
+    }
+    workgroupBarrier();
+  }
+#else
+  for (var r0 = 0u; r0 < N; r0 += TR) {
+    dx_commit(&pa, pq, ps, tid, 0u);
     workgroupBarrier();
     if (r0 + TR < N) { dx_fetch(&pa, &pq, &ps, row0, col0, r0 + TR, tid); }
     mac(lid, &acc);
     workgroupBarrier();
   }
+#endif
 #else
   for (var r0 = 0u; r0 < N; r0 += TR) {
     // dY tile [TILE_M, TR n] of this block's columns.
@@ -511,10 +554,23 @@ fn q4_matmul_dx(
 // Measured and removed: loading and decoding the group's scale word once per 64 k instead of every step, with
 // codes turned into floats by exponent bits (0x4B000000 | c = 2²³ + c) instead of integer-to-float
 // conversions: 0.6–2.3% slower at 2048 tokens on the H100 (w1 2.189 vs 2.176 ms, wqkv 1.167 vs 1.140).
+// KC_DBUF: two buffers of each tile, one barrier per step (step s multiplies buffer s % 2 while the next
+// step's registers go into the other); the four 128×16 tiles fill 32 KiB only without the padding vec4, so
+// there vec4 q of row r sits at q ^ ((r >> 1) & 3) instead (rows r and r + 2 would share bank quads).
 const KC_DEPTH: u32 = 16u;
+#if KC_DBUF
+const KC_ROW: u32 = KC_DEPTH / 4u;
+const KC_NBUF: u32 = 2u;
+fn kc_at(row: u32, kq: u32) -> u32 { return row * KC_ROW + (kq ^ ((row >> 1u) & 3u)); }
+#else
 const KC_ROW: u32 = KC_DEPTH / 4u + 1u;
-var<workgroup> kc_x: array<vec4<f32>, TILE_M * KC_ROW>;
-var<workgroup> kc_w: array<vec4<f32>, TILE_N * KC_ROW>;
+const KC_NBUF: u32 = 1u;
+fn kc_at(row: u32, kq: u32) -> u32 { return row * KC_ROW + kq; }
+#endif
+const KC_X_TILE: u32 = TILE_M * KC_ROW;
+const KC_W_TILE: u32 = TILE_N * KC_ROW;
+var<workgroup> kc_x: array<vec4<f32>, KC_X_TILE * KC_NBUF>;
+var<workgroup> kc_w: array<vec4<f32>, KC_W_TILE * KC_NBUF>;
 const KC_X_SLOTS: u32 = TILE_M * (KC_DEPTH / 4u) / THREADS;
 #if KC_SPLIT_W
 alias KC_CODES = u32;
@@ -522,12 +578,12 @@ alias KC_CODES = u32;
 alias KC_CODES = vec2<u32>;
 #endif
 
-fn kc_mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_M>>) {
+fn kc_mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_M>>, buf: u32) {
   for (var kq = 0u; kq < KC_DEPTH / 4u; kq++) {
     var ra: array<vec4<f32>, THREAD_M>;
-    for (var i = 0u; i < THREAD_M; i++) { ra[i] = kc_x[(i * WG_Y + lid.y) * KC_ROW + kq]; }
+    for (var i = 0u; i < THREAD_M; i++) { ra[i] = kc_x[buf * KC_X_TILE + kc_at(i * WG_Y + lid.y, kq)]; }
     for (var j = 0u; j < THREAD_N; j++) {
-      let bv = kc_w[(j * WG_X + lid.x) * KC_ROW + kq];
+      let bv = kc_w[buf * KC_W_TILE + kc_at(j * WG_X + lid.x, kq)];
       for (var i = 0u; i < THREAD_M; i++) {
         var s = (*acc)[i][j];
         s = fma(ra[i].x, bv.x, s);
@@ -570,6 +626,31 @@ fn kc_fetch(px: ptr<function, array<vec4<f32>, KC_X_SLOTS>>, pq: ptr<function, K
 #endif
 }
 
+// The staged registers of one step into tile buffer `buf`: X as it is, W's codes dequantised.
+fn kc_commit(px: array<vec4<f32>, KC_X_SLOTS>, pq: KC_CODES, ps: u32, tid: u32, buf: u32) {
+  for (var u = 0u; u < KC_X_SLOTS; u++) {
+    let slot = u * THREADS + tid;
+    kc_x[buf * KC_X_TILE + kc_at(slot / 4u, slot % 4u)] = px[u];
+  }
+#if KC_SPLIT_W
+  let v = dequant8(pq, group_scale(ps));
+  let row = buf * KC_W_TILE;
+  kc_w[row + kc_at(tid / 2u, 2u * (tid % 2u))] = v[0];
+  kc_w[row + kc_at(tid / 2u, 2u * (tid % 2u) + 1u)] = v[1];
+#else
+  if (tid < TILE_N) {
+    let sc = group_scale(ps);
+    let lo = dequant8(pq.x, sc);
+    let hi = dequant8(pq.y, sc);
+    let row = buf * KC_W_TILE;
+    kc_w[row + kc_at(tid, 0u)] = lo[0];
+    kc_w[row + kc_at(tid, 1u)] = lo[1];
+    kc_w[row + kc_at(tid, 2u)] = hi[0];
+    kc_w[row + kc_at(tid, 3u)] = hi[1];
+  }
+#endif
+}
+
 @compute @workgroup_size(WG_X, WG_Y)
 fn q4_matmul_kc(
   @builtin(workgroup_id) wg: vec3<u32>,
@@ -589,34 +670,29 @@ fn q4_matmul_kc(
   var pq = KC_CODES(0u);
   var ps = 0u;
   kc_fetch(&px, &pq, &ps, row0, col0, 0u, tid);
+#if KC_DBUF
+  kc_commit(px, pq, ps, tid, 0u);
+  workgroupBarrier();
+  var buf = 0u;
   for (var k0 = 0u; k0 < K; k0 += KC_DEPTH) {
-    for (var u = 0u; u < KC_X_SLOTS; u++) {
-      let slot = u * THREADS + tid;
-      kc_x[(slot / 4u) * KC_ROW + slot % 4u] = px[u];
+    let more = k0 + KC_DEPTH < K;
+    if (more) { kc_fetch(&px, &pq, &ps, row0, col0, k0 + KC_DEPTH, tid); }
+    kc_mac(lid, &acc, buf);
+    if (more) {
+      buf ^= 1u;
+      kc_commit(px, pq, ps, tid, buf);
     }
-#if KC_SPLIT_W
-    {
-      let v = dequant8(pq, group_scale(ps));
-      let at = (tid / 2u) * KC_ROW + 2u * (tid % 2u);
-      kc_w[at] = v[0];
-      kc_w[at + 1u] = v[1];
-    }
-#else
-    if (tid < TILE_N) {
-      let sc = group_scale(ps);
-      let lo = dequant8(pq.x, sc);
-      let hi = dequant8(pq.y, sc);
-      kc_w[tid * KC_ROW] = lo[0];
-      kc_w[tid * KC_ROW + 1u] = lo[1];
-      kc_w[tid * KC_ROW + 2u] = hi[0];
-      kc_w[tid * KC_ROW + 3u] = hi[1];
-    }
-#endif
-    workgroupBarrier();
-    if (k0 + KC_DEPTH < K) { kc_fetch(&px, &pq, &ps, row0, col0, k0 + KC_DEPTH, tid); }
-    kc_mac(lid, &acc);
     workgroupBarrier();
   }
+#else
+  for (var k0 = 0u; k0 < K; k0 += KC_DEPTH) {
+    kc_commit(px, pq, ps, tid, 0u);
+    workgroupBarrier();
+    if (k0 + KC_DEPTH < K) { kc_fetch(&px, &pq, &ps, row0, col0, k0 + KC_DEPTH, tid); }
+    kc_mac(lid, &acc, 0u);
+    workgroupBarrier();
+  }
+#endif
 #if LORA
   // The adapter term s·U·Bᵀ as R more reduction steps over [s·U | B] (both k-contiguous): Y is written once.
   for (var r0 = 0u; r0 < params.R; r0 += KC_DEPTH) {
@@ -627,7 +703,7 @@ fn q4_matmul_kc(
       let r = r0 + rr;
       var v = 0.0;
       if (m < M && r < params.R) { v = params.s * rank_rows[m * params.R + r]; }
-      kc_x[mm * KC_ROW + rr / 4u][rr % 4u] = v;
+      kc_x[kc_at(mm, rr / 4u)][rr % 4u] = v;
     }
     for (var idx = tid; idx < TILE_N * KC_DEPTH; idx += THREADS) {
       let rr = idx % KC_DEPTH;
@@ -636,10 +712,10 @@ fn q4_matmul_kc(
       let r = r0 + rr;
       var v = 0.0;
       if (n < N && r < params.R) { v = lb[(params.b_row0 + n) * params.R + r]; }
-      kc_w[nn * KC_ROW + rr / 4u][rr % 4u] = v;
+      kc_w[kc_at(nn, rr / 4u)][rr % 4u] = v;
     }
     workgroupBarrier();
-    kc_mac(lid, &acc);
+    kc_mac(lid, &acc, 0u);
     workgroupBarrier();
   }
 #endif

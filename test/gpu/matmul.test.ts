@@ -47,8 +47,8 @@ describe('matmul (tiled f32)', () => {
   // Register-staged loads and the k-contiguous tile layouts (both operands 16-byte loadable, ragged edges).
   for (const transB of [false, true])
     for (const [M, N, K] of [[36, 44, 52], [260, 132, 20], [130, 68, 252]] as const)
-      for (const [tile, tileK, kcontig] of [['wide', 8, false], ['wide', 8, true], ['narrow', 16, true], ['narrow', 32, true], ['wide', 32, true]] as const)
-        it(`A·${transB ? 'Bᵀ' : 'B'} M=${M} N=${N} K=${K} ${tile} prefetch tk${tileK}${kcontig ? ' k-contiguous tiles' : ''}`, async () => {
+      for (const [tile, tileK, kcontig, doubleBuffer] of [['wide', 8, false, false], ['wide', 8, true, false], ['narrow', 16, true, false], ['narrow', 32, true, false], ['wide', 32, true, false], ['wide', 8, false, true], ['wide', 16, true, true], ['narrow', 32, true, true]] as const)
+        it(`A·${transB ? 'Bᵀ' : 'B'} M=${M} N=${N} K=${K} ${tile} prefetch tk${tileK}${kcontig ? ' k-contiguous tiles' : ''}${doubleBuffer ? ' double-buffered' : ''}`, async () => {
           const ctx = await gpu();
           const seed = freshSeed();
           const r = rng(seed);
@@ -57,7 +57,7 @@ describe('matmul (tiled f32)', () => {
           const A = ctx.upload('A', [M, K], a);
           const B = ctx.upload('B', transB ? [N, K] : [K, N], b);
           const C = poisoned(ctx, 'C', [M, N]);
-          await matmul(ctx, A, B, C, { M, N, K }, { transB, tile, tileK, prefetch: true, kcontig, accumulate: false });
+          await matmul(ctx, A, B, C, { M, N, K }, { transB, tile, tileK, prefetch: true, kcontig, doubleBuffer, accumulate: false });
           expectClose(await ctx.read(C), reference(a, b, M, N, K, false, transB), 1e-5, `seed ${seed}`);
           for (const t of [A, B, C]) ctx.release(t);
         });
@@ -88,6 +88,26 @@ describe('matmul (tiled f32)', () => {
       await ctx.run(dispatches);
       expectClose(await ctx.read(C), reference(a, b, M, N, K, transA, transB, alpha, accumulate ? c0 : undefined), 1e-5, `seed ${seed}`);
       for (const t of [A, B, C, partials]) ctx.release(t);
+    });
+
+  // Double-buffered tiles in the other layouts: Aᵀ·B (dW, +=) and a split-K slice (k ranges that start mid-matrix).
+  for (const [M, N, K, transA, splits] of [[68, 132, 260, true, 1], [37, 52, 1000, false, 3]] as const)
+    it(`double-buffered ${transA ? 'Aᵀ' : 'A'}·B M=${M} N=${N} K=${K}${splits > 1 ? ` split-K ${splits}` : ', alpha, +='}`, async () => {
+      const ctx = await gpu();
+      const seed = freshSeed();
+      const r = rng(seed);
+      const a = randn(M * K, r);
+      const b = randn(K * N, r);
+      const c0 = randn(M * N, r);
+      const A = ctx.upload('A', transA ? [K, M] : [M, K], a);
+      const B = ctx.upload('B', [K, N], b);
+      const accumulate = splits === 1;
+      const C = accumulate ? ctx.upload('C', [M, N], c0) : poisoned(ctx, 'C', [M, N]);
+      const partials = splits > 1 ? poisoned(ctx, 'partials', [splitKPartialElems({ M, N, K }, splits)]) : null;
+      const opts = { transA, tile: 'wide', accumulate, alpha: accumulate ? 0.5 : 1, doubleBuffer: true, prefetch: true } as const;
+      await ctx.run(await prepareMatmulSplitK(ctx, A, B, C, { M, N, K }, opts, { splits, partials }));
+      expectClose(await ctx.read(C), reference(a, b, M, N, K, transA, false, opts.alpha, accumulate ? c0 : undefined), 1e-5, `seed ${seed}`);
+      for (const t of [A, B, C, ...(partials ? [partials] : [])]) ctx.release(t);
     });
 
   it('split-K is chosen only where the output tiles are too few for a long reduction', () => {

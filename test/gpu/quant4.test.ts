@@ -302,12 +302,12 @@ describe('q4 matmul forward with k-contiguous tiles (q4_matmul_kc)', () => {
     [129, 140, 128, 100, 40],
   ];
   for (const [M, N, K, rpb, rank] of CASES)
-    for (const splitW of [true, false])
-    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${rank ? ` + LoRA r=${rank}` : ''}${splitW ? '' : ', half the threads dequantise'}`, async () => {
+    for (const [splitW, doubleBuffer] of [[true, false], [false, false], [true, true], [false, true]] as const)
+    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${rank ? ` + LoRA r=${rank}` : ''}${splitW ? '' : ', half the threads dequantise'}${doubleBuffer ? ', double-buffered' : ''}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const { W, X, Y, ref, lora, release } = await forwardCase(ctx, rng(seed), M, N, K, rpb, rank, 0.37);
-      await q4Matmul(ctx, X, W, Y, M, { tile: 'wide', kcontig: true, splitW, path: 'tiled', lora });
+      await q4Matmul(ctx, X, W, Y, M, { tile: 'wide', kcontig: true, splitW, doubleBuffer, path: 'tiled', lora });
       expectClose(await ctx.read(Y), ref, 1e-4, `seed ${seed}`);
       release();
     });
@@ -346,6 +346,23 @@ describe('q4 matmul backward dX = dY·W (against float64 on the dequantized weig
       releaseQ4Weight(ctx, W);
     });
   }
+
+  // Double-buffered tiles (DX_DBUF): the 16-byte-loaded cases, row blocks that add, K off the 128 tile.
+  for (const [M, N, K, rpb] of [[131, 100, 192, 36], [200, 96, 256, undefined], [37, 52, 128, undefined]] as const)
+    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''} wide, double-buffered`, async () => {
+      const ctx = await gpu();
+      const seed = freshSeed();
+      const r = rng(seed);
+      const { W, deq } = await uploadQ4(ctx, 'W', weights(N, K, r), N, K, rpb);
+      const dy = randn(M * N, r);
+      const dY = ctx.upload('dY', [M, N], dy);
+      const dX = poisoned(ctx, 'dX', [M, K]);
+      await q4MatmulDx(ctx, dY, W, dX, M, false, { tile: 'wide', doubleBuffer: true });
+      expectClose(await ctx.read(dX), refDx(dy, deq, M, N, K), 1e-4, `seed ${seed}`);
+      ctx.release(dY);
+      ctx.release(dX);
+      releaseQ4Weight(ctx, W);
+    });
 
   it('rejects in features that are not a multiple of 64', async () => {
     const ctx = await gpu();

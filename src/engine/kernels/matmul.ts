@@ -25,6 +25,8 @@ export interface MatmulOptions {
   prefetch?: boolean;
   /** Keep k-contiguous operands ([M, K] A, [N, K] B) k-contiguous in workgroup memory (no transpose on load; needs prefetch). */
   kcontig?: boolean;
+  /** Two buffers of each workgroup tile, one barrier per k-step instead of two (needs prefetch). */
+  doubleBuffer?: boolean;
 }
 
 export interface MatmulShape {
@@ -65,9 +67,10 @@ export function matmulVariant({ M, N, K }: MatmulShape, opts: MatmulOptions, str
   // The k-contiguous tile of B is only read by the k-contiguous-A inner loop.
   const kcA = kcontigWanted && prefetch && !small && !opts.transA;
   const kcB = kcA && !!opts.transB;
+  const dbuf = !!opts.doubleBuffer && prefetch && !small;
   // On CPU adapters the untiled kernel computes a 4×4 block per invocation (loads, not fmas, cost there).
   const block4 = small && software;
-  return { small, block4, wide, vec4A, vec4B, prefetch, tileK, kcA, kcB, tile: small ? SMALL_EDGE * (block4 ? 4 : 1) : wide ? TILE_EDGE.wide : TILE_EDGE.narrow };
+  return { small, block4, wide, vec4A, vec4B, prefetch, tileK, kcA, kcB, dbuf, tile: small ? SMALL_EDGE * (block4 ? 4 : 1) : wide ? TILE_EDGE.wide : TILE_EDGE.narrow };
 }
 
 function check(what: string, t: Tensor, needElems: number): void {
@@ -95,7 +98,7 @@ export async function prepareMatmul(
   check('A', A, (batch - 1) * sa + M * K);
   check('B', B, (batch - 1) * sb + K * N);
   check('C', C, (batch - 1) * sc + M * N);
-  const v = matmulVariant({ M, N, K }, opts, { sa, sb }, ctx.features.software);
+  const v = fitWorkgroupMemory(ctx, matmulVariant({ M, N, K }, opts, { sa, sb }, ctx.features.software));
   const base = { TRANS_A: !!opts.transA, TRANS_B: !!opts.transB, ACCUMULATE: !!opts.accumulate };
   const pipeline = v.small
     ? await ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul_small', defines: { ...base, SMALL: true, BLOCK4: v.block4 } })
@@ -105,8 +108,23 @@ export async function prepareMatmul(
   return { label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, A, B, C]), workgroups: tiledGrid(ctx, label, v.tile, M, N, batch) };
 }
 
+/** Bytes of workgroup memory the tiled kernel declares for this variant (matmul.wgsl's tile_a, tile_b). */
+export function matmulWorkgroupBytes(v: ReturnType<typeof matmulVariant>): number {
+  const edge = v.tile;
+  const kcRow = v.tileK / 4 + (v.dbuf || v.tileK >= 32 ? 0 : 1);
+  const a = v.kcA ? edge * kcRow * 16 : v.tileK * edge * 4;
+  const b = v.kcB ? edge * kcRow * 16 : v.tileK * edge * 4;
+  return (a + b) * (v.dbuf ? 2 : 1);
+}
+
+/** Double buffering where the tiles fit the device's workgroup memory, else the single-buffered kernel. */
+function fitWorkgroupMemory(ctx: GpuContext, v: ReturnType<typeof matmulVariant>): ReturnType<typeof matmulVariant> {
+  if (v.dbuf && matmulWorkgroupBytes(v) > ctx.limits.maxComputeWorkgroupStorageSize) return { ...v, dbuf: false };
+  return v;
+}
+
 function tiledPipeline(ctx: GpuContext, v: ReturnType<typeof matmulVariant>, defines: Record<string, boolean>): Promise<GPUComputePipeline> {
-  return ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul', defines: { ...defines, WIDE: v.wide, VEC4_A: v.vec4A, VEC4_B: v.vec4B, PREFETCH: v.prefetch, KC_A: v.kcA, KC_B: v.kcB }, constants: { TILE_K: v.tileK } });
+  return ctx.pipeline({ shader: MATMUL_SHADER, entryPoint: 'matmul', defines: { ...defines, WIDE: v.wide, VEC4_A: v.vec4A, VEC4_B: v.vec4B, PREFETCH: v.prefetch, KC_A: v.kcA, KC_B: v.kcB, DBUF: v.dbuf }, constants: { TILE_K: v.tileK } });
 }
 
 function params(p: { M: number; N: number; K: number; alpha: number; sa: number; sb: number; sc: number; kSplit?: number }): UniformField[] {
@@ -169,7 +187,7 @@ export async function prepareMatmulSplitK(ctx: GpuContext, A: Tensor, B: Tensor,
   check('C', C, M * N);
   // Slices need the tiled kernel: where the shape alone would take the untiled one, the 64×64 tile.
   const chosen = matmulVariant(shape, { ...opts, accumulate: false }, { sa: 0, sb: 0 }, ctx.features.software);
-  const v = chosen.small ? matmulVariant(shape, { ...opts, accumulate: false, tile: 'narrow' }, { sa: 0, sb: 0 }, ctx.features.software) : chosen;
+  const v = fitWorkgroupMemory(ctx, chosen.small ? matmulVariant(shape, { ...opts, accumulate: false, tile: 'narrow' }, { sa: 0, sb: 0 }, ctx.features.software) : chosen);
   const kSplit = Math.ceil(K / split.splits / v.tileK) * v.tileK;
   const slices = Math.ceil(K / kSplit);
   if (!split.partials) throw new Error('matmul split-K: no partials buffer');

@@ -372,6 +372,8 @@ export interface Q4MatmulOptions {
   kcontig?: boolean;
   /** q4_matmul_kc: every thread dequantises one code word per step (default) instead of half the threads two. */
   splitW?: boolean;
+  /** q4_matmul_kc: two buffers of each tile, one barrier per k-step instead of two (32 KiB of workgroup memory). */
+  doubleBuffer?: boolean;
   /** The one-row GEMV's row groups per workgroup (GEMV_ROWS; 4 rows each). Benchmarks try others. */
   gemvRowGroups?: number;
 }
@@ -419,7 +421,7 @@ export async function prepareQ4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y
   const pipeline = await ctx.pipeline(
     gemv
       ? { shader: q4Shader(ctx), entryPoint: 'q4_gemv', defines: { OP: 'gemv', ONE_ROW: oneRow, LORA: !!lora }, constants: { GEMV_ROWS: oneRow ? rowGroups : GEMV_ROWS } }
-      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc, KC_SPLIT_W: kc && (opts.splitW ?? true) } },
+      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc, KC_SPLIT_W: kc && (opts.splitW ?? true), KC_DBUF: kc && !!opts.doubleBuffer } },
   );
   return W.blocks.map((b) => {
     const label = `${gemv ? `q4 gemv${oneRow ? '1' : ''}` : `q4 matmul${wide ? ' wide' : ''}${kc ? ' kc' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
@@ -475,6 +477,15 @@ export interface Q4DxLoraPrologue {
 }
 
 /** Whether prepareQ4MatmulDx can fuse a LoRA prologue for this weight (the register-staged path: 16-byte dY rows). */
+export interface Q4DxOptions {
+  tile?: 'wide' | 'narrow';
+  /** Register-staged loads (default where dY loads as 16 bytes). */
+  prefetch?: boolean;
+  /** With prefetch: two buffers of each tile, one barrier per step instead of two (32 KiB of workgroup memory). */
+  doubleBuffer?: boolean;
+  lora?: Q4DxLoraPrologue;
+}
+
 export function q4DxCanFuseLora(W: Q4Weight): boolean {
   return W.out % 4 === 0;
 }
@@ -492,7 +503,7 @@ export async function prepareQ4MatmulDx(
   dX: Tensor,
   M: number,
   accumulate = false,
-  opts: { tile?: 'wide' | 'narrow'; prefetch?: boolean; lora?: Q4DxLoraPrologue } = {},
+  opts: Q4DxOptions = {},
 ): Promise<KernelDispatch[]> {
   const K = W.in;
   const kern = `q4 dX ${W.label}`;
@@ -515,7 +526,7 @@ export async function prepareQ4MatmulDx(
     const prefetch = ((opts.prefetch ?? true) && vec4) || withLora;
     const dropout = withLora ? lora.dropout : undefined;
     if (dropout) registerDropoutInclude(ctx);
-    const defines = { OP: 'dx', ACCUMULATE: acc, WIDE: wide, VEC4: vec4, PREFETCH: prefetch, LORA: withLora, DROPOUT: !!dropout };
+    const defines = { OP: 'dx', ACCUMULATE: acc, WIDE: wide, VEC4: vec4, PREFETCH: prefetch, DX_DBUF: prefetch && !!opts.doubleBuffer, LORA: withLora, DROPOUT: !!dropout };
     const pipeline = await ctx.pipeline({ shader: q4Shader(ctx), entryPoint: 'q4_matmul_dx', defines });
     const label = `q4 dX${wide ? ' wide' : ''}${prefetch ? ' pref' : ''}${withLora ? `+lora${dropout ? ' dropout' : ''}` : ''} ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
     const fields = uniformFields({ M, N: b.rows, K, ldy: W.out, off: b.row0, ...(withLora ? { R: lora.rank, s: lora.scale } : {}), ...(dropout ?? {}) });
@@ -527,6 +538,6 @@ export async function prepareQ4MatmulDx(
   return out;
 }
 
-export async function q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4Weight, dX: Tensor, M: number, accumulate = false, opts: { tile?: 'wide' | 'narrow'; prefetch?: boolean } = {}): Promise<void> {
+export async function q4MatmulDx(ctx: GpuContext, dY: Tensor, W: Q4Weight, dX: Tensor, M: number, accumulate = false, opts: Q4DxOptions = {}): Promise<void> {
   await ctx.run(await prepareQ4MatmulDx(ctx, dY, W, dX, M, accumulate, opts));
 }
