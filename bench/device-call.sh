@@ -9,7 +9,8 @@
 #   step    the whole training step at the three settings (int8, the default here) beside PyTorch
 #           + PEFT in the same call, with nvidia-smi's view of GPU memory; then the offload   (~8 min)
 #   f32     the f32 path's step and the kernels of issue "Kernel library I/II"              (~7 min)
-#   q4      the 4-bit f32 kernels and LoRA overheads (issue "Kernel library II")             (~1 min)
+#   q4      the 4-bit f32 kernels and LoRA overheads (issue "Kernel library II")             (~2 min)
+#   offload optimizer-state offload (cpu, disk) against the GPU, OFFLOAD_ACCUM (default 1,4)   (~2 min)
 #   splitk  the loss's dhidden = dlogits · lm_head at 1024 and 683 tokens in 1–8 k slices      (~1 min)
 #   offload-old  the offload bench of dist-bench/bench-old.mjs (an earlier build) for an A/B  (~2 min)
 #   gate    the int8 accuracy gate (fixtures copied to dist-bench/fixtures) with the engine's residual
@@ -19,9 +20,9 @@ set -u
 [ $# -gt 0 ] || set -- usage
 for p in "$@"; do
   case "$p" in
-    levers | step | f32 | gate | splitk | offload-old | q4) ;;
+    levers | step | f32 | gate | splitk | offload-old | q4 | offload) ;;
     *)
-      echo "usage: bash bench/device-call.sh levers|step|f32|gate|splitk|offload-old|q4 ... (on the device machine: it sources .gpu/gpu-env.sh)" >&2
+      echo "usage: bash bench/device-call.sh levers|step|f32|gate|splitk|offload-old|q4|offload ... (on the device machine: it sources .gpu/gpu-env.sh)" >&2
       exit 2
       ;;
   esac
@@ -52,7 +53,10 @@ case "$p" in
     part offload 150 node dist-bench/bench.mjs offload
     ;;
   q4)
-    part quant4-lora 150 node dist-bench/bench.mjs quant4-lora
+    part quant4-lora 220 node dist-bench/bench.mjs quant4-lora
+    ;;
+  offload)
+    part offload 150 env OFFLOAD_ACCUM=${OFFLOAD_ACCUM:-1,4} node dist-bench/bench.mjs offload
     ;;
   splitk)
     part splitk 90 env MATMUL_SPLITK=1 node dist-bench/bench.mjs matmul

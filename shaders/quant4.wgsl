@@ -599,7 +599,7 @@ fn kc_mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, THREAD_N>, THREAD_
 // Stages step k0: X slot u of this thread is (row (u·THREADS + tid) / 4, k quad % 4); threads below TILE_N
 // also take the two code words of W row col0 + tid covering [k0, k0 + 16) and its group's scale word (rows
 // past N keep zero codes and a zero scale word, which dequantise to zeros).
-fn kc_fetch(px: ptr<function, array<vec4<f32>, KC_X_SLOTS>>, pq: ptr<function, KC_CODES>, ps: ptr<function, u32>, row0: u32, col0: u32, k0: u32, tid: u32) {
+fn kc_fetch_x(px: ptr<function, array<vec4<f32>, KC_X_SLOTS>>, row0: u32, k0: u32, tid: u32) {
   let K = params.K;
   for (var u = 0u; u < KC_X_SLOTS; u++) {
     let slot = u * THREADS + tid;
@@ -608,6 +608,10 @@ fn kc_fetch(px: ptr<function, array<vec4<f32>, KC_X_SLOTS>>, pq: ptr<function, K
     if (m < params.M) { v = x[(m * K + k0) / 4u + slot % 4u]; }
     (*px)[u] = v;
   }
+}
+
+fn kc_fetch_w(pq: ptr<function, KC_CODES>, ps: ptr<function, u32>, col0: u32, k0: u32, tid: u32) {
+  let K = params.K;
 #if KC_SPLIT_W
   // Every thread takes one code word: W row col0 + tid / 2, word tid % 2 of the step's two.
   let n = col0 + tid / 2u;
@@ -625,6 +629,26 @@ fn kc_fetch(px: ptr<function, array<vec4<f32>, KC_X_SLOTS>>, pq: ptr<function, K
   }
 #endif
 }
+
+fn kc_fetch(px: ptr<function, array<vec4<f32>, KC_X_SLOTS>>, pq: ptr<function, KC_CODES>, ps: ptr<function, u32>, row0: u32, col0: u32, k0: u32, tid: u32) {
+  kc_fetch_x(px, row0, k0, tid);
+  kc_fetch_w(pq, ps, col0, k0, tid);
+}
+
+#if KC_EARLY
+// KC_EARLY (with KC_DBUF and KC_SPLIT_W): W's codes are fetched two steps ahead and dequantised one step
+// ahead, before the step's products, so what is left between the products and the barrier is stores alone
+// (as in the f32 kernel); the dequantising ALU work no longer sits on that serial stretch.
+fn kc_store(px: array<vec4<f32>, KC_X_SLOTS>, w: array<vec4<f32>, 2>, tid: u32, buf: u32) {
+  for (var u = 0u; u < KC_X_SLOTS; u++) {
+    let slot = u * THREADS + tid;
+    kc_x[buf * KC_X_TILE + kc_at(slot / 4u, slot % 4u)] = px[u];
+  }
+  let row = buf * KC_W_TILE;
+  kc_w[row + kc_at(tid / 2u, 2u * (tid % 2u))] = w[0];
+  kc_w[row + kc_at(tid / 2u, 2u * (tid % 2u) + 1u)] = w[1];
+}
+#endif
 
 // The staged registers of one step into tile buffer `buf`: X as it is, W's codes dequantised.
 fn kc_commit(px: array<vec4<f32>, KC_X_SLOTS>, pq: KC_CODES, ps: u32, tid: u32, buf: u32) {
@@ -670,7 +694,27 @@ fn q4_matmul_kc(
   var pq = KC_CODES(0u);
   var ps = 0u;
   kc_fetch(&px, &pq, &ps, row0, col0, 0u, tid);
-#if KC_DBUF
+#if KC_EARLY
+  kc_commit(px, pq, ps, tid, 0u);
+  if (KC_DEPTH < K) { kc_fetch_w(&pq, &ps, col0, KC_DEPTH, tid); }
+  workgroupBarrier();
+  var buf = 0u;
+  var pw: array<vec4<f32>, 2>;
+  for (var k0 = 0u; k0 < K; k0 += KC_DEPTH) {
+    let more = k0 + KC_DEPTH < K;
+    if (more) {
+      pw = dequant8(pq, group_scale(ps));
+      kc_fetch_x(&px, row0, k0 + KC_DEPTH, tid);
+    }
+    if (k0 + 2u * KC_DEPTH < K) { kc_fetch_w(&pq, &ps, col0, k0 + 2u * KC_DEPTH, tid); }
+    kc_mac(lid, &acc, buf);
+    if (more) {
+      buf ^= 1u;
+      kc_store(px, pw, tid, buf);
+    }
+    workgroupBarrier();
+  }
+#elif KC_DBUF
   kc_commit(px, pq, ps, tid, 0u);
   workgroupBarrier();
   var buf = 0u;

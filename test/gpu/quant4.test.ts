@@ -302,12 +302,12 @@ describe('q4 matmul forward with k-contiguous tiles (q4_matmul_kc)', () => {
     [129, 140, 128, 100, 40],
   ];
   for (const [M, N, K, rpb, rank] of CASES)
-    for (const [splitW, doubleBuffer] of [[true, false], [false, false], [true, true], [false, true]] as const)
-    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${rank ? ` + LoRA r=${rank}` : ''}${splitW ? '' : ', half the threads dequantise'}${doubleBuffer ? ', double-buffered' : ''}`, async () => {
+    for (const [splitW, doubleBuffer, earlyDequant] of [[true, false, false], [false, false, false], [true, true, false], [false, true, false], [true, true, true]] as const)
+    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${rank ? ` + LoRA r=${rank}` : ''}${splitW ? '' : ', half the threads dequantise'}${doubleBuffer ? ', double-buffered' : ''}${earlyDequant ? ', codes dequantised a step ahead' : ''}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const { W, X, Y, ref, lora, release } = await forwardCase(ctx, rng(seed), M, N, K, rpb, rank, 0.37);
-      await q4Matmul(ctx, X, W, Y, M, { tile: 'wide', kcontig: true, splitW, doubleBuffer, path: 'tiled', lora });
+      await q4Matmul(ctx, X, W, Y, M, { tile: 'wide', kcontig: true, splitW, doubleBuffer, earlyDequant, path: 'tiled', lora });
       expectClose(await ctx.read(Y), ref, 1e-4, `seed ${seed}`);
       release();
     });

@@ -374,6 +374,8 @@ export interface Q4MatmulOptions {
   splitW?: boolean;
   /** q4_matmul_kc: two buffers of each tile, one barrier per k-step instead of two (32 KiB of workgroup memory). */
   doubleBuffer?: boolean;
+  /** q4_matmul_kc with doubleBuffer and splitW: codes fetched two steps ahead, dequantised one step ahead. */
+  earlyDequant?: boolean;
   /** The one-row GEMV's row groups per workgroup (GEMV_ROWS; 4 rows each). Benchmarks try others. */
   gemvRowGroups?: number;
 }
@@ -415,13 +417,15 @@ export async function prepareQ4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y
   if (gemv && M > Q4_GEMV_MAX_M) throw new Error(`${kern}: the GEMV path takes at most ${Q4_GEMV_MAX_M} rows, got ${M}`);
   const { wide, edge } = tileEdge(M, W.out, opts.tile, Q4_FWD_MIN_WIDE_GROUPS);
   const kc = (opts.kcontig ?? true) && wide && !gemv;
+  const splitW = kc && (opts.splitW ?? true);
+  const early = splitW && !!opts.doubleBuffer && !!opts.earlyDequant;
   const oneRow = gemv && M === 1;
   const rowGroups = opts.gemvRowGroups ?? GEMV1_ROW_GROUPS;
   const gemvRows = oneRow ? rowGroups * GEMV1_ROWS_PER_THREAD : GEMV_ROWS;
   const pipeline = await ctx.pipeline(
     gemv
       ? { shader: q4Shader(ctx), entryPoint: 'q4_gemv', defines: { OP: 'gemv', ONE_ROW: oneRow, LORA: !!lora }, constants: { GEMV_ROWS: oneRow ? rowGroups : GEMV_ROWS } }
-      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc, KC_SPLIT_W: kc && (opts.splitW ?? true), KC_DBUF: kc && !!opts.doubleBuffer } },
+      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc, KC_SPLIT_W: splitW, KC_DBUF: kc && !!opts.doubleBuffer, KC_EARLY: early } },
   );
   return W.blocks.map((b) => {
     const label = `${gemv ? `q4 gemv${oneRow ? '1' : ''}` : `q4 matmul${wide ? ' wide' : ''}${kc ? ' kc' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
