@@ -11,6 +11,8 @@
 #   f32     the f32 path's step and the kernels of issue "Kernel library I/II"              (~7 min)
 #   q4      the 4-bit f32 kernels and LoRA overheads (issue "Kernel library II")             (~2 min)
 #   offload optimizer-state offload (cpu, disk) against the GPU, OFFLOAD_ACCUM (default 1,4)   (~2 min)
+#   panels  the int8 step with the adapters' rank-r products as single-dispatch panels (LORA_PANELS=1), to
+#           set beside a plain `step` part of the same call                                   (~3 min)
 #   splitk  the loss's dhidden = dlogits · lm_head at 1024 and 683 tokens in 1–8 k slices      (~1 min)
 #   offload-old  the offload bench of dist-bench/bench-old.mjs (an earlier build) for an A/B  (~2 min)
 #   gate    the int8 accuracy gate (fixtures copied to dist-bench/fixtures) with the engine's residual
@@ -20,9 +22,9 @@ set -u
 [ $# -gt 0 ] || set -- usage
 for p in "$@"; do
   case "$p" in
-    levers | step | f32 | gate | splitk | offload-old | q4 | offload) ;;
+    levers | step | f32 | gate | splitk | offload-old | q4 | offload | panels) ;;
     *)
-      echo "usage: bash bench/device-call.sh levers|step|f32|gate|splitk|offload-old|q4|offload ... (on the device machine: it sources .gpu/gpu-env.sh)" >&2
+      echo "usage: bash bench/device-call.sh levers|step|f32|gate|splitk|offload-old|q4|offload|panels ... (on the device machine: it sources .gpu/gpu-env.sh)" >&2
       exit 2
       ;;
   esac
@@ -54,6 +56,9 @@ case "$p" in
     ;;
   q4)
     part quant4-lora 220 node dist-bench/bench.mjs quant4-lora
+    ;;
+  panels)
+    part step-panels 170 env LORA_PANELS=1 STEP_PRECISION=int8 node dist-bench/bench.mjs train-step
     ;;
   offload)
     part offload 150 env OFFLOAD_ACCUM=${OFFLOAD_ACCUM:-1,4} node dist-bench/bench.mjs offload

@@ -55,20 +55,23 @@ export function formatTable(rows: readonly BenchRow[]): string {
  * Transformer options from the environment, for the step and gate benches (unset: the engine's defaults):
  * `INT8_RECOMPUTE_RESIDUAL=0|1` whether the int8 path's recomputed forwards carry the residual level
  * (TransformerOptions.int8RecomputeResidual); `KEEP_ATTENTION=0|1` whether training plans keep each
- * layer's attention output for the backward (TransformerOptions.keepAttention).
+ * layer's attention output for the backward (TransformerOptions.keepAttention); `LORA_PANELS=0|1` whether
+ * the adapters' rank-r products run as single-dispatch panels (TransformerOptions.loraPanels).
  */
-export function transformerKnobs(): { int8Residual?: boolean | ProjectionKind[]; int8RecomputeResidual?: boolean; keepAttention?: boolean } {
+export function transformerKnobs(): { int8Residual?: boolean | ProjectionKind[]; int8RecomputeResidual?: boolean; keepAttention?: boolean; loraPanels?: boolean } {
   const flag = (name: string) => {
     const v = process.env[name];
     return v === undefined || v === '' ? undefined : v !== '0';
   };
   const residual = flag('INT8_RECOMPUTE_RESIDUAL');
   const keep = flag('KEEP_ATTENTION');
+  const panels = flag('LORA_PANELS');
   const kinds = int8ResidualKnob(process.env.INT8_RESIDUAL);
   return {
     ...(kinds === undefined ? {} : { int8Residual: kinds }),
     ...(residual === undefined ? {} : { int8RecomputeResidual: residual }),
     ...(keep === undefined ? {} : { keepAttention: keep }),
+    ...(panels === undefined ? {} : { loraPanels: panels }),
   };
 }
 

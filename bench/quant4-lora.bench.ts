@@ -143,6 +143,16 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
         });
         rows.push({ name: `${tag} q4+LoRA r=${RANK} fwd + bwd: the LoRA overhead`, ms: fwdMs + bwdMs, note: `over bare q4 fwd (kc) + dX ${pct(fwdMs + bwdMs, q4FwdKc + q4Dx)}` });
         {
+          // The rank-r products as single-dispatch panels (no split-K partials, no reduce passes).
+          const pf = await time((await prepareLoraForward(ctx, { kind: 'q4', W }, ad, X, U, Y, T, { seed: 1, scratch, panel: true })).dispatches);
+          const pb = await prepareLoraBackward(ctx, { kind: 'q4', W }, ad, X, U, dY, dX, { dA, dB }, G, T, { seed: 1, scratch, panel: true });
+          const pbMs = await time(pb.dispatches);
+          rows.push({ name: `${tag} q4+LoRA r=${RANK} fwd, panels`, ms: pf, note: `over bare q4 fwd (kc) ${pct(pf, q4FwdKc)}; vs split-K ${pct(pf, fwdMs)}` });
+          rows.push({ name: `${tag} q4+LoRA r=${RANK} bwd, panels`, ms: pbMs, note: `over bare q4 dX ${pct(pbMs, q4Dx)}; vs split-K ${pct(pbMs, bwdMs)}; ${pb.dispatches.length} passes` });
+          rows.push({ name: `${tag} q4+LoRA r=${RANK} fwd + bwd, panels: the LoRA overhead`, ms: pf + pbMs, note: `over bare q4 fwd (kc) + dX ${pct(pf + pbMs, q4FwdKc + q4Dx)}` });
+          for (const d of pb.dispatches.filter((x) => x.label.includes('panels'))) rows.push({ name: `${tag}   bwd pass ${d.label}`, ms: await time([d]), note: `of the bare q4 dX ${((100 * (await time([d]))) / q4Dx).toFixed(1)}%` });
+        }
+        {
           // The masked adapter term as lora.wgsl's separate DX pass instead of inside the q4 dX kernel.
           const sep = await prepareLoraBackward(ctx, { kind: 'q4', W }, ad, X, U, dY, dX, { dA, dB }, G, T, { seed: 1, scratch, fuseMaskedDx: false });
           const ms = await time(sep.dispatches);

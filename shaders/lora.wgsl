@@ -14,6 +14,13 @@
 // `lora_reduce` adds the slices in order and applies the epilogue: deterministic, no float atomics. On CPU
 // adapters (SOFTWARE) each is one barrier-free pass.
 //
+// PANEL (`lora_panel`, the same four products in one dispatch each, no partials and no reduce pass): a
+// workgroup owns a 16 × 64 panel of C and splits the reduction among its 4 groups of 64 invocations, which
+// add their sums in workgroup memory in a fixed order (deterministic). Why: each dispatch costs ~10–20 µs on
+// the H100 whatever its size (Dawn puts a barrier between dependent dispatches), and a split product with its
+// reduce is two of them for a 0.5 GFLOP product; the panels give 128 workgroups wherever C has 2048 rows
+// or columns.
+//
 // Gradient rule (llm.c): parameter grads are accumulated (dA +=, and dB += in lora.ts); activation grads
 // are written: dX is written by the base path first, and this kernel then adds the adapter's term.
 //
@@ -55,6 +62,7 @@ fn keep(m: u32, k: u32) -> f32 {
 }
 
 #if MODE != REDUCE
+#if !PANEL
 const THREAD: u32 = 4u;
 #if SOFTWARE
 // 8×8 invocations: rank 16 would leave three quarters of a 64-wide tile's invocations idle, and a CPU
@@ -78,6 +86,7 @@ fn store_a(t: u32, i: u32, v: f32) {
 fn store_b(t: u32, j: u32, v: f32) {
   tile_b[(t * (TILE + PAD) + j) / 4u][j % 4u] = v;
 }
+#endif
 
 // A operand: row i (of C), reduction index t (in range).
 fn raw_a(i: u32, t: u32) -> f32 {
@@ -117,6 +126,7 @@ fn load_b(t: u32, j: u32, t_end: u32) -> f32 {
   return raw_b(t, j);
 }
 
+#if !PANEL
 // Tile coordinates (reduction index, row or column) of staging slot idx: consecutive threads take
 // consecutive addresses of each operand's stored layout.
 fn slot_a(idx: u32) -> vec2<u32> {
@@ -227,6 +237,121 @@ fn lora_mm(
       c[at] = acc[i][j];
 #elif MODE == DX
       c[at] = c[at] + params.s * keep(row, col) * acc[i][j];
+#else
+      c[at] = c[at] + params.s * acc[i][j];
+#endif
+    }
+  }
+}
+#endif
+#endif
+
+#if PANEL
+const P_ROWS: u32 = 16u;    // rows of C per workgroup
+const P_COLS: u32 = 64u;    // columns of C per workgroup
+const P_T: u32 = 16u;       // reduction steps staged at a time
+const P_GROUPS: u32 = 4u;   // invocation groups, each a quarter of the reduction
+const P_GROUP: u32 = 64u;   // invocations per group: 4 × 16, each 4 rows × 4 columns
+const P_A_STAGE: u32 = P_ROWS * P_T / P_GROUP;   // A values each invocation stages per step (4)
+const P_B_STAGE: u32 = P_COLS * P_T / P_GROUP;   // B values (16)
+// Per group: A as [t][row] (4 vec4 a step), B as [t][col] (16 vec4); 20 KiB for the 4 groups, reused for the
+// groups' sums at the end (4 × 64 invocations × 16 values).
+var<workgroup> panel: array<vec4<f32>, P_GROUPS * P_T * (P_ROWS + P_COLS) / 4u>;
+
+fn pa_at(kg: u32, t: u32, row: u32) -> u32 { return (kg * P_T + t) * (P_ROWS / 4u) + row / 4u; }
+fn pb_at(kg: u32, t: u32, col: u32) -> u32 { return P_GROUPS * P_T * (P_ROWS / 4u) + (kg * P_T + t) * (P_COLS / 4u) + col / 4u; }
+
+// (reduction index, row) of A slot s and (reduction index, column) of B slot s: consecutive invocations
+// take consecutive addresses of each operand's stored layout.
+fn panel_slot_a(s: u32) -> vec2<u32> {
+#if MODE == DA || MODE == DB
+  return vec2<u32>(s / P_ROWS, s % P_ROWS);
+#else
+  return vec2<u32>(s % P_T, s / P_T);
+#endif
+}
+fn panel_slot_b(s: u32) -> vec2<u32> {
+#if MODE == XA
+  return vec2<u32>(s % P_T, s / P_T);
+#else
+  return vec2<u32>(s / P_COLS, s % P_COLS);
+#endif
+}
+
+@compute @workgroup_size(256)
+fn lora_panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let row0 = wg.y * P_ROWS;
+  let col0 = wg.x * P_COLS;
+  let kg = tid / P_GROUP;
+  let tl = tid % P_GROUP;
+  let ty = tl / 16u;   // rows 4·ty .. 4·ty + 3 of the panel
+  let tx = tl % 16u;   // columns 4·tx .. 4·tx + 3
+  // Group kg reduces [kg·chunk, (kg + 1)·chunk) ∩ [0, red); every group runs the same number of steps.
+  let chunk = ((params.red + P_GROUPS * P_T - 1u) / (P_GROUPS * P_T)) * P_T;
+  let t_begin = kg * chunk;
+  let t_end = min(params.red, t_begin + chunk);
+  var acc: array<vec4<f32>, 4>;
+  var ra: array<f32, P_A_STAGE>;
+  var rb: array<f32, P_B_STAGE>;
+  for (var u = 0u; u < P_A_STAGE; u++) {
+    let sa = panel_slot_a(u * P_GROUP + tl);
+    ra[u] = load_a(row0 + sa.y, t_begin + sa.x, t_end);
+  }
+  for (var u = 0u; u < P_B_STAGE; u++) {
+    let sb = panel_slot_b(u * P_GROUP + tl);
+    rb[u] = load_b(t_begin + sb.x, col0 + sb.y, t_end);
+  }
+  for (var step = 0u; step < chunk; step += P_T) {
+    for (var u = 0u; u < P_A_STAGE; u++) {
+      let sa = panel_slot_a(u * P_GROUP + tl);
+      panel[pa_at(kg, sa.x, sa.y)][sa.y % 4u] = ra[u];
+    }
+    for (var u = 0u; u < P_B_STAGE; u++) {
+      let sb = panel_slot_b(u * P_GROUP + tl);
+      panel[pb_at(kg, sb.x, sb.y)][sb.y % 4u] = rb[u];
+    }
+    workgroupBarrier();
+    let t0 = t_begin + step + P_T;
+    if (step + P_T < chunk) {
+      for (var u = 0u; u < P_A_STAGE; u++) {
+        let sa = panel_slot_a(u * P_GROUP + tl);
+        ra[u] = load_a(row0 + sa.y, t0 + sa.x, t_end);
+      }
+      for (var u = 0u; u < P_B_STAGE; u++) {
+        let sb = panel_slot_b(u * P_GROUP + tl);
+        rb[u] = load_b(t0 + sb.x, col0 + sb.y, t_end);
+      }
+    }
+    for (var t = 0u; t < P_T; t++) {
+      let av = panel[pa_at(kg, t, 4u * ty)];
+      let bv = panel[pb_at(kg, t, 4u * tx)];
+      acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
+      acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
+      acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);
+      acc[3] = fma(vec4<f32>(av.w), bv, acc[3]);
+    }
+    workgroupBarrier();
+  }
+  // The groups' sums through workgroup memory, added in group order by group 0.
+  if (kg > 0u) {
+    for (var i = 0u; i < 4u; i++) { panel[((kg - 1u) * P_GROUP + tl) * 4u + i] = acc[i]; }
+  }
+  workgroupBarrier();
+  if (kg > 0u) { return; }
+  for (var g = 0u; g < P_GROUPS - 1u; g++) {
+    for (var i = 0u; i < 4u; i++) { acc[i] += panel[(g * P_GROUP + tl) * 4u + i]; }
+  }
+  for (var i = 0u; i < 4u; i++) {
+    let row = row0 + 4u * ty + i;
+    if (row >= params.rows) { continue; }
+    for (var j = 0u; j < 4u; j++) {
+      let col = col0 + 4u * tx + j;
+      if (col >= params.cols) { continue; }
+      let at = row * params.cols + col;
+#if MODE == GB && ACCUMULATE
+      c[at] = c[at] + acc[i][j];
+#elif MODE == XA || MODE == GB
+      c[at] = acc[i][j];
 #else
       c[at] = c[at] + params.s * acc[i][j];
 #endif

@@ -10,6 +10,7 @@ import {
   loraScratchElems,
   prepareLoraBackward,
   prepareLoraForward,
+  prepareLoraProduct,
   type LoraAdapter,
   type LoraBase,
 } from '../../src/engine/kernels/lora.ts';
@@ -171,10 +172,11 @@ const CASES: ['q4' | 'f32', number, number, number, number, number, number | und
 ];
 
 describe('fused LoRA forward and backward (against float64)', () => {
-  // Every case with the tiled rank-r kernels (GPUs) and the barrier-free ones (CPU adapters).
-  for (const software of [false, true])
+  // Every case with the tiled rank-r kernels (GPUs), the barrier-free ones (CPU adapters) and the panels
+  // (one dispatch per product, the reduction split within the workgroup).
+  for (const [software, panel] of [[false, false], [true, false], [false, true]] as const)
   for (const [kind, M, out, inF, r, p, rpb] of CASES) {
-    it(`${kind} base M=${M} out=${out} in=${inF} r=${r} dropout=${p}${rpb ? ` row blocks of ${rpb}` : ''}${software ? ' (barrier-free)' : ' (tiled)'}`, async () => {
+    it(`${kind} base M=${M} out=${out} in=${inF} r=${r} dropout=${p}${rpb ? ` row blocks of ${rpb}` : ''}${software ? ' (barrier-free)' : panel ? ' (panels)' : ' (tiled)'}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const S = setup(ctx, kind, M, out, inF, r, p, seed, rpb);
@@ -183,7 +185,7 @@ describe('fused LoRA forward and backward (against float64)', () => {
       const Y = poisoned(ctx, 'Y', [M, out]);
       // One case passes its own split-K scratch (as the engine does, shared across layers).
       const scratch = r === 64 && kind === 'q4' ? ctx.tensor('scratch', [loraScratchElems(M, inF, out, r)]) : undefined;
-      await loraForward(ctx, S.base, S.ad, S.X, U, Y, M, { seed, software, ...(scratch ? { scratch } : {}) });
+      await loraForward(ctx, S.base, S.ad, S.X, U, Y, M, { seed, software, panel, ...(scratch ? { scratch } : {}) });
       const ref = refForward(P);
       expectClose(await ctx.read(U), ref.u, 1e-4, `U, seed ${seed}`);
       expectClose(await ctx.read(Y), ref.y, 1e-4, `Y, seed ${seed}`);
@@ -197,7 +199,7 @@ describe('fused LoRA forward and backward (against float64)', () => {
       const dB = ctx.upload('dB', [out, r], dB0);
       const dX = poisoned(ctx, 'dX', [M, inF]);
       const G = poisoned(ctx, 'G', [M, r]);
-      await loraBackward(ctx, S.base, S.ad, S.X, U, dY, dX, { dA, dB }, G, M, { seed, software, ...(scratch ? { scratch } : {}) });
+      await loraBackward(ctx, S.base, S.ad, S.X, U, dY, dX, { dA, dB }, G, M, { seed, software, panel, ...(scratch ? { scratch } : {}) });
       const rb = refBackward(P, dy, dA0, dB0);
       expectClose(await ctx.read(dX), rb.dx, 1e-4, `dX, seed ${seed}`);
       expectClose(await ctx.read(dA), rb.dA, 1e-4, `dA, seed ${seed}`);
@@ -227,6 +229,36 @@ describe('fused LoRA forward and backward (against float64)', () => {
     for (const t of [U, Y]) ctx.release(t);
     S.release();
   });
+});
+
+describe('rank-r products one at a time (prepareLoraProduct)', () => {
+  // G (+)= dY·B, the engine's sum over the outputs that share one A (a packed q/k/v), split-K and panels;
+  // a reduction long enough for several steps per panel group and ragged against the 16 × 64 panel.
+  for (const panel of [false, true])
+    it(`GB with accumulate adds onto G (${panel ? 'panels' : 'split-K'})`, async () => {
+      const ctx = await gpu();
+      const seed = freshSeed();
+      const r0 = rng(seed);
+      const [M, out, r] = [37, 300, 72];
+      const dy = randn(M * out, r0);
+      const b = randn(out * r, r0, 0.1);
+      const g0 = randn(M * r, r0);
+      const dY = ctx.upload('dY', [M, out], dy);
+      const B = ctx.upload('B', [out, r], b);
+      const G = ctx.upload('G', [M, r], g0);
+      const pass = await prepareLoraProduct(ctx, 'GB', { a: dY, b: B, c: G }, { M, inF: 64, rank: r, scale: 0.5, dropout: 0, out, accumulate: true, panel, software: false });
+      expect(pass.dispatches.some((d) => d.label.includes('panels'))).toBe(panel);
+      await ctx.run(pass.dispatches);
+      const ref = new Float64Array(M * r);
+      for (let m = 0; m < M; m++)
+        for (let j = 0; j < r; j++) {
+          let t = g0[m * r + j]!;
+          for (let n = 0; n < out; n++) t += dy[m * out + n]! * b[n * r + j]!;
+          ref[m * r + j] = t;
+        }
+      expectClose(await ctx.read(G), ref, 1e-4, `seed ${seed}`);
+      for (const t of [dY, B, G]) ctx.release(t);
+    });
 });
 
 describe('LoRA forward with a 4-bit base: the adapter term as a separate pass', () => {

@@ -153,6 +153,8 @@ interface SmallArgs {
   accumulate?: boolean;
   /** Barrier-free variant (default: on CPU adapters, where barriers are the expensive part). */
   software?: boolean;
+  /** lora.wgsl's lora_panel (one dispatch, the reduction split within each workgroup) instead of split-K + reduce. */
+  panel?: boolean;
 }
 
 /** One rank-r product of lora.wgsl: a single tiled dispatch, or split-K slices plus an ordered reduce. */
@@ -160,6 +162,7 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   registerDropoutInclude(ctx);
   const { rows, cols, red } = x.shape;
   const software = x.software ?? ctx.features.software;
+  if (x.panel && !software && x.mode !== 'DX') return preparePanel(ctx, x);
   // A CPU adapter runs a few invocations at a time: split-K would only add the reduce pass.
   const { slices, chunk } = x.mode === 'DX' || software ? { slices: 1, chunk: red } : splitOf(x.shape);
   const tile = software ? SOFTWARE_TILE : TILE;
@@ -214,6 +217,38 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   return { dispatches, seeded };
 }
 
+/** lora_panel's output panel: rows × columns of C per workgroup. */
+const PANEL_ROWS = 16;
+const PANEL_COLS = 64;
+
+/** One rank-r product (not DX) as lora_panel: one dispatch, no partials, no reduce. */
+async function preparePanel(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
+  const { rows, cols, red } = x.shape;
+  const dropout = x.p > 0 && (x.mode === 'XA' || x.mode === 'DA');
+  const fields: UniformField[] = [
+    ['u32', rows],
+    ['u32', cols],
+    ['u32', red],
+    ['u32', x.K],
+    ['u32', x.R],
+    ['f32', x.scale],
+    ['u32', x.seed >>> 0],
+    ['u32', dropout ? loraDropoutThreshold(x.p) : 0],
+    ['f32', dropout ? 1 / (1 - x.p) : 1],
+    ['u32', 0],
+    ['u32', x.N],
+    ['u32', 0],
+  ];
+  const accumulate = x.mode === 'GB' && !!x.accumulate;
+  const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_panel', defines: { MODE: x.mode, DROPOUT: dropout, PANEL: true, ACCUMULATE: accumulate } });
+  const label = `lora ${x.mode} ${rows}×${cols} (red ${red}, panels)${dropout ? ` dropout ${x.p}` : ''}`;
+  const uniforms = ctx.uniforms(`${label} params`, fields);
+  const workgroups: [number, number, number] = [Math.ceil(cols / PANEL_COLS), Math.ceil(rows / PANEL_ROWS), 1];
+  const max = ctx.limits.maxComputeWorkgroupsPerDimension;
+  if (workgroups[1] > max) throw new Error(`${label}: ${workgroups[1]} row panels exceed this adapter's ${max} workgroups per dimension`);
+  return { dispatches: [{ label, pipeline, bindGroup: ctx.bindGroup(label, pipeline, [uniforms, x.a, x.b, x.c]), workgroups }], seeded: dropout ? [{ uniforms, fields }] : [] };
+}
+
 function seedSetter(ctx: GpuContext, seeded: Prepared['seeded']): (seed: number) => void {
   return (seed) => {
     for (const u of seeded) {
@@ -244,7 +279,7 @@ function scratchFor(ctx: GpuContext, kernel: string, given: Tensor | undefined, 
 /** What every rank-r product of one adapter pass shares (everything of SmallArgs but the operands and shape). */
 function passArgs(ctx: GpuContext, kern: string, ad: LoraAdapter, M: number, { out, inF }: { out: number; inF: number }, opts: LoraPassOptions) {
   const r = ad.rank;
-  return { K: inF, N: out, R: r, scale: ad.alpha / r, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)), ...(opts.software !== undefined ? { software: opts.software } : {}) };
+  return { K: inF, N: out, R: r, scale: ad.alpha / r, p: ad.dropout ?? 0, seed: opts.seed ?? 0, scratch: scratchFor(ctx, kern, opts.scratch, loraScratchElems(M, inF, out, r)), ...(opts.software !== undefined ? { software: opts.software } : {}), ...(opts.panel ? { panel: true } : {}) };
 }
 
 export interface LoraPassOptions {
@@ -254,6 +289,11 @@ export interface LoraPassOptions {
   scratch?: Tensor;
   /** Force the barrier-free (true) or the tiled (false) rank-r kernels; default: barrier-free on CPU adapters. */
   software?: boolean;
+  /**
+   * The rank-r products (XA, GB, DB, DA) as lora.wgsl's lora_panel, one dispatch each, instead of split-K
+   * slices and a reduce pass (default off until measured; ignored on CPU adapters).
+   */
+  panel?: boolean;
   /**
    * Backward with a 4-bit base and lora_dropout: the masked adapter term inside the q4 dX kernel (default)
    * instead of lora.wgsl's separate DX pass over dX. Benchmarks compare the two.
@@ -381,14 +421,14 @@ export async function prepareLoraProduct(
   ctx: GpuContext,
   mode: 'XA' | 'DX' | 'DA' | 'GB' | 'DB',
   t: { a: Tensor; b: Tensor; c: Tensor },
-  d: { M: number; inF: number; rank: number; scale: number; dropout: number; seed?: number; scratch?: Tensor; out?: number; accumulate?: boolean },
+  d: { M: number; inF: number; rank: number; scale: number; dropout: number; seed?: number; scratch?: Tensor; out?: number; accumulate?: boolean; panel?: boolean; software?: boolean },
 ): Promise<LoraPass> {
   const kern = `lora ${mode}`;
   if ((mode === 'GB' || mode === 'DB') && !d.out) throw new Error(`${kern}: needs the out features (dY's row length)`);
   const shapes = loraShapes(d.M, d.inF, d.out ?? 0, d.rank);
   const shape = mode === 'DX' ? { rows: d.M, cols: d.inF, red: d.rank } : shapes[mode];
   const common = { K: d.inF, N: d.out ?? 0, R: d.rank, scale: d.scale, p: d.dropout, seed: d.seed ?? 0, scratch: scratchFor(ctx, kern, d.scratch, scratchElemsOf(shape)) };
-  const prepared = await prepareSmall(ctx, { mode, a: t.a, b: t.b, c: t.c, shape, ...common, accumulate: d.accumulate });
+  const prepared = await prepareSmall(ctx, { mode, a: t.a, b: t.b, c: t.c, shape, ...common, accumulate: d.accumulate, ...(d.panel ? { panel: true } : {}), ...(d.software !== undefined ? { software: d.software } : {}) });
   return { dispatches: prepared.dispatches, setSeed: seedSetter(ctx, prepared.seeded) };
 }
 

@@ -172,6 +172,11 @@ export interface TransformerOptions {
    * Off: only the layer inputs are kept, as with plain checkpointing.
    */
   keepAttention?: boolean;
+  /**
+   * The adapters' rank-r products (U = dropout(x)·Aᵀ, G = dy·B, dB, dA) as lora.wgsl's panels, one dispatch
+   * each, instead of split-K slices plus a reduce pass (default false until measured on a GPU).
+   */
+  loraPanels?: boolean;
 }
 
 /**
@@ -201,6 +206,8 @@ export class Transformer {
   readonly int8RecomputeResidual: boolean;
   /** Whether training plans keep each layer's attention output for the backward (TransformerOptions.keepAttention). */
   readonly keepAttention: boolean;
+  /** Whether the adapters' rank-r products run as single-dispatch panels (TransformerOptions.loraPanels). */
+  readonly loraPanels: boolean;
   /** Why the int8 path was dropped after all (its kernels failed to build on this device), or null. */
   int8Fallback: string | null = null;
   constructor(
@@ -215,6 +222,7 @@ export class Transformer {
     this.int8Residual = new Set(residual === true ? PROJECTIONS : residual === false ? [] : residual);
     this.int8RecomputeResidual = opts.int8RecomputeResidual ?? DEFAULT_INT8_RECOMPUTE_RESIDUAL;
     this.keepAttention = opts.keepAttention ?? true;
+    this.loraPanels = opts.loraPanels ?? false;
   }
 
   /** The precision in effect: the requested one where the device supports it (and its kernels build), else 'f32'. */
@@ -561,7 +569,7 @@ export class StepPlan {
   }
 
   private loraDims(M: number, inF: number, lo: { rank: number; scale: number }) {
-    return { M, inF, rank: lo.rank, scale: lo.scale, dropout: this.dropoutP(), ...(this.loraScratch ? { scratch: this.loraScratch } : {}) };
+    return { M, inF, rank: lo.rank, scale: lo.scale, dropout: this.dropoutP(), ...(this.loraScratch ? { scratch: this.loraScratch } : {}), ...(this.model.loraPanels ? { panel: true } : {}) };
   }
 
   private uFor(group: LoraGroup): Tensor {
