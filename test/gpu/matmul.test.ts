@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { matmul, matmulSplits, prepareMatmulSplitK, splitKPartialElems } from '../../src/engine/kernels/matmul.ts';
+import { matmul, matmulSplits, matmulVariant, matmulWorkgroupBytes, prepareMatmul, prepareMatmulSplitK, splitKPartialElems } from '../../src/engine/kernels/matmul.ts';
 import { gpu, poisoned } from '../helpers/gpu.ts';
 import { expectClose, freshSeed, randn, rng } from '../helpers/numeric.ts';
 
@@ -64,14 +64,15 @@ describe('matmul (tiled f32)', () => {
 
   // Split-K: slices of whole k-tiles into poisoned partials, summed in order (with alpha and +=); ragged
   // shapes, a K whose rounding to whole tiles leaves fewer slices than asked, every operand layout.
-  for (const [M, N, K, splits, tile, transA, transB, accumulate] of [
-    [37, 52, 1000, 3, 'wide', false, false, false],
-    [130, 68, 700, 4, 'narrow', false, true, true],
-    [36, 44, 52, 2, 'wide', true, false, false],
-    [20, 30, 40, 4, 'narrow', true, true, true],
-    [64, 36, 333, 5, 'wide', false, true, false],
+  for (const [M, N, K, splits, tile, transA, transB, accumulate, doubleBuffer] of [
+    [37, 52, 1000, 3, 'wide', false, false, false, false],
+    [37, 52, 1000, 3, 'wide', false, false, true, true],
+    [130, 68, 700, 4, 'narrow', false, true, true, false],
+    [36, 44, 52, 2, 'wide', true, false, false, false],
+    [20, 30, 40, 4, 'narrow', true, true, true, false],
+    [64, 36, 333, 5, 'wide', false, true, false, false],
   ] as const)
-    it(`split-K ${splits}: ${transA ? 'Aᵀ' : 'A'}·${transB ? 'Bᵀ' : 'B'} M=${M} N=${N} K=${K} ${tile} tile${accumulate ? ', alpha, +=' : ''}`, async () => {
+    it(`split-K ${splits}: ${transA ? 'Aᵀ' : 'A'}·${transB ? 'Bᵀ' : 'B'} M=${M} N=${N} K=${K} ${tile} tile${accumulate ? ', alpha, +=' : ''}${doubleBuffer ? ', double-buffered' : ''}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const r = rng(seed);
@@ -83,32 +84,49 @@ describe('matmul (tiled f32)', () => {
       const C = accumulate ? ctx.upload('C', [M, N], c0) : poisoned(ctx, 'C', [M, N]);
       const partials = poisoned(ctx, 'partials', [splitKPartialElems({ M, N, K }, splits)]);
       const alpha = accumulate ? -0.75 : 1;
-      const dispatches = await prepareMatmulSplitK(ctx, A, B, C, { M, N, K }, { transA, transB, tile, accumulate, alpha }, { splits, partials });
+      const dispatches = await prepareMatmulSplitK(ctx, A, B, C, { M, N, K }, { transA, transB, tile, accumulate, alpha, ...(doubleBuffer ? { doubleBuffer, prefetch: true } : {}) }, { splits, partials });
       expect(dispatches).toHaveLength(2);
       await ctx.run(dispatches);
       expectClose(await ctx.read(C), reference(a, b, M, N, K, transA, transB, alpha, accumulate ? c0 : undefined), 1e-5, `seed ${seed}`);
       for (const t of [A, B, C, partials]) ctx.release(t);
     });
 
-  // Double-buffered tiles in the other layouts: Aᵀ·B (dW, +=) and a split-K slice (k ranges that start mid-matrix).
-  for (const [M, N, K, transA, splits] of [[68, 132, 260, true, 1], [37, 52, 1000, false, 3]] as const)
-    it(`double-buffered ${transA ? 'Aᵀ' : 'A'}·B M=${M} N=${N} K=${K}${splits > 1 ? ` split-K ${splits}` : ', alpha, +='}`, async () => {
-      const ctx = await gpu();
-      const seed = freshSeed();
-      const r = rng(seed);
-      const a = randn(M * K, r);
-      const b = randn(K * N, r);
-      const c0 = randn(M * N, r);
-      const A = ctx.upload('A', transA ? [K, M] : [M, K], a);
-      const B = ctx.upload('B', [K, N], b);
-      const accumulate = splits === 1;
-      const C = accumulate ? ctx.upload('C', [M, N], c0) : poisoned(ctx, 'C', [M, N]);
-      const partials = splits > 1 ? poisoned(ctx, 'partials', [splitKPartialElems({ M, N, K }, splits)]) : null;
-      const opts = { transA, tile: 'wide', accumulate, alpha: accumulate ? 0.5 : 1, doubleBuffer: true, prefetch: true } as const;
-      await ctx.run(await prepareMatmulSplitK(ctx, A, B, C, { M, N, K }, opts, { splits, partials }));
-      expectClose(await ctx.read(C), reference(a, b, M, N, K, transA, false, opts.alpha, accumulate ? c0 : undefined), 1e-5, `seed ${seed}`);
-      for (const t of [A, B, C, ...(partials ? [partials] : [])]) ctx.release(t);
-    });
+  // Double-buffered tiles with Aᵀ·B (dW, alpha, +=); the split-K list above has a double-buffered case.
+  it('double-buffered Aᵀ·B M=68 N=132 K=260, alpha, +=', async () => {
+    const ctx = await gpu();
+    const seed = freshSeed();
+    const r = rng(seed);
+    const [M, N, K] = [68, 132, 260];
+    const a = randn(K * M, r);
+    const b = randn(K * N, r);
+    const c0 = randn(M * N, r);
+    const A = ctx.upload('A', [K, M], a);
+    const B = ctx.upload('B', [K, N], b);
+    const C = ctx.upload('C', [M, N], c0);
+    await matmul(ctx, A, B, C, { M, N, K }, { transA: true, tile: 'wide', accumulate: true, alpha: 0.5, prefetch: true, doubleBuffer: true });
+    expectClose(await ctx.read(C), reference(a, b, M, N, K, true, false, 0.5, c0), 1e-5, `seed ${seed}`);
+    for (const t of [A, B, C]) ctx.release(t);
+  });
+
+  it('double buffering is dropped where the tiles would not fit workgroup memory (wide, 32 deep)', async () => {
+    const ctx = await gpu();
+    const shape = { M: 130, N: 68, K: 100 };
+    const v = matmulVariant(shape, { transB: true, tile: 'wide', tileK: 32, doubleBuffer: true }, { sa: 0, sb: 0 });
+    expect(v.dbuf).toBe(true);
+    expect(matmulWorkgroupBytes(v)).toBe(4 * 128 * 32 * 4); // four 128×32 f32 tiles: 64 KiB
+    expect(matmulWorkgroupBytes(matmulVariant(shape, { transB: true, tile: 'wide', tileK: 16, doubleBuffer: true }, { sa: 0, sb: 0 }))).toBe(32768);
+    const seed = freshSeed();
+    const r = rng(seed);
+    const a = randn(shape.M * shape.K, r);
+    const b = randn(shape.N * shape.K, r);
+    const A = ctx.upload('A', [shape.M, shape.K], a);
+    const B = ctx.upload('B', [shape.N, shape.K], b);
+    const C = poisoned(ctx, 'C', [shape.M, shape.N]);
+    const d = await prepareMatmul(ctx, A, B, C, shape, { transB: true, tile: 'wide', tileK: 32, doubleBuffer: true });
+    await ctx.run([d]);
+    expectClose(await ctx.read(C), reference(a, b, shape.M, shape.N, shape.K, false, true), 1e-5, `seed ${seed}`);
+    for (const t of [A, B, C]) ctx.release(t);
+  });
 
   it('split-K is chosen only where the output tiles are too few for a long reduction', () => {
     // The loss's dhidden = dlogits · lm_head: 1024 tokens × 92544 → 2048, 128 wide tiles.

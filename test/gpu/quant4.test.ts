@@ -215,7 +215,8 @@ describe('q4 quantize / dequantize (GPU)', () => {
 
 describe('q4 matmul forward Y = X·Wᵀ (against float64 on the dequantized weights)', () => {
   // [M, N, K, rows per block, tile]; M ≤ 8 takes the GEMV path.
-  const CASES: [number, number, number, number | undefined, ('wide' | 'narrow')?][] = [
+  // A sixth element asks for double-buffered tiles (DX_DBUF).
+  const CASES: [number, number, number, number | undefined, ('wide' | 'narrow')?, boolean?][] = [
     [64, 64, 64, undefined],
     [37, 53, 128, undefined],
     [130, 67, 192, 24],
@@ -315,7 +316,8 @@ describe('q4 matmul forward with k-contiguous tiles (q4_matmul_kc)', () => {
 
 describe('q4 matmul backward dX = dY·W (against float64 on the dequantized weights)', () => {
   // [M, N, K, rows per block, tile]; N % 4 == 0 takes the 16-byte dY loads.
-  const CASES: [number, number, number, number | undefined, ('wide' | 'narrow')?][] = [
+  // A sixth element asks for double-buffered tiles (DX_DBUF).
+  const CASES: [number, number, number, number | undefined, ('wide' | 'narrow')?, boolean?][] = [
     [64, 64, 64, undefined],
     [37, 53, 128, undefined],
     [130, 67, 192, 24], // first block writes, later blocks add
@@ -323,9 +325,12 @@ describe('q4 matmul backward dX = dY·W (against float64 on the dequantized weig
     [131, 100, 192, 36, 'wide'], // K not a multiple of the 128 tile
     [70, 100, 128, 50, 'wide'], // a 16-byte-loaded block of 50 rows: the last dY vec4 straddles the block's end
     [200, 96, 256, undefined, 'wide'],
+    [131, 100, 192, 36, 'wide', true],
+    [200, 96, 256, undefined, 'wide', true],
+    [37, 52, 128, undefined, 'wide', true],
   ];
-  for (const [M, N, K, rpb, tile] of CASES) {
-    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${tile ? ` ${tile}` : ''}`, async () => {
+  for (const [M, N, K, rpb, tile, doubleBuffer] of CASES) {
+    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${tile ? ` ${tile}` : ''}${doubleBuffer ? ', double-buffered' : ''}`, async () => {
       const ctx = await gpu();
       const seed = freshSeed();
       const r = rng(seed);
@@ -333,7 +338,7 @@ describe('q4 matmul backward dX = dY·W (against float64 on the dequantized weig
       const dy = randn(M * N, r);
       const dY = ctx.upload('dY', [M, N], dy);
       const dX = poisoned(ctx, 'dX', [M, K]);
-      await q4MatmulDx(ctx, dY, W, dX, M, false, tile ? { tile } : {});
+      await q4MatmulDx(ctx, dY, W, dX, M, false, { ...(tile ? { tile } : {}), ...(doubleBuffer ? { doubleBuffer } : {}) });
       const ref = refDx(dy, deq, M, N, K);
       expectClose(await ctx.read(dX), ref, 1e-4, `seed ${seed}`);
       if (!tile) {
@@ -346,23 +351,6 @@ describe('q4 matmul backward dX = dY·W (against float64 on the dequantized weig
       releaseQ4Weight(ctx, W);
     });
   }
-
-  // Double-buffered tiles (DX_DBUF): the 16-byte-loaded cases, row blocks that add, K off the 128 tile.
-  for (const [M, N, K, rpb] of [[131, 100, 192, 36], [200, 96, 256, undefined], [37, 52, 128, undefined]] as const)
-    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''} wide, double-buffered`, async () => {
-      const ctx = await gpu();
-      const seed = freshSeed();
-      const r = rng(seed);
-      const { W, deq } = await uploadQ4(ctx, 'W', weights(N, K, r), N, K, rpb);
-      const dy = randn(M * N, r);
-      const dY = ctx.upload('dY', [M, N], dy);
-      const dX = poisoned(ctx, 'dX', [M, K]);
-      await q4MatmulDx(ctx, dY, W, dX, M, false, { tile: 'wide', doubleBuffer: true });
-      expectClose(await ctx.read(dX), refDx(dy, deq, M, N, K), 1e-4, `seed ${seed}`);
-      ctx.release(dY);
-      ctx.release(dX);
-      releaseQ4Weight(ctx, W);
-    });
 
   it('rejects in features that are not a multiple of 64', async () => {
     const ctx = await gpu();

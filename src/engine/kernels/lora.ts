@@ -157,6 +157,24 @@ interface SmallArgs {
   panel?: boolean;
 }
 
+/** lora.wgsl's Params for one product: chunk (split-K slice length) and slices (the reduce's) where they apply. */
+function smallFields(x: SmallArgs, dropout: boolean, chunk: number, slices: number): UniformField[] {
+  return [
+    ['u32', x.shape.rows],
+    ['u32', x.shape.cols],
+    ['u32', x.shape.red],
+    ['u32', x.K],
+    ['u32', x.R],
+    ['f32', x.scale],
+    ['u32', x.seed >>> 0],
+    ['u32', dropout ? loraDropoutThreshold(x.p) : 0],
+    ['f32', dropout ? 1 / (1 - x.p) : 1],
+    ['u32', chunk],
+    ['u32', x.N],
+    ['u32', slices],
+  ];
+}
+
 /** One rank-r product of lora.wgsl: a single tiled dispatch, or split-K slices plus an ordered reduce. */
 async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   registerDropoutInclude(ctx);
@@ -168,20 +186,7 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   const tile = software ? SOFTWARE_TILE : TILE;
   const split = slices > 1;
   const dropout = x.p > 0 && (x.mode === 'XA' || x.mode === 'DX' || x.mode === 'DA');
-  const fields = (extra: { slices?: number } = {}): UniformField[] => [
-    ['u32', rows],
-    ['u32', cols],
-    ['u32', red],
-    ['u32', x.K],
-    ['u32', x.R],
-    ['f32', x.scale],
-    ['u32', x.seed >>> 0],
-    ['u32', dropout ? loraDropoutThreshold(x.p) : 0],
-    ['f32', dropout ? 1 / (1 - x.p) : 1],
-    ['u32', chunk],
-    ['u32', x.N],
-    ['u32', extra.slices ?? 0],
-  ];
+  const fields = (extra: { slices?: number } = {}): UniformField[] => smallFields(x, dropout, chunk, extra.slices ?? 0);
   const gbAccumulate = x.mode === 'GB' && !!x.accumulate;
   const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_mm', defines: { MODE: x.mode, DROPOUT: dropout, SPLIT: split, ACCUMULATE: gbAccumulate && !split, SOFTWARE: software } });
   const label = `lora ${x.mode} ${rows}×${cols} (red ${red}${split ? ` in ${slices} slices` : ''})${dropout ? ` dropout ${x.p}` : ''}`;
@@ -225,20 +230,7 @@ const PANEL_COLS = 64;
 async function preparePanel(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   const { rows, cols, red } = x.shape;
   const dropout = x.p > 0 && (x.mode === 'XA' || x.mode === 'DA');
-  const fields: UniformField[] = [
-    ['u32', rows],
-    ['u32', cols],
-    ['u32', red],
-    ['u32', x.K],
-    ['u32', x.R],
-    ['f32', x.scale],
-    ['u32', x.seed >>> 0],
-    ['u32', dropout ? loraDropoutThreshold(x.p) : 0],
-    ['f32', dropout ? 1 / (1 - x.p) : 1],
-    ['u32', 0],
-    ['u32', x.N],
-    ['u32', 0],
-  ];
+  const fields = smallFields(x, dropout, 0, 0);
   const accumulate = x.mode === 'GB' && !!x.accumulate;
   const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_panel', defines: { MODE: x.mode, DROPOUT: dropout, PANEL: true, ACCUMULATE: accumulate } });
   const label = `lora ${x.mode} ${rows}×${cols} (red ${red}, panels)${dropout ? ` dropout ${x.p}` : ''}`;
