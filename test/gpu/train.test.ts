@@ -16,7 +16,7 @@ import { planMemory } from '../../src/engine/model/memory-plan.ts';
 import type { GpuContext } from '../../src/engine/gpu/context.ts';
 import { fixturesDir } from '../helpers/fixtures.ts';
 import { gpu } from '../helpers/gpu.ts';
-import { freshSeed, rng } from '../helpers/numeric.ts';
+import { expectClose, freshSeed, rng } from '../helpers/numeric.ts';
 import { fileMomentStore } from '../../src/engine/train/moments.ts';
 import { nodeSyncFile } from '../../src/node/sync-file.ts';
 import { mkdtempSync } from 'node:fs';
@@ -128,6 +128,32 @@ describe('training engine', () => {
     expect(results[0]!.grads.some((g) => g !== 0)).toBe(true);
     expect(results[0]!.loss, `seed ${seed}`).toBe(results[1]!.loss);
     expect(Buffer.from(results[0]!.grads.buffer).equals(Buffer.from(results[1]!.grads.buffer)), `seed ${seed}`).toBe(true);
+  }, 300_000);
+
+  it('the adapters\' rank-r products as panels give the loss and gradients of the split-K kernels (InternLM2: wqkv\'s q/k/v sum one G; dropout)', async () => {
+    const ctx = await gpu();
+    const weights = await fixtureModel(ctx, 'internlm2', true);
+    const spec = weights.spec;
+    const { layout, state, seed, params } = randomAdapter(ctx, weights);
+    const [row] = patternRows(1, 19, spec.vocabSize);
+    const zero = await prepareZeroGrad(ctx, state.grads, 0, layout.optimizer.total);
+    const results: { loss: number; grads: Float32Array; panels: number }[] = [];
+    for (const loraPanels of [false, true]) {
+      const model = new Transformer(ctx, weights, { layout, params: state.params, grads: state.grads, dropout: 0.2 }, { loraPanels });
+      const plan = await model.plan({ batch: 1, seq: 19 }, 'train');
+      ctx.write(state.params, params);
+      plan.setBatch({ ...row!, labels: row!.labels });
+      plan.setDropoutSeed(seed);
+      await ctx.run([zero, ...plan.dispatches]);
+      results.push({ loss: (await ctx.read(plan.loss!))[0]!, grads: await ctx.read(state.grads), panels: plan.dispatches.filter((d) => d.label.includes('panels')).length });
+      plan.release();
+    }
+    const [split, panels] = results as [(typeof results)[0], (typeof results)[0]];
+    expect(split.panels).toBe(0);
+    expect(panels.panels).toBeGreaterThan(0);
+    expect(split.grads.some((g) => g !== 0)).toBe(true);
+    expect(Math.abs(panels.loss - split.loss), `seed ${seed}`).toBeLessThan(1e-5 * Math.abs(split.loss));
+    expectClose(panels.grads, split.grads, 1e-4, `seed ${seed}`);
   }, 300_000);
 
   it('the recompute stops where the backward stops reading: no down projection or residual add, no last layer', async () => {

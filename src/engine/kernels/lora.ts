@@ -180,7 +180,8 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   registerDropoutInclude(ctx);
   const { rows, cols, red } = x.shape;
   const software = x.software ?? ctx.features.software;
-  if (x.panel && !software && x.mode !== 'DX') return preparePanel(ctx, x);
+  // Panels where asked (CPU adapters included, unless the barrier-free kernels are asked for as well).
+  if (x.panel && x.software !== true && x.mode !== 'DX') return preparePanel(ctx, x);
   // A CPU adapter runs a few invocations at a time: split-K would only add the reduce pass.
   const { slices, chunk } = x.mode === 'DX' || software ? { slices: 1, chunk: red } : splitOf(x.shape);
   const tile = software ? SOFTWARE_TILE : TILE;
@@ -283,7 +284,8 @@ export interface LoraPassOptions {
   software?: boolean;
   /**
    * The rank-r products (XA, GB, DB, DA) as lora.wgsl's lora_panel, one dispatch each, instead of split-K
-   * slices and a reduce pass (default off until measured; ignored on CPU adapters).
+   * slices and a reduce pass (default off until measured; on CPU adapters too when asked, unless `software`
+   * is asked for as well).
    */
   panel?: boolean;
   /**
