@@ -392,6 +392,12 @@ function tileEdge(rows: number, cols: number, tile?: 'wide' | 'narrow', minWideG
   return { wide, edge: wide ? 128 : 64 };
 }
 
+/** The double-buffered 4-bit kernels declare four 8 KiB tiles (128×16 f32 each); elsewhere they run single-buffered. */
+const Q4_DBUF_WORKGROUP_BYTES = 32768;
+function fitsDoubleBuffer(ctx: GpuContext): boolean {
+  return ctx.limits.maxComputeWorkgroupStorageSize >= Q4_DBUF_WORKGROUP_BYTES;
+}
+
 /**
  * The forward takes the 64×64 tile when 128×128 tiles would make fewer workgroups than this. Measured on the
  * H100 (132 SMs) at 512 tokens (`Q4_TOKENS=512 node dist-bench/bench.mjs quant4-lora`): wo and w2 (64 wide
@@ -418,14 +424,15 @@ export async function prepareQ4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y
   const { wide, edge } = tileEdge(M, W.out, opts.tile, Q4_FWD_MIN_WIDE_GROUPS);
   const kc = (opts.kcontig ?? true) && wide && !gemv;
   const splitW = kc && (opts.splitW ?? true);
-  const early = splitW && !!opts.doubleBuffer && !!opts.earlyDequant;
+  const dbuf = kc && !!opts.doubleBuffer && fitsDoubleBuffer(ctx);
+  const early = splitW && dbuf && !!opts.earlyDequant;
   const oneRow = gemv && M === 1;
   const rowGroups = opts.gemvRowGroups ?? GEMV1_ROW_GROUPS;
   const gemvRows = oneRow ? rowGroups * GEMV1_ROWS_PER_THREAD : GEMV_ROWS;
   const pipeline = await ctx.pipeline(
     gemv
       ? { shader: q4Shader(ctx), entryPoint: 'q4_gemv', defines: { OP: 'gemv', ONE_ROW: oneRow, LORA: !!lora }, constants: { GEMV_ROWS: oneRow ? rowGroups : GEMV_ROWS } }
-      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc, KC_SPLIT_W: splitW, KC_DBUF: kc && !!opts.doubleBuffer, KC_EARLY: early } },
+      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc, KC_SPLIT_W: splitW, KC_DBUF: dbuf, KC_EARLY: early } },
   );
   return W.blocks.map((b) => {
     const label = `${gemv ? `q4 gemv${oneRow ? '1' : ''}` : `q4 matmul${wide ? ' wide' : ''}${kc ? ' kc' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
@@ -480,7 +487,6 @@ export interface Q4DxLoraPrologue {
   onSeeded?: (uniforms: GPUBuffer, fields: UniformField[]) => void;
 }
 
-/** Whether prepareQ4MatmulDx can fuse a LoRA prologue for this weight (the register-staged path: 16-byte dY rows). */
 export interface Q4DxOptions {
   tile?: 'wide' | 'narrow';
   /** Register-staged loads (default where dY loads as 16 bytes). */
@@ -490,6 +496,7 @@ export interface Q4DxOptions {
   lora?: Q4DxLoraPrologue;
 }
 
+/** Whether prepareQ4MatmulDx can fuse a LoRA prologue for this weight (the register-staged path: 16-byte dY rows). */
 export function q4DxCanFuseLora(W: Q4Weight): boolean {
   return W.out % 4 === 0;
 }
@@ -530,7 +537,7 @@ export async function prepareQ4MatmulDx(
     const prefetch = ((opts.prefetch ?? true) && vec4) || withLora;
     const dropout = withLora ? lora.dropout : undefined;
     if (dropout) registerDropoutInclude(ctx);
-    const defines = { OP: 'dx', ACCUMULATE: acc, WIDE: wide, VEC4: vec4, PREFETCH: prefetch, DX_DBUF: prefetch && !!opts.doubleBuffer, LORA: withLora, DROPOUT: !!dropout };
+    const defines = { OP: 'dx', ACCUMULATE: acc, WIDE: wide, VEC4: vec4, PREFETCH: prefetch, DX_DBUF: prefetch && !!opts.doubleBuffer && fitsDoubleBuffer(ctx), LORA: withLora, DROPOUT: !!dropout };
     const pipeline = await ctx.pipeline({ shader: q4Shader(ctx), entryPoint: 'q4_matmul_dx', defines });
     const label = `q4 dX${wide ? ' wide' : ''}${prefetch ? ' pref' : ''}${withLora ? `+lora${dropout ? ' dropout' : ''}` : ''} ${M}×${b.rows}·${b.q.label}${acc ? ' +=' : ''}`;
     const fields = uniformFields({ M, N: b.rows, K, ldy: W.out, off: b.row0, ...(withLora ? { R: lora.rank, s: lora.scale } : {}), ...(dropout ?? {}) });
