@@ -2,26 +2,8 @@
  * A tiny built-in tokenizer for demos and tests when no model is loaded: byte-level, one token per
  * UTF-8 byte (no merges), ChatML special tokens and the ChatML template. Real runs use the model's own.
  */
-import type { TokenizerSource } from './tokenizer.ts';
+import { byteLevelAlphabet, type TokenizerSource } from './tokenizer.ts';
 import { builtinTemplate } from './templates.ts';
-
-function byteLevelAlphabet(): string[] {
-  const bs: number[] = [];
-  for (let b = 33; b <= 126; b++) bs.push(b);
-  for (let b = 161; b <= 172; b++) bs.push(b);
-  for (let b = 174; b <= 255; b++) bs.push(b);
-  const cs = bs.slice();
-  let n = 0;
-  for (let b = 0; b < 256; b++) {
-    if (!bs.includes(b)) {
-      bs.push(b);
-      cs.push(256 + n++);
-    }
-  }
-  const byByte: string[] = new Array<string>(256);
-  bs.forEach((b, i) => (byByte[b] = String.fromCharCode(cs[i]!)));
-  return byByte;
-}
 
 export function fallbackTokenizerSource(): TokenizerSource {
   const vocab: Record<string, number> = {};

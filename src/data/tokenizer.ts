@@ -102,8 +102,11 @@ function pickTemplate(t: unknown): string | null {
   return null;
 }
 
-/** GPT-2's byte ↔ printable-unicode table (ByteLevel pre-tokenizer/decoder). */
-function unicodeToBytes(): Map<string, number> {
+/**
+ * GPT-2's byte → printable-unicode table (the ByteLevel pre-tokenizer/decoder): the character that stands for
+ * each byte value 0..255 in a byte-level vocabulary.
+ */
+export function byteLevelAlphabet(): string[] {
   const bs: number[] = [];
   for (let b = 33; b <= 126; b++) bs.push(b);
   for (let b = 161; b <= 172; b++) bs.push(b);
@@ -113,13 +116,17 @@ function unicodeToBytes(): Map<string, number> {
   for (let b = 0; b < 256; b++) {
     if (!bs.includes(b)) {
       bs.push(b);
-      cs.push(256 + n);
-      n++;
+      cs.push(256 + n++);
     }
   }
-  const m = new Map<string, number>();
-  bs.forEach((b, i) => m.set(String.fromCharCode(cs[i]!), b));
-  return m;
+  const byByte: string[] = new Array<string>(256);
+  bs.forEach((b, i) => (byByte[b] = String.fromCharCode(cs[i]!)));
+  return byByte;
+}
+
+/** The same table the other way: character → byte value. */
+function unicodeToBytes(): Map<string, number> {
+  return new Map(byteLevelAlphabet().map((ch, b) => [ch, b]));
 }
 
 function usesByteLevel(json: Json): boolean {
