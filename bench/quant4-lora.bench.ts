@@ -86,6 +86,10 @@ export async function bench(ctx: GpuContext, quick = false): Promise<BenchRow[]>
         rows.push({ name: `${tag} f32 fwd X·Wᵀ kc double-buffered`, ms: f32Db, flops, bytes: N * K * 4, note: `vs f32 kc ${pct(f32Db, f32FwdKc)}` });
         const q4Db = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: true, doubleBuffer: true }));
         rows.push({ name: `${tag} q4 fwd X·Wᵀ kc double-buffered`, ms: q4Db, flops, bytes: q4Bytes, note: `vs q4 kc ${pct(q4Db, q4FwdKc)}, vs f32 kc ${pct(q4Db, f32FwdKc)}` });
+        for (const [vn, o] of [['codes by exponent bits', { expCodes: true }], ['double-buffered, codes by exponent bits', { doubleBuffer: true, expCodes: true }]] as const) {
+          const ms = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: true, ...o }));
+          rows.push({ name: `${tag} q4 fwd X·Wᵀ kc ${vn}`, ms, flops, bytes: q4Bytes, note: `vs q4 kc ${pct(ms, q4FwdKc)}, vs f32 kc ${pct(ms, f32FwdKc)}` });
+        }
         const q4Early = await time(await prepareQ4Matmul(ctx, X, W, Y, T, { kcontig: true, doubleBuffer: true, earlyDequant: true }));
         rows.push({ name: `${tag} q4 fwd X·Wᵀ kc double-buffered, codes dequantised a step ahead`, ms: q4Early, flops, bytes: q4Bytes, note: `vs q4 kc ${pct(q4Early, q4FwdKc)}, vs f32 kc ${pct(q4Early, f32FwdKc)}, vs f32 kc double-buffered ${pct(q4Early, f32Db)}` });
       }

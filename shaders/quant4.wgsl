@@ -635,6 +635,15 @@ fn kc_fetch(px: ptr<function, array<vec4<f32>, KC_X_SLOTS>>, pq: ptr<function, K
   kc_fetch_w(pq, ps, col0, k0, tid);
 }
 
+// KC_EXP_CODES: the codes become floats by exponent bits (q4_format.wgsl's dequant8_exp, same results).
+fn kc_dequant(word: u32, sc: vec2<f32>) -> array<vec4<f32>, 2> {
+#if KC_EXP_CODES
+  return dequant8_exp(word, sc);
+#else
+  return dequant8(word, sc);
+#endif
+}
+
 #if KC_EARLY
 // KC_EARLY (with KC_DBUF and KC_SPLIT_W): W's codes are fetched two steps ahead and dequantised one step
 // ahead, before the step's products, so what is left between the products and the barrier is stores alone
@@ -657,15 +666,15 @@ fn kc_commit(px: array<vec4<f32>, KC_X_SLOTS>, pq: KC_CODES, ps: u32, tid: u32, 
     kc_x[buf * KC_X_TILE + kc_at(slot / 4u, slot % 4u)] = px[u];
   }
 #if KC_SPLIT_W
-  let v = dequant8(pq, group_scale(ps));
+  let v = kc_dequant(pq, group_scale(ps));
   let row = buf * KC_W_TILE;
   kc_w[row + kc_at(tid / 2u, 2u * (tid % 2u))] = v[0];
   kc_w[row + kc_at(tid / 2u, 2u * (tid % 2u) + 1u)] = v[1];
 #else
   if (tid < TILE_N) {
     let sc = group_scale(ps);
-    let lo = dequant8(pq.x, sc);
-    let hi = dequant8(pq.y, sc);
+    let lo = kc_dequant(pq.x, sc);
+    let hi = kc_dequant(pq.y, sc);
     let row = buf * KC_W_TILE;
     kc_w[row + kc_at(tid, 0u)] = lo[0];
     kc_w[row + kc_at(tid, 1u)] = lo[1];
@@ -703,7 +712,7 @@ fn q4_matmul_kc(
   for (var k0 = 0u; k0 < K; k0 += KC_DEPTH) {
     let more = k0 + KC_DEPTH < K;
     if (more) {
-      pw = dequant8(pq, group_scale(ps));
+      pw = kc_dequant(pq, group_scale(ps));
       kc_fetch_x(&px, row0, k0 + KC_DEPTH, tid);
     }
     if (k0 + 2u * KC_DEPTH < K) { kc_fetch_w(&pq, &ps, col0, k0 + 2u * KC_DEPTH, tid); }

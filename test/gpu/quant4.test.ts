@@ -314,6 +314,24 @@ describe('q4 matmul forward with k-contiguous tiles (q4_matmul_kc)', () => {
     });
 });
 
+describe('q4 k-contiguous forward: codes to floats by exponent bits (expCodes)', () => {
+  // The same c, step and min reach the same fma: Y must equal the default kernel's bit for bit.
+  for (const [M, N, K, rpb, rank, doubleBuffer] of [[37, 53, 128, undefined, 0, false], [130, 200, 192, 72, 8, true]] as const)
+    it(`M=${M} N=${N} K=${K}${rpb ? ` in row blocks of ${rpb}` : ''}${rank ? ` + LoRA r=${rank}` : ''}${doubleBuffer ? ', double-buffered' : ''}: bit for bit the default's`, async () => {
+      const ctx = await gpu();
+      const seed = freshSeed();
+      const { W, X, Y, ref, lora, release } = await forwardCase(ctx, rng(seed), M, N, K, rpb, rank, 0.37);
+      await q4Matmul(ctx, X, W, Y, M, { tile: 'wide', kcontig: true, doubleBuffer, path: 'tiled', lora });
+      const plain = await ctx.read(Y);
+      ctx.write(Y, new Float32Array(M * N).fill(Number.NaN));
+      await q4Matmul(ctx, X, W, Y, M, { tile: 'wide', kcontig: true, doubleBuffer, expCodes: true, path: 'tiled', lora });
+      const exp = await ctx.read(Y);
+      expectClose(exp, ref, 1e-4, `seed ${seed}`);
+      expect(Buffer.from(exp.buffer).equals(Buffer.from(plain.buffer)), `seed ${seed}`).toBe(true);
+      release();
+    });
+});
+
 describe('q4 matmul backward dX = dY·W (against float64 on the dequantized weights)', () => {
   // [M, N, K, rows per block, tile]; N % 4 == 0 takes the 16-byte dY loads.
   // A sixth element asks for double-buffered tiles (DX_DBUF).

@@ -376,6 +376,8 @@ export interface Q4MatmulOptions {
   doubleBuffer?: boolean;
   /** q4_matmul_kc with doubleBuffer and splitW: codes fetched two steps ahead, dequantised one step ahead. */
   earlyDequant?: boolean;
+  /** q4_matmul_kc: codes turned into floats by their exponent bits instead of int-to-float conversions (same results). */
+  expCodes?: boolean;
   /** The one-row GEMV's row groups per workgroup (GEMV_ROWS; 4 rows each). Benchmarks try others. */
   gemvRowGroups?: number;
 }
@@ -432,7 +434,7 @@ export async function prepareQ4Matmul(ctx: GpuContext, X: Tensor, W: Q4Weight, Y
   const pipeline = await ctx.pipeline(
     gemv
       ? { shader: q4Shader(ctx), entryPoint: 'q4_gemv', defines: { OP: 'gemv', ONE_ROW: oneRow, LORA: !!lora }, constants: { GEMV_ROWS: oneRow ? rowGroups : GEMV_ROWS } }
-      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc, KC_SPLIT_W: splitW, KC_DBUF: dbuf, KC_EARLY: early } },
+      : { shader: q4Shader(ctx), entryPoint: kc ? 'q4_matmul_kc' : 'q4_matmul', defines: { OP: 'matmul', LORA: !!lora, WIDE: wide, KC: kc, KC_SPLIT_W: splitW, KC_DBUF: dbuf, KC_EARLY: early, KC_EXP_CODES: kc && !!opts.expCodes } },
   );
   return W.blocks.map((b) => {
     const label = `${gemv ? `q4 gemv${oneRow ? '1' : ''}` : `q4 matmul${wide ? ' wide' : ''}${kc ? ' kc' : ''}`}${lora ? '+lora' : ''} ${M}×${K}·${b.q.label}ᵀ`;
