@@ -142,15 +142,18 @@ describe('W on its int8 grids (q4_to_i8)', () => {
         const words = await ctx.read(scratch.w, 'u32');
         const got = new Int8Array(words.buffer, words.byteOffset, b.rows * K);
         const hostB = { q: host.q.subarray((b.row0 * K) / 8, ((b.row0 + b.rows) * K) / 8), sm: host.sm.subarray((b.row0 * K) / 64, ((b.row0 + b.rows) * K) / 64) };
-        const ref = requantizeQ4Cpu(hostB, b.rows, K, grid).codes;
+        const { codes: ref, grid: at } = requantizeQ4Cpu(hostB, b.rows, K, grid);
         for (let i = 0; i < ref.length; i++) {
-          // 127/bound is a GPU division (2.5 ulp): a weight on a rounding tie may land one step away.
+          // 127/bound is a GPU division (2.5 ulp): a weight on a rounding tie of the grid may land one step
+          // away (all weights of a group with that code do: one tie, several weights). Anywhere else exact.
           const d = Math.abs(got[i]! - ref[i]!);
-          expect(d, `${grid} grid, block ${b.row0}, weight ${i}`).toBeLessThanOrEqual(1);
+          const tie = Math.abs(Math.abs(at[i]! - Math.trunc(at[i]!)) - 0.5) <= 1e-5 * Math.max(1, Math.abs(at[i]!));
+          expect(d, `${grid} grid, block ${b.row0}, weight ${i} at ${at[i]} on the grid`).toBeLessThanOrEqual(tie ? 1 : 0);
           flips += d;
         }
       }
-      expect(flips, `${grid} grid: weights one step off`).toBeLessThanOrEqual(3);
+      // A handful of ties at most (each a code of one group: up to 64 weights).
+      expect(flips, `${grid} grid: weights one step off`).toBeLessThanOrEqual(64);
     }
     const small = allocInt8Scratch(ctx, 1, 64, 16 * K);
     await expect(prepareQ4ToInt8(ctx, W.blocks[0]!, K, W.blocks[0]!.bounds!.rowmax, 'row', small)).rejects.toThrow(/exceeds the int8 weight scratch/);

@@ -311,7 +311,7 @@ export function unpackInt8Rows(words: Uint32Array, rows: number, cols: number, r
  * forward) or per 64-column group over all rows (`'colgroup'`, the backward). Returns codes [rows, cols]
  * and the dequantizing scale of each row / group (bound / 127).
  */
-export function requantizeQ4Cpu(host: { q: Uint32Array; sm: Uint32Array }, rows: number, cols: number, axis: 'row' | 'colgroup'): { codes: Int8Array; scale: Float32Array } {
+export function requantizeQ4Cpu(host: { q: Uint32Array; sm: Uint32Array }, rows: number, cols: number, axis: 'row' | 'colgroup'): { codes: Int8Array; scale: Float32Array; grid: Float32Array } {
   const G = cols / Q4_GROUP;
   const bound = (word: number) => {
     const step = f16BitsToF32(word & 0xffff);
@@ -332,6 +332,8 @@ export function requantizeQ4Cpu(host: { q: Uint32Array; sm: Uint32Array }, rows:
     inv[i] = mx[i]! > 0 ? Math.fround(127 / mx[i]!) : 0;
   }
   const codes = new Int8Array(rows * cols);
+  // Each weight's position on the int8 grid before rounding (tests tell rounding ties from errors by it).
+  const grid = new Float32Array(rows * cols);
   for (let r = 0; r < rows; r++)
     for (let c = 0; c < cols; c++) {
       const word = host.sm[r * G + ((c / Q4_GROUP) | 0)]!;
@@ -340,9 +342,10 @@ export function requantizeQ4Cpu(host: { q: Uint32Array; sm: Uint32Array }, rows:
       const b = Math.fround(f16BitsToF32(word >>> 16) * s);
       const i = r * cols + c;
       const code = (host.q[i >>> 3]! >>> (4 * (i & 7))) & 15;
-      codes[i] = roundHalfEven(Math.fround(code * a + b)); // the kernel's fma: one rounding
+      grid[i] = Math.fround(code * a + b); // the kernel's fma: one rounding
+      codes[i] = roundHalfEven(grid[i]!);
     }
-  return { codes, scale };
+  return { codes, scale, grid };
 }
 
 /**
