@@ -126,23 +126,27 @@ fn load_b(t: u32, j: u32, t_end: u32) -> f32 {
   return raw_b(t, j);
 }
 
-#if !PANEL
-// Tile coordinates (reduction index, row or column) of staging slot idx: consecutive threads take
-// consecutive addresses of each operand's stored layout.
-fn slot_a(idx: u32) -> vec2<u32> {
+// Tile coordinates (reduction index, row or column) of staging slot idx of a tile `edge` rows (columns) by
+// `depth` reduction steps: consecutive threads take consecutive addresses of each operand's stored layout
+// (lora_mm and lora_panel stage their tiles alike).
+fn slot_a_of(idx: u32, edge: u32, depth: u32) -> vec2<u32> {
 #if MODE == DA || MODE == DB
-  return vec2<u32>(idx / TILE, idx % TILE);
+  return vec2<u32>(idx / edge, idx % edge);
 #else
-  return vec2<u32>(idx % TILE_R, idx / TILE_R);
+  return vec2<u32>(idx % depth, idx / depth);
 #endif
 }
-fn slot_b(idx: u32) -> vec2<u32> {
+fn slot_b_of(idx: u32, edge: u32, depth: u32) -> vec2<u32> {
 #if MODE == XA
-  return vec2<u32>(idx % TILE_R, idx / TILE_R);
+  return vec2<u32>(idx % depth, idx / depth);
 #else
-  return vec2<u32>(idx / TILE, idx % TILE);
+  return vec2<u32>(idx / edge, idx % edge);
 #endif
 }
+
+#if !PANEL
+fn slot_a(idx: u32) -> vec2<u32> { return slot_a_of(idx, TILE, TILE_R); }
+fn slot_b(idx: u32) -> vec2<u32> { return slot_b_of(idx, TILE, TILE_R); }
 
 // Register-staged loads: the next reduction step's operands are read from global memory while the
 // current step is multiplied (the products are skinny and short per workgroup, so load latency, not
@@ -261,21 +265,29 @@ var<workgroup> panel: array<vec4<f32>, P_GROUPS * P_T * (P_ROWS + P_COLS) / 4u>;
 fn pa_at(kg: u32, t: u32, row: u32) -> u32 { return (kg * P_T + t) * (P_ROWS / 4u) + row / 4u; }
 fn pb_at(kg: u32, t: u32, col: u32) -> u32 { return P_GROUPS * P_T * (P_ROWS / 4u) + (kg * P_T + t) * (P_COLS / 4u) + col / 4u; }
 
-// (reduction index, row) of A slot s and (reduction index, column) of B slot s: consecutive invocations
-// take consecutive addresses of each operand's stored layout.
-fn panel_slot_a(s: u32) -> vec2<u32> {
-#if MODE == DA || MODE == DB
-  return vec2<u32>(s / P_ROWS, s % P_ROWS);
-#else
-  return vec2<u32>(s % P_T, s / P_T);
-#endif
+fn panel_slot_a(s: u32) -> vec2<u32> { return slot_a_of(s, P_ROWS, P_T); }
+fn panel_slot_b(s: u32) -> vec2<u32> { return slot_b_of(s, P_COLS, P_T); }
+
+// Register-staged loads of invocation tl of a group: the step at t0 is read while the current one is multiplied.
+fn panel_fetch(pa: ptr<function, array<f32, P_A_STAGE>>, pb: ptr<function, array<f32, P_B_STAGE>>, row0: u32, col0: u32, t0: u32, t_end: u32, tl: u32) {
+  for (var u = 0u; u < P_A_STAGE; u++) {
+    let sa = panel_slot_a(u * P_GROUP + tl);
+    (*pa)[u] = load_a(row0 + sa.y, t0 + sa.x, t_end);
+  }
+  for (var u = 0u; u < P_B_STAGE; u++) {
+    let sb = panel_slot_b(u * P_GROUP + tl);
+    (*pb)[u] = load_b(t0 + sb.x, col0 + sb.y, t_end);
+  }
 }
-fn panel_slot_b(s: u32) -> vec2<u32> {
-#if MODE == XA
-  return vec2<u32>(s % P_T, s / P_T);
-#else
-  return vec2<u32>(s / P_COLS, s % P_COLS);
-#endif
+fn panel_commit(pa: ptr<function, array<f32, P_A_STAGE>>, pb: ptr<function, array<f32, P_B_STAGE>>, kg: u32, tl: u32) {
+  for (var u = 0u; u < P_A_STAGE; u++) {
+    let sa = panel_slot_a(u * P_GROUP + tl);
+    panel[pa_at(kg, sa.x, sa.y)][sa.y % 4u] = (*pa)[u];
+  }
+  for (var u = 0u; u < P_B_STAGE; u++) {
+    let sb = panel_slot_b(u * P_GROUP + tl);
+    panel[pb_at(kg, sb.x, sb.y)][sb.y % 4u] = (*pb)[u];
+  }
 }
 
 @compute @workgroup_size(256)
@@ -293,35 +305,11 @@ fn lora_panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
   var acc: array<vec4<f32>, 4>;
   var ra: array<f32, P_A_STAGE>;
   var rb: array<f32, P_B_STAGE>;
-  for (var u = 0u; u < P_A_STAGE; u++) {
-    let sa = panel_slot_a(u * P_GROUP + tl);
-    ra[u] = load_a(row0 + sa.y, t_begin + sa.x, t_end);
-  }
-  for (var u = 0u; u < P_B_STAGE; u++) {
-    let sb = panel_slot_b(u * P_GROUP + tl);
-    rb[u] = load_b(t_begin + sb.x, col0 + sb.y, t_end);
-  }
+  panel_fetch(&ra, &rb, row0, col0, t_begin, t_end, tl);
   for (var step = 0u; step < chunk; step += P_T) {
-    for (var u = 0u; u < P_A_STAGE; u++) {
-      let sa = panel_slot_a(u * P_GROUP + tl);
-      panel[pa_at(kg, sa.x, sa.y)][sa.y % 4u] = ra[u];
-    }
-    for (var u = 0u; u < P_B_STAGE; u++) {
-      let sb = panel_slot_b(u * P_GROUP + tl);
-      panel[pb_at(kg, sb.x, sb.y)][sb.y % 4u] = rb[u];
-    }
+    panel_commit(&ra, &rb, kg, tl);
     workgroupBarrier();
-    let t0 = t_begin + step + P_T;
-    if (step + P_T < chunk) {
-      for (var u = 0u; u < P_A_STAGE; u++) {
-        let sa = panel_slot_a(u * P_GROUP + tl);
-        ra[u] = load_a(row0 + sa.y, t0 + sa.x, t_end);
-      }
-      for (var u = 0u; u < P_B_STAGE; u++) {
-        let sb = panel_slot_b(u * P_GROUP + tl);
-        rb[u] = load_b(t0 + sb.x, col0 + sb.y, t_end);
-      }
-    }
+    if (step + P_T < chunk) { panel_fetch(&ra, &rb, row0, col0, t_begin + step + P_T, t_end, tl); }
     for (var t = 0u; t < P_T; t++) {
       let av = panel[pa_at(kg, t, 4u * ty)];
       let bv = panel[pb_at(kg, t, 4u * tx)];

@@ -157,6 +157,11 @@ interface SmallArgs {
   panel?: boolean;
 }
 
+/** Whether the product reads dropout(X) (the mask on X: XA's left operand, DA's right one, DX's output). */
+function takesDropout(x: SmallArgs): boolean {
+  return x.p > 0 && (x.mode === 'XA' || x.mode === 'DX' || x.mode === 'DA');
+}
+
 /** lora.wgsl's Params for one product: chunk (split-K slice length) and slices (the reduce's) where they apply. */
 function smallFields(x: SmallArgs, dropout: boolean, chunk: number, slices: number): UniformField[] {
   return [
@@ -186,7 +191,7 @@ async function prepareSmall(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   const { slices, chunk } = x.mode === 'DX' || software ? { slices: 1, chunk: red } : splitOf(x.shape);
   const tile = software ? SOFTWARE_TILE : TILE;
   const split = slices > 1;
-  const dropout = x.p > 0 && (x.mode === 'XA' || x.mode === 'DX' || x.mode === 'DA');
+  const dropout = takesDropout(x);
   const fields = (extra: { slices?: number } = {}): UniformField[] => smallFields(x, dropout, chunk, extra.slices ?? 0);
   const gbAccumulate = x.mode === 'GB' && !!x.accumulate;
   const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_mm', defines: { MODE: x.mode, DROPOUT: dropout, SPLIT: split, ACCUMULATE: gbAccumulate && !split, SOFTWARE: software } });
@@ -230,7 +235,7 @@ const PANEL_COLS = 64;
 /** One rank-r product (not DX) as lora_panel: one dispatch, no partials, no reduce. */
 async function preparePanel(ctx: GpuContext, x: SmallArgs): Promise<Prepared> {
   const { rows, cols, red } = x.shape;
-  const dropout = x.p > 0 && (x.mode === 'XA' || x.mode === 'DA');
+  const dropout = takesDropout(x);
   const fields = smallFields(x, dropout, 0, 0);
   const accumulate = x.mode === 'GB' && !!x.accumulate;
   const pipeline = await ctx.pipeline({ shader: LORA_SHADER, entryPoint: 'lora_panel', defines: { MODE: x.mode, DROPOUT: dropout, PANEL: true, ACCUMULATE: accumulate } });
