@@ -553,7 +553,8 @@ fn q4_matmul_dx(
 // the warps reach the barrier together.
 // Measured and removed: loading and decoding the group's scale word once per 64 k instead of every step, with
 // codes turned into floats by exponent bits (0x4B000000 | c = 2²³ + c) instead of integer-to-float
-// conversions: 0.6–2.3% slower at 2048 tokens on the H100 (w1 2.189 vs 2.176 ms, wqkv 1.167 vs 1.140).
+// conversions: 0.6–2.3% slower at 2048 tokens on the H100 (w1 2.189 vs 2.176 ms, wqkv 1.167 vs 1.140). The
+// exponent bits alone, with the scale decoded every step as now, are KC_EXP_CODES below (not yet measured).
 // KC_DBUF: two buffers of each tile, one barrier per step (step s multiplies buffer s % 2 while the next
 // step's registers go into the other); the four 128×16 tiles fill 32 KiB only without the padding vec4, so
 // there vec4 q of row r sits at q ^ ((r >> 1) & 3) instead (rows r and r + 2 would share bank quads).
@@ -644,15 +645,21 @@ fn kc_dequant(word: u32, sc: vec2<f32>) -> array<vec4<f32>, 2> {
 #endif
 }
 
-#if KC_EARLY
-// KC_EARLY (with KC_DBUF and KC_SPLIT_W): W's codes are fetched two steps ahead and dequantised one step
-// ahead, before the step's products, so what is left between the products and the barrier is stores alone
-// (as in the f32 kernel); the dequantising ALU work no longer sits on that serial stretch.
-fn kc_store(px: array<vec4<f32>, KC_X_SLOTS>, w: array<vec4<f32>, 2>, tid: u32, buf: u32) {
+// One step's X registers into tile buffer `buf`.
+fn kc_store_x(px: array<vec4<f32>, KC_X_SLOTS>, tid: u32, buf: u32) {
   for (var u = 0u; u < KC_X_SLOTS; u++) {
     let slot = u * THREADS + tid;
     kc_x[buf * KC_X_TILE + kc_at(slot / 4u, slot % 4u)] = px[u];
   }
+}
+
+#if KC_SPLIT_W
+// One step's X registers and this thread's 8 dequantised weights (W row tid / 2, half tid % 2 of the step)
+// into tile buffer `buf`. KC_EARLY (with KC_DBUF) calls it with weights dequantised a step ahead: W's codes
+// are fetched two steps ahead and dequantised one step ahead, before the step's products, so what is left
+// between the products and the barrier is stores alone (as in the f32 kernel).
+fn kc_store(px: array<vec4<f32>, KC_X_SLOTS>, w: array<vec4<f32>, 2>, tid: u32, buf: u32) {
+  kc_store_x(px, tid, buf);
   let row = buf * KC_W_TILE;
   kc_w[row + kc_at(tid / 2u, 2u * (tid % 2u))] = w[0];
   kc_w[row + kc_at(tid / 2u, 2u * (tid % 2u) + 1u)] = w[1];
@@ -661,16 +668,10 @@ fn kc_store(px: array<vec4<f32>, KC_X_SLOTS>, w: array<vec4<f32>, 2>, tid: u32, 
 
 // The staged registers of one step into tile buffer `buf`: X as it is, W's codes dequantised.
 fn kc_commit(px: array<vec4<f32>, KC_X_SLOTS>, pq: KC_CODES, ps: u32, tid: u32, buf: u32) {
-  for (var u = 0u; u < KC_X_SLOTS; u++) {
-    let slot = u * THREADS + tid;
-    kc_x[buf * KC_X_TILE + kc_at(slot / 4u, slot % 4u)] = px[u];
-  }
 #if KC_SPLIT_W
-  let v = kc_dequant(pq, group_scale(ps));
-  let row = buf * KC_W_TILE;
-  kc_w[row + kc_at(tid / 2u, 2u * (tid % 2u))] = v[0];
-  kc_w[row + kc_at(tid / 2u, 2u * (tid % 2u) + 1u)] = v[1];
+  kc_store(px, kc_dequant(pq, group_scale(ps)), tid, buf);
 #else
+  kc_store_x(px, tid, buf);
   if (tid < TILE_N) {
     let sc = group_scale(ps);
     let lo = kc_dequant(pq.x, sc);
