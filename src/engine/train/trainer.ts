@@ -246,9 +246,10 @@ export class Trainer {
     /**
      * Whether the store (memory or disk) lags the upload buffers: the drain copies the readbacks straight
      * into the upload buffers (the next step needs them there), and reading the moments (checkpoints) reads
-     * those buffers; the store is written only by writeMoments. The disk store's file is scratch space (zeroed when the run starts;
-     * resuming reads checkpoints), so writing it at every step bought nothing: on the lent H100 that write
-     * (0.5 GB, 113 ms) put disk offload at +77% of a seq-512 step at accumulation 1, against +9.6% for memory.
+     * those buffers; the store is written only by writeMoments. The disk store's file is scratch space
+     * (zeroed when the run starts; resuming reads checkpoints), so writing it at every step bought nothing:
+     * on the lent H100 that write (0.5 GB, 113 ms) put disk offload at +77% of a seq-512 step at
+     * accumulation 1, against +9.6% for memory.
      */
     storeBehind: boolean;
   } | null = null;
